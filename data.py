@@ -1,0 +1,356 @@
+"""Omniglot for few-shot learning: reading, preprocessing, caching, splits and episodes.
+
+Two sources give the same arrays:
+  * a local folder with the original archives `images_background.zip` and
+    `images_evaluation.zip` (or their extracted folders), named by `--data_dir`
+    or the OMNIGLOT_DIR environment variable;
+  * tensorflow-datasets (`omniglot`), downloaded on first use.
+
+Every image is preprocessed once to 28x28 (area-averaged, i.e. antialiased),
+strokes 1.0 on a 0.0 background, and cached under `data/` keyed by a checksum
+of the source. tfds does not keep the drawer number of an image, so within a
+character the 20 images are put in a canonical order (by their pixels); that
+is what lets both sources yield identical arrays.
+"""
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import re
+import zipfile
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SIZE = 28
+ORIGINAL_SIZE = 105
+IMAGES_PER_CHARACTER = 20
+ARCHIVES = ('images_background', 'images_evaluation')
+_PNG_PATH = re.compile(
+    r'(?:^|/)(images_background|images_evaluation)/([^/]+)/character(\d+)/[^/]+\.png$')
+_CACHE_FORMAT = 1
+
+
+class DataError(ValueError):
+    """A data folder, archive or cache is missing or unusable; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Omniglot:
+    """All 1623 characters, preprocessed.
+
+    images: [num_characters, 20, 28, 28] uint8, ink 255 on background 0.
+    alphabets: [num_characters] str, the alphabet of each character.
+    background: [num_characters] bool, True for Lake's background (training) set.
+    checksum: sha256 of `images`; identical whichever source produced them.
+    """
+    images: np.ndarray
+    alphabets: np.ndarray
+    background: np.ndarray
+    checksum: str
+
+
+# ----------------------------------------------------------------------------
+# Reading the sources. Both return (ink, keys): ink [M, 105, 105] bool (True on
+# strokes), keys [M] tuples (archive, alphabet, character number).
+
+
+def _decode_png(data, where):
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as error:  # PIL raises many types for a damaged file.
+        raise DataError(f'{where}: not a readable PNG image ({error})') from None
+    pixels = np.asarray(image.convert('L'))
+    if pixels.shape != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+        raise DataError(f'{where}: expected a {ORIGINAL_SIZE}x{ORIGINAL_SIZE} image, '
+                        f'got {pixels.shape[1]}x{pixels.shape[0]}')
+    return pixels < 128  # Omniglot draws black strokes on white.
+
+
+def _archive_members(data_dir, archive):
+    """Yields (key, png bytes, where) for one archive, zipped or extracted."""
+    zip_path = os.path.join(data_dir, archive + '.zip')
+    folder = os.path.join(data_dir, archive)
+    if os.path.isdir(folder):
+        for root, _, files in sorted(os.walk(folder)):
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                match = _PNG_PATH.search(os.path.relpath(path, data_dir).replace(os.sep, '/'))
+                if match:
+                    with open(path, 'rb') as f:
+                        yield (match[1], match[2], int(match[3])), f.read(), path
+    elif os.path.isfile(zip_path):
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                for name in sorted(zf.namelist()):
+                    match = _PNG_PATH.search(name)
+                    if match:
+                        yield (match[1], match[2], int(match[3])), zf.read(name), f'{zip_path}:{name}'
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
+            raise DataError(f'{zip_path}: not a valid zip archive ({error})') from None
+    else:
+        raise DataError(f'{data_dir}: expected {archive}.zip or the extracted folder {archive}/ '
+                        '(the original Omniglot archives)')
+
+
+def read_archives(data_dir):
+    """Reads the original Omniglot archives from `data_dir`; returns (ink, keys)."""
+    if not os.path.isdir(data_dir):
+        raise DataError(f'--data_dir / OMNIGLOT_DIR {data_dir}: folder does not exist')
+    ink, keys = [], []
+    for archive in ARCHIVES:
+        count = 0
+        for key, png, where in _archive_members(data_dir, archive):
+            ink.append(_decode_png(png, where))
+            keys.append(key)
+            count += 1
+        if count == 0:
+            raise DataError(f'{data_dir}: {archive} holds no Omniglot PNGs '
+                            f'(expected {archive}/<alphabet>/characterNN/*.png)')
+    return np.stack(ink), keys
+
+
+def read_tfds(tfds_dir):
+    """Reads Omniglot through tensorflow-datasets (downloading it if needed); returns (ink, keys)."""
+    import tensorflow_datasets as tfds  # Imported lazily: the archive route does not need it.
+    builder = tfds.builder('omniglot', data_dir=tfds_dir)
+    builder.download_and_prepare()
+    alphabet_names = builder.info.features['alphabet'].names
+    ink, keys = [], []
+    for split, archive in (('train', ARCHIVES[0]), ('test', ARCHIVES[1])):
+        for example in tfds.as_numpy(builder.as_dataset(split=split)):
+            ink.append(example['image'][:, :, 0] < 128)
+            keys.append((archive, alphabet_names[example['alphabet']],
+                         int(example['alphabet_char_id']) + 1))
+    return np.stack(ink), keys
+
+
+def source_checksum(data_dir):
+    """sha256 over the archives (or the extracted files) in `data_dir`: the cache key."""
+    digest = hashlib.sha256()
+    for archive in ARCHIVES:
+        zip_path = os.path.join(data_dir, archive + '.zip')
+        folder = os.path.join(data_dir, archive)
+        if os.path.isdir(folder):
+            for root, dirs, files in os.walk(folder):
+                dirs.sort()
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    digest.update(os.path.relpath(path, data_dir).encode())
+                    with open(path, 'rb') as f:
+                        digest.update(f.read())
+        elif os.path.isfile(zip_path):
+            with open(zip_path, 'rb') as f:
+                for block in iter(lambda: f.read(1 << 20), b''):
+                    digest.update(block)
+        else:
+            raise DataError(f'{data_dir}: expected {archive}.zip or the extracted folder {archive}/ '
+                            '(the original Omniglot archives)')
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# Preprocessing and caching.
+
+
+def preprocess(ink, keys):
+    """Groups images by character, orders them canonically and resizes them to 28x28.
+
+    Args:
+      ink: [M, 105, 105] bool, True on strokes.
+      keys: [M] (archive, alphabet, character number) per image.
+    Returns:
+      An `Omniglot` with characters ordered by (archive, alphabet, number).
+    """
+    import tensorflow as tf  # Heavy import, only needed when (re)building the cache.
+    by_character = {}
+    for index, key in enumerate(keys):
+        by_character.setdefault(key, []).append(index)
+    characters = sorted(by_character)
+    for key in characters:
+        if len(by_character[key]) != IMAGES_PER_CHARACTER:
+            raise DataError(f'character {key[1]}/character{key[2]:02d} in {key[0]} has '
+                            f'{len(by_character[key])} images, expected {IMAGES_PER_CHARACTER}')
+    order = []
+    for key in characters:
+        indices = by_character[key]
+        packed = [np.packbits(ink[i]).tobytes() for i in indices]
+        order.extend(i for _, i in sorted(zip(packed, indices)))
+    strokes = tf.constant(ink[order, :, :, None], tf.float32)
+    resized = np.concatenate([
+        tf.image.resize(strokes[i:i + 2048], [IMAGE_SIZE, IMAGE_SIZE], method='area').numpy()
+        for i in range(0, len(order), 2048)])
+    images = np.rint(resized[..., 0] * 255).astype(np.uint8)
+    images = images.reshape(len(characters), IMAGES_PER_CHARACTER, IMAGE_SIZE, IMAGE_SIZE)
+    return Omniglot(images=images,
+                    alphabets=np.array([key[1] for key in characters]),
+                    background=np.array([key[0] == ARCHIVES[0] for key in characters]),
+                    checksum=hashlib.sha256(images.tobytes()).hexdigest())
+
+
+def _save_cache(path, data):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    temporary = f'{path}.tmp{os.getpid()}'
+    with open(temporary, 'wb') as f:
+        np.savez(f, format=_CACHE_FORMAT, images=data.images, alphabets=data.alphabets,
+                 background=data.background, checksum=data.checksum)
+    os.replace(temporary, path)
+
+
+def _load_cache(path):
+    """Returns the cached `Omniglot`, or None (with a warning) if the file is unusable."""
+    try:
+        with np.load(path) as cache:
+            data = Omniglot(images=cache['images'], alphabets=cache['alphabets'],
+                            background=cache['background'], checksum=str(cache['checksum']))
+            fmt = int(cache['format'])
+    except Exception as error:  # Truncated or foreign files raise many types.
+        logging.warning('Cache %s is unreadable (%s); rebuilding it.', path, error)
+        return None
+    if fmt != _CACHE_FORMAT or hashlib.sha256(data.images.tobytes()).hexdigest() != data.checksum:
+        logging.warning('Cache %s is corrupt or outdated; rebuilding it.', path)
+        return None
+    return data
+
+
+def load_omniglot(data_dir=None, cache_dir='data'):
+    """Loads preprocessed Omniglot, building and caching it on first use.
+
+    Args:
+      data_dir: folder with the original archives; None or '' uses tensorflow-datasets.
+      cache_dir: where the preprocessed arrays (and tfds' files) are kept.
+    """
+    if data_dir:
+        key = 'archives-' + source_checksum(data_dir)[:20]
+    else:
+        key = 'tfds-omniglot-3.0.0'
+    path = os.path.join(cache_dir, f'omniglot{IMAGE_SIZE}-{key}.npz')
+    data = _load_cache(path) if os.path.exists(path) else None
+    if data is None:
+        logging.info('Preprocessing Omniglot from %s into %s', data_dir or 'tensorflow-datasets', path)
+        ink, keys = read_archives(data_dir) if data_dir else read_tfds(os.path.join(cache_dir, 'tfds'))
+        data = preprocess(ink, keys)
+        _save_cache(path, data)
+    return data
+
+
+# ----------------------------------------------------------------------------
+# Character-level splits.
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Disjoint character splits; each array is [num_classes, 20, 28, 28] float32 in [0, 1]."""
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def make_splits(data, split='random', num_train_classes=1100, num_val_classes=100,
+                seed=1, rotations=False):
+    """Splits the characters of `data` into meta-train / meta-val / meta-test.
+
+    split='random': all characters shuffled with `seed`; the first `num_train_classes`
+      train, the next `num_val_classes` validate, the rest test (1100 / 100 / 423 by default).
+    split='lake': Lake's background set trains; the evaluation set is shuffled with
+      `seed`, its first `num_val_classes` validate and the rest test.
+    rotations: add each training character rotated by 90, 180 and 270 degrees as three
+      new classes (as in the MAML paper); validation and test classes are not rotated.
+    """
+    rng = np.random.default_rng(seed)
+    count = len(data.images)
+    if split == 'random':
+        if num_train_classes + num_val_classes >= count:
+            raise DataError(f'--num_train_classes + --num_val_classes must leave test classes: '
+                            f'{num_train_classes} + {num_val_classes} >= {count} characters')
+        order = rng.permutation(count)
+        train = order[:num_train_classes]
+        val = order[num_train_classes:num_train_classes + num_val_classes]
+        test = order[num_train_classes + num_val_classes:]
+    elif split == 'lake':
+        evaluation = rng.permutation(np.flatnonzero(~data.background))
+        if num_val_classes >= len(evaluation):
+            raise DataError(f'--num_val_classes must be below the {len(evaluation)} characters '
+                            f'of the evaluation set, got {num_val_classes}')
+        train = np.flatnonzero(data.background)
+        val, test = evaluation[:num_val_classes], evaluation[num_val_classes:]
+    else:
+        raise DataError(f"--split must be 'random' or 'lake', got {split!r}")
+    images = data.images.astype(np.float32) / 255.0
+    train_images = images[train]
+    if rotations:
+        train_images = np.concatenate(
+            [np.rot90(train_images, k, axes=(2, 3)) for k in range(4)])
+    return Splits(train=np.ascontiguousarray(train_images), val=images[val], test=images[test])
+
+
+# ----------------------------------------------------------------------------
+# Episodes.
+
+
+class Episodes(NamedTuple):
+    """A meta-batch of T few-shot tasks (N-way, K-shot, Q queries per class).
+
+    support_images: [T, N*K, 28, 28, 1] float32;  support_labels: [T, N*K] int32
+    query_images:   [T, N*Q, 28, 28, 1] float32;  query_labels:   [T, N*Q] int32
+    Labels run 0..N-1; which class gets which label is drawn anew for every task.
+    """
+    support_images: np.ndarray
+    support_labels: np.ndarray
+    query_images: np.ndarray
+    query_labels: np.ndarray
+
+
+def check_task_shape(num_classes, n_way, k_shot, num_query, split_name):
+    """Raises DataError unless a split of `num_classes` characters can make such tasks."""
+    if n_way > num_classes:
+        raise DataError(f'--n_way {n_way} exceeds the {num_classes} classes of the {split_name} split')
+    if k_shot + num_query > IMAGES_PER_CHARACTER:
+        raise DataError(f'--k_shot + --num_query must be at most {IMAGES_PER_CHARACTER} '
+                        f'(images per character), got {k_shot} + {num_query}')
+
+
+def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng):
+    """Draws `num_tasks` tasks from `images` [C, 20, 28, 28] with the generator `rng`.
+
+    Classes of a task are distinct, and its support and query images are distinct
+    drawings; the draw is vectorised (no per-image Python loop).
+    """
+    num_classes, per_class = images.shape[:2]
+    classes = rng.random((num_tasks, num_classes)).argsort(axis=1)[:, :n_way]
+    drawings = rng.random((num_tasks, n_way, per_class)).argsort(axis=2)[:, :, :k_shot + num_query]
+    picked = images[classes[:, :, None], drawings][..., None]  # [T, N, K+Q, 28, 28, 1]
+    labels = np.broadcast_to(np.arange(n_way, dtype=np.int32)[None, :, None],
+                             (num_tasks, n_way, k_shot + num_query))
+
+    def flat(x):
+        return np.ascontiguousarray(x.reshape((num_tasks, -1) + x.shape[3:]))
+    return Episodes(flat(picked[:, :, :k_shot]), flat(labels[:, :, :k_shot]),
+                    flat(picked[:, :, k_shot:]), flat(labels[:, :, k_shot:]))
+
+
+class EpisodeSampler:
+    """The task stream of one split: meta-batch `i` depends only on (seed, i).
+
+    That makes a resumed run see exactly the tasks an uninterrupted run would.
+    """
+
+    def __init__(self, images, n_way, k_shot, num_query, seed, split_name='train'):
+        check_task_shape(len(images), n_way, k_shot, num_query, split_name)
+        self.images = images
+        self.n_way, self.k_shot, self.num_query = n_way, k_shot, num_query
+        self.seed = seed
+
+    def sample(self, index, num_tasks):
+        """Meta-batch number `index` of `num_tasks` tasks."""
+        rng = np.random.default_rng([self.seed, index])
+        return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng)
+
+    def fixed_batches(self, num_tasks, batch_size):
+        """`num_tasks` tasks in meta-batches of at most `batch_size`: a fixed evaluation set."""
+        return [self.sample(start, min(batch_size, num_tasks - start))
+                for start in range(0, num_tasks, batch_size)]

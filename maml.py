@@ -1,0 +1,134 @@
+"""MAML and first-order MAML for few-shot classification (Finn, Abbeel & Levine, 2017).
+
+    python maml.py --num_inner_steps 5                     # FO-MAML, 5-way 5-shot Omniglot
+    python maml.py --first_order=false                     # full second-order MAML
+    python maml.py --run_name my_run --resume              # continue a stopped run
+"""
+
+import tensorflow as tf
+
+import network
+
+
+class MAML:
+    """Model-Agnostic Meta-Learning over a functional network.
+
+    The meta-parameters θ are the trainable weights of a Keras model. For every
+    task t of a meta-batch the inner loop adapts a copy of them on the support set,
+
+        θ'_t ← θ'_t − α ∇ L_support_t(θ'_t),   θ'_t = θ initially, `num_inner_steps` times,
+
+    and the outer loop minimises the meta-objective  L(θ) = 1/T Σ_t L_query_t(θ'_t(θ))
+    with the meta-optimizer. Second order differentiates through every inner
+    step; first order (FO-MAML) treats the inner gradients as constants, so that
+    ∂θ'_t/∂θ = I and the meta-gradient is the mean query gradient at θ'_t.
+
+    All tasks of a meta-batch are adapted at once: weights carry a leading task
+    axis T and `network.forward` keeps the tasks apart.
+    """
+
+    def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer):
+        """
+        Args:
+          net: a `network.ConvNet`, whose `forward` is evaluated over explicit weights.
+          model: its Keras model, holding the meta-parameters θ.
+          inner_lr: α, the inner-loop SGD learning rate.
+          num_inner_steps: inner steps during meta-training.
+          first_order: if True, FO-MAML; otherwise differentiate through the inner loop.
+          meta_optimizer: a Keras optimizer for θ (Adam in the paper).
+        """
+        self.net = net
+        self.model = model
+        self.inner_lr = inner_lr
+        self.num_inner_steps = num_inner_steps
+        self.first_order = first_order
+        self.meta_optimizer = meta_optimizer
+        self.params = network.parameters(model)
+        self._train_step = tf.function(self._meta_train_step)
+        self._evaluate = tf.function(self._evaluate_tasks)
+
+    def inner_loop(self, params, images, labels, num_steps, first_order=None):
+        """Adapts every task's weights on its support set.
+
+        Args:
+          params: dict name -> [T, *shape], the weights each task starts from.
+          images: [T, N*K, 28, 28, 1] support images;  labels: [T, N*K] int32.
+          num_steps: number of SGD steps.
+          first_order: overrides `self.first_order` (evaluation needs no second order).
+        Returns:
+          (adapted params, support accuracy [T] before adaptation, after adaptation).
+        """
+        first_order = self.first_order if first_order is None else first_order
+        pre_accuracy = None
+        for step in range(num_steps):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                logits = self.net.forward(params, images)
+                # Summing over tasks gives each task's gradient in its own slice of T.
+                loss = tf.reduce_sum(network.task_losses(logits, labels))
+            if step == 0:
+                pre_accuracy = network.task_accuracies(logits, labels)
+            grads = tape.gradient(loss, params)
+            if first_order:
+                grads = tf.nest.map_structure(tf.stop_gradient, grads)
+            params = self.inner_update(params, grads, step)
+        post_accuracy = network.task_accuracies(self.net.forward(params, images), labels)
+        return params, (post_accuracy if pre_accuracy is None else pre_accuracy), post_accuracy
+
+    def inner_update(self, params, grads, step):
+        """One SGD step of the inner loop: θ' − α g. (`step` lets subclasses vary α per step.)"""
+        del step
+        return {name: params[name] - self.inner_lr * grads[name] for name in params}
+
+    def outer_loop(self, episodes, num_steps, train):
+        """The meta-objective of a meta-batch and, if `train`, one meta-gradient step.
+
+        Args:
+          episodes: a `data.Episodes` of T tasks (tensors).
+          num_steps: inner steps for adaptation.
+          train: apply the meta-gradient of the mean query loss to θ.
+        Returns:
+          dict of [T] tensors: query loss and accuracy before and after adaptation,
+          support accuracy before and after adaptation.
+        """
+        num_tasks = episodes.support_images.shape[0]
+        with tf.GradientTape() as tape:
+            start = network.tile(self.params, num_tasks)
+            adapted, support_pre, support_post = self.inner_loop(
+                start, episodes.support_images, episodes.support_labels, num_steps,
+                first_order=None if train else True)
+            query_logits = self.net.forward(adapted, episodes.query_images)
+            query_losses = network.task_losses(query_logits, episodes.query_labels)
+            meta_loss = tf.reduce_mean(query_losses)
+        if train:
+            variables = list(self.params.values())
+            self.meta_optimizer.apply_gradients(zip(tape.gradient(meta_loss, variables), variables))
+        pre_logits = self.net.forward(tf.nest.map_structure(tf.stop_gradient, start),
+                                      episodes.query_images)
+        return {
+            'query_pre_loss': network.task_losses(pre_logits, episodes.query_labels),
+            'query_post_loss': query_losses,
+            'query_pre_accuracy': network.task_accuracies(pre_logits, episodes.query_labels),
+            'query_post_accuracy': network.task_accuracies(query_logits, episodes.query_labels),
+            'support_pre_accuracy': support_pre,
+            'support_post_accuracy': support_post,
+        }
+
+    def _meta_train_step(self, episodes):
+        return self.outer_loop(episodes, self.num_inner_steps, train=True)
+
+    def _evaluate_tasks(self, episodes, num_steps):
+        return self.outer_loop(episodes, num_steps, train=False)
+
+    def meta_train_step(self, episodes):
+        """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy."""
+        return {k: v.numpy() for k, v in self._train_step(_as_tensors(episodes)).items()}
+
+    def evaluate(self, episodes, num_steps=None):
+        """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""
+        num_steps = self.num_inner_steps if num_steps is None else num_steps
+        return {k: v.numpy() for k, v in self._evaluate(_as_tensors(episodes), num_steps).items()}
+
+
+def _as_tensors(episodes):
+    return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
