@@ -5,9 +5,29 @@
     python maml.py --run_name my_run --resume              # continue a stopped run
 """
 
-import tensorflow as tf
+import os
+import sys
 
-import network
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Keep TensorFlow's C++ start-up chatter out of the way.
+
+import keras  # noqa: E402  (after the environment is set)
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import config  # noqa: E402
+import experiment  # noqa: E402
+import network  # noqa: E402
+
+flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+
+flags.DEFINE_float('inner_lr', 0.4, 'Inner-loop SGD learning rate (alpha).', lower_bound=1e-12)
+flags.DEFINE_integer('num_inner_steps', 5, 'Inner-loop SGD steps during meta-training.', lower_bound=1)
+flags.DEFINE_integer('num_eval_inner_steps', 0, 'Inner-loop steps at validation and test '
+                     '(0: the same as --num_inner_steps).', lower_bound=0)
+flags.DEFINE_boolean('first_order', True, 'First-order MAML (FO-MAML, the assignment\'s setting); '
+                     '--first_order=false differentiates through the inner loop (second order).')
+flags.DEFINE_float('meta_lr', 1e-3, 'Outer-loop (meta) Adam learning rate (beta).', lower_bound=1e-12)
+FLAGS = flags.FLAGS
 
 
 class MAML:
@@ -44,6 +64,7 @@ class MAML:
         self.first_order = first_order
         self.meta_optimizer = meta_optimizer
         self.params = network.parameters(model)
+        meta_optimizer.build(list(self.params.values()))
         self._train_step = tf.function(self._meta_train_step)
         self._evaluate = tf.function(self._evaluate_tasks)
 
@@ -120,6 +141,10 @@ class MAML:
     def _evaluate_tasks(self, episodes, num_steps):
         return self.outer_loop(episodes, num_steps, train=False)
 
+    def state_variables(self):
+        """What a checkpoint must hold: the model's weights and the meta-optimizer's state."""
+        return list(self.model.variables) + list(self.meta_optimizer.variables)
+
     def meta_train_step(self, episodes):
         """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy."""
         return {k: v.numpy() for k, v in self._train_step(_as_tensors(episodes)).items()}
@@ -132,3 +157,25 @@ class MAML:
 
 def _as_tensors(episodes):
     return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    order = 'fo' if FLAGS.first_order else 'so'
+
+    def build(net):
+        return MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, FLAGS.first_order,
+                    keras.optimizers.Adam(FLAGS.meta_lr))
+
+    experiment.main_guard(lambda: experiment.run(
+        algorithm='FO-MAML' if FLAGS.first_order else 'MAML',
+        default_run_name=f'maml_{order}_{FLAGS.n_way}way{FLAGS.k_shot}shot_'
+                         f'{FLAGS.num_inner_steps}steps_seed{FLAGS.seed}',
+        build_learner=build, flag_modules=[sys.modules[__name__]],
+        num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
+        extra={'batch_norm': 'transductive (statistics of the batch being normalised)'}))
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,67 @@
+"""Command-line flags shared by every experiment script (data, tasks, schedule, run folder).
+
+Algorithm-specific flags live in the script of their algorithm. Simple range
+checks are absl validators, so a bad value fails at start-up with one line
+naming the flag.
+"""
+
+import os
+
+from absl import flags
+
+# Data --------------------------------------------------------------------------
+flags.DEFINE_string('data_dir', os.environ.get('OMNIGLOT_DIR', ''),
+                    'Folder with the original Omniglot archives images_background.zip and '
+                    'images_evaluation.zip (or their extracted folders). Defaults to $OMNIGLOT_DIR; '
+                    'if both are empty, Omniglot is downloaded with tensorflow-datasets.')
+flags.DEFINE_string('cache_dir', 'data', 'Where preprocessed arrays (and tfds downloads) are cached.')
+flags.DEFINE_enum('split', 'random', ['random', 'lake'],
+                  "Character split: 'random' shuffles all 1623 characters into "
+                  "--num_train_classes / --num_val_classes / rest for test; 'lake' trains on Lake's "
+                  'background set and splits the evaluation set into validation and test.')
+flags.DEFINE_integer('num_train_classes', 1100, "Meta-train characters (split 'random').", lower_bound=1)
+flags.DEFINE_integer('num_val_classes', 100, 'Meta-validation characters.', lower_bound=1)
+flags.DEFINE_integer('split_seed', 1, 'Seed of the character split (kept apart from --seed so '
+                     'that runs with different seeds share one split).')
+flags.DEFINE_boolean('rotations', False, 'Add 90/180/270-degree rotations of the meta-train '
+                     'characters as new classes (as in the MAML paper).')
+
+# Tasks -------------------------------------------------------------------------
+flags.DEFINE_integer('n_way', 5, 'Classes per task (N).', lower_bound=2)
+flags.DEFINE_integer('k_shot', 5, 'Support examples per class (K).', lower_bound=1)
+flags.DEFINE_integer('num_query', 15, 'Query examples per class (Q).', lower_bound=1)
+flags.DEFINE_integer('meta_batch_size', 32, 'Tasks per meta-iteration (T).', lower_bound=1)
+
+# Network -----------------------------------------------------------------------
+flags.DEFINE_integer('num_filters', 64, 'Filters in each convolution block.', lower_bound=1)
+flags.DEFINE_boolean('max_pool', False, 'Stride-1 convolutions with 2x2 max-pooling instead of '
+                     'stride-2 convolutions (the MAML paper uses strides for Omniglot).')
+
+# Schedule ----------------------------------------------------------------------
+flags.DEFINE_integer('num_iterations', 1000, 'Meta-training iterations.', lower_bound=0)
+flags.DEFINE_integer('val_interval', 50, 'Validate, log and checkpoint every this many iterations.',
+                     lower_bound=1)
+flags.DEFINE_integer('num_val_tasks', 160, 'Fixed meta-validation tasks per validation.',
+                     lower_bound=1)
+flags.DEFINE_integer('num_test_tasks', 600, 'Meta-test tasks for the final evaluation.', lower_bound=1)
+flags.DEFINE_integer('eval_seed', 2024, 'Seed of the fixed validation and test tasks (shared by '
+                     'all scripts, so every method is scored on the same tasks).')
+flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and of the meta-training task stream.')
+
+# Run folder --------------------------------------------------------------------
+flags.DEFINE_string('results_dir', 'results', 'Where run folders are written.')
+flags.DEFINE_string('run_name', '', 'Run folder name under --results_dir (default: derived from '
+                    'the algorithm and the main flags).')
+flags.DEFINE_boolean('resume', False, 'Continue the run in --run_name from its last checkpoint.')
+flags.DEFINE_boolean('overwrite', False, 'Delete an existing run folder of the same name first.')
+flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
+
+FLAGS = flags.FLAGS
+
+
+def flag_values(modules):
+    """The values of every flag defined in `modules` (module objects), by name."""
+    names = set()
+    for module in modules:
+        names.update(flag.name for flag in FLAGS.get_flags_for_module(module))
+    return {name: FLAGS[name].value for name in sorted(names)}

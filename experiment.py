@@ -1,0 +1,100 @@
+"""One command, one run: data -> learner -> meta-training -> meta-test -> results folder.
+
+Every experiment script (maml.py, maml_plusplus.py, ...) defines its own flags
+and a function building its learner, and hands both to `run`.
+"""
+
+import os
+import sys
+
+import keras
+from absl import logging
+
+import config
+import data
+import network
+import plotting
+import results
+import training
+
+FLAGS = config.FLAGS
+
+
+def load_splits():
+    """The preprocessed Omniglot character splits chosen by the flags, and the data checksum."""
+    omniglot = data.load_omniglot(FLAGS.data_dir or None, FLAGS.cache_dir)
+    splits = data.make_splits(omniglot, FLAGS.split, FLAGS.num_train_classes, FLAGS.num_val_classes,
+                              FLAGS.split_seed, FLAGS.rotations)
+    return splits, omniglot.checksum
+
+
+def evaluation_batches(images, split_name, num_tasks, offset):
+    """The fixed evaluation tasks of a split: the same for every script given --eval_seed."""
+    sampler = data.EpisodeSampler(images, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
+                                  FLAGS.eval_seed + offset, split_name)
+    return sampler.fixed_batches(num_tasks, FLAGS.meta_batch_size)
+
+
+def save_model(model, path):
+    """Saves a Keras model atomically (Keras insists on the .keras suffix)."""
+    temporary = f'{path[:-len(".keras")]}.tmp{os.getpid()}.keras'
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def run(algorithm, default_run_name, build_learner, flag_modules, num_eval_inner_steps, extra=None):
+    """Runs one experiment from the flags and writes its run folder.
+
+    Args:
+      algorithm: name recorded in the hyperparameters, e.g. 'FO-MAML'.
+      default_run_name: folder name if --run_name is empty.
+      build_learner: function(network.ConvNet) -> learner (see training.py).
+      flag_modules: modules whose flags are recorded in hyperparameters.json.
+      num_eval_inner_steps: inner steps at validation and test.
+      extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
+    Returns:
+      The summary dict (also written to summary.json).
+    """
+    splits, checksum = load_splits()
+    train_sampler = data.EpisodeSampler(splits.train, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
+                                        FLAGS.seed, 'meta-train')
+    val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
+    test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
+    run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
+                                   FLAGS.resume, FLAGS.overwrite)
+    run_folder.write_hyperparameters(
+        config.flag_values([config] + list(flag_modules)),
+        {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
+         'command': ' '.join(sys.argv), 'classes': {'train': len(splits.train),
+                                                    'val': len(splits.val), 'test': len(splits.test)},
+         **(extra or {})})
+    keras.utils.set_random_seed(FLAGS.seed)
+    net = network.ConvNet(FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool)
+    learner = build_learner(net)
+    schedule = training.Schedule(FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval,
+                                 num_eval_inner_steps)
+    rows = training.train(learner, train_sampler, val_batches, run_folder, schedule, FLAGS.progress)
+
+    logging.info('Meta-testing on %d tasks', FLAGS.num_test_tasks)
+    test = training.evaluate(learner, test_batches, num_eval_inner_steps)
+    summary = {'iterations': FLAGS.num_iterations, 'training_seconds': rows[-1]['seconds'],
+               'val_post_accuracy': rows[-1]['val_post_accuracy'],
+               'val_post_ci95': rows[-1]['val_post_ci95'], 'test_tasks': FLAGS.num_test_tasks}
+    for when in ('pre', 'post'):
+        mean, ci = results.confidence_interval(test[f'query_{when}_accuracy'])
+        summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci
+    results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
+    save_model(learner.model, run_folder.file(results.MODEL_FILE))
+    plotting.plot_run(run_folder.path, f'{algorithm}, {FLAGS.n_way}-way {FLAGS.k_shot}-shot Omniglot')
+    print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '
+          f'± {summary["test_post_ci95"]:.2%} over {FLAGS.num_test_tasks} tasks '
+          f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')
+    return summary
+
+
+def main_guard(function):
+    """Runs function(); a known error becomes one line on stderr and exit status 1."""
+    try:
+        return function()
+    except (data.DataError, results.RunError, training.TrainingError) as error:
+        sys.exit(f'error: {error}')

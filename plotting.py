@@ -1,0 +1,49 @@
+"""Figures drawn from a run's metrics.csv alone, so they can be redrawn without retraining."""
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files only; no display is needed or assumed.
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+
+import results  # noqa: E402
+
+ASSIGNMENT_BAR = 0.80
+
+
+def plot_accuracy(rows, path, title):
+    """Validation (with 95% CI band) and training query accuracy over meta-training.
+
+    rows: metrics rows as written by training.train; path: the PNG (or PDF/SVG) to write.
+    """
+    iterations = [row['iteration'] for row in rows]
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for key, label, color in (('val_post', 'validation, after adaptation', 'tab:blue'),
+                              ('val_pre', 'validation, before adaptation', 'tab:gray')):
+        mean = [row[f'{key}_accuracy'] for row in rows]
+        ci = [row[f'{key}_ci95'] for row in rows]
+        axes.plot(iterations, mean, marker='o', markersize=3, color=color, label=label)
+        axes.fill_between(iterations, [m - c for m, c in zip(mean, ci)],
+                          [m + c for m, c in zip(mean, ci)], color=color, alpha=0.2, linewidth=0)
+    trained = [row for row in rows if not math.isnan(row['train_post_accuracy'])]
+    axes.plot([row['iteration'] for row in trained], [row['train_post_accuracy'] for row in trained],
+              color='tab:orange', linestyle='--', label='training, after adaptation')
+    axes.axhline(ASSIGNMENT_BAR, color='tab:red', linestyle=':', linewidth=1,
+                 label=f'assignment bar ({ASSIGNMENT_BAR:.0%})')
+    axes.set(xlabel='meta-iteration', ylabel='query accuracy', title=title, ylim=(0, 1.0))
+    axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axes.grid(alpha=0.3)
+    axes.legend(loc='lower right', fontsize=8)
+    figure.tight_layout()
+    temporary = f'{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}'
+    figure.savefig(temporary)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def plot_run(run_dir, title=None, filename='val_accuracy.png'):
+    """Redraws the accuracy figure of a run folder from its metrics.csv."""
+    rows = results.read_metrics(os.path.join(run_dir, results.METRICS_FILE))
+    plot_accuracy(rows, os.path.join(run_dir, filename), title or os.path.basename(run_dir))

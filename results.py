@@ -1,0 +1,168 @@
+"""What a run leaves in `results/<run_name>/`, written so that nothing is ever half-written.
+
+    hyperparameters.json   every flag, seed, library versions, data checksum
+    metrics.csv            one row per validation interval
+    checkpoint.npz         latest state for --resume (weights, optimizer, iteration)
+    tensorboard/           TensorBoard event files
+    model.keras            final weights, loadable with keras.models.load_model
+    summary.json           final validation and meta-test accuracy
+    val_accuracy.png       the accuracy curves
+
+Every file is written to a temporary name and renamed into place, so a run
+killed at any moment leaves either the old or the new version of each file.
+"""
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+from importlib import metadata
+
+import numpy as np
+
+METRICS_FILE = 'metrics.csv'
+HYPERPARAMETERS_FILE = 'hyperparameters.json'
+CHECKPOINT_FILE = 'checkpoint.npz'
+SUMMARY_FILE = 'summary.json'
+MODEL_FILE = 'model.keras'
+# Flags that may change when a run is resumed.
+RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress'})
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked; the message says why and what to do."""
+
+
+def atomic_write(path, write):
+    """Calls write(file) on a temporary file next to `path`, then renames it to `path`."""
+    temporary = f'{path}.tmp{os.getpid()}'
+    with open(temporary, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def write_json(path, value):
+    atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, sort_keys=True).encode()))
+
+
+def library_versions():
+    """Versions of the libraries that decide the numbers of a run."""
+    versions = {'python': sys.version.split()[0], 'platform': platform.platform()}
+    for package in ('tensorflow', 'keras', 'numpy', 'tensorflow-datasets'):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def confidence_interval(values):
+    """Mean and 95% confidence half-width (normal approximation) of per-task values."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), float('nan')
+    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def read_metrics(path):
+    """Rows of a metrics.csv as dicts of floats (NaN where empty); a damaged last line is dropped."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, newline='') as f:
+        for row in csv.DictReader(f):
+            try:
+                rows.append({k: float(v) if v != '' else float('nan') for k, v in row.items()})
+            except (TypeError, ValueError):
+                break
+    return rows
+
+
+class RunFolder:
+    """One run's folder: creation rules, metrics, hyperparameters and checkpoints."""
+
+    def __init__(self, results_dir, run_name, resume=False, overwrite=False):
+        """Creates or reopens `results_dir/run_name`.
+
+        An existing folder is reopened only with `resume` and replaced only with
+        `overwrite`; otherwise RunError.
+        """
+        self.path = os.path.join(results_dir, run_name)
+        if os.path.exists(self.path) and not resume:
+            if not overwrite:
+                raise RunError(f'{self.path} already exists; pass --resume to continue it '
+                               'or --overwrite to replace it')
+            shutil.rmtree(self.path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            probe = os.path.join(self.path, f'.write-test{os.getpid()}')
+            with open(probe, 'w'):
+                pass
+            os.remove(probe)
+        except OSError as error:
+            raise RunError(f'--results_dir {results_dir}: cannot write there ({error.strerror})') from None
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    # Hyperparameters -------------------------------------------------------
+
+    def write_hyperparameters(self, flags, extra):
+        """Records the flags (and `extra` facts) or, on resume, checks they did not change."""
+        path = self.file(HYPERPARAMETERS_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                recorded = json.load(f)['flags']
+            changed = sorted(name for name in set(recorded) | set(flags)
+                             if name not in RESUMABLE_CHANGES and recorded.get(name) != flags.get(name))
+            if changed:
+                raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
+                               'resume it with the same flags or start a new --run_name')
+        write_json(path, {'flags': flags, **extra, 'versions': library_versions()})
+
+    # Metrics ---------------------------------------------------------------
+
+    def read_metrics(self):
+        return read_metrics(self.file(METRICS_FILE))
+
+    def write_metrics(self, rows, columns):
+        def write(f):
+            text = io.StringIO()
+            writer = csv.DictWriter(text, columns, extrasaction='ignore')
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: '' if np.isnan(v) else f'{v:.6g}' if isinstance(v, float) else v
+                                 for k, v in row.items()})
+            f.write(text.getvalue().encode())
+        atomic_write(self.file(METRICS_FILE), write)
+
+    # Checkpoints -----------------------------------------------------------
+
+    def save_checkpoint(self, variables, iteration):
+        """Saves the values of `variables` (a list) and the iteration reached."""
+        arrays = {f'v{i:04d}': np.asarray(v.numpy()) for i, v in enumerate(variables)}
+        atomic_write(self.file(CHECKPOINT_FILE),
+                     lambda f: np.savez(f, iteration=iteration, **arrays))
+
+    def restore_checkpoint(self, variables):
+        """Assigns the checkpointed values to `variables`; returns the iteration (0 if none)."""
+        path = self.file(CHECKPOINT_FILE)
+        if not os.path.exists(path):
+            return 0
+        try:
+            with np.load(path) as checkpoint:
+                values = [checkpoint[f'v{i:04d}'] for i in range(len(variables))]
+                iteration = int(checkpoint['iteration'])
+        except Exception as error:  # A foreign or damaged file raises many types.
+            raise RunError(f'{path} cannot be read ({error}); start a new run with --overwrite') from None
+        for variable, value in zip(variables, values):
+            if tuple(variable.shape) != value.shape:
+                raise RunError(f'{path} does not match this model ({variable.name}: '
+                               f'{value.shape} vs {tuple(variable.shape)})')
+            variable.assign(value)
+        return iteration
