@@ -99,8 +99,6 @@ def _archive_members(data_dir, archive):
 
 def read_archives(data_dir):
     """Reads the original Omniglot archives from `data_dir`; returns (ink, keys)."""
-    if not os.path.isdir(data_dir):
-        raise DataError(f'--data_dir / OMNIGLOT_DIR {data_dir}: folder does not exist')
     ink, keys = [], []
     for archive in ARCHIVES:
         count = 0
@@ -225,6 +223,8 @@ def load_omniglot(data_dir=None, cache_dir='data'):
       cache_dir: where the preprocessed arrays (and tfds' files) are kept.
     """
     if data_dir:
+        if not os.path.isdir(data_dir):
+            raise DataError(f'--data_dir / OMNIGLOT_DIR {data_dir}: folder does not exist')
         key = 'archives-' + source_checksum(data_dir)[:20]
     else:
         key = 'tfds-omniglot-3.0.0'

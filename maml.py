@@ -101,32 +101,27 @@ class MAML:
         del step
         return {name: params[name] - self.inner_lr * grads[name] for name in params}
 
-    def outer_loop(self, episodes, num_steps, train):
-        """The meta-objective of a meta-batch and, if `train`, one meta-gradient step.
+    def meta_objective(self, params, episodes, num_steps, first_order=None):
+        """L(θ) = 1/T Σ_t L_query_t(θ'_t): the mean query loss after adaptation.
 
+        A pure function of `params` (dict name -> tensor, one set θ shared by all tasks).
         Args:
           episodes: a `data.Episodes` of T tasks (tensors).
           num_steps: inner steps for adaptation.
-          train: apply the meta-gradient of the mean query loss to θ.
+          first_order: overrides `self.first_order`.
         Returns:
-          dict of [T] tensors: query loss and accuracy before and after adaptation,
-          support accuracy before and after adaptation.
+          (meta-loss scalar, dict of [T] tensors: query loss and accuracy before and
+          after adaptation, support accuracy before and after adaptation).
         """
         num_tasks = episodes.support_images.shape[0]
-        with tf.GradientTape() as tape:
-            start = network.tile(self.params, num_tasks)
-            adapted, support_pre, support_post = self.inner_loop(
-                start, episodes.support_images, episodes.support_labels, num_steps,
-                first_order=None if train else True)
-            query_logits = self.net.forward(adapted, episodes.query_images)
-            query_losses = network.task_losses(query_logits, episodes.query_labels)
-            meta_loss = tf.reduce_mean(query_losses)
-        if train:
-            variables = list(self.params.values())
-            self.meta_optimizer.apply_gradients(zip(tape.gradient(meta_loss, variables), variables))
+        start = network.tile(params, num_tasks)
+        adapted, support_pre, support_post = self.inner_loop(
+            start, episodes.support_images, episodes.support_labels, num_steps, first_order)
+        query_logits = self.net.forward(adapted, episodes.query_images)
+        query_losses = network.task_losses(query_logits, episodes.query_labels)
         pre_logits = self.net.forward(tf.nest.map_structure(tf.stop_gradient, start),
                                       episodes.query_images)
-        return {
+        return tf.reduce_mean(query_losses), {
             'query_pre_loss': network.task_losses(pre_logits, episodes.query_labels),
             'query_post_loss': query_losses,
             'query_pre_accuracy': network.task_accuracies(pre_logits, episodes.query_labels),
@@ -134,6 +129,21 @@ class MAML:
             'support_pre_accuracy': support_pre,
             'support_post_accuracy': support_post,
         }
+
+    def outer_loop(self, episodes, num_steps, train):
+        """Evaluates the meta-objective on a meta-batch and, if `train`, takes one meta-step.
+
+        The meta-gradient ∇θ L(θ) is applied to θ by the meta-optimizer. Evaluation
+        (train=False) adapts first order, since no meta-gradient is needed.
+        Returns the per-task metrics of `meta_objective`.
+        """
+        if not train:
+            return self.meta_objective(self.params, episodes, num_steps, first_order=True)[1]
+        variables = list(self.params.values())
+        with tf.GradientTape() as tape:
+            meta_loss, metrics = self.meta_objective(self.params, episodes, num_steps)
+        self.meta_optimizer.apply_gradients(zip(tape.gradient(meta_loss, variables), variables))
+        return metrics
 
     def _meta_train_step(self, episodes):
         return self.outer_loop(episodes, self.num_inner_steps, train=True)

@@ -1,0 +1,81 @@
+"""Shared fixtures: synthetic Omniglot archives in the original layout, and the real data if present."""
+
+import io
+import os
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# archive -> {alphabet: number of characters}; 20 drawings each, as in Omniglot.
+SYNTHETIC_LAYOUT = {
+    'images_background': {'Alpha': 6, 'Beta_(script)': 5},
+    'images_evaluation': {'Gamma': 4, 'Delta': 5},
+}
+
+
+def _drawing(rng):
+    """A 105x105 1-bit image of a few random black strokes on white, like an Omniglot PNG."""
+    image = Image.new('1', (105, 105), 1)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.integers(2, 5)):
+        points = [tuple(int(v) for v in rng.integers(10, 95, size=2)) for _ in range(3)]
+        draw.line(points, fill=0, width=int(rng.integers(3, 7)))
+    return image
+
+
+def write_synthetic_archives(folder, layout=SYNTHETIC_LAYOUT, seed=0, zipped=True):
+    """Writes archives (or extracted folders) in Omniglot's layout; returns the folder."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(str(folder), exist_ok=True)
+    character_id = 0
+    for archive, alphabets in layout.items():
+        members = {}
+        for alphabet, count in sorted(alphabets.items()):
+            for number in range(1, count + 1):
+                character_id += 1
+                for drawer in range(1, 21):
+                    name = f'{archive}/{alphabet}/character{number:02d}/{character_id:04d}_{drawer:02d}.png'
+                    png = io.BytesIO()
+                    _drawing(rng).save(png, format='PNG')
+                    members[name] = png.getvalue()
+        if zipped:
+            with zipfile.ZipFile(os.path.join(str(folder), archive + '.zip'), 'w') as zf:
+                for name, png in members.items():
+                    zf.writestr(name, png)
+        else:
+            for name, png in members.items():
+                path = os.path.join(str(folder), name)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, 'wb') as f:
+                    f.write(png)
+    return str(folder)
+
+
+@pytest.fixture(scope='session')
+def synthetic_dir(tmp_path_factory):
+    """A folder with synthetic images_background.zip and images_evaluation.zip (20 characters)."""
+    return write_synthetic_archives(tmp_path_factory.mktemp('omniglot'))
+
+
+@pytest.fixture(scope='session')
+def real_omniglot_dir():
+    """The real Omniglot archives from $OMNIGLOT_DIR. CI sets it, and there these tests must run."""
+    folder = os.environ.get('OMNIGLOT_DIR', '')
+    if not folder:
+        if os.environ.get('CI'):
+            pytest.fail('OMNIGLOT_DIR is not set in CI; the real-data tests must run there')
+        pytest.skip('OMNIGLOT_DIR is not set (the real-data tests run in CI)')
+    return folder
+
+
+@pytest.fixture(scope='session')
+def real_omniglot(real_omniglot_dir, tmp_path_factory):
+    import data
+    cache = os.environ.get('OMNIGLOT_TEST_CACHE') or str(tmp_path_factory.mktemp('cache'))
+    return data.load_omniglot(real_omniglot_dir, cache)
