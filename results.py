@@ -136,8 +136,8 @@ class RunFolder:
             writer = csv.DictWriter(text, columns, extrasaction='ignore')
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: '' if np.isnan(v) else f'{v:.6g}' if isinstance(v, float) else v
-                                 for k, v in row.items()})
+                # repr() round-trips floats exactly, so a resumed run reads back what it wrote.
+                writer.writerow({k: '' if np.isnan(v) else repr(float(v)) for k, v in row.items()})
             f.write(text.getvalue().encode())
         atomic_write(self.file(METRICS_FILE), write)
 

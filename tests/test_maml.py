@@ -1,0 +1,137 @@
+"""MAML: gradients against finite differences, first vs second order, and the learner improves."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import data
+import maml
+import network
+
+
+def _maml(inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0):
+    keras.utils.set_random_seed(seed)
+    net = network.ConvNet(n_way=n_way, num_filters=num_filters)
+    return maml.MAML(net, net.keras_model(), inner_lr, num_inner_steps, first_order,
+                     keras.optimizers.Adam(1e-3))
+
+
+def _episodes(num_tasks, n_way=2, k_shot=2, num_query=3, dtype=np.float32, seed=0):
+    images = np.random.default_rng(seed).random((12, 20, 28, 28))
+    episodes = data.sample_episodes(images, n_way, k_shot, num_query, num_tasks,
+                                    np.random.default_rng(seed + 1))
+    return data.Episodes(tf.constant(episodes.support_images, dtype), tf.constant(episodes.support_labels),
+                         tf.constant(episodes.query_images, dtype), tf.constant(episodes.query_labels))
+
+
+def _params(learner, dtype):
+    return {name: tf.cast(v, dtype) for name, v in learner.params.items()}
+
+
+def _meta_gradient(learner, params, episodes, num_steps, first_order):
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss, _ = learner.meta_objective(params, episodes, num_steps, first_order)
+    return tape.gradient(loss, params)
+
+
+def _directional_fd(learner, params, episodes, num_steps, direction, epsilon=1e-6):
+    def loss_at(scale):
+        shifted = {k: params[k] + scale * direction[k] for k in params}
+        return float(learner.meta_objective(shifted, episodes, num_steps)[0])
+    return (loss_at(epsilon) - loss_at(-epsilon)) / (2 * epsilon)
+
+
+def _dot(a, b):
+    return float(sum(tf.reduce_sum(a[k] * b[k]) for k in a))
+
+
+def test_second_order_meta_gradient_matches_float64_finite_differences():
+    learner = _maml(inner_lr=0.4, num_inner_steps=2, first_order=False)
+    params = _params(learner, tf.float64)
+    episodes = _episodes(1, dtype=np.float64)
+    gradient = _meta_gradient(learner, params, episodes, 2, first_order=False)
+    first_order = _meta_gradient(learner, params, episodes, 2, first_order=True)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        direction = {k: tf.constant(rng.normal(size=v.shape), tf.float64) for k, v in params.items()}
+        numeric = _directional_fd(learner, params, episodes, 2, direction)
+        assert _dot(gradient, direction) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+        # The first-order approximation is measurably off the true directional derivative.
+        assert abs(_dot(first_order, direction) - numeric) > 1e-4 * abs(numeric)
+
+
+def test_first_and_second_order_agree_without_inner_steps_and_differ_with_them():
+    learner = _maml()
+    episodes = _episodes(3)
+    for steps, same in ((0, True), (1, False), (3, False)):
+        fo = _meta_gradient(learner, _params(learner, tf.float32), episodes, steps, first_order=True)
+        so = _meta_gradient(learner, _params(learner, tf.float32), episodes, steps, first_order=False)
+        difference = max(float(tf.reduce_max(tf.abs(fo[k] - so[k]))) for k in fo)
+        scale = max(float(tf.reduce_max(tf.abs(so[k]))) for k in so)
+        if same:
+            assert difference == 0.0
+        else:
+            assert difference > 1e-3 * scale
+
+
+def test_zero_inner_learning_rate_leaves_weights_unchanged():
+    learner = _maml(inner_lr=0.0)
+    episodes = _episodes(2)
+    start = network.tile(learner.params, 2)
+    adapted, pre, post = learner.inner_loop(start, episodes.support_images, episodes.support_labels, 3)
+    for name in start:
+        np.testing.assert_array_equal(adapted[name], start[name])
+    np.testing.assert_array_equal(pre, post)
+
+
+def test_inner_loop_fits_the_support_set():
+    learner = _maml(inner_lr=0.4, n_way=5, num_filters=16)
+    episodes = _episodes(4, n_way=5, k_shot=3)
+    start = network.tile(learner.params, 4)
+    _, pre, post = learner.inner_loop(start, episodes.support_images, episodes.support_labels, 10)
+    assert float(tf.reduce_mean(post)) > float(tf.reduce_mean(pre)) + 0.3
+
+
+def test_meta_batch_gradient_is_the_mean_of_single_task_gradients():
+    """The grouped (all tasks at once) computation equals adapting each task on its own."""
+    learner = _maml(num_inner_steps=2)
+    episodes = _episodes(3)
+    together = _meta_gradient(learner, _params(learner, tf.float32), episodes, 2, first_order=False)
+    alone = [_meta_gradient(learner, _params(learner, tf.float32),
+                            data.Episodes(*(x[t:t + 1] for x in episodes)), 2, first_order=False)
+             for t in range(3)]
+    for name in together:
+        mean = sum(g[name] for g in alone) / 3
+        np.testing.assert_allclose(together[name], mean, rtol=2e-3,
+                                   atol=2e-4 * float(tf.reduce_max(tf.abs(mean))))
+
+
+def test_evaluate_does_not_change_the_meta_parameters_but_training_does():
+    learner = _maml(first_order=True)
+    episodes = data.Episodes(*(x.numpy() for x in _episodes(2)))
+    before = [v.numpy().copy() for v in learner.params.values()]
+    learner.evaluate(episodes, num_steps=3)
+    for b, v in zip(before, learner.params.values()):
+        np.testing.assert_array_equal(b, v.numpy())
+    metrics = learner.meta_train_step(episodes)
+    assert metrics['query_post_accuracy'].shape == (2,)
+    assert any(np.abs(b - v.numpy()).max() > 0 for b, v in zip(before, learner.params.values()))
+
+
+def test_learner_improves_on_real_validation_tasks(real_omniglot):
+    """A few dozen FO-MAML meta-iterations beat the initial weights on the same fixed tasks."""
+    splits = data.make_splits(real_omniglot)
+    sampler = data.EpisodeSampler(splits.train, 5, 5, 15, seed=0)
+    val = data.EpisodeSampler(splits.val, 5, 5, 15, seed=99).fixed_batches(64, 32)
+    learner = _maml(inner_lr=0.4, num_inner_steps=5, first_order=True, n_way=5, num_filters=64)
+    learner.meta_optimizer.learning_rate.assign(1e-3)
+
+    def val_accuracy():
+        return np.mean(np.concatenate([learner.evaluate(b)['query_post_accuracy'] for b in val]))
+    initial = val_accuracy()
+    for iteration in range(40):
+        learner.meta_train_step(sampler.sample(iteration, 16))
+    trained = val_accuracy()
+    assert trained > initial + 0.05, (initial, trained)

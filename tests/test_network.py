@@ -1,0 +1,92 @@
+"""The functional network: agrees with its Keras model, keeps tasks apart, batch norm is exact."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import network
+
+
+@pytest.fixture(scope='module')
+def net_and_model():
+    tf.keras.utils.set_random_seed(0)
+    net = network.ConvNet(n_way=5, num_filters=8)
+    return net, net.keras_model()
+
+
+@pytest.mark.parametrize('max_pool', [False, True])
+def test_forward_matches_keras_model_in_training_mode(max_pool):
+    tf.keras.utils.set_random_seed(1)
+    net = network.ConvNet(n_way=3, num_filters=6, max_pool=max_pool)
+    model = net.keras_model()
+    images = tf.random.uniform([4, 7, 28, 28, 1])
+    logits = net.forward(network.tile(network.parameters(model), 4), images)
+    expected = tf.stack([model(images[t], training=True) for t in range(4)])
+    assert logits.shape == (4, 7, 3)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def test_tasks_do_not_see_each_others_weights(net_and_model):
+    net, model = net_and_model
+    params = network.tile(network.parameters(model), 3)
+    images = tf.random.uniform([3, 5, 28, 28, 1])
+    before = net.forward(params, images)
+    changed = dict(params)
+    changed['conv2/kernel'] = tf.tensor_scatter_nd_update(
+        params['conv2/kernel'], [[1]], params['conv2/kernel'][1:2] * -3.0)
+    after = net.forward(changed, images)
+    np.testing.assert_allclose(after[0], before[0], atol=1e-6)
+    np.testing.assert_allclose(after[2], before[2], atol=1e-6)
+    assert np.abs(after[1] - before[1]).max() > 1e-3
+
+
+def test_parameters_are_named_by_layer(net_and_model):
+    _, model = net_and_model
+    names = list(network.parameters(model))
+    assert names[:3] == ['conv1/kernel', 'bn1/gamma', 'bn1/beta']
+    assert names[-2:] == ['head/kernel', 'head/bias']
+    assert len(names) == 4 * 3 + 2
+
+
+def _second_order(batch_norm, dtype):
+    """A scalar that depends on second derivatives through batch norm: a gradient step, then a loss."""
+    rng = np.random.default_rng(0)
+    h = tf.constant(rng.normal(1.0, 2.0, size=[6, 3, 3, 4]), dtype)
+    gamma = tf.constant(rng.normal(size=[4]), dtype)
+    beta = tf.constant(rng.normal(size=[4]), dtype)
+    weights = tf.constant(rng.normal(size=[6, 3, 3, 4]), dtype)
+    with tf.GradientTape() as outer:
+        outer.watch([h, gamma])
+        with tf.GradientTape() as inner:
+            inner.watch([h, gamma])
+            loss = tf.reduce_sum(tf.sin(batch_norm(h, gamma, beta) * weights))
+        grad_h, grad_gamma = inner.gradient(loss, [h, gamma])
+        stepped = batch_norm(h - 0.3 * grad_h, gamma - 0.3 * grad_gamma, beta)
+        meta_loss = tf.reduce_sum(tf.cos(stepped * weights))
+    return outer.gradient(meta_loss, [h, gamma])
+
+
+def test_fused_batch_norm_equals_composed_to_second_order():
+    fused = _second_order(network.batch_norm, tf.float32)
+    composed = _second_order(network.composed_batch_norm, tf.float32)
+    for a, b in zip(fused, composed):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(tf.reduce_max(tf.abs(b))))
+
+
+def test_keras_style_moments_differ_to_second_order():
+    """The check above can fail: batch norm with the variance around stop_gradient(mean) of
+    E[x^2] - mean^2 (Keras 3's TF moments) gives different second-order gradients."""
+    def keras_style(h, gamma, beta):
+        mean = tf.reduce_mean(h, axis=[0, 1, 2])
+        variance = tf.reduce_mean(tf.square(h), axis=[0, 1, 2]) - tf.square(tf.stop_gradient(mean))
+        return (h - mean) * gamma * tf.math.rsqrt(variance + network.BATCH_NORM_EPSILON) + beta
+    exact = _second_order(network.composed_batch_norm, tf.float64)
+    approximate = _second_order(keras_style, tf.float64)
+    assert max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(exact, approximate)) > 1e-3
+
+
+def test_batch_norm_normalises_each_task_channel_with_its_own_moments():
+    h = tf.random.normal([10, 4, 4, 6]) * tf.range(1.0, 7.0) + tf.range(6.0)
+    y = network.batch_norm(h, tf.ones([6]), tf.zeros([6]))
+    np.testing.assert_allclose(tf.reduce_mean(y, [0, 1, 2]), np.zeros(6), atol=1e-5)
+    np.testing.assert_allclose(tf.math.reduce_variance(y, [0, 1, 2]), np.ones(6), atol=1e-2)

@@ -1,0 +1,216 @@
+"""The training loop and run folders: resume equals an uninterrupted run, failures are safe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import data
+import maml
+import network
+import results
+import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEDULE = training.Schedule(num_iterations=7, meta_batch_size=2, val_interval=2, num_eval_inner_steps=1)
+
+
+def _learner(seed):
+    keras.utils.set_random_seed(seed)
+    net = network.ConvNet(n_way=3, num_filters=4)
+    return maml.MAML(net, net.keras_model(), 0.4, 1, True, keras.optimizers.Adam(1e-2))
+
+
+def _task_sources():
+    images = np.random.default_rng(0).random((10, 20, 28, 28)).astype(np.float32)
+    train = data.EpisodeSampler(images, 3, 1, 2, seed=5)
+    val = data.EpisodeSampler(images, 3, 1, 2, seed=6).fixed_batches(4, 2)
+    return train, val
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _DiesAt:
+    """A task stream that stops the run at a given iteration, as a kill would."""
+
+    def __init__(self, sampler, iteration):
+        self.sampler, self.iteration = sampler, iteration
+
+    def sample(self, index, num_tasks):
+        if index == self.iteration:
+            raise _Interrupted
+        return self.sampler.sample(index, num_tasks)
+
+
+def _without_time(rows):
+    return [{k: v for k, v in row.items() if k != 'seconds'} for row in rows]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    train, val = _task_sources()
+    whole = _learner(seed=0)
+    rows = training.train(whole, train, val, results.RunFolder(str(tmp_path), 'whole'), SCHEDULE,
+                          progress=False)
+
+    broken = _learner(seed=0)
+    with pytest.raises(_Interrupted):
+        training.train(broken, _DiesAt(train, 5), val, results.RunFolder(str(tmp_path), 'broken'),
+                       SCHEDULE, progress=False)
+    # A new process starts from other weights; the checkpoint must replace them.
+    resumed = _learner(seed=123)
+    folder = results.RunFolder(str(tmp_path), 'broken', resume=True)
+    assert folder.restore_checkpoint(resumed.state_variables()) == 4
+    resumed_rows = training.train(resumed, train, val, folder, SCHEDULE, progress=False)
+
+    assert [row['iteration'] for row in rows] == [0, 2, 4, 6, 7]
+    np.testing.assert_equal(_without_time(resumed_rows), _without_time(rows))
+    np.testing.assert_equal(_without_time(folder.read_metrics()), _without_time(rows))
+    for a, b in zip(whole.state_variables(), resumed.state_variables()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    train, val = _task_sources()
+    learner = _learner(seed=0)
+    step = learner.meta_train_step
+
+    def poisoned(episodes, calls=[]):
+        calls.append(1)
+        metrics = step(episodes)
+        if len(calls) == 3:
+            metrics['query_post_loss'] = metrics['query_post_loss'] * np.nan
+        return metrics
+    learner.meta_train_step = poisoned
+    folder = results.RunFolder(str(tmp_path), 'nan')
+    with pytest.raises(training.TrainingError, match=r'iteration 3; the last good checkpoint \(iteration 2\)'):
+        training.train(learner, train, val, folder, SCHEDULE, progress=False)
+    with np.load(folder.file(results.CHECKPOINT_FILE)) as checkpoint:
+        assert int(checkpoint['iteration']) == 2
+        assert all(np.isfinite(checkpoint[k]).all() for k in checkpoint.files)
+
+
+def test_existing_run_folder_is_kept_unless_asked(tmp_path):
+    folder = results.RunFolder(str(tmp_path), 'run')
+    with open(folder.file('metrics.csv'), 'w') as f:
+        f.write('precious')
+    with pytest.raises(results.RunError, match='already exists; pass --resume .* or --overwrite'):
+        results.RunFolder(str(tmp_path), 'run')
+    assert open(folder.file('metrics.csv')).read() == 'precious'
+    results.RunFolder(str(tmp_path), 'run', resume=True)
+    assert os.path.exists(folder.file('metrics.csv'))
+    results.RunFolder(str(tmp_path), 'run', overwrite=True)
+    assert not os.path.exists(folder.file('metrics.csv'))
+
+
+def test_unwritable_results_dir_is_refused(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    with pytest.raises(results.RunError, match='--results_dir .*cannot write there'):
+        results.RunFolder(str(blocker), 'run')
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    folder = results.RunFolder(str(tmp_path), 'run')
+    folder.write_hyperparameters({'inner_lr': 0.4, 'num_iterations': 10}, {})
+    resumed = results.RunFolder(str(tmp_path), 'run', resume=True)
+    resumed.write_hyperparameters({'inner_lr': 0.4, 'num_iterations': 20}, {})  # Allowed.
+    with pytest.raises(results.RunError, match=r'other settings \(inner_lr\)'):
+        resumed.write_hyperparameters({'inner_lr': 0.1, 'num_iterations': 20}, {})
+
+
+def test_truncated_metrics_are_read_up_to_the_last_complete_row(tmp_path):
+    folder = results.RunFolder(str(tmp_path), 'run')
+    folder.write_metrics([{'iteration': 0, 'seconds': 1.0}, {'iteration': 5, 'seconds': 2.0}],
+                         ['iteration', 'seconds'])
+    path = folder.file(results.METRICS_FILE)
+    with open(path, 'a') as f:
+        f.write('10,not-a-num')
+    assert [row['iteration'] for row in folder.read_metrics()] == [0, 5]
+
+
+# The command line ---------------------------------------------------------------
+
+TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2',
+        '--num_val_classes=4', '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4',
+        '--num_inner_steps=1', '--progress=false']
+
+
+def _maml_command(data_dir, results_dir, *flags):
+    return [sys.executable, os.path.join(REPO, 'maml.py'), f'--data_dir={data_dir}',
+            f'--cache_dir={results_dir}/cache', f'--results_dir={results_dir}', *TINY, *flags]
+
+
+def _run(command, **kwargs):
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, **kwargs)
+
+
+def test_kill_9_then_resume_equals_uninterrupted_run(synthetic_dir, tmp_path):
+    out = str(tmp_path)
+    whole = _run(_maml_command(synthetic_dir, out, '--run_name=whole', '--num_iterations=40',
+                               '--val_interval=5'))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    command = _maml_command(synthetic_dir, out, '--run_name=killed', '--num_iterations=40',
+                            '--val_interval=5')
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = os.path.join(out, 'killed', results.CHECKPOINT_FILE)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        try:
+            with np.load(checkpoint) as saved:
+                if int(saved['iteration']) >= 10:
+                    break
+        except (OSError, ValueError, KeyError, EOFError):
+            pass
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with np.load(checkpoint) as saved:
+        stopped_at = int(saved['iteration'])
+    assert 10 <= stopped_at < 40, 'the run finished before it could be killed'
+
+    resumed = _run(command + ['--resume'])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    read = results.read_metrics
+    np.testing.assert_equal(_without_time(read(os.path.join(out, 'killed', results.METRICS_FILE))),
+                            _without_time(read(os.path.join(out, 'whole', results.METRICS_FILE))))
+    summaries = [json.load(open(os.path.join(out, name, results.SUMMARY_FILE))) for name in ('whole', 'killed')]
+    assert summaries[0]['test_post_accuracy'] == summaries[1]['test_post_accuracy']
+    for name in ('hyperparameters.json', 'model.keras', 'val_accuracy.png'):
+        assert os.path.exists(os.path.join(out, 'killed', name))
+    hyperparameters = json.load(open(os.path.join(out, 'killed', 'hyperparameters.json')))
+    assert hyperparameters['flags']['inner_lr'] == 0.4 and hyperparameters['seed'] == 0
+    assert hyperparameters['versions']['tensorflow'] and len(hyperparameters['data_checksum']) == 64
+    model = keras.models.load_model(os.path.join(out, 'killed', 'model.keras'))
+    assert model.output_shape == (None, 3)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--n_way=50'], '--n_way 50 exceeds the 10 classes of the meta-train split'),
+    (['--k_shot=10', '--num_query=15'], r'--k_shot \+ --num_query must be at most 20'),
+    (['--inner_lr=-0.1'], '--inner_lr'),
+    (['--num_inner_steps=0'], '--num_inner_steps'),
+    (['--data_dir=/nonexistent/omniglot'], '/nonexistent/omniglot: folder does not exist'),
+])
+def test_bad_command_lines_get_one_line_errors(synthetic_dir, tmp_path, flags, message):
+    result = _run(_maml_command(synthetic_dir, str(tmp_path), '--num_iterations=1', *flags))
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr
+    assert __import__('re').search(message, result.stderr), result.stderr[-1000:]
+
+
+def test_existing_run_is_not_overwritten_from_the_command_line(synthetic_dir, tmp_path):
+    os.makedirs(tmp_path / 'taken')
+    (tmp_path / 'taken' / 'metrics.csv').write_text('precious')
+    result = _run(_maml_command(synthetic_dir, str(tmp_path), '--run_name=taken', '--num_iterations=1'))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert (tmp_path / 'taken' / 'metrics.csv').read_text() == 'precious'
