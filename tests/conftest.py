@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # archive -> {alphabet: number of characters}; 20 drawings each, as in Omniglot.
@@ -77,5 +78,6 @@ def real_omniglot_dir():
 @pytest.fixture(scope='session')
 def real_omniglot(real_omniglot_dir, tmp_path_factory):
     import data
-    cache = os.environ.get('OMNIGLOT_TEST_CACHE') or str(tmp_path_factory.mktemp('cache'))
+    # The project's own cache folder: built once, shared with the scripts (and git-ignored).
+    cache = os.environ.get('OMNIGLOT_TEST_CACHE') or os.path.join(REPO, 'data')
     return data.load_omniglot(real_omniglot_dir, cache)

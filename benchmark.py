@@ -1,0 +1,141 @@
+"""Speed and memory of a MAML meta-iteration, against this machine's arithmetic lower bound.
+
+    python benchmark.py                       # the paper's setting: T=32, 5-way 5-shot, 15 queries, 5 steps
+
+For each derivative order it prints the median seconds per meta-iteration and
+the peak resident memory (each order runs in its own process, so the peaks do
+not mix). It also measures the machine's convolution throughput on the same
+network (forward and backward of one large batch with shared weights, the most
+favourable case for the convolution kernels) and divides the convolution work of
+a meta-iteration by it: that is the lower bound the ratio is taken against.
+
+Convolution work of a first-order meta-iteration (per task; S support, Q query images;
+F = forward multiply-adds of one image, B = backward, i.e. input and weight gradients):
+    inner loop      steps x S x (F + B)
+    support after   S x F             (post-adaptation support accuracy)
+    query           Q x (F + B) + Q x F   (meta-gradient; pre-adaptation accuracy)
+Second order adds the reverse pass through every inner step, counted as steps x S x 2(F + B).
+Timings use random images: the cost does not depend on the pixels.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import data  # noqa: E402
+import maml  # noqa: E402
+import network  # noqa: E402
+
+flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones).', lower_bound=1)
+flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
+flags.DEFINE_string('measure', '', 'Internal: measure one order in this process and print JSON.')
+FLAGS = flags.FLAGS
+
+
+def conv_macs(net, backward):
+    """Multiply-adds of the convolutions for one image: forward, or backward (input + weight grads)."""
+    size, channels, total = net.image_size, 1, 0
+    for block in range(net.num_blocks):
+        out = size if net.max_pool else (size + 1) // 2
+        layer = out * out * 9 * channels * net.num_filters
+        # Backward: the weight gradient always; the input gradient except for the first layer.
+        total += (layer if block == 0 else 2 * layer) if backward else layer
+        size = (out + 1) // 2 if net.max_pool else out
+        channels = net.num_filters
+    return total
+
+
+def meta_iteration_macs(net, first_order):
+    forward, backward = conv_macs(net, False), conv_macs(net, True)
+    support = FLAGS.n_way * FLAGS.k_shot
+    query = FLAGS.n_way * FLAGS.num_query
+    inner = FLAGS.num_inner_steps * support * (forward + backward)
+    per_task = inner + support * forward + query * (2 * forward + backward)
+    if not first_order:
+        per_task += 2 * inner
+    return FLAGS.meta_batch_size * per_task
+
+
+def conv_throughput(net, batch=800, repeats=5):
+    """Measured multiply-adds per second of the network's forward + backward on one big batch."""
+    model = net.keras_model()
+    params = network.parameters(model)
+    images = tf.random.uniform([1, batch, net.image_size, net.image_size, 1])
+    labels = tf.zeros([1, batch], tf.int32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tiled = network.tile(params, 1)
+            tape.watch(tiled)
+            loss = tf.reduce_sum(network.task_losses(net.forward(tiled, images), labels))
+        return tape.gradient(loss, tiled)
+    step()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda x: x.numpy(), step())
+        seconds.append(time.perf_counter() - start)
+    return batch * (conv_macs(net, False) + conv_macs(net, True)) / statistics.median(seconds)
+
+
+def measure(order):
+    """Times meta-iterations of one order in this process; returns a dict of figures."""
+    first_order = order == 'first'
+    keras.utils.set_random_seed(0)
+    net = network.ConvNet(FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool)
+    learner = maml.MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
+                        keras.optimizers.Adam(FLAGS.meta_lr))
+    images = np.random.default_rng(0).random((200, 20, 28, 28)).astype(np.float32)
+    sampler = data.EpisodeSampler(images, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, seed=0)
+    batches = [sampler.sample(i, FLAGS.meta_batch_size) for i in range(FLAGS.repeats + 2)]
+    start = time.perf_counter()
+    learner.meta_train_step(batches[0])
+    first_call = time.perf_counter() - start
+    learner.meta_train_step(batches[1])
+    seconds = []
+    for batch in batches[2:]:
+        start = time.perf_counter()
+        learner.meta_train_step(batch)
+        seconds.append(time.perf_counter() - start)
+    return {'order': order, 'median_seconds': statistics.median(seconds), 'min_seconds': min(seconds),
+            'first_call_seconds': first_call,
+            'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            'macs': meta_iteration_macs(net, first_order),
+            'throughput_macs_per_second': conv_throughput(net)}
+
+
+def main(argv):
+    del argv
+    if FLAGS.measure:
+        print(json.dumps(measure(FLAGS.measure)))
+        return
+    passed = [arg for arg in sys.argv[1:] if not arg.startswith('--orders')]
+    print(f'MAML meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way {FLAGS.k_shot}-shot, '
+          f'{FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, {FLAGS.num_filters} filters, '
+          f'{os.cpu_count()} CPUs, TensorFlow {tf.__version__}')
+    for order in FLAGS.orders:
+        result = subprocess.run([sys.executable, __file__, f'--measure={order}', *passed],
+                                capture_output=True, text=True, check=True)
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        bound = figures['macs'] / figures['throughput_macs_per_second']
+        print(f'{order:>6} order: median {figures["median_seconds"]:.3f} s/iteration '
+              f'(min {figures["min_seconds"]:.3f}, first call with tracing {figures["first_call_seconds"]:.1f} s), '
+              f'peak memory {figures["peak_rss_gb"]:.2f} GB; '
+              f'convolution throughput {2 * figures["throughput_macs_per_second"] / 1e9:.0f} GFLOP/s, '
+              f'lower bound {bound:.3f} s, ratio {figures["median_seconds"] / bound:.2f}x')
+
+
+if __name__ == '__main__':
+    app.run(main)
