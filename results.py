@@ -28,8 +28,10 @@ HYPERPARAMETERS_FILE = 'hyperparameters.json'
 CHECKPOINT_FILE = 'checkpoint.npz'
 SUMMARY_FILE = 'summary.json'
 MODEL_FILE = 'model.keras'
-# Flags that may change when a run is resumed.
-RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress'})
+# Flags that may change when a run is resumed. The data may move (other --data_dir), but
+# its checksum must not change.
+RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress',
+                               'data_dir', 'cache_dir', 'results_dir'})
 
 
 class RunError(RuntimeError):
@@ -117,9 +119,12 @@ class RunFolder:
         path = self.file(HYPERPARAMETERS_FILE)
         if os.path.exists(path):
             with open(path) as f:
-                recorded = json.load(f)['flags']
+                previous = json.load(f)
+            recorded = previous['flags']
             changed = sorted(name for name in set(recorded) | set(flags)
                              if name not in RESUMABLE_CHANGES and recorded.get(name) != flags.get(name))
+            if previous.get('data_checksum') != extra.get('data_checksum'):
+                changed.append('data (its checksum)')
             if changed:
                 raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
                                'resume it with the same flags or start a new --run_name')

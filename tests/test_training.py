@@ -124,6 +124,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     resumed.write_hyperparameters({'inner_lr': 0.4, 'num_iterations': 20}, {})  # Allowed.
     with pytest.raises(results.RunError, match=r'other settings \(inner_lr\)'):
         resumed.write_hyperparameters({'inner_lr': 0.1, 'num_iterations': 20}, {})
+    with pytest.raises(results.RunError, match=r'other settings \(data \(its checksum\)\)'):
+        resumed.write_hyperparameters({'inner_lr': 0.4}, {'data_checksum': 'other'})
 
 
 def test_truncated_metrics_are_read_up_to_the_last_complete_row(tmp_path):
