@@ -47,6 +47,10 @@ class MAML:
     axis T and `network.forward` keeps the tasks apart.
     """
 
+    # What meta_train_step reports, per task; the first is the meta-loss.
+    train_metrics = ('query_post_loss', 'query_post_accuracy', 'query_pre_loss', 'query_pre_accuracy',
+                     'support_pre_accuracy', 'support_post_accuracy')
+
     def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer):
         """
         Args:

@@ -45,21 +45,30 @@ class ConvNet:
                    keras.layers.Dense(self.n_way, name='head')]
         return keras.Sequential(layers, name='convnet')
 
-    def forward(self, params, images):
+    def forward(self, params, images, statistics=None):
         """Logits of every task's images under that task's weights.
 
         Args:
           params: dict name -> [T, *shape] tensor (names as in `parameters`).
           images: [T, B, 28, 28, 1] tensor.
+          statistics: None, or dict 'bn<i>/moving_mean' and 'bn<i>/moving_variance' -> [T, F]
+            (names as in `statistics`).
         Returns:
           [T, B, n_way] logits.
-        Batch norm normalises with the moments of each task's own batch (transductive).
+        Without `statistics`, batch norm normalises with the moments of each task's own
+        batch (transductive, as MAML does); with them, it uses those fixed statistics.
         """
         num_tasks, batch = images.shape[0], images.shape[1]
         h = tf.transpose(images[..., 0], [1, 2, 3, 0])  # [B, H, W, T]: tasks as channel groups.
         for block in range(1, self.num_blocks + 1):
             h = grouped_conv2d(h, params[f'conv{block}/kernel'], 1 if self.max_pool else 2)
-            h = batch_norm(h, _flat(params[f'bn{block}/gamma']), _flat(params[f'bn{block}/beta']))
+            gamma, beta = _flat(params[f'bn{block}/gamma']), _flat(params[f'bn{block}/beta'])
+            if statistics is None:
+                h = batch_norm(h, gamma, beta)
+            else:
+                h = tf.nn.batch_normalization(
+                    h, _flat(statistics[f'bn{block}/moving_mean']),
+                    _flat(statistics[f'bn{block}/moving_variance']), beta, gamma, BATCH_NORM_EPSILON)
             h = tf.nn.relu(h)
             if self.max_pool:
                 h = tf.nn.max_pool2d(h, 2, 2, 'SAME')
@@ -112,6 +121,12 @@ def parameters(model):
     """The trainable weights of `model` by name ('conv1/kernel', 'bn1/gamma', ..., 'head/bias')."""
     return {f'{layer.name}/{variable.name}': variable
             for layer in model.layers for variable in layer.trainable_weights}
+
+
+def statistics(model):
+    """The batch-norm running statistics of `model` by name ('bn1/moving_mean', ...)."""
+    return {f'{layer.name}/{variable.name}': variable for layer in model.layers
+            for variable in layer.non_trainable_weights if 'moving' in variable.name}
 
 
 def tile(params, num_tasks):

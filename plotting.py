@@ -13,10 +13,12 @@ import results  # noqa: E402
 ASSIGNMENT_BAR = 0.80
 
 
-def plot_accuracy(rows, path, title):
-    """Validation (with 95% CI band) and training query accuracy over meta-training.
+def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
+                  train_label='training tasks, after adaptation', xlabel='meta-iteration'):
+    """Validation (with 95% CI band) and training accuracy over training.
 
-    rows: metrics rows as written by training.train; path: the PNG (or PDF/SVG) to write.
+    rows: metrics rows as written by training.train; path: the PNG (or PDF/SVG) to write;
+    train_column: the training accuracy to draw (absent or empty: none).
     """
     iterations = [row['iteration'] for row in rows]
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
@@ -27,12 +29,13 @@ def plot_accuracy(rows, path, title):
         axes.plot(iterations, mean, marker='o', markersize=3, color=color, label=label)
         axes.fill_between(iterations, [m - c for m, c in zip(mean, ci)],
                           [m + c for m, c in zip(mean, ci)], color=color, alpha=0.2, linewidth=0)
-    trained = [row for row in rows if not math.isnan(row['train_post_accuracy'])]
-    axes.plot([row['iteration'] for row in trained], [row['train_post_accuracy'] for row in trained],
-              color='tab:orange', linestyle='--', label='training, after adaptation')
+    trained = [row for row in rows if not math.isnan(row.get(train_column, math.nan))]
+    if trained:
+        axes.plot([row['iteration'] for row in trained], [row[train_column] for row in trained],
+                  color='tab:orange', linestyle='--', label=train_label)
     axes.axhline(ASSIGNMENT_BAR, color='tab:red', linestyle=':', linewidth=1,
                  label=f'assignment bar ({ASSIGNMENT_BAR:.0%})')
-    axes.set(xlabel='meta-iteration', ylabel='query accuracy', title=title, ylim=(0, 1.0))
+    axes.set(xlabel=xlabel, ylabel='query accuracy', title=title, ylim=(0, 1.0))
     axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     axes.grid(alpha=0.3)
     axes.legend(loc='lower right', fontsize=8)
@@ -43,7 +46,7 @@ def plot_accuracy(rows, path, title):
     os.replace(temporary, path)
 
 
-def plot_run(run_dir, title=None, filename='val_accuracy.png'):
-    """Redraws the accuracy figure of a run folder from its metrics.csv."""
+def plot_run(run_dir, title=None, filename='val_accuracy.png', **options):
+    """Redraws the accuracy figure of a run folder from its metrics.csv (options: plot_accuracy's)."""
     rows = results.read_metrics(os.path.join(run_dir, results.METRICS_FILE))
-    plot_accuracy(rows, os.path.join(run_dir, filename), title or os.path.basename(run_dir))
+    plot_accuracy(rows, os.path.join(run_dir, filename), title or os.path.basename(run_dir), **options)

@@ -1,11 +1,12 @@
 """The meta-training loop shared by every algorithm: evaluate, checkpoint, log, resume.
 
 A learner is any object with
-    meta_train_step(episodes) -> dict name -> [T] per-task metrics (NumPy)
-    evaluate(episodes, num_steps) -> the same, without changing the learner
+    train_metrics: names of the metrics its training step returns; the first is its loss
+    meta_train_step(batch) -> dict name -> NumPy array of values (per task, or per example)
+    evaluate(episodes, num_steps) -> per-task 'query_pre_accuracy' and 'query_post_accuracy'
+        (and possibly more), adapting to each task without changing the learner
     state_variables() -> every variable a checkpoint must hold
-and the metrics 'query_pre_loss', 'query_post_loss', 'query_pre_accuracy',
-'query_post_accuracy'. `maml.MAML` is one.
+`maml.MAML` is one; a pretrained classifier scored by transfer is another.
 """
 
 import dataclasses
@@ -19,11 +20,7 @@ from tqdm import tqdm
 
 import results
 
-METRIC_COLUMNS = [
-    'iteration', 'seconds',
-    'train_pre_loss', 'train_post_loss', 'train_pre_accuracy', 'train_post_accuracy',
-    'val_pre_accuracy', 'val_pre_ci95', 'val_post_accuracy', 'val_post_ci95',
-]
+VAL_COLUMNS = ['val_pre_accuracy', 'val_pre_ci95', 'val_post_accuracy', 'val_post_ci95']
 
 
 class TrainingError(RuntimeError):
@@ -56,12 +53,14 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
 
     Meta-batch i is `train_sampler.sample(i, T)`, so a resumed run sees the same
     tasks as an uninterrupted one. Every `val_interval` iterations the fixed
-    validation tasks are evaluated, a row is added to metrics.csv and the state
-    is checkpointed (metrics first: a run killed in between redoes that row).
+    validation tasks are evaluated, a row is added to metrics.csv (with the mean
+    of each training metric since the previous row, as train_<name>) and the
+    state is checkpointed (metrics first: a run killed in between redoes that row).
 
     Returns:
       The metrics rows, one per validation.
     """
+    columns = ['iteration', 'seconds'] + VAL_COLUMNS + [f'train_{n}' for n in learner.train_metrics]
     variables = learner.state_variables()
     start = run.restore_checkpoint(variables)
     rows = [row for row in run.read_metrics() if row['iteration'] <= start]
@@ -77,10 +76,10 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
         row = {'iteration': iteration, 'seconds': elapsed + time.perf_counter() - clock,
                'val_pre_accuracy': pre, 'val_pre_ci95': pre_ci,
                'val_post_accuracy': post, 'val_post_ci95': post_ci}
-        for name in ('pre_loss', 'post_loss', 'pre_accuracy', 'post_accuracy'):
-            row[f'train_{name}'] = float(np.mean(train_metrics[f'query_{name}'])) if train_metrics else math.nan
+        for name in learner.train_metrics:
+            row[f'train_{name}'] = float(np.mean(train_metrics[name])) if train_metrics else math.nan
         rows.append(row)
-        run.write_metrics(rows, METRIC_COLUMNS)
+        run.write_metrics(rows, columns)
         run.save_checkpoint(variables, iteration)
         with writer.as_default(step=iteration):
             for name in ('val_pre_accuracy', 'val_post_accuracy'):
@@ -94,24 +93,24 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
     interval = []
     for iteration in range(start + 1, schedule.num_iterations + 1):
         metrics = learner.meta_train_step(train_sampler.sample(iteration, schedule.meta_batch_size))
-        meta_loss = float(np.mean(metrics['query_post_loss']))
-        if not math.isfinite(meta_loss):
+        means = {name: float(np.mean(values)) for name, values in metrics.items()}
+        loss = means[learner.train_metrics[0]]
+        if not all(math.isfinite(value) for value in means.values()):
             raise TrainingError(
-                f'the meta-loss became {meta_loss} at iteration {iteration}; the last good '
+                f'the training loss became {loss} at iteration {iteration}; the last good '
                 f'checkpoint (iteration {int(last["iteration"])}) is kept in {run.path}. '
-                'Try a smaller --meta_lr or --inner_lr.')
+                'Try smaller learning rates.')
         interval.append(metrics)
         with writer.as_default(step=iteration):
-            for name, values in metrics.items():
-                tf.summary.scalar(f'train/{name}', float(np.mean(values)))
+            for name, value in means.items():
+                tf.summary.scalar(f'train/{name}', value)
         if iteration % schedule.val_interval == 0 or iteration == schedule.num_iterations:
             merged = {name: np.concatenate([m[name] for m in interval]) for name in metrics}
             last = validate(iteration, merged)
             interval = []
         bar.update(1)
-        bar.set_postfix(loss=f'{meta_loss:.3f}',
-                        train=f'{np.mean(metrics["query_post_accuracy"]):.3f}',
-                        val=f'{last["val_post_accuracy"]:.3f}')
+        bar.set_postfix(loss=f'{loss:.3f}', val=f'{last["val_post_accuracy"]:.3f}',
+                        **{name: f'{means[name]:.3f}' for name in learner.train_metrics[1:2]})
     bar.close()
     writer.flush()
     return rows

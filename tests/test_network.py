@@ -26,6 +26,19 @@ def test_forward_matches_keras_model_in_training_mode(max_pool):
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
+def test_forward_with_running_statistics_matches_keras_inference_mode():
+    tf.keras.utils.set_random_seed(2)
+    net = network.ConvNet(n_way=3, num_filters=6)
+    model = net.keras_model()
+    for _ in range(3):  # Move the running statistics away from their initial values.
+        model(tf.random.uniform([16, 28, 28, 1]), training=True)
+    images = tf.random.uniform([2, 5, 28, 28, 1])
+    logits = net.forward(network.tile(network.parameters(model), 2), images,
+                         network.tile(network.statistics(model), 2))
+    expected = tf.stack([model(images[t], training=False) for t in range(2)])
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
 def test_tasks_do_not_see_each_others_weights(net_and_model):
     net, model = net_and_model
     params = network.tile(network.parameters(model), 3)
