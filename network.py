@@ -58,6 +58,11 @@ class ConvNet:
         Without `statistics`, batch norm normalises with the moments of each task's own
         batch (transductive, as MAML does); with them, it uses those fixed statistics.
         """
+        return head(params['head/kernel'], params['head/bias'],
+                    self.features(params, images, statistics))
+
+    def features(self, params, images, statistics=None):
+        """The penultimate features [T, B, num_filters]: everything but the head (see `forward`)."""
         num_tasks, batch = images.shape[0], images.shape[1]
         h = tf.transpose(images[..., 0], [1, 2, 3, 0])  # [B, H, W, T]: tasks as channel groups.
         for block in range(1, self.num_blocks + 1):
@@ -72,9 +77,12 @@ class ConvNet:
             h = tf.nn.relu(h)
             if self.max_pool:
                 h = tf.nn.max_pool2d(h, 2, 2, 'SAME')
-        features = tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [batch, num_tasks, -1])
-        logits = tf.einsum('btf,tfk->tbk', features, params['head/kernel'])
-        return logits + params['head/bias'][:, None, :]
+        return tf.transpose(tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [batch, num_tasks, -1]), [1, 0, 2])
+
+
+def head(kernel, bias, features):
+    """The linear head of every task: kernel [T, F, N], bias [T, N], features [T, B, F] -> [T, B, N]."""
+    return tf.einsum('tbf,tfn->tbn', features, kernel) + bias[:, None, :]
 
 
 def grouped_conv2d(h, kernels, stride):

@@ -79,7 +79,9 @@ def read_metrics(path):
     with open(path, newline='') as f:
         for row in csv.DictReader(f):
             try:
-                rows.append({k: float(v) if v != '' else float('nan') for k, v in row.items()})
+                parsed = {k: float(v) if v != '' else float('nan') for k, v in row.items()}
+                parsed['iteration'] = int(parsed['iteration'])
+                rows.append(parsed)
             except (TypeError, ValueError):
                 break
     return rows
@@ -142,7 +144,8 @@ class RunFolder:
             writer.writeheader()
             for row in rows:
                 # repr() round-trips floats exactly, so a resumed run reads back what it wrote.
-                writer.writerow({k: '' if np.isnan(v) else repr(float(v)) for k, v in row.items()})
+                writer.writerow({k: v if k == 'iteration' else '' if np.isnan(v) else repr(float(v))
+                                 for k, v in row.items()})
             f.write(text.getvalue().encode())
         atomic_write(self.file(METRICS_FILE), write)
 
