@@ -354,3 +354,40 @@ class EpisodeSampler:
         """`num_tasks` tasks in meta-batches of at most `batch_size`: a fixed evaluation set."""
         return [self.sample(start, min(batch_size, num_tasks - start))
                 for start in range(0, num_tasks, batch_size)]
+
+
+class ImageStream:
+    """Minibatches of (image, class) pairs from all images of a split, for ordinary classification.
+
+    Iterations run 1, 2, ... and go through the images in epochs, each epoch in its
+    own order; batch i depends only on (seed, i), so a resumed run sees the same batches.
+    `max_shift` > 0 moves every image by up to that many pixels in each direction.
+    """
+
+    def __init__(self, images, batch_size, seed, max_shift=0):
+        self.images = images.reshape((-1,) + images.shape[2:])  # [C * 20, 28, 28]
+        self.labels = np.repeat(np.arange(len(images), dtype=np.int32), images.shape[1])
+        self.batch_size, self.seed, self.max_shift = batch_size, seed, max_shift
+        self.steps_per_epoch = -(-len(self.images) // batch_size)
+
+    def sample(self, index, batch_size):
+        """Minibatch number `index` (1-based): images [B, 28, 28, 1] float32, labels [B] int32."""
+        if batch_size != self.batch_size:
+            raise ValueError(f'this stream was made for batches of {self.batch_size}, not {batch_size}')
+        epoch, step = divmod(index - 1, self.steps_per_epoch)
+        rng = np.random.default_rng([self.seed, epoch])
+        chosen = rng.permutation(len(self.images))[step * batch_size:(step + 1) * batch_size]
+        images = self.images[chosen]
+        if self.max_shift:
+            images = _shift(images, rng.integers(-self.max_shift, self.max_shift + 1, (len(chosen), 2)))
+        return images[..., None], self.labels[chosen]
+
+
+def _shift(images, offsets):
+    """Moves image b by offsets[b] = (dy, dx) pixels, filling with background. images [B, H, W]."""
+    size = images.shape[1]
+    pad = int(np.abs(offsets).max())
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))
+    rows = pad - offsets[:, :1] + np.arange(size)[None]  # [B, H]
+    cols = pad - offsets[:, 1:] + np.arange(size)[None]  # [B, W]
+    return padded[np.arange(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]]

@@ -6,6 +6,7 @@ and a function building its learner, and hands both to `run`.
 
 import os
 import sys
+from typing import NamedTuple
 
 import keras
 from absl import logging
@@ -28,11 +29,26 @@ def load_splits():
     return splits, omniglot.checksum
 
 
-def evaluation_batches(images, split_name, num_tasks, offset):
-    """The fixed evaluation tasks of a split: the same for every script given --eval_seed."""
-    sampler = data.EpisodeSampler(images, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
-                                  FLAGS.eval_seed + offset, split_name)
+def evaluation_batches(images, split_name, num_tasks, offset, n_way=None, k_shot=None, num_query=None):
+    """The fixed evaluation tasks of a split: the same for every script given --eval_seed.
+
+    offset: 0 for validation, 1 for test, so the two never share a task stream.
+    n_way, k_shot, num_query: the task shape (default: the flags).
+    """
+    sampler = data.EpisodeSampler(images, n_way or FLAGS.n_way, k_shot or FLAGS.k_shot,
+                                  num_query or FLAGS.num_query, FLAGS.eval_seed + offset, split_name)
     return sampler.fixed_batches(num_tasks, FLAGS.meta_batch_size)
+
+
+def episode_stream(splits):
+    """The meta-training task stream given by the flags."""
+    return data.EpisodeSampler(splits.train, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
+                               FLAGS.seed, 'meta-train')
+
+
+def convnet(n_way=None):
+    """The network given by the flags, with an `n_way`-output head (default --n_way)."""
+    return network.ConvNet(n_way or FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool)
 
 
 def save_model(model, path):
@@ -42,22 +58,32 @@ def save_model(model, path):
     os.replace(temporary, path)
 
 
-def run(algorithm, default_run_name, build_learner, flag_modules, num_eval_inner_steps, extra=None):
+class Outcome(NamedTuple):
+    """What `run` produced: the summary (also in summary.json), the trained learner, the splits
+    and the run folder, for scripts that do more afterwards."""
+    summary: dict
+    learner: object
+    splits: data.Splits
+    folder: results.RunFolder
+
+
+def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
+        schedule_for=None, plot_options=None):
     """Runs one experiment from the flags and writes its run folder.
 
     Args:
       algorithm: name recorded in the hyperparameters, e.g. 'FO-MAML'.
       default_run_name: folder name if --run_name is empty.
-      build_learner: function(network.ConvNet) -> learner (see training.py).
+      build: function(splits) -> (learner, training stream); see training.py for both.
       flag_modules: modules whose flags are recorded in hyperparameters.json.
-      num_eval_inner_steps: inner steps at validation and test.
+      num_eval_inner_steps: adaptation steps at validation and test.
       extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
+      schedule_for: function(splits) -> training.Schedule (default: from the flags).
+      plot_options: keyword arguments for plotting.plot_accuracy.
     Returns:
-      The summary dict (also written to summary.json).
+      An `Outcome`.
     """
     splits, checksum = load_splits()
-    train_sampler = data.EpisodeSampler(splits.train, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
-                                        FLAGS.seed, 'meta-train')
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
     run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
@@ -69,15 +95,14 @@ def run(algorithm, default_run_name, build_learner, flag_modules, num_eval_inner
                                                     'val': len(splits.val), 'test': len(splits.test)},
          **(extra or {})})
     keras.utils.set_random_seed(FLAGS.seed)
-    net = network.ConvNet(FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool)
-    learner = build_learner(net)
-    schedule = training.Schedule(FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval,
-                                 num_eval_inner_steps)
-    rows = training.train(learner, train_sampler, val_batches, run_folder, schedule, FLAGS.progress)
+    learner, train_stream = build(splits)
+    schedule = schedule_for(splits) if schedule_for else training.Schedule(
+        FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval, num_eval_inner_steps)
+    rows = training.train(learner, train_stream, val_batches, run_folder, schedule, FLAGS.progress)
 
     logging.info('Meta-testing on %d tasks', FLAGS.num_test_tasks)
     test = training.evaluate(learner, test_batches, num_eval_inner_steps)
-    summary = {'iterations': FLAGS.num_iterations, 'training_seconds': rows[-1]['seconds'],
+    summary = {'iterations': schedule.num_iterations, 'training_seconds': rows[-1]['seconds'],
                'val_post_accuracy': rows[-1]['val_post_accuracy'],
                'val_post_ci95': rows[-1]['val_post_ci95'], 'test_tasks': FLAGS.num_test_tasks}
     for when in ('pre', 'post'):
@@ -85,11 +110,12 @@ def run(algorithm, default_run_name, build_learner, flag_modules, num_eval_inner
         summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
     save_model(learner.model, run_folder.file(results.MODEL_FILE))
-    plotting.plot_run(run_folder.path, f'{algorithm}, {FLAGS.n_way}-way {FLAGS.k_shot}-shot Omniglot')
+    plotting.plot_run(run_folder.path, f'{algorithm}, {FLAGS.n_way}-way {FLAGS.k_shot}-shot Omniglot',
+                      **(plot_options or {}))
     print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '
           f'± {summary["test_post_ci95"]:.2%} over {FLAGS.num_test_tasks} tasks '
           f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')
-    return summary
+    return Outcome(summary, learner, splits, run_folder)
 
 
 def main_guard(function):

@@ -178,15 +178,17 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     order = 'fo' if FLAGS.first_order else 'so'
 
-    def build(net):
-        return MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, FLAGS.first_order,
-                    keras.optimizers.Adam(FLAGS.meta_lr))
+    def build(splits):
+        net = experiment.convnet()
+        learner = MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
+                       FLAGS.first_order, keras.optimizers.Adam(FLAGS.meta_lr))
+        return learner, experiment.episode_stream(splits)
 
     experiment.main_guard(lambda: experiment.run(
         algorithm='FO-MAML' if FLAGS.first_order else 'MAML',
         default_run_name=f'maml_{order}_{FLAGS.n_way}way{FLAGS.k_shot}shot_'
                          f'{FLAGS.num_inner_steps}steps_seed{FLAGS.seed}',
-        build_learner=build, flag_modules=[sys.modules[__name__]],
+        build=build, flag_modules=[sys.modules[__name__]],
         num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
         extra={'batch_norm': 'transductive (statistics of the batch being normalised)'}))
 

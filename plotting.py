@@ -39,14 +39,40 @@ def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
     axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     axes.grid(alpha=0.3)
     axes.legend(loc='lower right', fontsize=8)
-    figure.tight_layout()
-    temporary = f'{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}'
-    figure.savefig(temporary)
-    plt.close(figure)
-    os.replace(temporary, path)
+    _save(figure, path)
 
 
 def plot_run(run_dir, title=None, filename='val_accuracy.png', **options):
     """Redraws the accuracy figure of a run folder from its metrics.csv (options: plot_accuracy's)."""
     rows = results.read_metrics(os.path.join(run_dir, results.METRICS_FILE))
     plot_accuracy(rows, os.path.join(run_dir, filename), title or os.path.basename(run_dir), **options)
+
+
+def plot_comparison(per_task, path):
+    """Overlaid histograms of per-task meta-test accuracy, one panel per setting.
+
+    per_task: {setting: {method: [per-task accuracy]}}, the same tasks for every method.
+    """
+    figure, panels = plt.subplots(1, len(per_task), figsize=(5.5 * len(per_task), 4), dpi=120,
+                                  squeeze=False)
+    for axes, (setting, scores) in zip(panels[0], per_task.items()):
+        bins = [i / 40 for i in range(41)]
+        for (method, accuracies), color in zip(scores.items(), ('tab:blue', 'tab:orange', 'tab:green')):
+            mean, ci = results.confidence_interval(accuracies)
+            axes.hist(accuracies, bins=bins, alpha=0.5, color=color,
+                      label=f'{method}: {mean:.1%} ± {ci:.1%}')
+            axes.axvline(mean, color=color, linestyle='--')
+        axes.set(title=f'{setting}, {len(accuracies)} meta-test tasks', xlabel='query accuracy of a task',
+                 ylabel='tasks')
+        axes.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        axes.legend(loc='upper left', fontsize=8)
+    _save(figure, path)
+
+
+def _save(figure, path):
+    """Writes `figure` atomically; the format follows the suffix (.png, .pdf, .svg)."""
+    figure.tight_layout()
+    temporary = f'{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}'
+    figure.savefig(temporary)
+    plt.close(figure)
+    os.replace(temporary, path)

@@ -1,0 +1,289 @@
+"""Transfer learning baseline: pretrain a classifier, freeze it, replace the head, adapt per task.
+
+    python maml_transfer.py                         # pretrain on all meta-train characters, then meta-test
+    python maml_transfer.py --compare_with results/maml_fo_5way5shot_5steps_seed0,results/maml_fo_5way1shot_5steps_seed0
+
+The network is MAML's, trained as an ordinary classifier over every meta-train
+character. For a few-shot task, the convolutional layers are frozen (batch-norm
+statistics included), the classification layer is replaced by a new N-way layer,
+that layer is fitted on the support set with a few gradient steps, and the query
+set scores it. During pretraining this is measured on the same meta-validation
+tasks MAML uses. `--compare_with` scores trained FO-MAML runs and this model on the
+same meta-test tasks.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Keep TensorFlow's C++ start-up chatter out of the way.
+
+import keras  # noqa: E402  (after the environment is set)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import config  # noqa: E402
+import data  # noqa: E402
+import experiment  # noqa: E402
+import maml  # noqa: E402
+import network  # noqa: E402
+import plotting  # noqa: E402
+import results  # noqa: E402
+import training  # noqa: E402
+
+flags.adopt_module_key_flags(config)
+flags.DEFINE_integer('epochs', 10, 'Pretraining epochs over all meta-train images '
+                     '(--num_iterations is not used by this script).', lower_bound=1)
+flags.DEFINE_integer('batch_size', 128, 'Pretraining minibatch size.', lower_bound=1)
+flags.DEFINE_float('pretrain_lr', 1e-3, 'Pretraining Adam learning rate.', lower_bound=1e-12)
+flags.DEFINE_integer('max_shift', 2, 'Pretraining augmentation: random shifts of up to this many '
+                     'pixels (0: none). Rotations as new classes: --rotations.', lower_bound=0)
+flags.DEFINE_integer('adapt_steps', 100, 'Gradient steps fitting the new head on a support set.',
+                     lower_bound=0)
+flags.DEFINE_float('adapt_lr', 0.01, 'Learning rate of those steps.', lower_bound=1e-12)
+flags.DEFINE_enum('adapt_optimizer', 'adam', ['sgd', 'adam'], 'Optimizer of those steps.')
+flags.DEFINE_enum('head_init', 'random', ['random', 'zero', 'prototype'],
+                  'Initial new head: Glorot-uniform random, zeros, or class prototypes '
+                  '(weights 2*mean support feature, bias -|mean|^2).')
+flags.DEFINE_boolean('finetune_all', False, 'Adapt every weight on the support set, not only the '
+                     'new head (batch-norm statistics stay frozen unless --batch_statistics).')
+flags.DEFINE_boolean('batch_statistics', False, 'Normalise with the statistics of the task\'s own '
+                     'batch (transductive) instead of the frozen pretraining statistics.')
+flags.DEFINE_list('compare_with', [], 'FO-MAML run folders (with model.keras) to compare with on '
+                  'the same meta-test tasks, each at its own N-way K-shot setting.')
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptation:
+    """How a pretrained network is adapted to a task (see the flags of the same names)."""
+    steps: int = 100
+    lr: float = 0.01
+    optimizer: str = 'adam'
+    head_init: str = 'random'
+    finetune_all: bool = False
+    batch_statistics: bool = False
+    seed: int = 0
+
+
+def transfer_learn(net, model, episodes, n_way, adaptation):
+    """Replaces the head of `model` by a new `n_way` head, adapts it on each task's support set
+    and scores it on the query set. `model` itself is not changed.
+
+    Args:
+      net: the `network.ConvNet` of `model` (its head size is irrelevant).
+      model: the pretrained Keras model.
+      episodes: a `data.Episodes` of T tasks.
+      n_way: outputs of the new head; must cover the tasks' labels.
+      adaptation: an `Adaptation`.
+    Returns:
+      dict of [T] NumPy arrays: query accuracy and loss before and after adaptation.
+    """
+    labels = np.asarray(episodes.support_labels)
+    if labels.max() >= n_way:
+        raise ValueError(f'the new head has {n_way} outputs but the tasks have '
+                         f'{labels.max() + 1} classes; the head size must equal --n_way')
+    def tensors(variables):
+        return {name: tf.convert_to_tensor(v) for name, v in variables.items()}
+    metrics = _transfer(net, tensors(network.parameters(model)), tensors(network.statistics(model)),
+                        tuple(tf.convert_to_tensor(x) for x in episodes), n_way, adaptation)
+    return {name: value.numpy() for name, value in metrics.items()}
+
+
+@tf.function
+def _transfer(net, params, statistics, episodes, n_way, adaptation):
+    support_images, support_labels, query_images, query_labels = episodes
+    num_tasks = support_images.shape[0]
+    frozen = network.tile({k: v for k, v in params.items() if not k.startswith('head/')}, num_tasks)
+    stats = None if adaptation.batch_statistics else network.tile(statistics, num_tasks)
+    support_features = net.features(frozen, support_images, stats)
+    head = _initial_head(support_features, support_labels, n_way, adaptation)
+    # Only the head adapts, unless finetune_all: then every weight does.
+    adapted = {**frozen, **head} if adaptation.finetune_all else head
+
+    def logits(weights, images, features):
+        if adaptation.finetune_all:
+            return net.forward(weights, images, stats)
+        return network.head(weights['head/kernel'], weights['head/bias'], features)
+
+    query_features = None if adaptation.finetune_all else net.features(frozen, query_images, stats)
+    pre = logits(adapted, query_images, query_features)
+    adapted = _fit(lambda w: tf.reduce_sum(network.task_losses(
+        logits(w, support_images, support_features), support_labels)), adapted, adaptation)
+    post = logits(adapted, query_images, query_features)
+    return {'query_pre_accuracy': network.task_accuracies(pre, query_labels),
+            'query_post_accuracy': network.task_accuracies(post, query_labels),
+            'query_pre_loss': network.task_losses(pre, query_labels),
+            'query_post_loss': network.task_losses(post, query_labels)}
+
+
+def _initial_head(features, labels, n_way, adaptation):
+    """A new head for every task: kernel [T, F, N], bias [T, N]."""
+    num_tasks, _, width = features.shape
+    if adaptation.head_init == 'prototype':
+        one_hot = tf.one_hot(labels, n_way)  # [T, B, N]
+        prototypes = tf.einsum('tbn,tbf->tnf', one_hot, features) / tf.reduce_sum(one_hot, 1)[..., None]
+        return {'head/kernel': 2 * tf.transpose(prototypes, [0, 2, 1]),
+                'head/bias': -tf.reduce_sum(tf.square(prototypes), -1)}
+    kernel = tf.zeros([num_tasks, width, n_way])
+    if adaptation.head_init == 'random':
+        limit = np.sqrt(6.0 / (width + n_way))  # Glorot uniform, as Keras' Dense.
+        kernel = tf.random.stateless_uniform([num_tasks, width, n_way], [adaptation.seed, 0], -limit, limit)
+    return {'head/kernel': kernel, 'head/bias': tf.zeros([num_tasks, n_way])}
+
+
+def _fit(loss_fn, weights, adaptation):
+    """`adaptation.steps` steps of SGD or Adam on loss_fn(weights); tasks are independent
+    because loss_fn sums per-task losses of per-task weights."""
+    moments = {k: (tf.zeros_like(w), tf.zeros_like(w)) for k, w in weights.items()}
+    for step in tf.range(1, adaptation.steps + 1):
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            loss = loss_fn(weights)
+        grads = tape.gradient(loss, weights)
+        if adaptation.optimizer == 'sgd':
+            updates = {k: adaptation.lr * g for k, g in grads.items()}
+        else:
+            beta1, beta2, t = 0.9, 0.999, tf.cast(step, tf.float32)
+            moments = {k: (beta1 * m + (1 - beta1) * grads[k], beta2 * v + (1 - beta2) * tf.square(grads[k]))
+                       for k, (m, v) in moments.items()}
+            scale = adaptation.lr * tf.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+            updates = {k: scale * m / (tf.sqrt(v) + 1e-7) for k, (m, v) in moments.items()}
+        weights = {k: w - updates[k] for k, w in weights.items()}
+    return weights
+
+
+class PretrainedClassifier:
+    """A classifier over all meta-train classes, scored by transfer to few-shot tasks.
+
+    It plays the learner's part in training.train: a training step is one minibatch
+    of ordinary classification, and `evaluate` is `transfer_learn`.
+    """
+    train_metrics = ('loss', 'accuracy')
+
+    def __init__(self, net, optimizer, adaptation, n_way):
+        self.net, self.adaptation, self.n_way = net, adaptation, n_way
+        self.model = net.keras_model()
+        self.optimizer = optimizer
+        self.optimizer.build(self.model.trainable_variables)
+        self._step = tf.function(self._train_step)
+
+    def _train_step(self, images, labels):
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            loss = tf.reduce_mean(losses)
+        variables = self.model.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        return {'loss': losses, 'accuracy': correct}
+
+    def meta_train_step(self, batch):
+        images, labels = batch
+        return {k: v.numpy() for k, v in self._step(tf.constant(images), tf.constant(labels)).items()}
+
+    def evaluate(self, episodes, num_steps):
+        adaptation = dataclasses.replace(self.adaptation, steps=num_steps)
+        return transfer_learn(self.net, self.model, episodes, self.n_way, adaptation)
+
+    def state_variables(self):
+        return list(self.model.variables) + list(self.optimizer.variables)
+
+
+def check_maml_run(run_dir):
+    """The flags of a finished maml.py run folder; RunError if it is not one or its tasks differ."""
+    model_path = os.path.join(run_dir, results.MODEL_FILE)
+    hyper_path = os.path.join(run_dir, results.HYPERPARAMETERS_FILE)
+    if not (os.path.isfile(model_path) and os.path.isfile(hyper_path)):
+        raise results.RunError(f'--compare_with {run_dir}: no {results.MODEL_FILE} and '
+                               f'{results.HYPERPARAMETERS_FILE} there (is it a finished maml.py run?)')
+    with open(hyper_path) as f:
+        hyper = json.load(f)['flags']
+    for name in ('split', 'split_seed', 'num_train_classes', 'num_val_classes', 'eval_seed'):
+        if hyper[name] != FLAGS[name].value:
+            raise results.RunError(f'--compare_with {run_dir}: it used --{name}={hyper[name]}, this run '
+                                   f'--{name}={FLAGS[name].value}; the tasks would not be the same')
+    return hyper
+
+
+def load_maml_run(run_dir):
+    """The FO-MAML learner and the flags of a finished maml.py run folder."""
+    hyper = check_maml_run(run_dir)
+    model_path = os.path.join(run_dir, results.MODEL_FILE)
+    net = network.ConvNet(hyper['n_way'], hyper['num_filters'], max_pool=hyper['max_pool'])
+    learner = maml.MAML(net, keras.models.load_model(model_path), hyper['inner_lr'],
+                        hyper['num_inner_steps'], True, keras.optimizers.Adam())
+    return learner, hyper
+
+
+def compare(transfer, splits, folder, run_dirs):
+    """Scores each FO-MAML run and the transfer model on the same meta-test tasks; writes
+    comparison.csv and comparison.png to `folder` and returns the table rows."""
+    rows, per_task = [], {}
+    for run_dir in run_dirs:
+        learner, hyper = load_maml_run(run_dir)
+        setting = f'{hyper["n_way"]}-way {hyper["k_shot"]}-shot'
+        batches = experiment.evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1,
+                                                hyper['n_way'], hyper['k_shot'], hyper['num_query'])
+        maml_steps = hyper['num_eval_inner_steps'] or hyper['num_inner_steps']
+        scores = {
+            'FO-MAML': training.evaluate(learner, batches, maml_steps)['query_post_accuracy'],
+            'transfer': np.concatenate([transfer_learn(transfer.net, transfer.model, b, hyper['n_way'],
+                                                       transfer.adaptation)['query_post_accuracy']
+                                        for b in batches]),
+        }
+        per_task[setting] = scores
+        for method, accuracies in scores.items():
+            mean, ci = results.confidence_interval(accuracies)
+            rows.append({'setting': setting, 'method': method, 'test_accuracy': mean, 'ci95': ci,
+                         'tasks': len(accuracies), 'run': run_dir if method == 'FO-MAML' else folder.path})
+    results.atomic_write(folder.file('comparison.csv'), lambda f: f.write(_table(rows).encode()))
+    plotting.plot_comparison(per_task, folder.file('comparison.png'))
+    return rows
+
+
+def _table(rows):
+    lines = ['setting,method,test_accuracy,ci95,tasks,run']
+    lines += [f'{r["setting"]},{r["method"]},{r["test_accuracy"]!r},{r["ci95"]!r},{r["tasks"]},{r["run"]}'
+              for r in rows]
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    adaptation = Adaptation(FLAGS.adapt_steps, FLAGS.adapt_lr, FLAGS.adapt_optimizer, FLAGS.head_init,
+                            FLAGS.finetune_all, FLAGS.batch_statistics, FLAGS.eval_seed)
+
+    def stream(splits):
+        return data.ImageStream(splits.train, FLAGS.batch_size, FLAGS.seed, FLAGS.max_shift)
+
+    def build(splits):
+        learner = PretrainedClassifier(experiment.convnet(len(splits.train)),
+                                       keras.optimizers.Adam(FLAGS.pretrain_lr), adaptation, FLAGS.n_way)
+        return learner, stream(splits)
+
+    def schedule(splits):
+        return training.Schedule(FLAGS.epochs * stream(splits).steps_per_epoch, FLAGS.batch_size,
+                                 FLAGS.val_interval, FLAGS.adapt_steps)
+
+    def run():
+        for run_dir in FLAGS.compare_with:  # Fail before pretraining, not after.
+            check_maml_run(run_dir)
+        outcome = experiment.run(
+            algorithm='transfer', default_run_name=f'transfer_{FLAGS.n_way}way{FLAGS.k_shot}shot_seed{FLAGS.seed}',
+            build=build, flag_modules=[sys.modules[__name__]], num_eval_inner_steps=FLAGS.adapt_steps,
+            extra={'batch_norm': 'batch statistics of each task (transductive)' if FLAGS.batch_statistics
+                   else 'frozen pretraining statistics (not transductive)'},
+            schedule_for=schedule,
+            plot_options={'train_column': 'train_accuracy', 'xlabel': 'pretraining step',
+                          'train_label': 'pretraining minibatch accuracy'})
+        for row in compare(outcome.learner, outcome.splits, outcome.folder, FLAGS.compare_with):
+            print(f'{row["setting"]:>14} {row["method"]:>8}: {row["test_accuracy"]:.2%} ± {row["ci95"]:.2%}')
+    experiment.main_guard(run)
+
+
+if __name__ == '__main__':
+    app.run(main)
