@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import data  # noqa: E402
+import experiment  # noqa: E402
 import maml  # noqa: E402
 import network  # noqa: E402
 
@@ -67,7 +68,7 @@ def meta_iteration_macs(net, first_order):
     return FLAGS.meta_batch_size * per_task
 
 
-def conv_throughput(net, batch=800, repeats=5):
+def conv_throughput(net, batch=800, repeats=15):
     """Measured multiply-adds per second of the network's forward + backward on one big batch."""
     model = net.keras_model()
     params = network.parameters(model)
@@ -94,7 +95,7 @@ def measure(order):
     """Times meta-iterations of one order in this process; returns a dict of figures."""
     first_order = order == 'first'
     keras.utils.set_random_seed(0)
-    net = network.ConvNet(FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool)
+    net = experiment.convnet()
     learner = maml.MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
                         keras.optimizers.Adam(FLAGS.meta_lr))
     images = np.random.default_rng(0).random((200, 20, 28, 28)).astype(np.float32)
@@ -112,29 +113,36 @@ def measure(order):
     return {'order': order, 'median_seconds': statistics.median(seconds), 'min_seconds': min(seconds),
             'first_call_seconds': first_call,
             'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            'macs': meta_iteration_macs(net, first_order),
-            'throughput_macs_per_second': conv_throughput(net)}
+            'macs': meta_iteration_macs(net, first_order)}
 
 
 def main(argv):
     del argv
+    if FLAGS.measure == 'throughput':
+        print(json.dumps(conv_throughput(experiment.convnet())))
+        return
     if FLAGS.measure:
         print(json.dumps(measure(FLAGS.measure)))
         return
     passed = [arg for arg in sys.argv[1:] if not arg.startswith('--orders')]
+
+    def in_subprocess(what):
+        result = subprocess.run([sys.executable, __file__, f'--measure={what}', *passed],
+                                capture_output=True, text=True, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
     print(f'MAML meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way {FLAGS.k_shot}-shot, '
           f'{FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, {FLAGS.num_filters} filters, '
           f'{os.cpu_count()} CPUs, TensorFlow {tf.__version__}')
+    throughput = in_subprocess('throughput')
+    print(f'convolution throughput (forward + backward, 800 images, shared weights): '
+          f'{2 * throughput / 1e9:.0f} GFLOP/s')
     for order in FLAGS.orders:
-        result = subprocess.run([sys.executable, __file__, f'--measure={order}', *passed],
-                                capture_output=True, text=True, check=True)
-        figures = json.loads(result.stdout.strip().splitlines()[-1])
-        bound = figures['macs'] / figures['throughput_macs_per_second']
+        figures = in_subprocess(order)
+        bound = figures['macs'] / throughput
         print(f'{order:>6} order: median {figures["median_seconds"]:.3f} s/iteration '
               f'(min {figures["min_seconds"]:.3f}, first call with tracing {figures["first_call_seconds"]:.1f} s), '
-              f'peak memory {figures["peak_rss_gb"]:.2f} GB; '
-              f'convolution throughput {2 * figures["throughput_macs_per_second"] / 1e9:.0f} GFLOP/s, '
-              f'lower bound {bound:.3f} s, ratio {figures["median_seconds"] / bound:.2f}x')
+              f'peak memory {figures["peak_rss_gb"]:.2f} GB; arithmetic lower bound {bound:.3f} s '
+              f'({2 * figures["macs"] / 1e9:.0f} GFLOP), ratio {figures["median_seconds"] / bound:.2f}x')
 
 
 if __name__ == '__main__':

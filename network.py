@@ -85,6 +85,39 @@ def head(kernel, bias, features):
     return tf.einsum('tbf,tfn->tbn', features, kernel) + bias[:, None, :]
 
 
+@dataclasses.dataclass(frozen=True)
+class SmallCNN:
+    """The initialization lab's network: conv 32 -> max-pool -> conv 64 -> max-pool -> dense 128
+    -> dense n_way, ReLU, no batch norm. `forward` takes per-task weights like `ConvNet.forward`."""
+    n_way: int
+    image_size: int = 28
+
+    def keras_model(self):
+        return keras.Sequential([
+            keras.Input((self.image_size, self.image_size, 1)),
+            keras.layers.Conv2D(32, 3, padding='same', activation='relu', name='conv1'),
+            keras.layers.MaxPooling2D(2, name='pool1'),
+            keras.layers.Conv2D(64, 3, padding='same', activation='relu', name='conv2'),
+            keras.layers.MaxPooling2D(2, name='pool2'),
+            keras.layers.Flatten(name='flatten'),
+            keras.layers.Dense(128, activation='relu', name='dense'),
+            keras.layers.Dense(self.n_way, name='head'),
+        ], name='small_cnn')
+
+    def forward(self, params, images):
+        """Logits [T, B, n_way] of images [T, B, 28, 28, 1] under weights dict name -> [T, *shape]."""
+        num_tasks, batch = images.shape[0], images.shape[1]
+        h = tf.transpose(images[..., 0], [1, 2, 3, 0])  # [B, H, W, T]: tasks as channel groups.
+        for layer in ('conv1', 'conv2'):
+            h = grouped_conv2d(h, params[f'{layer}/kernel'], 1) + _flat(params[f'{layer}/bias'])
+            h = tf.nn.max_pool2d(tf.nn.relu(h), 2, 2, 'VALID')
+        height, width = h.shape[1], h.shape[2]
+        h = tf.reshape(h, [batch, height, width, num_tasks, -1])
+        h = tf.reshape(tf.transpose(h, [3, 0, 1, 2, 4]), [num_tasks, batch, -1])  # Keras' Flatten order.
+        h = tf.nn.relu(head(params['dense/kernel'], params['dense/bias'], h))
+        return head(params['head/kernel'], params['head/bias'], h)
+
+
 def grouped_conv2d(h, kernels, stride):
     """Convolves channel group t of `h` [B, H, W, T*C] with kernels[t] [3, 3, C, F]."""
     num_tasks, height, width, channels, filters = kernels.shape

@@ -38,7 +38,7 @@ def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
     axes.set(xlabel=xlabel, ylabel='query accuracy', title=title, ylim=(0, 1.0))
     axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     axes.grid(alpha=0.3)
-    axes.legend(loc='lower right', fontsize=8)
+    axes.legend(loc='center right', fontsize=8)
     _save(figure, path)
 
 
