@@ -26,17 +26,15 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import data  # noqa: E402
-import experiment  # noqa: E402
-import maml  # noqa: E402
-import network  # noqa: E402
+import data
+import experiment
+import maml
+import network
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones).', lower_bound=1)
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
@@ -134,7 +132,7 @@ def main(argv):
           f'{FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, {FLAGS.num_filters} filters, '
           f'{os.cpu_count()} CPUs, TensorFlow {tf.__version__}')
     throughput = in_subprocess('throughput')
-    print(f'convolution throughput (forward + backward, 800 images, shared weights): '
+    print(f'network throughput (forward + backward of 800 images, shared weights, convolutions counted): '
           f'{2 * throughput / 1e9:.0f} GFLOP/s')
     for order in FLAGS.orders:
         figures = in_subprocess(order)

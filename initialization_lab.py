@@ -22,22 +22,20 @@ import os
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Keep TensorFlow's C++ start-up chatter out of the way.
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-import keras  # noqa: E402  (after the environment is set)
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import config  # noqa: E402
-import data  # noqa: E402
-import experiment  # noqa: E402
-import maml  # noqa: E402
-import mnist  # noqa: E402
-import network  # noqa: E402
-import plotting  # noqa: E402
-import results  # noqa: E402
+import config
+import data
+import experiment
+import maml
+import mnist
+import network
+import plotting
+import results
 
 TASKS = {'A': (0, 1), 'B': (2, 3), 'C': (4, 5), 'D': (6, 7), 'E': (8, 9)}
 METHODS = {'1': 'scratch on A (train set)', '2A': 'random init, fine-tuned on A',
@@ -47,10 +45,11 @@ METHODS = {'1': 'scratch on A (train set)', '2A': 'random init, fine-tuned on A'
 flags.DEFINE_string('mnist_dir', os.environ.get('MNIST_DIR', ''), 'Folder with the original MNIST IDX '
                     'files (*-ubyte.gz). Defaults to $MNIST_DIR; if empty, tensorflow-datasets downloads MNIST.')
 flags.DEFINE_integer('num_seeds', 10, 'Seeds per method.', lower_bound=1)
-flags.DEFINE_integer('epochs', 50, 'Epochs of method 1 (training from scratch on 30 images).', lower_bound=1)
+flags.DEFINE_integer('scratch_epochs', 50, 'Epochs of method 1 (training from scratch on 30 images).', lower_bound=1)
 flags.DEFINE_integer('finetune_epochs', 50, 'Epochs of fine-tuning on a 10-image support set '
                      '(methods 2A, 2B, 2C).', lower_bound=1)
-flags.DEFINE_float('lr', 1e-3, 'Adam learning rate of training and fine-tuning.', lower_bound=1e-12)
+flags.DEFINE_float('train_lr', 1e-3, 'Adam learning rate of training from scratch, fine-tuning '
+                   'and pretraining.', lower_bound=1e-12)
 flags.DEFINE_integer('pretrain_epochs', 1, 'Epochs of the 10-digit classifier (method 2C).', lower_bound=1)
 flags.DEFINE_integer('maml_iterations', 300, 'FO-MAML meta-iterations (method 3).', lower_bound=1)
 flags.DEFINE_integer('maml_meta_batch_size', 16, 'FO-MAML tasks per meta-iteration.', lower_bound=1)
@@ -89,7 +88,7 @@ def with_new_head(model, n_way, seed):
 
 def fit(model, train, query, epochs, batch_size=None):
     """Trains `model` with Adam; returns its learning curve: per-epoch training loss and query accuracy."""
-    model.compile(keras.optimizers.Adam(FLAGS.lr),
+    model.compile(keras.optimizers.Adam(FLAGS.train_lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=['accuracy'])
     history = model.fit(*train, epochs=epochs, batch_size=batch_size or len(train[0]), verbose=0,
                         validation_data=query, shuffle=True)
@@ -105,7 +104,7 @@ def pretrained_classifier(dataset):
     keras.utils.set_random_seed(0)
     model = network.SmallCNN(10).keras_model()
     images, labels = dataset
-    model.compile(keras.optimizers.Adam(FLAGS.lr),
+    model.compile(keras.optimizers.Adam(FLAGS.train_lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=['accuracy'])
     model.fit(images[..., None].astype(np.float32) / 255.0, labels, epochs=FLAGS.pretrain_epochs,
               batch_size=128, verbose=0)
@@ -120,7 +119,7 @@ def meta_trained_maml(dataset, digits):
     keras.utils.set_random_seed(0)
     net = network.SmallCNN(2)
     learner = maml.MAML(net, net.keras_model(), FLAGS.maml_inner_lr, FLAGS.maml_inner_steps, True,
-                        keras.optimizers.Adam(FLAGS.lr))
+                        keras.optimizers.Adam(FLAGS.train_lr))
     sampler = data.EpisodeSampler(by_class, 2, 5, 10, seed=0, split_name='meta-train digits')
     for iteration in range(FLAGS.maml_iterations):
         learner.meta_train_step(sampler.sample(iteration, FLAGS.maml_meta_batch_size))
@@ -158,7 +157,7 @@ def run_seed(seed, train_set, test_set, pretrained, learner):
 
     keras.utils.set_random_seed(seed)
     scratch = network.SmallCNN(2).keras_model()
-    record('1', scratch, fit(scratch, tasks['A']['train'], tasks['A']['query'], FLAGS.epochs), 'A')
+    record('1', scratch, fit(scratch, tasks['A']['train'], tasks['A']['query'], FLAGS.scratch_epochs), 'A')
     keras.utils.set_random_seed(seed)
     random_init = network.SmallCNN(2).keras_model()
     record('2A', random_init, fit(random_init, tasks['A']['support'], tasks['A']['query'],

@@ -5,18 +5,15 @@
     python maml.py --run_name my_run --resume              # continue a stopped run
 """
 
-import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Keep TensorFlow's C++ start-up chatter out of the way.
+import keras
+import tensorflow as tf
+from absl import app, flags
 
-import keras  # noqa: E402  (after the environment is set)
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import config  # noqa: E402
-import experiment  # noqa: E402
-import network  # noqa: E402
+import config
+import experiment
+import network
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 

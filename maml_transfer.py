@@ -17,21 +17,19 @@ import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Keep TensorFlow's C++ start-up chatter out of the way.
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-import keras  # noqa: E402  (after the environment is set)
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import config  # noqa: E402
-import data  # noqa: E402
-import experiment  # noqa: E402
-import maml  # noqa: E402
-import network  # noqa: E402
-import plotting  # noqa: E402
-import results  # noqa: E402
-import training  # noqa: E402
+import config
+import data
+import experiment
+import maml
+import network
+import plotting
+import results
+import training
 
 flags.adopt_module_key_flags(config)
 flags.DEFINE_integer('epochs', 10, 'Pretraining epochs over all meta-train images '

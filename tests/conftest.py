@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # archive -> {alphabet: number of characters}; 20 drawings each, as in Omniglot.
 SYNTHETIC_LAYOUT = {

@@ -107,7 +107,7 @@ def test_macro_scores():
 
 def test_every_method_runs_end_to_end_on_a_tiny_budget(synthetic_mnist, tmp_path):
     command = [sys.executable, os.path.join(REPO, 'initialization_lab.py'), f'--mnist_dir={synthetic_mnist}',
-               f'--results_dir={tmp_path}', '--num_seeds=2', '--epochs=3', '--finetune_epochs=3',
+               f'--results_dir={tmp_path}', '--num_seeds=2', '--scratch_epochs=3', '--finetune_epochs=3',
                '--maml_iterations=3', '--maml_meta_batch_size=2', '--maml_adapt_steps=3', '--large_query=20']
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

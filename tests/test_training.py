@@ -196,7 +196,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(synthetic_dir, tmp_path):
 
 
 @pytest.mark.parametrize('flags, message', [
-    (['--n_way=50'], '--n_way 50 exceeds the 10 classes of the meta-train split'),
+    (['--n_way=50'], r'--n_way 50 exceeds the \d+ classes of the meta-\w+ split'),
     (['--k_shot=10', '--num_query=15'], r'--k_shot \+ --num_query must be at most 20'),
     (['--inner_lr=-0.1'], '--inner_lr'),
     (['--num_inner_steps=0'], '--num_inner_steps'),
