@@ -116,7 +116,12 @@ def read_tfds(tfds_dir):
     """Reads Omniglot through tensorflow-datasets (downloading it if needed); returns (ink, keys)."""
     import tensorflow_datasets as tfds  # Imported lazily: the archive route does not need it.
     builder = tfds.builder('omniglot', data_dir=tfds_dir)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # Network, checksum and disk errors come in many types.
+        raise DataError(f'tensorflow-datasets could not prepare Omniglot ({type(error).__name__}: '
+                        f'{str(error).splitlines()[0][:200]}); without network access, set OMNIGLOT_DIR '
+                        'or --data_dir to a folder with the original archives') from None
     alphabet_names = builder.info.features['alphabet'].names
     ink, keys = [], []
     for split, archive in (('train', ARCHIVES[0]), ('test', ARCHIVES[1])):

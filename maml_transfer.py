@@ -13,6 +13,7 @@ same meta-test tasks.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -85,12 +86,18 @@ def transfer_learn(net, model, episodes, n_way, adaptation):
                          f'{labels.max() + 1} classes; the head size must equal --n_way')
     def tensors(variables):
         return {name: tf.convert_to_tensor(v) for name, v in variables.items()}
-    metrics = _transfer(net, tensors(network.parameters(model)), tensors(network.statistics(model)),
-                        tuple(tf.convert_to_tensor(x) for x in episodes), n_way, adaptation)
+    metrics = _compiled_transfer(net, n_way, adaptation)(
+        tensors(network.parameters(model)), tensors(network.statistics(model)),
+        tuple(tf.convert_to_tensor(x) for x in episodes))
     return {name: value.numpy() for name, value in metrics.items()}
 
 
-@tf.function
+@functools.lru_cache(maxsize=None)
+def _compiled_transfer(net, n_way, adaptation):
+    """`_transfer` compiled once per setting (tf.function would retrace on every new Python object)."""
+    return tf.function(functools.partial(_transfer, net, n_way=n_way, adaptation=adaptation))
+
+
 def _transfer(net, params, statistics, episodes, n_way, adaptation):
     support_images, support_labels, query_images, query_labels = episodes
     num_tasks = support_images.shape[0]

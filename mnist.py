@@ -62,8 +62,13 @@ def load_mnist(mnist_dir=None, cache_dir='data'):
         import tensorflow_datasets as tfds  # Only this route needs it.
         arrays = {}
         for split in ('train', 'test'):
-            images, labels = tfds.as_numpy(tfds.load('mnist', split=split, batch_size=-1, as_supervised=True,
-                                                     data_dir=os.path.join(cache_dir, 'tfds')))
+            try:
+                images, labels = tfds.as_numpy(tfds.load('mnist', split=split, batch_size=-1, as_supervised=True,
+                                                         data_dir=os.path.join(cache_dir, 'tfds')))
+            except Exception as error:  # Network, checksum and disk errors come in many types.
+                raise DataError(f'tensorflow-datasets could not prepare MNIST ({type(error).__name__}: '
+                                f'{str(error).splitlines()[0][:200]}); without network access, set MNIST_DIR '
+                                'or --mnist_dir to a folder with the original IDX files') from None
             arrays[f'{split}_images'], arrays[f'{split}_labels'] = images[..., 0], labels
     train = _canonical(arrays['train_images'], arrays['train_labels'])
     test = _canonical(arrays['test_images'], arrays['test_labels'])
