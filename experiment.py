@@ -4,11 +4,13 @@ Every experiment script (maml.py, maml_plusplus.py, ...) defines its own flags
 and a function building its learner, and hands both to `run`.
 """
 
+import hashlib
 import os
 import sys
 from typing import NamedTuple
 
 import keras
+import numpy as np
 from absl import logging
 
 import config
@@ -38,6 +40,15 @@ def evaluation_batches(images, split_name, num_tasks, offset, n_way=None, k_shot
     sampler = data.EpisodeSampler(images, n_way or FLAGS.n_way, k_shot or FLAGS.k_shot,
                                   num_query or FLAGS.num_query, FLAGS.eval_seed + offset, split_name)
     return sampler.fixed_batches(num_tasks, FLAGS.meta_batch_size)
+
+
+def tasks_checksum(batches):
+    """sha256 of a list of `data.Episodes`: equal checksums mean the same tasks, image for image."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for array in batch:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def episode_stream(splits):
@@ -91,6 +102,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     run_folder.write_hyperparameters(
         config.flag_values([config] + list(flag_modules)),
         {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
+         'task_checksums': {'val': tasks_checksum(val_batches), 'test': tasks_checksum(test_batches)},
          'command': ' '.join(sys.argv), 'classes': {'train': len(splits.train),
                                                     'val': len(splits.val), 'test': len(splits.test)},
          **(extra or {})})

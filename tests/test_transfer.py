@@ -1,6 +1,7 @@
 """Transfer learning: only the new head changes, tasks match MAML's, pretraining learns."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -102,6 +103,25 @@ def test_pretraining_loss_falls_on_real_data(real_omniglot):
         learner.meta_train_step(stream.sample(i, 64))
     last = [np.mean(learner.meta_train_step(stream.sample(i, 64))['loss']) for i in range(300, 310)]
     assert np.mean(last) < np.mean(first) - 0.5, (first, last)
+
+
+def test_transfer_and_maml_runs_evaluate_on_the_same_tasks(synthetic_dir, tmp_path):
+    shared = [f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache', f'--results_dir={tmp_path}',
+              '--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2',
+              '--num_val_classes=4', '--num_train_classes=10', '--num_val_tasks=3', '--num_test_tasks=3',
+              '--val_interval=5', '--progress=false']
+    runs = {'maml': [os.path.join(REPO, 'maml.py'), '--num_iterations=2', '--num_inner_steps=1'],
+            'transfer': [os.path.join(REPO, 'maml_transfer.py'), '--epochs=1', '--batch_size=100',
+                         '--adapt_steps=2']}
+    checksums = {}
+    for name, command in runs.items():
+        result = subprocess.run([sys.executable, *command, *shared, f'--run_name={name}'],
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        with open(tmp_path / name / 'hyperparameters.json') as f:
+            checksums[name] = json.load(f)['task_checksums']
+    assert checksums['maml'] == checksums['transfer']
+    assert checksums['maml']['val'] != checksums['maml']['test']
 
 
 def test_comparison_tasks_are_the_tasks_every_script_evaluates_on(real_omniglot):
