@@ -26,7 +26,8 @@ import keras
 import matplotlib
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
+from tqdm import tqdm
 
 import config
 import data
@@ -53,10 +54,11 @@ flags.DEFINE_float('train_lr', 1e-3, 'Adam learning rate of training from scratc
 flags.DEFINE_integer('pretrain_epochs', 1, 'Epochs of the 10-digit classifier (method 2C).', lower_bound=1)
 flags.DEFINE_integer('maml_iterations', 300, 'FO-MAML meta-iterations (method 3).', lower_bound=1)
 flags.DEFINE_integer('maml_meta_batch_size', 16, 'FO-MAML tasks per meta-iteration.', lower_bound=1)
-flags.DEFINE_float('maml_inner_lr', 0.1, 'FO-MAML inner learning rate (training and adaptation).',
+flags.DEFINE_float('maml_inner_lr', 0.01, 'FO-MAML inner learning rate (training and adaptation); '
+                   'this network has no batch norm, and 0.02 or more made meta-training collapse here.',
                    lower_bound=1e-12)
 flags.DEFINE_integer('maml_inner_steps', 5, 'FO-MAML inner steps during meta-training.', lower_bound=1)
-flags.DEFINE_integer('maml_adapt_steps', 20, 'FO-MAML adaptation steps on the target support set.',
+flags.DEFINE_integer('maml_adapt_steps', 10, 'FO-MAML adaptation steps on the target support set.',
                      lower_bound=1)
 flags.DEFINE_integer('large_query', 500, 'Held-out test images per class for the larger query set.',
                      lower_bound=1)
@@ -121,7 +123,7 @@ def meta_trained_maml(dataset, digits):
     learner = maml.MAML(net, net.keras_model(), FLAGS.maml_inner_lr, FLAGS.maml_inner_steps, True,
                         keras.optimizers.Adam(FLAGS.train_lr))
     sampler = data.EpisodeSampler(by_class, 2, 5, 10, seed=0, split_name='meta-train digits')
-    for iteration in range(FLAGS.maml_iterations):
+    for iteration in tqdm(range(FLAGS.maml_iterations), desc='FO-MAML meta-training', unit='it'):
         learner.meta_train_step(sampler.sample(iteration, FLAGS.maml_meta_batch_size))
     return learner
 
@@ -261,10 +263,12 @@ def main(argv):
             'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()})
         train_set = (dataset.train_images, dataset.train_labels)
         test_set = (dataset.test_images, dataset.test_labels)
+        logging.info('Pretraining the 10-digit classifier of method 2C')
         pretrained = pretrained_classifier(train_set)
+        logging.info('Meta-training FO-MAML on the digits outside task A (method 3)')
         learner = meta_trained_maml(train_set, [d for d in range(10) if d not in TASKS['A']])
         per_seed = [run_seed(seed, train_set, test_set, pretrained, learner)
-                    for seed in range(FLAGS.num_seeds)]
+                    for seed in tqdm(range(FLAGS.num_seeds), desc='seeds (every method)', unit='seed')]
         plot_curves(per_seed, folder.file('learning_curves.png'))
         text = summary(per_seed, time.perf_counter() - start)
         results.atomic_write(folder.file('summary.md'), lambda f: f.write(text.encode()))

@@ -244,16 +244,14 @@ def compare(transfer, splits, folder, run_dirs):
             mean, ci = results.confidence_interval(accuracies)
             rows.append({'setting': setting, 'method': method, 'test_accuracy': mean, 'ci95': ci,
                          'tasks': len(accuracies), 'run': run_dir if method == 'FO-MAML' else folder.path})
-    results.atomic_write(folder.file('comparison.csv'), lambda f: f.write(_table(rows).encode()))
+    results.write_csv(folder.file('comparison.csv'), rows)
+    # Per-task accuracies too, so the figure can be redrawn without evaluating again.
+    results.write_csv(folder.file('comparison_tasks.csv'), [
+        {'setting': setting, 'method': method, 'task': task, 'accuracy': float(accuracy)}
+        for setting, scores in per_task.items() for method, accuracies in scores.items()
+        for task, accuracy in enumerate(accuracies)])
     plotting.plot_comparison(per_task, folder.file('comparison.png'))
     return rows
-
-
-def _table(rows):
-    lines = ['setting,method,test_accuracy,ci95,tasks,run']
-    lines += [f'{r["setting"]},{r["method"]},{r["test_accuracy"]!r},{r["ci95"]!r},{r["tasks"]},{r["run"]}'
-              for r in rows]
-    return '\n'.join(lines) + '\n'
 
 
 def main(argv):

@@ -56,7 +56,8 @@ def plot_comparison(per_task, path):
     figure, panels = plt.subplots(1, len(per_task), figsize=(5.5 * len(per_task), 4), dpi=120,
                                   squeeze=False)
     for axes, (setting, scores) in zip(panels[0], per_task.items()):
-        bins = [i / 40 for i in range(41)]
+        lowest = min(min(accuracies) for accuracies in scores.values())
+        bins = [i / 40 for i in range(int(lowest * 40), 41)]
         for (method, accuracies), color in zip(scores.items(), ('tab:blue', 'tab:orange', 'tab:green')):
             mean, ci = results.confidence_interval(accuracies)
             axes.hist(accuracies, bins=bins, alpha=0.5, color=color,

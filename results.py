@@ -71,6 +71,24 @@ def confidence_interval(values):
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
 
 
+def write_csv(path, rows, columns=None):
+    """Writes a list of dicts as CSV, atomically. Floats are written exactly (repr round-trips),
+    NaN as an empty cell; `columns` defaults to the keys of the first row."""
+    def cell(value):
+        if isinstance(value, float):
+            return '' if np.isnan(value) else repr(value)
+        return value
+
+    def write(f):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns or list(rows[0]), extrasaction='ignore')
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: cell(v) for k, v in row.items()})
+        f.write(text.getvalue().encode())
+    atomic_write(path, write)
+
+
 def read_metrics(path):
     """Rows of a metrics.csv as dicts of floats (NaN where empty); a damaged last line is dropped."""
     if not os.path.exists(path):
@@ -138,16 +156,7 @@ class RunFolder:
         return read_metrics(self.file(METRICS_FILE))
 
     def write_metrics(self, rows, columns):
-        def write(f):
-            text = io.StringIO()
-            writer = csv.DictWriter(text, columns, extrasaction='ignore')
-            writer.writeheader()
-            for row in rows:
-                # repr() round-trips floats exactly, so a resumed run reads back what it wrote.
-                writer.writerow({k: v if k == 'iteration' else '' if np.isnan(v) else repr(float(v))
-                                 for k, v in row.items()})
-            f.write(text.getvalue().encode())
-        atomic_write(self.file(METRICS_FILE), write)
+        write_csv(self.file(METRICS_FILE), rows, columns)
 
     # Checkpoints -----------------------------------------------------------
 
