@@ -18,6 +18,7 @@ meta-trained MAML initialisation are trained once and shared by the seeds.
 """
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -60,6 +61,8 @@ flags.DEFINE_float('maml_inner_lr', 0.01, 'FO-MAML inner learning rate (training
 flags.DEFINE_integer('maml_inner_steps', 5, 'FO-MAML inner steps during meta-training.', lower_bound=1)
 flags.DEFINE_integer('maml_adapt_steps', 10, 'FO-MAML adaptation steps on the target support set.',
                      lower_bound=1)
+flags.DEFINE_boolean('redraw', False, 'Only redraw the figure and summary.md of an existing lab folder '
+                     'from its per_seed.json (no training).')
 flags.DEFINE_integer('large_query', 500, 'Held-out test images per class for the larger query set.',
                      lower_bound=1)
 FLAGS = flags.FLAGS
@@ -208,7 +211,7 @@ def plot_curves(per_seed, path):
     plotting._save(figure, path)
 
 
-def summary(per_seed, seconds):
+def summary(per_seed, seconds, large_query):
     """The lab's write-up: both tables, and each question answered with the measured numbers."""
     def values(method):
         return [seed[method][1][1]['accuracy'] for seed in per_seed]
@@ -219,9 +222,8 @@ def summary(per_seed, seconds):
     def versus(method, other):
         difference = np.mean(values(method)) - np.mean(values(other))
         noise = np.std(values(method)) + np.std(values(other))
-        if abs(difference) <= noise:
-            return f'within the seed-to-seed spread of method {other} ({accuracy(other)})'
-        return f'{abs(difference):.1%} {"above" if difference > 0 else "below"} method {other} ({accuracy(other)})'
+        return (f'{100 * difference:+.1f} points against method {other} ({accuracy(other)}), '
+                f'{"more" if abs(difference) > noise else "less"} than their summed standard deviations')
     return f'''# The "initialization matters" lab
 
 {len(per_seed)} seeds per method; {seconds:.0f} s on this machine. Curves: `learning_curves.png`.
@@ -230,7 +232,7 @@ def summary(per_seed, seconds):
 
 {table(per_seed, 0)}
 
-## Held-out query set of {FLAGS.large_query} test images per class
+## Held-out query set of {large_query} test images per class
 
 {table(per_seed, 1)}
 
@@ -254,11 +256,25 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
 
+    def write_outputs(folder, record):
+        plot_curves(record['per_seed'], folder.file('learning_curves.png'))
+        text = summary(record['per_seed'], record['seconds'], record['large_query'])
+        results.atomic_write(folder.file('summary.md'), lambda f: f.write(text.encode()))
+        print(text)
+
     def run():
+        name = FLAGS.run_name or 'initialization_lab'
+        if FLAGS.redraw:
+            folder = results.RunFolder(FLAGS.results_dir, name, resume=True)
+            try:
+                with open(folder.file('per_seed.json')) as f:
+                    return write_outputs(folder, json.load(f))
+            except (OSError, ValueError, KeyError) as error:
+                raise results.RunError(f'--redraw: {folder.path}/per_seed.json is missing or damaged '
+                                       f'({error}); run the lab first') from None
         start = time.perf_counter()
         dataset = mnist.load_mnist(FLAGS.mnist_dir or None, FLAGS.cache_dir)
-        folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or 'initialization_lab',
-                                   overwrite=FLAGS.overwrite)
+        folder = results.RunFolder(FLAGS.results_dir, name, overwrite=FLAGS.overwrite)
         folder.write_hyperparameters(config.flag_values([sys.modules[__name__]]), {
             'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()})
         train_set = (dataset.train_images, dataset.train_labels)
@@ -269,10 +285,11 @@ def main(argv):
         learner = meta_trained_maml(train_set, [d for d in range(10) if d not in TASKS['A']])
         per_seed = [run_seed(seed, train_set, test_set, pretrained, learner)
                     for seed in tqdm(range(FLAGS.num_seeds), desc='seeds (every method)', unit='seed')]
-        plot_curves(per_seed, folder.file('learning_curves.png'))
-        text = summary(per_seed, time.perf_counter() - start)
-        results.atomic_write(folder.file('summary.md'), lambda f: f.write(text.encode()))
-        print(text)
+        # Everything the figure and summary need, so they can be redrawn without training.
+        record = {'per_seed': per_seed, 'seconds': time.perf_counter() - start,
+                  'large_query': FLAGS.large_query}
+        results.write_json(folder.file('per_seed.json'), record)
+        write_outputs(folder, record)
     experiment.main_guard(run)
 
 

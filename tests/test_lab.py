@@ -115,6 +115,11 @@ def test_every_method_runs_end_to_end_on_a_tiny_budget(synthetic_mnist, tmp_path
     for method in initialization_lab.METHODS:
         assert f'| {method}: ' in text
     assert (tmp_path / 'initialization_lab' / 'learning_curves.png').exists()
+    # The write-up is redrawn from per_seed.json alone, identically.
+    (tmp_path / 'initialization_lab' / 'summary.md').unlink()
+    redraw = subprocess.run(command + ['--redraw'], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert redraw.returncode == 0, redraw.stderr[-3000:]
+    assert (tmp_path / 'initialization_lab' / 'summary.md').read_text() == text
 
 
 # The real files (CI sets MNIST_DIR) -------------------------------------------------
