@@ -283,6 +283,8 @@ def main(argv):
             schedule_for=schedule,
             plot_options={'train_column': 'train_accuracy', 'xlabel': 'pretraining step',
                           'train_label': 'pretraining minibatch accuracy'})
+        if not FLAGS.compare_with:
+            return
         for row in compare(outcome.learner, outcome.splits, outcome.folder, FLAGS.compare_with):
             print(f'{row["setting"]:>14} {row["method"]:>8}: {row["test_accuracy"]:.2%} ± {row["ci95"]:.2%}')
     experiment.main_guard(run)
