@@ -191,19 +191,24 @@ def table(per_seed, which):
 
 
 def plot_curves(per_seed, path):
-    """Training loss and query accuracy against epoch (adaptation step for MAML), mean ± std over seeds."""
+    """Training loss (median and interquartile range over seeds, log scale) and 20-image query
+    accuracy (mean ± std, clipped to [0, 1]) against epoch, or adaptation step for MAML."""
     figure, (loss_axes, accuracy_axes) = plotting.plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
     for method, label in METHODS.items():
-        for axes, key in ((loss_axes, 'loss'), (accuracy_axes, 'query_accuracy')):
-            curves = np.array([seed[method][0][key] for seed in per_seed])
-            mean, std = curves.mean(0), curves.std(0)
-            epochs = np.arange(1, len(mean) + 1)
-            line, = axes.plot(epochs, mean, label=f'{method}: {label}')
-            axes.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        losses = np.array([seed[method][0]['loss'] for seed in per_seed])
+        accuracies = np.array([seed[method][0]['query_accuracy'] for seed in per_seed])
+        epochs = np.arange(1, losses.shape[1] + 1)
+        low, median, high = np.percentile(losses, [25, 50, 75], axis=0)
+        line, = loss_axes.plot(epochs, median, label=f'{method}: {label}')
+        loss_axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
+        mean, std = accuracies.mean(0), accuracies.std(0)
+        accuracy_axes.plot(epochs, mean, color=line.get_color(), label=f'{method}: {label}')
+        accuracy_axes.fill_between(epochs, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
+                                   color=line.get_color(), alpha=0.15)
     loss_axes.set(xlabel='epoch (adaptation step for method 3)', ylabel='training loss', yscale='log',
-                  title='training loss (on the set each method trains on)')
+                  title=f'training loss, median and quartiles over {len(per_seed)} seeds')
     accuracy_axes.set(xlabel='epoch (adaptation step for method 3)', ylabel='query accuracy', ylim=(0.4, 1.0),
-                      title=f'query accuracy, mean ± std over {len(per_seed)} seeds')
+                      title=f'20-image query accuracy, mean ± std over {len(per_seed)} seeds')
     accuracy_axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)

@@ -63,15 +63,27 @@ def synthetic_dir(tmp_path_factory):
     return write_synthetic_archives(tmp_path_factory.mktemp('omniglot'))
 
 
-@pytest.fixture(scope='session')
-def real_omniglot_dir():
-    """The real Omniglot archives from $OMNIGLOT_DIR. CI sets it, and there these tests must run."""
-    folder = os.environ.get('OMNIGLOT_DIR', '')
+def shared_data_dir(variable):
+    """The real data folder named by environment `variable`. CI sets it, and there the tests that
+    need it must run: a missing variable fails in CI and skips elsewhere."""
+    folder = os.environ.get(variable, '')
     if not folder:
         if os.environ.get('CI'):
-            pytest.fail('OMNIGLOT_DIR is not set in CI; the real-data tests must run there')
-        pytest.skip('OMNIGLOT_DIR is not set (the real-data tests run in CI)')
+            pytest.fail(f'{variable} is not set in CI; the real-data tests must run there')
+        pytest.skip(f'{variable} is not set (the real-data tests run in CI)')
     return folder
+
+
+@pytest.fixture(scope='session')
+def real_omniglot_dir():
+    """The real Omniglot archives from $OMNIGLOT_DIR."""
+    return shared_data_dir('OMNIGLOT_DIR')
+
+
+@pytest.fixture(scope='session')
+def mnist_dir():
+    """The original MNIST IDX files from $MNIST_DIR."""
+    return shared_data_dir('MNIST_DIR')
 
 
 @pytest.fixture(scope='session')

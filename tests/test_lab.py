@@ -124,16 +124,6 @@ def test_every_method_runs_end_to_end_on_a_tiny_budget(synthetic_mnist, tmp_path
 
 # The real files (CI sets MNIST_DIR) -------------------------------------------------
 
-@pytest.fixture(scope='module')
-def mnist_dir():
-    folder = os.environ.get('MNIST_DIR', '')
-    if not folder:
-        if os.environ.get('CI'):
-            pytest.fail('MNIST_DIR is not set in CI; the real-data tests must run there')
-        pytest.skip('MNIST_DIR is not set (the real-data tests run in CI)')
-    return folder
-
-
 def test_idx_files_parse_with_the_documented_counts(mnist_dir):
     dataset = mnist.load_mnist(mnist_dir)
     assert dataset.train_images.shape == (60000, 28, 28) and dataset.test_images.shape == (10000, 28, 28)
