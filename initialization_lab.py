@@ -65,6 +65,8 @@ flags.DEFINE_boolean('redraw', False, 'Only redraw the figure and summary.md of 
                      'from its per_seed.json (no training).')
 flags.DEFINE_integer('large_query', 500, 'Held-out test images per class for the larger query set.',
                      lower_bound=1)
+for shared in ('results_dir', 'run_name', 'overwrite', 'cache_dir'):
+    flags.declare_key_flag(shared)  # Shared flags this script uses, listed in its --help.
 FLAGS = flags.FLAGS
 
 
