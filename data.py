@@ -71,30 +71,42 @@ def _decode_png(data, where):
     return pixels < 128  # Omniglot draws black strokes on white.
 
 
-def _archive_members(data_dir, archive):
-    """Yields (key, png bytes, where) for one archive, zipped or extracted."""
-    zip_path = os.path.join(data_dir, archive + '.zip')
+def _locate(data_dir, archive):
+    """Where an archive is in `data_dir`: ('folder', path) if extracted, else ('zip', path)."""
     folder = os.path.join(data_dir, archive)
     if os.path.isdir(folder):
-        for root, _, files in sorted(os.walk(folder)):
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                match = _PNG_PATH.search(os.path.relpath(path, data_dir).replace(os.sep, '/'))
+        return 'folder', folder
+    zip_path = folder + '.zip'
+    if os.path.isfile(zip_path):
+        return 'zip', zip_path
+    raise DataError(f'{data_dir}: expected {archive}.zip or the extracted folder {archive}/ '
+                    '(the original Omniglot archives)')
+
+
+def _files_under(folder):
+    """Every file below `folder`, in a fixed (sorted) order."""
+    return sorted(os.path.join(root, name) for root, _, files in os.walk(folder) for name in files)
+
+
+def _archive_members(data_dir, archive):
+    """Yields (key, png bytes, where) for one archive, zipped or extracted."""
+    kind, location = _locate(data_dir, archive)
+    if kind == 'folder':
+        for path in _files_under(location):
+            match = _PNG_PATH.search(os.path.relpath(path, data_dir).replace(os.sep, '/'))
+            if match:
+                with open(path, 'rb') as f:
+                    yield (match[1], match[2], int(match[3])), f.read(), path
+        return
+    zip_path = location
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            for name in sorted(zf.namelist()):
+                match = _PNG_PATH.search(name)
                 if match:
-                    with open(path, 'rb') as f:
-                        yield (match[1], match[2], int(match[3])), f.read(), path
-    elif os.path.isfile(zip_path):
-        try:
-            with zipfile.ZipFile(zip_path) as zf:
-                for name in sorted(zf.namelist()):
-                    match = _PNG_PATH.search(name)
-                    if match:
-                        yield (match[1], match[2], int(match[3])), zf.read(name), f'{zip_path}:{name}'
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
-            raise DataError(f'{zip_path}: not a valid zip archive ({error})') from None
-    else:
-        raise DataError(f'{data_dir}: expected {archive}.zip or the extracted folder {archive}/ '
-                        '(the original Omniglot archives)')
+                    yield (match[1], match[2], int(match[3])), zf.read(name), f'{zip_path}:{name}'
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
+        raise DataError(f'{zip_path}: not a valid zip archive ({error})') from None
 
 
 def read_archives(data_dir):
@@ -136,23 +148,14 @@ def source_checksum(data_dir):
     """sha256 over the archives (or the extracted files) in `data_dir`: the cache key."""
     digest = hashlib.sha256()
     for archive in ARCHIVES:
-        zip_path = os.path.join(data_dir, archive + '.zip')
-        folder = os.path.join(data_dir, archive)
-        if os.path.isdir(folder):
-            for root, dirs, files in os.walk(folder):
-                dirs.sort()
-                for name in sorted(files):
-                    path = os.path.join(root, name)
-                    digest.update(os.path.relpath(path, data_dir).encode())
-                    with open(path, 'rb') as f:
-                        digest.update(f.read())
-        elif os.path.isfile(zip_path):
-            with open(zip_path, 'rb') as f:
+        kind, location = _locate(data_dir, archive)
+        paths = _files_under(location) if kind == 'folder' else [location]
+        for path in paths:
+            if kind == 'folder':
+                digest.update(os.path.relpath(path, data_dir).encode())
+            with open(path, 'rb') as f:
                 for block in iter(lambda: f.read(1 << 20), b''):
                     digest.update(block)
-        else:
-            raise DataError(f'{data_dir}: expected {archive}.zip or the extracted folder {archive}/ '
-                            '(the original Omniglot archives)')
     return digest.hexdigest()
 
 
