@@ -93,11 +93,16 @@ def with_new_head(model, n_way, seed):
                              keras.layers.Dense(n_way, name='head')])
 
 
-def fit(model, train, query, epochs, batch_size=None):
-    """Trains `model` with Adam; returns its learning curve: per-epoch training loss and query accuracy."""
+def compile_classifier(model):
+    """Adam at --train_lr on the cross-entropy of logits: how every model of the lab is trained."""
     model.compile(keras.optimizers.Adam(FLAGS.train_lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=['accuracy'])
-    history = model.fit(*train, epochs=epochs, batch_size=batch_size or len(train[0]), verbose=0,
+
+
+def fit(model, train, query, epochs):
+    """Trains `model` full-batch; returns its learning curve: per-epoch training loss and query accuracy."""
+    compile_classifier(model)
+    history = model.fit(*train, epochs=epochs, batch_size=len(train[0]), verbose=0,
                         validation_data=query, shuffle=True)
     return {'loss': history.history['loss'], 'query_accuracy': history.history['val_accuracy']}
 
@@ -111,8 +116,7 @@ def pretrained_classifier(dataset):
     keras.utils.set_random_seed(0)
     model = network.SmallCNN(10).keras_model()
     images, labels = dataset
-    model.compile(keras.optimizers.Adam(FLAGS.train_lr),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=['accuracy'])
+    compile_classifier(model)
     model.fit(images[..., None].astype(np.float32) / 255.0, labels, epochs=FLAGS.pretrain_epochs,
               batch_size=128, verbose=0)
     return model
