@@ -1,10 +1,13 @@
-"""Speed and memory of a MAML meta-iteration, against this machine's arithmetic lower bound.
+"""Speed and memory of a MAML and MAML++ meta-iteration, against this machine's arithmetic lower bound.
 
     python benchmark.py                       # the paper's setting: T=32, 5-way 5-shot, 15 queries, 5 steps
+    python benchmark.py --algorithms maml     # MAML only
 
-For each derivative order it prints the median seconds per meta-iteration and
-the peak resident memory (each order runs in its own process, so the peaks do
-not mix). It also measures the machine's convolution throughput on the same
+For each algorithm and derivative order it prints the median seconds per
+meta-iteration and the peak resident memory (each runs in its own process, so
+the peaks do not mix). MAML++ is timed with every fix on, without and with the
+multi-step loss (which adds a query pass per inner step while it is active),
+and its ratio to MAML of the same order is printed. It also measures the machine's convolution throughput on the same
 network (forward and backward of one large batch with shared weights, the most
 favourable case for the convolution kernels) and divides the convolution work of
 a meta-iteration by it: that is the lower bound the ratio is taken against.
@@ -34,11 +37,14 @@ from absl import app, flags
 import data
 import experiment
 import maml
+import maml_plusplus
 import network
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones).', lower_bound=1)
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
-flags.DEFINE_string('measure', '', 'Internal: measure one order in this process and print JSON.')
+flags.DEFINE_list('algorithms', ['maml', 'maml++', 'maml++ with MSL'],
+                  'What to time: maml, maml++ (every fix but the multi-step loss), maml++ with MSL.')
+flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in this process and print JSON.')
 FLAGS = flags.FLAGS
 
 
@@ -89,13 +95,26 @@ def conv_throughput(net, batch=800, repeats=15):
     return batch * (conv_macs(net, False) + conv_macs(net, True)) / statistics.median(seconds)
 
 
-def measure(order):
-    """Times meta-iterations of one order in this process; returns a dict of figures."""
-    first_order = order == 'first'
+def build(algorithm, first_order):
+    """The learner to time: MAML, or MAML++ held at one derivative order, with or without MSL."""
     keras.utils.set_random_seed(0)
     net = experiment.convnet()
-    learner = maml.MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
-                        keras.optimizers.Adam(FLAGS.meta_lr))
+    optimizer = keras.optimizers.Adam(FLAGS.meta_lr)
+    if algorithm == 'maml':
+        return net, maml.MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
+                              optimizer)
+    never = 10 ** 9  # A schedule switch that is never reached.
+    fixes = maml_plusplus.Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never,
+                                da=first_order, da_iterations=never)
+    return net, maml_plusplus.MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
+                                           optimizer, fixes)
+
+
+def measure(what):
+    """Times meta-iterations of one "algorithm:order" in this process; returns a dict of figures."""
+    algorithm, order = what.split(':')
+    first_order = order == 'first'
+    net, learner = build(algorithm, first_order)
     images = np.random.default_rng(0).random((200, 20, 28, 28)).astype(np.float32)
     sampler = data.EpisodeSampler(images, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, seed=0)
     batches = [sampler.sample(i, FLAGS.meta_batch_size) for i in range(FLAGS.repeats + 2)]
@@ -108,7 +127,7 @@ def measure(order):
         start = time.perf_counter()
         learner.meta_train_step(batch)
         seconds.append(time.perf_counter() - start)
-    return {'order': order, 'median_seconds': statistics.median(seconds), 'min_seconds': min(seconds),
+    return {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds), 'min_seconds': min(seconds),
             'first_call_seconds': first_call,
             'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             'macs': meta_iteration_macs(net, first_order)}
@@ -122,25 +141,34 @@ def main(argv):
     if FLAGS.measure:
         print(json.dumps(measure(FLAGS.measure)))
         return
-    passed = [arg for arg in sys.argv[1:] if not arg.startswith('--orders')]
+    passed = [arg for arg in sys.argv[1:] if not arg.startswith(('--orders', '--algorithms'))]
 
     def in_subprocess(what):
         result = subprocess.run([sys.executable, __file__, f'--measure={what}', *passed],
                                 capture_output=True, text=True, check=True)
         return json.loads(result.stdout.strip().splitlines()[-1])
-    print(f'MAML meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way {FLAGS.k_shot}-shot, '
+    print(f'Meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way {FLAGS.k_shot}-shot, '
           f'{FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, {FLAGS.num_filters} filters, '
           f'{os.cpu_count()} CPUs, TensorFlow {tf.__version__}')
     throughput = in_subprocess('throughput')
     print(f'network throughput (forward + backward of 800 images, shared weights, convolutions counted): '
           f'{2 * throughput / 1e9:.0f} GFLOP/s')
+    maml_seconds = {}
     for order in FLAGS.orders:
-        figures = in_subprocess(order)
-        bound = figures['macs'] / throughput
-        print(f'{order:>6} order: median {figures["median_seconds"]:.3f} s/iteration '
-              f'(min {figures["min_seconds"]:.3f}, first call with tracing {figures["first_call_seconds"]:.1f} s), '
-              f'peak memory {figures["peak_rss_gb"]:.2f} GB; arithmetic lower bound {bound:.3f} s '
-              f'({2 * figures["macs"] / 1e9:.0f} GFLOP), ratio {figures["median_seconds"] / bound:.2f}x')
+        for algorithm in FLAGS.algorithms:
+            figures = in_subprocess(f'{algorithm}:{order}')
+            seconds = figures['median_seconds']
+            line = (f'{algorithm:>15}, {order:>6} order: median {seconds:.3f} s/iteration '
+                    f'(min {figures["min_seconds"]:.3f}, first call with tracing '
+                    f'{figures["first_call_seconds"]:.1f} s), peak memory {figures["peak_rss_gb"]:.2f} GB')
+            if algorithm == 'maml':
+                maml_seconds[order] = seconds
+                bound = figures['macs'] / throughput
+                line += (f'; arithmetic lower bound {bound:.3f} s ({2 * figures["macs"] / 1e9:.0f} GFLOP), '
+                         f'ratio {seconds / bound:.2f}x')
+            elif order in maml_seconds:
+                line += f'; {seconds / maml_seconds[order]:.2f}x MAML of the same order'
+            print(line, flush=True)
 
 
 if __name__ == '__main__':

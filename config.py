@@ -60,8 +60,9 @@ FLAGS = flags.FLAGS
 
 
 def flag_values(modules):
-    """The values of every flag defined in `modules` (module objects), by name."""
+    """The values of the key flags of `modules` (module objects) by name: the flags each
+    defines, adopts or declares as its own, as listed by --help."""
     names = set()
     for module in modules:
-        names.update(flag.name for flag in FLAGS.get_flags_for_module(module))
+        names.update(flag.name for flag in FLAGS.get_key_flags_for_module(module))
     return {name: FLAGS[name].value for name in sorted(names)}

@@ -147,7 +147,7 @@ def maml_adapt(learner, support, query_sets):
     def query_logits(images):
         return learner.net.forward(params, tf.constant(images[None]))[0]
     for _ in range(FLAGS.maml_adapt_steps):
-        params, _, _ = learner.inner_loop(params, x, y, 1, first_order=True)
+        params = learner.inner_loop(params, x, y, 1, first_order=True).params[-1]
         logits = learner.net.forward(params, x)
         curve['loss'].append(float(network.task_losses(logits, y)[0]))
         curve['query_accuracy'].append(float(np.mean(

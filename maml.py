@@ -6,6 +6,7 @@
 """
 
 import sys
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -27,6 +28,20 @@ flags.DEFINE_float('meta_lr', 1e-3, 'Outer-loop (meta) Adam learning rate (beta)
 FLAGS = flags.FLAGS
 
 
+class Trajectory(NamedTuple):
+    """What the inner loop did for a meta-batch of T tasks, step by step.
+
+    params: [θ'_0, ..., θ'_S], each a dict name -> [T, *shape]; θ'_0 is the start.
+    support_accuracy: [S + 1] tensors [T], the support accuracy at each θ'_s.
+    support_moments: [S + 1] batch-norm moments of the support set at each θ'_s (dicts
+        name -> [T, F], see `network.ConvNet.forward_with_moments`), or None where the
+        learner does not keep them.
+    """
+    params: list
+    support_accuracy: list
+    support_moments: list
+
+
 class MAML:
     """Model-Agnostic Meta-Learning over a functional network.
 
@@ -42,13 +57,17 @@ class MAML:
 
     All tasks of a meta-batch are adapted at once: weights carry a leading task
     axis T and `network.forward` keeps the tasks apart.
+
+    Variants (maml_plusplus.py) override `forward` (which weights and statistics a
+    step uses), `inner_update` (the step rule) and `meta_objective` (the loss).
     """
 
     # What meta_train_step reports, per task; the first is the meta-loss.
     train_metrics = ('query_post_loss', 'query_post_accuracy', 'query_pre_loss', 'query_pre_accuracy',
                      'support_pre_accuracy', 'support_post_accuracy')
 
-    def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer):
+    def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer,
+                 params=None):
         """
         Args:
           net: a `network.ConvNet`, whose `forward` is evaluated over explicit weights.
@@ -57,6 +76,8 @@ class MAML:
           num_inner_steps: inner steps during meta-training.
           first_order: if True, FO-MAML; otherwise differentiate through the inner loop.
           meta_optimizer: a Keras optimizer for θ (Adam in the paper).
+          params: the meta-parameters by name (default: the model's trainable weights,
+            `network.parameters(model)`).
         """
         self.net = net
         self.model = model
@@ -64,12 +85,12 @@ class MAML:
         self.num_inner_steps = num_inner_steps
         self.first_order = first_order
         self.meta_optimizer = meta_optimizer
-        self.params = network.parameters(model)
+        self.params = network.parameters(model) if params is None else params
         meta_optimizer.build(list(self.params.values()))
         self._train_step = tf.function(self._meta_train_step)
         self._evaluate = tf.function(self._evaluate_tasks)
 
-    def inner_loop(self, params, images, labels, num_steps, first_order=None):
+    def inner_loop(self, params, images, labels, num_steps, first_order=None, context=None):
         """Adapts every task's weights on its support set.
 
         Args:
@@ -77,32 +98,46 @@ class MAML:
           images: [T, N*K, 28, 28, 1] support images;  labels: [T, N*K] int32.
           num_steps: number of SGD steps.
           first_order: overrides `self.first_order` (evaluation needs no second order).
+          context: what `forward` and `inner_update` need besides the task weights
+            (None for MAML; per-step weights and statistics for MAML++).
         Returns:
-          (adapted params, support accuracy [T] before adaptation, after adaptation).
+          A `Trajectory`; its params[-1] are the adapted weights.
         """
         first_order = self.first_order if first_order is None else first_order
-        pre_accuracy = None
+        weights, accuracies, moments = [params], [], []
         for step in range(num_steps):
             with tf.GradientTape() as tape:
                 tape.watch(params)
-                logits = self.net.forward(params, images)
+                logits, step_moments = self.forward(params, images, step, context)
                 # Summing over tasks gives each task's gradient in its own slice of T.
                 loss = tf.reduce_sum(network.task_losses(logits, labels))
-            if step == 0:
-                pre_accuracy = network.task_accuracies(logits, labels)
+            accuracies.append(network.task_accuracies(logits, labels))
+            moments.append(step_moments)
             grads = tape.gradient(loss, params)
             if first_order:
                 grads = tf.nest.map_structure(tf.stop_gradient, grads)
-            params = self.inner_update(params, grads, step)
-        post_accuracy = network.task_accuracies(self.net.forward(params, images), labels)
-        return params, (post_accuracy if pre_accuracy is None else pre_accuracy), post_accuracy
+            params = self.inner_update(params, grads, step, context)
+            weights.append(params)
+        logits, step_moments = self.forward(params, images, num_steps, context)
+        accuracies.append(network.task_accuracies(logits, labels))
+        moments.append(step_moments)
+        return Trajectory(weights, accuracies, moments)
 
-    def inner_update(self, params, grads, step):
-        """One SGD step of the inner loop: θ' − α g. (`step` lets subclasses vary α per step.)"""
-        del step
+    def forward(self, params, images, step, context):
+        """Logits [T, B, N] of images [T, B, 28, 28, 1] under task weights θ'_step.
+
+        MAML uses the same network at every step and keeps no batch-norm moments:
+        returns (logits, None).
+        """
+        del step, context
+        return self.net.forward(params, images), None
+
+    def inner_update(self, params, grads, step, context):
+        """One SGD step of the inner loop: θ' − α g (the same α at every step)."""
+        del step, context
         return {name: params[name] - self.inner_lr * grads[name] for name in params}
 
-    def meta_objective(self, params, episodes, num_steps, first_order=None):
+    def meta_objective(self, params, episodes, num_steps, first_order=None, training=True):
         """L(θ) = 1/T Σ_t L_query_t(θ'_t): the mean query loss after adaptation.
 
         A pure function of `params` (dict name -> tensor, one set θ shared by all tasks).
@@ -110,44 +145,58 @@ class MAML:
           episodes: a `data.Episodes` of T tasks (tensors).
           num_steps: inner steps for adaptation.
           first_order: overrides `self.first_order`.
+          training: False when evaluating (MAML's network is the same either way).
         Returns:
           (meta-loss scalar, dict of [T] tensors: query loss and accuracy before and
-          after adaptation, support accuracy before and after adaptation).
+          after adaptation, support accuracy before and after adaptation, the `Trajectory`).
         """
-        num_tasks = episodes.support_images.shape[0]
-        start = network.tile(params, num_tasks)
-        adapted, support_pre, support_post = self.inner_loop(
-            start, episodes.support_images, episodes.support_labels, num_steps, first_order)
-        query_logits = self.net.forward(adapted, episodes.query_images)
-        query_losses = network.task_losses(query_logits, episodes.query_labels)
-        pre_logits = self.net.forward(tf.nest.map_structure(tf.stop_gradient, start),
-                                      episodes.query_images)
-        return tf.reduce_mean(query_losses), {
-            'query_pre_loss': network.task_losses(pre_logits, episodes.query_labels),
-            'query_post_loss': query_losses,
-            'query_pre_accuracy': network.task_accuracies(pre_logits, episodes.query_labels),
-            'query_post_accuracy': network.task_accuracies(query_logits, episodes.query_labels),
-            'support_pre_accuracy': support_pre,
-            'support_post_accuracy': support_post,
+        del training
+        start = network.tile(params, episodes.support_images.shape[0])
+        trajectory = self.inner_loop(start, episodes.support_images, episodes.support_labels,
+                                     num_steps, first_order)
+        query_logits = self.forward(trajectory.params[-1], episodes.query_images, num_steps, None)[0]
+        pre_logits = self.forward(tf.nest.map_structure(tf.stop_gradient, start),
+                                  episodes.query_images, 0, None)[0]
+        metrics = self.metrics(pre_logits, query_logits, episodes.query_labels, trajectory)
+        return tf.reduce_mean(metrics['query_post_loss']), metrics, trajectory
+
+    @staticmethod
+    def metrics(pre_logits, post_logits, query_labels, trajectory):
+        """The per-task metrics [T] of `train_metrics` from query logits before and after adaptation."""
+        return {
+            'query_pre_loss': network.task_losses(pre_logits, query_labels),
+            'query_post_loss': network.task_losses(post_logits, query_labels),
+            'query_pre_accuracy': network.task_accuracies(pre_logits, query_labels),
+            'query_post_accuracy': network.task_accuracies(post_logits, query_labels),
+            'support_pre_accuracy': trajectory.support_accuracy[0],
+            'support_post_accuracy': trajectory.support_accuracy[-1],
         }
 
-    def outer_loop(self, episodes, num_steps, train):
+    def outer_loop(self, episodes, num_steps, train, **options):
         """Evaluates the meta-objective on a meta-batch and, if `train`, takes one meta-step.
 
         The meta-gradient ∇θ L(θ) is applied to θ by the meta-optimizer. Evaluation
         (train=False) adapts first order, since no meta-gradient is needed.
+        options: further arguments of `meta_objective` (training only).
         Returns the per-task metrics of `meta_objective`.
         """
         if not train:
-            return self.meta_objective(self.params, episodes, num_steps, first_order=True)[1]
+            return self.meta_objective(self.params, episodes, num_steps, first_order=True,
+                                       training=False)[1]
         variables = list(self.params.values())
         with tf.GradientTape() as tape:
-            meta_loss, metrics = self.meta_objective(self.params, episodes, num_steps)
+            meta_loss, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps,
+                                                                 **options)
         self.meta_optimizer.apply_gradients(zip(tape.gradient(meta_loss, variables), variables))
+        self.track(trajectory)
         return metrics
 
-    def _meta_train_step(self, episodes):
-        return self.outer_loop(episodes, self.num_inner_steps, train=True)
+    def track(self, trajectory):
+        """Updates state kept across meta-iterations from a training trajectory (MAML keeps none)."""
+        del trajectory
+
+    def _meta_train_step(self, episodes, **options):
+        return self.outer_loop(episodes, self.num_inner_steps, train=True, **options)
 
     def _evaluate_tasks(self, episodes, num_steps):
         return self.outer_loop(episodes, num_steps, train=False)
@@ -156,9 +205,15 @@ class MAML:
         """What a checkpoint must hold: the model's weights and the meta-optimizer's state."""
         return list(self.model.variables) + list(self.meta_optimizer.variables)
 
+    def train_step_options(self):
+        """Arguments of `meta_objective` for the next meta-iteration (MAML: none; MAML++ follows
+        schedules). Each distinct set of Python values compiles the training step once."""
+        return {}
+
     def meta_train_step(self, episodes):
         """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy."""
-        return {k: v.numpy() for k, v in self._train_step(_as_tensors(episodes)).items()}
+        metrics = self._train_step(_as_tensors(episodes), **self.train_step_options())
+        return {k: v.numpy() for k, v in metrics.items()}
 
     def evaluate(self, episodes, num_steps=None):
         """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""

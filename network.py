@@ -61,15 +61,34 @@ class ConvNet:
         return head(params['head/kernel'], params['head/bias'],
                     self.features(params, images, statistics))
 
+    def forward_with_moments(self, params, images):
+        """`forward` with each task's own batch moments, and those moments.
+
+        Returns:
+          ([T, B, n_way] logits, dict 'bn<i>/moving_mean' and 'bn<i>/moving_variance' -> [T, F]):
+          the mean and the unbiased variance each batch norm measured, without gradient,
+          ready to be averaged into running statistics.
+        """
+        features, moments = self._features(params, images, None)
+        return head(params['head/kernel'], params['head/bias'], features), moments
+
     def features(self, params, images, statistics=None):
         """The penultimate features [T, B, num_filters]: everything but the head (see `forward`)."""
+        return self._features(params, images, statistics)[0]
+
+    def _features(self, params, images, statistics):
+        """(features [T, B, F], batch moments by name, empty when `statistics` are given)."""
         num_tasks, batch = images.shape[0], images.shape[1]
+        moments = {}
         h = tf.transpose(images[..., 0], [1, 2, 3, 0])  # [B, H, W, T]: tasks as channel groups.
         for block in range(1, self.num_blocks + 1):
             h = grouped_conv2d(h, params[f'conv{block}/kernel'], 1 if self.max_pool else 2)
             gamma, beta = _flat(params[f'bn{block}/gamma']), _flat(params[f'bn{block}/beta'])
             if statistics is None:
-                h = batch_norm(h, gamma, beta)
+                h, mean, variance = batch_norm(h, gamma, beta)
+                moments[f'bn{block}/moving_mean'] = tf.reshape(tf.stop_gradient(mean), [num_tasks, -1])
+                moments[f'bn{block}/moving_variance'] = tf.reshape(tf.stop_gradient(variance),
+                                                                   [num_tasks, -1])
             else:
                 h = tf.nn.batch_normalization(
                     h, _flat(statistics[f'bn{block}/moving_mean']),
@@ -77,7 +96,8 @@ class ConvNet:
             h = tf.nn.relu(h)
             if self.max_pool:
                 h = tf.nn.max_pool2d(h, 2, 2, 'SAME')
-        return tf.transpose(tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [batch, num_tasks, -1]), [1, 0, 2])
+        features = tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [batch, num_tasks, -1])
+        return tf.transpose(features, [1, 0, 2]), moments
 
 
 def head(kernel, bias, features):
@@ -129,6 +149,9 @@ def grouped_conv2d(h, kernels, stride):
 def batch_norm(h, gamma, beta):
     """Batch norm of h [B, H, W, C] with the exact moments of the batch over [B, H, W].
 
+    Returns (normalised h, mean [C], unbiased variance [C]); the variance used to
+    normalise is the biased one, as in every batch norm.
+
     Correct to second order, as second-order MAML needs. Keras' BatchNormalization
     on the TensorFlow backend computes the variance around stop_gradient(mean),
     which breaks derivatives of derivatives; neither form below does that.
@@ -140,9 +163,8 @@ def batch_norm(h, gamma, beta):
     """
     if h.dtype == tf.float64:  # TensorFlow has no fused kernel for float64.
         return composed_batch_norm(h, gamma, beta)
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(h, gamma, beta, epsilon=BATCH_NORM_EPSILON,
-                                               is_training=True)
-    return y
+    return tf.compat.v1.nn.fused_batch_norm(h, gamma, beta, epsilon=BATCH_NORM_EPSILON,
+                                            is_training=True)
 
 
 def composed_batch_norm(h, gamma, beta):
@@ -150,7 +172,9 @@ def composed_batch_norm(h, gamma, beta):
     mean = tf.reduce_mean(h, axis=[0, 1, 2])
     centered = h - mean
     variance = tf.reduce_mean(tf.square(centered), axis=[0, 1, 2])
-    return centered * (gamma * tf.math.rsqrt(variance + BATCH_NORM_EPSILON)) + beta
+    count = tf.cast(tf.size(h) // tf.size(mean), h.dtype)
+    y = centered * (gamma * tf.math.rsqrt(variance + BATCH_NORM_EPSILON)) + beta
+    return y, mean, variance * count / (count - 1)
 
 
 def _flat(x):

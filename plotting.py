@@ -70,6 +70,26 @@ def plot_comparison(per_task, path):
     _save(figure, path)
 
 
+def plot_inner_learning_rates(rows, path):
+    """The inner learning rate of every weight tensor at every inner step (MAML++'s LSLR).
+
+    rows: dicts with 'parameter', 'step' and 'inner_lr', as in inner_learning_rates.csv.
+    """
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    parameters = list(dict.fromkeys(row['parameter'] for row in rows))
+    colors = plt.get_cmap('viridis')
+    for index, parameter in enumerate(parameters):
+        own = sorted((row['step'], row['inner_lr']) for row in rows if row['parameter'] == parameter)
+        axes.plot([step for step, _ in own], [rate for _, rate in own], marker='o', markersize=3,
+                  color=colors(index / max(len(parameters) - 1, 1)), label=parameter)
+    axes.set(xlabel='inner step', ylabel='inner learning rate',
+             title='Learned inner learning rates (per weight tensor and step)')
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    _save(figure, path)
+
+
 def _save(figure, path):
     """Writes `figure` atomically; the format follows the suffix (.png, .pdf, .svg)."""
     figure.tight_layout()

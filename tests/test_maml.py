@@ -32,7 +32,7 @@ def _params(learner, dtype):
 def _meta_gradient(learner, params, episodes, num_steps, first_order):
     with tf.GradientTape() as tape:
         tape.watch(params)
-        loss, _ = learner.meta_objective(params, episodes, num_steps, first_order)
+        loss = learner.meta_objective(params, episodes, num_steps, first_order)[0]
     return tape.gradient(loss, params)
 
 
@@ -80,18 +80,20 @@ def test_zero_inner_learning_rate_leaves_weights_unchanged():
     learner = _maml(inner_lr=0.0)
     episodes = _episodes(2)
     start = network.tile(learner.params, 2)
-    adapted, pre, post = learner.inner_loop(start, episodes.support_images, episodes.support_labels, 3)
+    trajectory = learner.inner_loop(start, episodes.support_images, episodes.support_labels, 3)
+    assert len(trajectory.params) == len(trajectory.support_accuracy) == 4
     for name in start:
-        np.testing.assert_array_equal(adapted[name], start[name])
-    np.testing.assert_array_equal(pre, post)
+        np.testing.assert_array_equal(trajectory.params[-1][name], start[name])
+    np.testing.assert_array_equal(trajectory.support_accuracy[0], trajectory.support_accuracy[-1])
 
 
 def test_inner_loop_fits_the_support_set():
     learner = _maml(inner_lr=0.4, n_way=5, num_filters=16)
     episodes = _episodes(4, n_way=5, k_shot=3)
     start = network.tile(learner.params, 4)
-    _, pre, post = learner.inner_loop(start, episodes.support_images, episodes.support_labels, 10)
-    assert float(tf.reduce_mean(post)) > float(tf.reduce_mean(pre)) + 0.3
+    accuracy = learner.inner_loop(start, episodes.support_images, episodes.support_labels,
+                                  10).support_accuracy
+    assert float(tf.reduce_mean(accuracy[-1])) > float(tf.reduce_mean(accuracy[0])) + 0.3
 
 
 def test_meta_batch_gradient_is_the_mean_of_single_task_gradients():

@@ -79,9 +79,13 @@ def _second_order(batch_norm, dtype):
     return outer.gradient(meta_loss, [h, gamma])
 
 
+def _normalised(batch_norm):
+    return lambda h, gamma, beta: batch_norm(h, gamma, beta)[0]
+
+
 def test_fused_batch_norm_equals_composed_to_second_order():
-    fused = _second_order(network.batch_norm, tf.float32)
-    composed = _second_order(network.composed_batch_norm, tf.float32)
+    fused = _second_order(_normalised(network.batch_norm), tf.float32)
+    composed = _second_order(_normalised(network.composed_batch_norm), tf.float32)
     for a, b in zip(fused, composed):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(tf.reduce_max(tf.abs(b))))
 
@@ -93,13 +97,33 @@ def test_keras_style_moments_differ_to_second_order():
         mean = tf.reduce_mean(h, axis=[0, 1, 2])
         variance = tf.reduce_mean(tf.square(h), axis=[0, 1, 2]) - tf.square(tf.stop_gradient(mean))
         return (h - mean) * gamma * tf.math.rsqrt(variance + network.BATCH_NORM_EPSILON) + beta
-    exact = _second_order(network.composed_batch_norm, tf.float64)
+    exact = _second_order(_normalised(network.composed_batch_norm), tf.float64)
     approximate = _second_order(keras_style, tf.float64)
     assert max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(exact, approximate)) > 1e-3
 
 
 def test_batch_norm_normalises_each_task_channel_with_its_own_moments():
     h = tf.random.normal([10, 4, 4, 6]) * tf.range(1.0, 7.0) + tf.range(6.0)
-    y = network.batch_norm(h, tf.ones([6]), tf.zeros([6]))
+    y, mean, variance = network.batch_norm(h, tf.ones([6]), tf.zeros([6]))
     np.testing.assert_allclose(tf.reduce_mean(y, [0, 1, 2]), np.zeros(6), atol=1e-5)
     np.testing.assert_allclose(tf.math.reduce_variance(y, [0, 1, 2]), np.ones(6), atol=1e-2)
+    values = h.numpy().reshape(-1, 6)
+    np.testing.assert_allclose(mean, values.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(variance, values.var(0, ddof=1), rtol=1e-4)
+    _, composed_mean, composed_variance = network.composed_batch_norm(h, tf.ones([6]), tf.zeros([6]))
+    np.testing.assert_allclose(composed_mean, mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(composed_variance, variance, rtol=1e-4)
+
+
+def test_forward_with_moments_reports_each_tasks_batch_norm_moments():
+    net = network.ConvNet(n_way=3, num_filters=4)
+    params = network.tile(network.parameters(net.keras_model()), 2)
+    images = tf.random.normal([2, 7, 28, 28, 1])
+    logits, moments = net.forward_with_moments(params, images)
+    np.testing.assert_allclose(logits, net.forward(params, images), rtol=1e-6)
+    assert sorted(moments) == sorted(f'bn{b}/moving_{m}' for b in range(1, 5) for m in ('mean', 'variance'))
+    # Task 1 alone measures the same moments as in the pair.
+    _, alone = net.forward_with_moments({k: v[1:] for k, v in params.items()}, images[1:])
+    for name in moments:
+        assert moments[name].shape == (2, 4)
+        np.testing.assert_allclose(moments[name][1], alone[name][0], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,321 @@
+"""MAML++ (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019).
+
+    python maml_plusplus.py                                # all six fixes, 5-way 5-shot Omniglot
+    python maml_plusplus.py --msl=false --lslr=false       # an ablation: one flag per fix
+    python maml_plusplus.py --transductive                 # evaluate with batch moments, as MAML does
+
+MAML++ is MAML (maml.py) with six fixes, each on by default:
+  MSL   multi-step loss: the meta-loss weighs the query loss after every inner step,
+        Σ_s v_s L_query(θ'_s); the weights move to the last step over --msl_iterations.
+  DA    derivative-order annealing: first order for --da_iterations meta-iterations,
+        second order after that.
+  BNRS  per-step batch-norm running statistics, gathered from the support sets during
+        meta-training and used at evaluation, so that a query prediction does not depend
+        on the other query images (non-transductive).
+  BNWB  per-step batch-norm weights and biases, meta-learned (not adapted in the inner loop).
+  LSLR  a learned inner learning rate per weight tensor and per step.
+  CA    cosine annealing of the meta learning rate from --meta_lr to --min_meta_lr.
+
+"Step s" indexes the task weights θ'_s after s inner updates (s = 0 … S); per-step
+batch-norm weights and statistics exist for every s, learning rates for s < S.
+"""
+
+import csv
+import dataclasses
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import config
+import experiment
+import maml
+import network
+import plotting
+import results
+
+flags.adopt_module_key_flags(config)
+for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'meta_lr'):
+    flags.declare_key_flag(_name)  # MAML's flags that mean the same here.
+flags.DEFINE_boolean('msl', True, 'Multi-step loss (MSL).')
+flags.DEFINE_integer('msl_iterations', 100, 'MSL: meta-iterations over which the step weights move '
+                     'from uniform to the last step only; after them the loss is the last step\'s.',
+                     lower_bound=1)
+flags.DEFINE_boolean('da', True, 'Derivative-order annealing (DA); --da=false trains second order '
+                     'throughout.')
+flags.DEFINE_integer('da_iterations', 500, 'DA: first-order meta-iterations before switching to '
+                     'second order (the paper: a third of training; here half, as second order '
+                     'costs 2.6x first order on a CPU).', lower_bound=0)
+flags.DEFINE_boolean('bnrs', True, 'Per-step batch-norm running statistics (BNRS), used at evaluation.')
+flags.DEFINE_boolean('transductive', False, 'Evaluate with the moments of each evaluated batch '
+                     '(as MAML does) instead of the per-step running statistics.')
+flags.DEFINE_boolean('bnwb', True, 'Per-step batch-norm weights and biases (BNWB).')
+flags.DEFINE_boolean('lslr', True, 'Learned per-layer, per-step inner learning rates (LSLR), '
+                     'initialised at --inner_lr.')
+flags.DEFINE_boolean('cosine_annealing', True, 'Cosine annealing of the meta learning rate (CA) '
+                     'over --num_iterations.')
+flags.DEFINE_float('min_meta_lr', 1e-5, 'CA: the meta learning rate at the last iteration.',
+                   lower_bound=0.0)
+flags.register_multi_flags_validator(
+    ['num_eval_inner_steps', 'num_inner_steps'],
+    lambda f: f['num_eval_inner_steps'] <= f['num_inner_steps'],
+    message='--num_eval_inner_steps must not exceed --num_inner_steps: MAML++ learns per-step '
+            'learning rates and batch norm only for the steps it trains')
+FLAGS = flags.FLAGS
+
+PER_STEP = 'per_step/'    # Names of per-step batch-norm weights: per_step/bn1/gamma [S + 1, F].
+INNER_LR = 'inner_lr/'    # Names of learned learning rates: inner_lr/conv1/kernel [S].
+RUNNING = 'running/'      # Running statistics in an evaluation context: running/bn1/moving_mean.
+STATISTICS_MOMENTUM = 0.9  # Running statistic ← 0.9 · itself + 0.1 · the meta-batch's moments.
+INNER_LR_FILE = 'inner_learning_rates.csv'
+PER_STEP_FILE = 'per_step_parameters.npz'
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixes:
+    """Which of MAML++'s fixes are on, and their schedules (see the flags of the same names)."""
+    msl: bool = True
+    msl_iterations: int = 100
+    da: bool = True
+    da_iterations: int = 500
+    bnrs: bool = True
+    transductive: bool = False
+    bnwb: bool = True
+    lslr: bool = True
+
+    @property
+    def running_statistics_at_evaluation(self):
+        return self.bnrs and not self.transductive
+
+
+def msl_weights(iteration, num_steps, msl_iterations):
+    """The MSL weights v_1 … v_S [S] of the query losses after steps 1 … S at a meta-iteration.
+
+    At iteration 1 every step weighs 1/S; the weights of steps < S fall linearly to 0
+    at iteration msl_iterations + 1, from where the loss is the last step's alone (as
+    in MAML). They always sum to 1.
+    """
+    remaining = max(0.0, 1.0 - (iteration - 1) / msl_iterations)
+    weights = np.full(num_steps, remaining / num_steps)
+    weights[-1] = 1.0 - weights[:-1].sum()
+    return weights
+
+
+def cosine_meta_lr(meta_lr, min_meta_lr, num_iterations):
+    """CA: β_i = β_min + (β − β_min) (1 + cos(π i / num_iterations)) / 2 at meta-iteration i."""
+    return keras.optimizers.schedules.CosineDecay(meta_lr, max(num_iterations, 1),
+                                                  alpha=min_meta_lr / meta_lr)
+
+
+class MAMLPlusPlus(maml.MAML):
+    """MAML with MAML++'s fixes (see the module docstring), over the same functional network.
+
+    The meta-parameters θ (`self.params`) are the network's weights that the inner loop
+    adapts, plus the per-step ones it does not: learning rates α_{l,s} (LSLR) and
+    batch-norm γ_s, β_s (BNWB). `meta_objective` is a pure function of all of them.
+    Per-step running statistics (BNRS) are state, not parameters: `track` averages the
+    support-set moments of every training meta-batch into them.
+    """
+
+    def __init__(self, net, model, inner_lr, num_inner_steps, meta_optimizer, fixes=Fixes()):
+        """
+        Args:
+          net, model, inner_lr, num_inner_steps, meta_optimizer: as for `maml.MAML`
+            (with LSLR, inner_lr is the initial value of every learned learning rate).
+          fixes: a `Fixes`.
+        """
+        self.fixes = fixes
+        params = network.parameters(model)
+        steps = num_inner_steps + 1
+        if fixes.bnwb:
+            for name in [name for name in params if name.startswith('bn')]:
+                shared = params.pop(name)
+                params[PER_STEP + name] = keras.Variable(np.tile(shared.numpy(), [steps, 1]),
+                                                         name=f'per_step_{name.replace("/", "_")}')
+        if fixes.lslr:
+            for name in [name for name in params if not name.startswith(PER_STEP)]:
+                params[INNER_LR + name] = keras.Variable(np.full(num_inner_steps, inner_lr, np.float32),
+                                                         name=f'inner_lr_{name.replace("/", "_")}')
+        self.statistics = {}
+        if fixes.bnrs:
+            for name, variable in network.statistics(model).items():
+                initial = np.tile(variable.numpy(), [steps, 1])  # Keras' initial mean 0, variance 1.
+                self.statistics[name] = keras.Variable(initial, trainable=False,
+                                                       name=f'running_{name.replace("/", "_")}')
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order=False,
+                         meta_optimizer=meta_optimizer, params=params)
+
+    # The inner loop ------------------------------------------------------------
+
+    def forward(self, params, images, step, context):
+        """Logits [T, B, N] under task weights θ'_step, with step `step`'s batch norm.
+
+        context: the per-step meta-parameters, and the running statistics (names under
+        RUNNING) when evaluating non-transductively.
+        Returns (logits, the batch moments measured, or None with running statistics).
+        """
+        num_tasks, context = images.shape[0], context or {}
+        per_step = {name[len(PER_STEP):]: value[step] for name, value in context.items()
+                    if name.startswith(PER_STEP)}
+        params = {**params, **network.tile(per_step, num_tasks)}
+        running = {name[len(RUNNING):]: value[step] for name, value in context.items()
+                   if name.startswith(RUNNING)}
+        if running:
+            return self.net.forward(params, images, network.tile(running, num_tasks)), None
+        return self.net.forward_with_moments(params, images)
+
+    def inner_update(self, params, grads, step, context):
+        """θ'_{s+1} = θ'_s − α_{l,s} g for every weight tensor l (LSLR), else − α g."""
+        if not self.fixes.lslr:
+            return super().inner_update(params, grads, step, context)
+        return {name: params[name] - context[INNER_LR + name][step] * grads[name] for name in params}
+
+    # The outer loop ------------------------------------------------------------
+
+    def meta_objective(self, params, episodes, num_steps, first_order=None, training=True,
+                       msl_weights=None):
+        """L(θ) = Σ_s v_s 1/T Σ_t L_query_t(θ'_{t,s}) with MSL weights v [S], else the last step's.
+
+        Args: as for `maml.MAML.meta_objective`, and
+          msl_weights: None, or [S] weights of the query losses after steps 1 … S.
+        Evaluation (training=False) uses the running statistics unless transductive.
+        Returns (meta-loss, per-task metrics, the `maml.Trajectory`).
+        """
+        weights = {name: value for name, value in params.items()
+                   if not name.startswith((PER_STEP, INNER_LR))}
+        context = {name: tf.convert_to_tensor(value) for name, value in params.items()
+                   if name not in weights}
+        if not training and self.fixes.running_statistics_at_evaluation:
+            context.update({RUNNING + name: tf.convert_to_tensor(value)
+                            for name, value in self.statistics.items()})
+        start = network.tile(weights, episodes.support_images.shape[0])
+        trajectory = self.inner_loop(start, episodes.support_images, episodes.support_labels,
+                                     num_steps, first_order, context)
+        scored = range(1, num_steps + 1) if msl_weights is not None else [num_steps]
+        logits = {step: self.forward(trajectory.params[step], episodes.query_images, step, context)[0]
+                  for step in scored}
+        losses = {step: tf.reduce_mean(network.task_losses(logits[step], episodes.query_labels))
+                  for step in scored}
+        if msl_weights is None:
+            meta_loss = losses[num_steps]
+        else:
+            meta_loss = tf.add_n([msl_weights[step - 1] * losses[step] for step in scored])
+        frozen_start, frozen_context = tf.nest.map_structure(tf.stop_gradient, (start, context))
+        pre_logits = self.forward(frozen_start, episodes.query_images, 0, frozen_context)[0]
+        metrics = self.metrics(pre_logits, logits[num_steps], episodes.query_labels, trajectory)
+        return meta_loss, metrics, trajectory
+
+    def track(self, trajectory):
+        """BNRS: running statistic[s] ← m · itself + (1 − m) · mean over tasks of the moments at s."""
+        for name, variable in self.statistics.items():
+            measured = tf.stack([tf.reduce_mean(moments[name], axis=0)
+                                 for moments in trajectory.support_moments])
+            variable.assign(STATISTICS_MOMENTUM * variable + (1 - STATISTICS_MOMENTUM) * measured)
+
+    def schedule(self, iteration):
+        """What DA and MSL ask for at meta-iteration `iteration` (1-based): (first_order, msl weights)."""
+        first_order = self.fixes.da and iteration <= self.fixes.da_iterations
+        weights = None
+        if self.fixes.msl and iteration <= self.fixes.msl_iterations:
+            weights = msl_weights(iteration, self.num_inner_steps, self.fixes.msl_iterations)
+        return first_order, weights
+
+    def train_step_options(self):
+        """DA's derivative order and MSL's weights for the next meta-iteration.
+
+        The iteration is the meta-optimizer's step count, which checkpoints keep, so a
+        resumed run follows the same schedule.
+        """
+        first_order, weights = self.schedule(int(self.meta_optimizer.iterations.numpy()) + 1)
+        return {'first_order': first_order,
+                'msl_weights': None if weights is None else tf.constant(weights, tf.float32)}
+
+    def state_variables(self):
+        """The model's weights, the per-step parameters and statistics, the optimizer's state."""
+        extra = [value for name, value in self.params.items() if name.startswith((PER_STEP, INNER_LR))]
+        return (list(self.model.variables) + extra + list(self.statistics.values())
+                + list(self.meta_optimizer.variables))
+
+    # What a run keeps ----------------------------------------------------------
+
+    def inner_learning_rates(self):
+        """Rows {parameter, step, inner_lr} of the learned (or fixed) inner learning rates."""
+        rows = []
+        for name in self.params:
+            if name.startswith((PER_STEP, INNER_LR)):
+                continue
+            rates = (self.params[INNER_LR + name].numpy() if self.fixes.lslr
+                     else np.full(self.num_inner_steps, self.inner_lr))
+            rows += [{'parameter': name, 'step': step, 'inner_lr': float(rate)}
+                     for step, rate in enumerate(rates)]
+        return rows
+
+    def save(self, folder):
+        """Writes the learned inner learning rates (CSV and plot) and every per-step array (npz)."""
+        rows = self.inner_learning_rates()
+        results.write_csv(os.path.join(folder, INNER_LR_FILE), rows)
+        plotting.plot_inner_learning_rates(rows, os.path.join(folder, 'inner_learning_rates.png'))
+        arrays = {name: value.numpy() for name, value in self.params.items()
+                  if name.startswith((PER_STEP, INNER_LR))}
+        arrays.update({RUNNING + name: value.numpy() for name, value in self.statistics.items()})
+        if arrays:
+            results.atomic_write(os.path.join(folder, PER_STEP_FILE), lambda f: np.savez(f, **arrays))
+
+
+def read_inner_learning_rates(path):
+    """The rows of an inner_learning_rates.csv, typed."""
+    with open(path, newline='') as f:
+        return [{'parameter': row['parameter'], 'step': int(row['step']),
+                 'inner_lr': float(row['inner_lr'])} for row in csv.DictReader(f)]
+
+
+def fixes_from_flags():
+    return Fixes(FLAGS.msl, FLAGS.msl_iterations, FLAGS.da, FLAGS.da_iterations, FLAGS.bnrs,
+                 FLAGS.transductive, FLAGS.bnwb, FLAGS.lslr)
+
+
+def run_name(fixes):
+    """'maml++_5way5shot_5steps_seed0', with a suffix for every fix turned off."""
+    off = [name for name in ('msl', 'da', 'bnrs', 'bnwb', 'lslr') if not getattr(fixes, name)]
+    off += [] if FLAGS.cosine_annealing else ['ca']
+    suffix = ''.join(f'_no-{name}' for name in off) + ('_transductive' if fixes.transductive else '')
+    return (f'maml++_{FLAGS.n_way}way{FLAGS.k_shot}shot_{FLAGS.num_inner_steps}steps'
+            f'{suffix}_seed{FLAGS.seed}')
+
+
+def batch_norm_mode(fixes):
+    if fixes.running_statistics_at_evaluation:
+        return 'per-step running statistics of the meta-training support sets (non-transductive)'
+    return 'transductive (statistics of the batch being normalised)'
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    fixes = fixes_from_flags()
+
+    def build(splits):
+        meta_lr = (cosine_meta_lr(FLAGS.meta_lr, FLAGS.min_meta_lr, FLAGS.num_iterations)
+                   if FLAGS.cosine_annealing else FLAGS.meta_lr)
+        net = experiment.convnet()
+        learner = MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
+                               keras.optimizers.Adam(meta_lr), fixes)
+        return learner, experiment.episode_stream(splits)
+
+    def run():
+        outcome = experiment.run(
+            algorithm='MAML++', default_run_name=run_name(fixes), build=build,
+            flag_modules=[sys.modules[__name__]],
+            num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
+            extra={'batch_norm': batch_norm_mode(fixes)})
+        outcome.learner.save(outcome.folder.path)
+        return outcome
+
+    experiment.main_guard(run)
+
+
+if __name__ == '__main__':
+    app.run(main)
