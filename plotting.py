@@ -4,6 +4,7 @@ import math
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use('Agg')  # Files only; no display is needed or assumed.
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
@@ -33,12 +34,7 @@ def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
     if trained:
         axes.plot([row['iteration'] for row in trained], [row[train_column] for row in trained],
                   color='tab:orange', linestyle='--', label=train_label)
-    axes.axhline(ASSIGNMENT_BAR, color='tab:red', linestyle=':', linewidth=1,
-                 label=f'assignment bar ({ASSIGNMENT_BAR:.0%})')
-    axes.set(xlabel=xlabel, ylabel='query accuracy', title=title, ylim=(0, 1.0))
-    axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    axes.grid(alpha=0.3)
-    axes.legend(loc='center right', fontsize=8)
+    _accuracy_axes(axes, title, xlabel, 'query accuracy')
     _save(figure, path)
 
 
@@ -68,6 +64,49 @@ def plot_comparison(per_task, path):
         axes.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         axes.legend(loc='upper left', fontsize=8)
     _save(figure, path)
+
+
+def plot_seed_curves(curves, path, title):
+    """One method's post-adaptation validation accuracy over training, one line per seed.
+
+    curves: {seed: (iterations [E], accuracies [E])}.
+    """
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    colors = plt.get_cmap('tab10')
+    for index, (seed, (iterations, accuracy)) in enumerate(curves.items()):
+        axes.plot(iterations, accuracy, marker='o', markersize=2.5, linewidth=1.2, color=colors(index % 10),
+                  label=f'seed {seed} (final {accuracy[-1]:.1%})')
+    _accuracy_axes(axes, title, 'meta-iteration', 'validation query accuracy after adaptation')
+    _save(figure, path)
+
+
+def plot_mean_std(curves_by_method, path, title):
+    """Validation accuracy of several methods: mean over seeds with a ± std band.
+
+    curves_by_method: {method: {seed: (iterations, accuracies)}}; only iterations every
+    seed of a method reached are averaged.
+    """
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for (method, curves), color in zip(curves_by_method.items(), ('tab:blue', 'tab:orange', 'tab:green')):
+        common = sorted(set.intersection(*(set(iterations.tolist()) for iterations, _ in curves.values())))
+        stacked = np.array([[dict(zip(iterations.tolist(), accuracy))[i] for i in common]
+                            for iterations, accuracy in curves.values()])
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+        axes.plot(common, mean, color=color, marker='o', markersize=2.5,
+                  label=f'{method} (final {mean[-1]:.1%} ± {std[-1]:.1%}, {len(curves)} seeds)')
+        axes.fill_between(common, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+    _accuracy_axes(axes, title, 'meta-iteration', 'validation query accuracy after adaptation')
+    _save(figure, path)
+
+
+def _accuracy_axes(axes, title, xlabel, ylabel):
+    """The look shared by accuracy figures: percent axis from 0 to 100%, the assignment bar, grid."""
+    axes.axhline(ASSIGNMENT_BAR, color='tab:red', linestyle=':', linewidth=1,
+                 label=f'assignment bar ({ASSIGNMENT_BAR:.0%})')
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1.0))
+    axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axes.grid(alpha=0.3)
+    axes.legend(loc='lower right', fontsize=8)
 
 
 def plot_inner_learning_rates(rows, path):

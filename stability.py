@@ -1,0 +1,213 @@
+"""MAML vs MAML++ training stability: the same seeds, tasks and iterations for both.
+
+    python stability.py                                    # seeds 0,1,2 at 5-way 5-shot and 5-way 1-shot
+    python stability.py --settings 5way5shot --seeds 0,1,2,3
+    python stability.py --train=false                      # redraw and re-tabulate from finished runs
+    python stability.py -- --meta_batch_size=16            # flags after -- go to both scripts
+
+For every setting and seed it runs `maml.py` and `maml_plusplus.py` at their defaults
+(each in its own run folder under --results_dir, named as the scripts name them); a
+finished run is reused and a stopped one resumed, so the command can be stopped and
+started again. Then it writes to --output_dir, per setting:
+    val_maml_<setting>.png      MAML's validation accuracy over training, every seed
+    val_maml++_<setting>.png    the same for MAML++
+    val_overlay_<setting>.png   both methods, mean ± std over seeds
+and, for all settings, stability.csv / stability.md (one row per method and setting)
+and runs.csv (one row per run).
+
+Stability figures, from the post-adaptation validation accuracy of each run:
+    final val std      standard deviation across seeds of the final validation accuracy
+    mean |change|      mean absolute change between consecutive validations (mean over seeds),
+                       over the whole run and over its second half
+    largest drop       the largest fall between consecutive validations (over all seeds)
+    meta-test          mean over seeds of the final meta-test accuracy (600 tasks each, with
+                       the mean of the seeds' 95% confidence half-widths) and its std over seeds
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+from absl import app, flags
+
+import plotting
+import results
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+METHODS = {  # method -> (script, run-folder name as the script derives it from its defaults)
+    'MAML': ('maml.py', 'maml_fo_{setting}_5steps_seed{seed}'),
+    'MAML++': ('maml_plusplus.py', 'maml++_{setting}_5steps_seed{seed}'),
+}
+
+flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds; every method trains once per seed and setting.')
+flags.DEFINE_list('settings', ['5way5shot', '5way1shot'],
+                  'Task settings as <N>way<K>shot: the assignment\'s, and a harder one.')
+flags.DEFINE_integer('num_iterations', 1000, 'Meta-training iterations of every run.', lower_bound=1)
+flags.DEFINE_string('results_dir', 'results', 'Where the run folders are (and are written).')
+flags.DEFINE_string('output_dir', os.path.join('results', 'stability'),
+                    'Where the figures and tables are written.')
+flags.DEFINE_boolean('train', True, 'Train missing runs and resume stopped ones; --train=false only '
+                     'draws and tabulates, and names any run that is not finished.')
+FLAGS = flags.FLAGS
+
+
+def parse_setting(setting):
+    """'5way1shot' -> (5, 1); ValueError naming the flag otherwise."""
+    match = re.fullmatch(r'(\d+)way(\d+)shot', setting)
+    if not match:
+        raise ValueError(f'--settings: {setting!r} is not of the form <N>way<K>shot, e.g. 5way1shot')
+    return int(match[1]), int(match[2])
+
+
+def run_folder(results_dir, method, setting, seed):
+    return os.path.join(results_dir, METHODS[method][1].format(setting=setting, seed=seed))
+
+
+def finished(folder, num_iterations):
+    """True if `folder` holds a finished run of `num_iterations`; RunError if it finished another."""
+    path = os.path.join(folder, results.SUMMARY_FILE)
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        iterations = json.load(f)['iterations']
+    if iterations != num_iterations:
+        raise results.RunError(f'{folder} finished {iterations} iterations, not {num_iterations}; '
+                               'move it away or choose another --results_dir')
+    return True
+
+
+def train(method, setting, seed, script_flags=()):
+    """Runs (or resumes) one method's script for one setting and seed, in a child process.
+
+    script_flags: further flags for the script (they must not be ones the run name is
+    derived from, such as --num_inner_steps).
+    """
+    folder = run_folder(FLAGS.results_dir, method, setting, seed)
+    n_way, k_shot = parse_setting(setting)
+    command = [sys.executable, os.path.join(REPO, METHODS[method][0]), f'--seed={seed}',
+               f'--n_way={n_way}', f'--k_shot={k_shot}', f'--num_iterations={FLAGS.num_iterations}',
+               f'--results_dir={FLAGS.results_dir}', f'--run_name={os.path.basename(folder)}',
+               *script_flags]
+    if os.path.exists(folder):
+        command.append('--resume')
+    print(f'stability: training {method} {setting} seed {seed} -> {folder}', flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise results.RunError(f'{" ".join(command)} failed; see its message above')
+
+
+def load_run(folder):
+    """The validation curve, final figures and batch-norm mode of a finished run folder."""
+    rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE))
+    with open(os.path.join(folder, results.SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    with open(os.path.join(folder, results.HYPERPARAMETERS_FILE)) as f:
+        batch_norm = json.load(f).get('batch_norm', '')
+    return {'iterations': np.array([row['iteration'] for row in rows]),
+            'val': np.array([row['val_post_accuracy'] for row in rows]),
+            'test': summary['test_post_accuracy'], 'test_ci95': summary['test_post_ci95'],
+            'seconds': summary['training_seconds'], 'batch_norm': batch_norm}
+
+
+def stability_figures(runs):
+    """The stability figures of one method at one setting; runs: {seed: load_run(...)}."""
+    finals = np.array([run['val'][-1] for run in runs.values()])
+    changes = [np.abs(np.diff(run['val'])) for run in runs.values()]
+    second_half = [np.abs(np.diff(run['val'][run['iterations'] >= run['iterations'][-1] / 2]))
+                   for run in runs.values()]
+    drops = [max(0.0, float(np.max(-np.diff(run['val'])))) for run in runs.values()]
+    tests = np.array([run['test'] for run in runs.values()])
+    return {
+        'seeds': len(runs),
+        'final_val_mean': float(finals.mean()),
+        'final_val_std': float(finals.std(ddof=1)) if len(finals) > 1 else float('nan'),
+        'mean_abs_change': float(np.mean([c.mean() for c in changes])),
+        'mean_abs_change_second_half': float(np.mean([c.mean() for c in second_half])),
+        'largest_drop': max(drops),
+        'test_mean': float(tests.mean()),
+        'test_ci95_mean': float(np.mean([run['test_ci95'] for run in runs.values()])),
+        'test_std': float(tests.std(ddof=1)) if len(tests) > 1 else float('nan'),
+        'training_minutes_mean': float(np.mean([run['seconds'] for run in runs.values()]) / 60),
+        'batch_norm': '; '.join(sorted({run['batch_norm'] for run in runs.values()})),
+    }
+
+
+def markdown_table(rows):
+    """The stability table in Markdown, one row per method and setting."""
+    lines = ['| setting | method | seeds | final val acc (mean ± std) | mean abs change (all / 2nd half) '
+             '| largest drop | meta-test acc (mean of seeds, ± mean 95% CI; std over seeds) '
+             '| training min/run | evaluation batch norm |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        lines.append(
+            f'| {row["setting"]} | {row["method"]} | {row["seeds"]} '
+            f'| {row["final_val_mean"]:.2%} ± {row["final_val_std"]:.2%} '
+            f'| {row["mean_abs_change"]:.2%} / {row["mean_abs_change_second_half"]:.2%} '
+            f'| {row["largest_drop"]:.2%} '
+            f'| {row["test_mean"]:.2%} ± {row["test_ci95_mean"]:.2%}; std {row["test_std"]:.2%} '
+            f'| {row["training_minutes_mean"]:.1f} | {row["batch_norm"]} |')
+    return '\n'.join(lines) + '\n'
+
+
+def compare(results_dir, output_dir, settings, seeds):
+    """Draws the figures and writes the tables from finished runs; returns the table rows.
+
+    RunError naming every run that is missing or unfinished.
+    """
+    folders = {(method, setting, seed): run_folder(results_dir, method, setting, seed)
+               for setting in settings for method in METHODS for seed in seeds}
+    missing = [folder for folder in folders.values()
+               if not os.path.exists(os.path.join(folder, results.SUMMARY_FILE))]
+    if missing:
+        raise results.RunError(f'unfinished or missing runs: {", ".join(missing)}; '
+                               'run python stability.py (with --train) to train them')
+    os.makedirs(output_dir, exist_ok=True)
+    table, per_run = [], []
+    for setting in settings:
+        curves = {}
+        for method in METHODS:
+            runs = {seed: load_run(folders[method, setting, seed]) for seed in seeds}
+            curves[method] = {seed: (run['iterations'], run['val']) for seed, run in runs.items()}
+            table.append({'setting': setting, 'method': method, **stability_figures(runs)})
+            per_run += [{'setting': setting, 'method': method, 'seed': seed, 'final_val': run['val'][-1],
+                         'test': run['test'], 'test_ci95': run['test_ci95'],
+                         'training_minutes': run['seconds'] / 60,
+                         'folder': folders[method, setting, seed]} for seed, run in runs.items()]
+            plotting.plot_seed_curves(curves[method], os.path.join(output_dir, f'val_{method.lower()}_{setting}.png'),
+                                      f'{method}, {setting}: validation accuracy, {len(seeds)} seeds')
+        plotting.plot_mean_std(curves, os.path.join(output_dir, f'val_overlay_{setting}.png'),
+                               f'MAML vs MAML++, {setting}: mean ± std over {len(seeds)} seeds')
+    results.write_csv(os.path.join(output_dir, 'stability.csv'), table)
+    results.write_csv(os.path.join(output_dir, 'runs.csv'), per_run)
+    results.atomic_write(os.path.join(output_dir, 'stability.md'),
+                         lambda f: f.write(markdown_table(table).encode()))
+    return table
+
+
+def main(argv):
+    script_flags = argv[1:]  # What followed "--".
+    try:
+        for setting in FLAGS.settings:
+            parse_setting(setting)
+        seeds = [int(seed) for seed in FLAGS.seeds]
+    except ValueError as error:
+        sys.exit(f'error: {error}' if 'settings' in str(error) else f'error: --seeds: {error}')
+    try:
+        if FLAGS.train:
+            for setting in FLAGS.settings:
+                for seed in seeds:
+                    for method in METHODS:
+                        folder = run_folder(FLAGS.results_dir, method, setting, seed)
+                        if not finished(folder, FLAGS.num_iterations):
+                            train(method, setting, seed, script_flags)
+        table = compare(FLAGS.results_dir, FLAGS.output_dir, FLAGS.settings, seeds)
+    except results.RunError as error:
+        sys.exit(f'error: {error}')
+    print(markdown_table(table))
+    print(f'figures and tables in {FLAGS.output_dir}')
+
+
+if __name__ == '__main__':
+    app.run(main)
