@@ -79,7 +79,7 @@ class Outcome(NamedTuple):
 
 
 def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
-        schedule_for=None, plot_options=None):
+        schedule_for=None):
     """Runs one experiment from the flags and writes its run folder.
 
     Args:
@@ -90,7 +90,6 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
       num_eval_inner_steps: adaptation steps at validation and test.
       extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
       schedule_for: function(splits) -> training.Schedule (default: from the flags).
-      plot_options: keyword arguments for plotting.plot_accuracy.
     Returns:
       An `Outcome`.
     """
@@ -122,8 +121,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
     save_model(learner.model, run_folder.file(results.MODEL_FILE))
-    plotting.plot_run(run_folder.path, f'{algorithm}, {FLAGS.n_way}-way {FLAGS.k_shot}-shot Omniglot',
-                      **(plot_options or {}))
+    plotting.plot_run(run_folder.path)
     print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '
           f'± {summary["test_post_ci95"]:.2%} over {FLAGS.num_test_tasks} tasks '
           f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')

@@ -20,7 +20,6 @@ MAML++ is MAML (maml.py) with six fixes, each on by default:
 batch-norm weights and statistics exist for every s, learning rates for s < S.
 """
 
-import csv
 import dataclasses
 import os
 import sys
@@ -70,7 +69,6 @@ PER_STEP = 'per_step/'    # Names of per-step batch-norm weights: per_step/bn1/g
 INNER_LR = 'inner_lr/'    # Names of learned learning rates: inner_lr/conv1/kernel [S].
 RUNNING = 'running/'      # Running statistics in an evaluation context: running/bn1/moving_mean.
 STATISTICS_MOMENTUM = 0.9  # Running statistic ← 0.9 · itself + 0.1 · the meta-batch's moments.
-INNER_LR_FILE = 'inner_learning_rates.csv'
 PER_STEP_FILE = 'per_step_parameters.npz'
 
 
@@ -256,20 +254,13 @@ class MAMLPlusPlus(maml.MAML):
     def save(self, folder):
         """Writes the learned inner learning rates (CSV and plot) and every per-step array (npz)."""
         rows = self.inner_learning_rates()
-        results.write_csv(os.path.join(folder, INNER_LR_FILE), rows)
+        results.write_csv(os.path.join(folder, results.INNER_LR_FILE), rows)
         plotting.plot_inner_learning_rates(rows, os.path.join(folder, 'inner_learning_rates.png'))
         arrays = {name: value.numpy() for name, value in self.params.items()
                   if name.startswith((PER_STEP, INNER_LR))}
         arrays.update({RUNNING + name: value.numpy() for name, value in self.statistics.items()})
         if arrays:
             results.atomic_write(os.path.join(folder, PER_STEP_FILE), lambda f: np.savez(f, **arrays))
-
-
-def read_inner_learning_rates(path):
-    """The rows of an inner_learning_rates.csv, typed."""
-    with open(path, newline='') as f:
-        return [{'parameter': row['parameter'], 'step': int(row['step']),
-                 'inner_lr': float(row['inner_lr'])} for row in csv.DictReader(f)]
 
 
 def fixes_from_flags():

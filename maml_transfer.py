@@ -246,7 +246,7 @@ def compare(transfer, splits, folder, run_dirs):
                          'tasks': len(accuracies), 'run': run_dir if method == 'FO-MAML' else folder.path})
     results.write_csv(folder.file('comparison.csv'), rows)
     # Per-task accuracies too, so the figure can be redrawn without evaluating again.
-    results.write_csv(folder.file('comparison_tasks.csv'), [
+    results.write_csv(folder.file(results.COMPARISON_TASKS_FILE), [
         {'setting': setting, 'method': method, 'task': task, 'accuracy': float(accuracy)}
         for setting, scores in per_task.items() for method, accuracies in scores.items()
         for task, accuracy in enumerate(accuracies)])
@@ -280,9 +280,7 @@ def main(argv):
             build=build, flag_modules=[sys.modules[__name__]], num_eval_inner_steps=FLAGS.adapt_steps,
             extra={'batch_norm': 'batch statistics of each task (transductive)' if FLAGS.batch_statistics
                    else 'frozen pretraining statistics (not transductive)'},
-            schedule_for=schedule,
-            plot_options={'train_column': 'train_accuracy', 'xlabel': 'pretraining step',
-                          'train_label': 'pretraining minibatch accuracy'})
+            schedule_for=schedule)
         if not FLAGS.compare_with:
             return
         for row in compare(outcome.learner, outcome.splits, outcome.folder, FLAGS.compare_with):

@@ -1,4 +1,8 @@
-"""Figures drawn from a run's metrics.csv alone, so they can be redrawn without retraining."""
+"""Figures drawn from a run's logs alone (metrics.csv, hyperparameters.json and the other CSV
+files a run writes), so they can be redrawn without retraining: see figures.py.
+
+Every figure takes the path to write; its suffix (.png, .pdf, .svg) chooses the format.
+"""
 
 import math
 import os
@@ -12,6 +16,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 import results  # noqa: E402
 
 ASSIGNMENT_BAR = 0.80
+# How a run's accuracy figure differs by algorithm (hyperparameters.json 'algorithm').
+RUN_FIGURE_OPTIONS = {
+    'transfer': {'train_column': 'train_accuracy', 'xlabel': 'pretraining step',
+                 'train_label': 'pretraining minibatch accuracy'},
+}
 
 
 def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
@@ -38,10 +47,18 @@ def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
     _save(figure, path)
 
 
-def plot_run(run_dir, title=None, filename='val_accuracy.png', **options):
-    """Redraws the accuracy figure of a run folder from its metrics.csv (options: plot_accuracy's)."""
-    rows = results.read_metrics(os.path.join(run_dir, results.METRICS_FILE))
-    plot_accuracy(rows, os.path.join(run_dir, filename), title or os.path.basename(run_dir), **options)
+def plot_run(run_dir, suffix='.png'):
+    """Draws val_accuracy<suffix> of a run folder from its metrics.csv and hyperparameters.json.
+
+    Returns the path written. RunError if the folder lacks either file or has no complete row.
+    """
+    hyperparameters = results.read_hyperparameters(run_dir)
+    rows = results.read_metrics(os.path.join(run_dir, results.METRICS_FILE), required=True)
+    algorithm, flags = hyperparameters.get('algorithm', 'run'), hyperparameters['flags']
+    title = f'{algorithm}, {flags["n_way"]}-way {flags["k_shot"]}-shot Omniglot'
+    path = os.path.join(run_dir, f'val_accuracy{suffix}')
+    plot_accuracy(rows, path, title, **RUN_FIGURE_OPTIONS.get(algorithm, {}))
+    return path
 
 
 def plot_comparison(per_task, path):

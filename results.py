@@ -22,12 +22,15 @@ import sys
 from importlib import metadata
 
 import numpy as np
+from absl import logging
 
 METRICS_FILE = 'metrics.csv'
 HYPERPARAMETERS_FILE = 'hyperparameters.json'
 CHECKPOINT_FILE = 'checkpoint.npz'
 SUMMARY_FILE = 'summary.json'
 MODEL_FILE = 'model.keras'
+INNER_LR_FILE = 'inner_learning_rates.csv'  # MAML++: learned inner learning rates per tensor and step.
+COMPARISON_TASKS_FILE = 'comparison_tasks.csv'  # Transfer vs FO-MAML, per meta-test task.
 # Flags that may change when a run is resumed. The data may move (other --data_dir), but
 # its checksum must not change.
 RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress',
@@ -52,9 +55,20 @@ def write_json(path, value):
     atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, sort_keys=True).encode()))
 
 
+def machine():
+    """The CPU model and core count, e.g. 'AMD EPYC, 2 CPU cores'."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{cpu}, {os.cpu_count()} CPU cores'
+
+
 def library_versions():
-    """Versions of the libraries that decide the numbers of a run."""
-    versions = {'python': sys.version.split()[0], 'platform': platform.platform()}
+    """Versions of the libraries that decide the numbers of a run, and the machine."""
+    versions = {'python': sys.version.split()[0], 'platform': platform.platform(), 'machine': machine()}
     for package in ('tensorflow', 'keras', 'numpy', 'tensorflow-datasets'):
         try:
             versions[package] = metadata.version(package)
@@ -89,20 +103,54 @@ def write_csv(path, rows, columns=None):
     atomic_write(path, write)
 
 
-def read_metrics(path):
-    """Rows of a metrics.csv as dicts of floats (NaN where empty); a damaged last line is dropped."""
+def read_metrics(path, required=False):
+    """Rows of a metrics.csv as dicts of floats (NaN where empty).
+
+    A run killed while writing by other means than ours may leave a damaged line: the
+    rows before it are returned, with a warning. A missing file gives [] (RunError if
+    `required`, also when no row is complete).
+    """
     if not os.path.exists(path):
+        if required:
+            raise RunError(f'{path} does not exist (is this a run folder, and has it validated once?)')
         return []
     rows = []
     with open(path, newline='') as f:
-        for row in csv.DictReader(f):
+        for line, row in enumerate(csv.DictReader(f), start=2):
             try:
                 parsed = {k: float(v) if v != '' else float('nan') for k, v in row.items()}
                 parsed['iteration'] = int(parsed['iteration'])
-                rows.append(parsed)
             except (TypeError, ValueError):
+                logging.warning('%s: line %d is incomplete or malformed; using the %d rows before it',
+                                path, line, len(rows))
                 break
+            rows.append(parsed)
+    if required and not rows:
+        raise RunError(f'{path} has no complete row')
     return rows
+
+
+def read_hyperparameters(run_dir):
+    """The hyperparameters.json of a run folder; RunError if it has none."""
+    path = os.path.join(run_dir, HYPERPARAMETERS_FILE)
+    if not os.path.exists(path):
+        raise RunError(f'{run_dir}: no {HYPERPARAMETERS_FILE}, so it is not a run folder')
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_csv(path):
+    """The rows of a CSV file as dicts; numbers become floats (ints where whole), empty cells NaN."""
+    def value(text):
+        if text == '':
+            return float('nan')
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() and '.' not in text and 'e' not in text else number
+    with open(path, newline='') as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 class RunFolder:

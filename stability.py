@@ -33,10 +33,12 @@ import sys
 import numpy as np
 from absl import app, flags
 
+import config  # noqa: F401  (defines --num_iterations and --results_dir)
 import plotting
 import results
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+RUNS_FILE = 'runs.csv'  # One row per run of a comparison: what figures.py redraws from.
 METHODS = {  # method -> (script, run-folder name as the script derives it from its defaults)
     'MAML': ('maml.py', 'maml_fo_{setting}_5steps_seed{seed}'),
     'MAML++': ('maml_plusplus.py', 'maml++_{setting}_5steps_seed{seed}'),
@@ -45,8 +47,8 @@ METHODS = {  # method -> (script, run-folder name as the script derives it from 
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds; every method trains once per seed and setting.')
 flags.DEFINE_list('settings', ['5way5shot', '5way1shot'],
                   'Task settings as <N>way<K>shot: the assignment\'s, and a harder one.')
-flags.DEFINE_integer('num_iterations', 1000, 'Meta-training iterations of every run.', lower_bound=1)
-flags.DEFINE_string('results_dir', 'results', 'Where the run folders are (and are written).')
+for _name in ('num_iterations', 'results_dir'):
+    flags.declare_key_flag(_name)  # config's: iterations of every run, where the run folders are.
 flags.DEFINE_string('output_dir', os.path.join('results', 'stability'),
                     'Where the figures and tables are written.')
 flags.DEFINE_boolean('train', True, 'Train missing runs and resume stopped ones; --train=false only '
@@ -100,11 +102,10 @@ def train(method, setting, seed, script_flags=()):
 
 def load_run(folder):
     """The validation curve, final figures and batch-norm mode of a finished run folder."""
-    rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE))
+    rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)
     with open(os.path.join(folder, results.SUMMARY_FILE)) as f:
         summary = json.load(f)
-    with open(os.path.join(folder, results.HYPERPARAMETERS_FILE)) as f:
-        batch_norm = json.load(f).get('batch_norm', '')
+    batch_norm = results.read_hyperparameters(folder).get('batch_norm', '')
     return {'iterations': np.array([row['iteration'] for row in rows]),
             'val': np.array([row['val_post_accuracy'] for row in rows]),
             'test': summary['test_post_accuracy'], 'test_ci95': summary['test_post_ci95'],
@@ -151,6 +152,28 @@ def markdown_table(rows):
     return '\n'.join(lines) + '\n'
 
 
+def load_runs(folders):
+    """{(method, setting, seed): folder} -> {(method, setting, seed): load_run(folder)}."""
+    return {key: load_run(folder) for key, folder in folders.items()}
+
+
+def draw(runs, output_dir, suffix='.png'):
+    """The per-seed figure of each method and the mean ± std overlay, per setting; returns the paths."""
+    written = []
+    for setting in dict.fromkeys(setting for _, setting, _ in runs):
+        curves = {method: {seed: (run['iterations'], run['val'])
+                           for (m, s, seed), run in runs.items() if (m, s) == (method, setting)}
+                  for method in METHODS}
+        seeds = len(curves['MAML'])
+        for method, per_seed in curves.items():
+            written.append(os.path.join(output_dir, f'val_{method.lower()}_{setting}{suffix}'))
+            plotting.plot_seed_curves(per_seed, written[-1],
+                                      f'{method}, {setting}: validation accuracy, {len(per_seed)} seeds')
+        written.append(os.path.join(output_dir, f'val_overlay_{setting}{suffix}'))
+        plotting.plot_mean_std(curves, written[-1], f'MAML vs MAML++, {setting}: mean ± std over {seeds} seeds')
+    return written
+
+
 def compare(results_dir, output_dir, settings, seeds):
     """Draws the figures and writes the tables from finished runs; returns the table rows.
 
@@ -164,26 +187,26 @@ def compare(results_dir, output_dir, settings, seeds):
         raise results.RunError(f'unfinished or missing runs: {", ".join(missing)}; '
                                'run python stability.py (with --train) to train them')
     os.makedirs(output_dir, exist_ok=True)
-    table, per_run = [], []
-    for setting in settings:
-        curves = {}
-        for method in METHODS:
-            runs = {seed: load_run(folders[method, setting, seed]) for seed in seeds}
-            curves[method] = {seed: (run['iterations'], run['val']) for seed, run in runs.items()}
-            table.append({'setting': setting, 'method': method, **stability_figures(runs)})
-            per_run += [{'setting': setting, 'method': method, 'seed': seed, 'final_val': run['val'][-1],
-                         'test': run['test'], 'test_ci95': run['test_ci95'],
-                         'training_minutes': run['seconds'] / 60,
-                         'folder': folders[method, setting, seed]} for seed, run in runs.items()]
-            plotting.plot_seed_curves(curves[method], os.path.join(output_dir, f'val_{method.lower()}_{setting}.png'),
-                                      f'{method}, {setting}: validation accuracy, {len(seeds)} seeds')
-        plotting.plot_mean_std(curves, os.path.join(output_dir, f'val_overlay_{setting}.png'),
-                               f'MAML vs MAML++, {setting}: mean ± std over {len(seeds)} seeds')
+    runs = load_runs(folders)
+    draw(runs, output_dir)
+    table = [{'setting': setting, 'method': method,
+              **stability_figures({seed: runs[method, setting, seed] for seed in seeds})}
+             for setting in settings for method in METHODS]
+    per_run = [{'setting': setting, 'method': method, 'seed': seed, 'final_val': run['val'][-1],
+                'test': run['test'], 'test_ci95': run['test_ci95'], 'training_minutes': run['seconds'] / 60,
+                'folder': folders[method, setting, seed]} for (method, setting, seed), run in runs.items()]
     results.write_csv(os.path.join(output_dir, 'stability.csv'), table)
-    results.write_csv(os.path.join(output_dir, 'runs.csv'), per_run)
+    results.write_csv(os.path.join(output_dir, RUNS_FILE), per_run)
     results.atomic_write(os.path.join(output_dir, 'stability.md'),
                          lambda f: f.write(markdown_table(table).encode()))
     return table
+
+
+def redraw(output_dir, suffix='.png'):
+    """Redraws the figures of a comparison from its runs.csv and the runs' metrics; returns the paths."""
+    rows = results.read_csv(os.path.join(output_dir, RUNS_FILE))
+    return draw(load_runs({(row['method'], row['setting'], row['seed']): row['folder'] for row in rows}),
+                output_dir, suffix)
 
 
 def main(argv):

@@ -213,7 +213,7 @@ def test_command_line_run_writes_the_learned_learning_rates(synthetic_dir, tmp_p
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / 'maml++_3way1shot_2steps_seed0'
-    rows = maml_plusplus.read_inner_learning_rates(folder / maml_plusplus.INNER_LR_FILE)
+    rows = results.read_csv(folder / results.INNER_LR_FILE)
     assert len(rows) == 6 * 2 and any(row['inner_lr'] != 0.4 for row in rows)
     for name in ('inner_learning_rates.png', maml_plusplus.PER_STEP_FILE, 'val_accuracy.png',
                  results.SUMMARY_FILE, results.MODEL_FILE):

@@ -1,0 +1,87 @@
+"""Redraws every figure of run folders from their logs alone: no retraining, no TensorFlow.
+
+    python figures.py                                         # every run folder under results/
+    python figures.py results/maml++_5way5shot_5steps_seed0   # one run folder
+    python figures.py --format pdf                            # vector figures (pdf or svg) beside the PNGs
+
+What is drawn, from which file of a folder:
+    val_accuracy            metrics.csv and hyperparameters.json (every run; for a transfer run,
+                            its pretraining curve)
+    inner_learning_rates    inner_learning_rates.csv (MAML++)
+    comparison              comparison_tasks.csv (a transfer run compared with FO-MAML)
+    val_maml_*, val_maml++_*, val_overlay_*   runs.csv of a stability.py output folder and the
+                            metrics.csv of the runs it lists (MAML vs MAML++)
+A metrics.csv cut short by a killed run is drawn up to its last complete row, with a warning.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+import config  # noqa: F401  (defines --results_dir)
+import plotting
+import results
+import stability
+
+flags.declare_key_flag('results_dir')  # config's: where to look when no folder is given.
+flags.DEFINE_enum('format', 'png', ['png', 'pdf', 'svg'], 'File format of the figures.')
+FLAGS = flags.FLAGS
+
+
+def is_stability_folder(folder):
+    return os.path.exists(os.path.join(folder, stability.RUNS_FILE))
+
+
+def find_folders(results_dir):
+    """The run folders (with hyperparameters.json) and stability folders directly under results_dir."""
+    if not os.path.isdir(results_dir):
+        raise results.RunError(f'--results_dir {results_dir}: folder does not exist')
+    found = [os.path.join(results_dir, name) for name in sorted(os.listdir(results_dir))]
+    return [folder for folder in found if is_stability_folder(folder)
+            or os.path.exists(os.path.join(folder, results.HYPERPARAMETERS_FILE))]
+
+
+def comparison_scores(path):
+    """{setting: {method: [per-task accuracy]}} from a comparison_tasks.csv."""
+    scores = {}
+    for row in results.read_csv(path):
+        scores.setdefault(row['setting'], {}).setdefault(row['method'], []).append(row['accuracy'])
+    return scores
+
+
+def redraw(folder, suffix='.png'):
+    """Redraws every figure a run or stability folder has logs for; returns the paths written."""
+    if is_stability_folder(folder):
+        return stability.redraw(folder, suffix)
+    written = [plotting.plot_run(folder, suffix)]
+    if os.path.exists(os.path.join(folder, results.INNER_LR_FILE)):
+        written.append(os.path.join(folder, f'inner_learning_rates{suffix}'))
+        plotting.plot_inner_learning_rates(results.read_csv(os.path.join(folder, results.INNER_LR_FILE)),
+                                           written[-1])
+    if os.path.exists(os.path.join(folder, results.COMPARISON_TASKS_FILE)):
+        written.append(os.path.join(folder, f'comparison{suffix}'))
+        plotting.plot_comparison(comparison_scores(os.path.join(folder, results.COMPARISON_TASKS_FILE)),
+                                 written[-1])
+    return written
+
+
+def main(argv):
+    folders = argv[1:]
+    try:
+        if not folders:
+            folders = find_folders(FLAGS.results_dir)
+            if not folders:
+                raise results.RunError(f'no run folders under {FLAGS.results_dir} (a run folder has '
+                                       f'{results.HYPERPARAMETERS_FILE}); train something first')
+        for folder in folders:
+            if not os.path.isdir(folder):
+                raise results.RunError(f'{folder}: folder does not exist')
+            for path in redraw(folder, f'.{FLAGS.format}'):
+                print(path)
+    except results.RunError as error:
+        sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,400 @@
+"""The hand-in report, report.md and report.pdf, written from the run folders alone.
+
+    python report.py                                   # from every run folder under results/
+    python report.py --runs results/a,results/b        # from these run folders only
+
+Every number in the report is read from a run folder (summary.json, metrics.csv,
+hyperparameters.json, comparison.csv, the stability tables); the prose around the
+numbers is a template whose comparisons follow the measured values. Runs the
+assignment expects but that are not found are listed as missing. The report goes
+to --output (default report.md, beside results/), its PDF beside it; figures are
+referenced by their path relative to the report.
+"""
+
+import datetime
+import json
+import logging
+import os
+import platform
+import re
+import sys
+
+import matplotlib
+from absl import app, flags
+from fpdf import FPDF
+from fpdf.fonts import FontFace
+
+import config  # noqa: F401  (defines --results_dir)
+import figures
+import results
+
+flags.declare_key_flag('results_dir')  # config's: where to look for run folders.
+flags.DEFINE_list('runs', [], 'Run folders to report on (default: every run folder under --results_dir).')
+flags.DEFINE_string('output', 'report.md',
+                    'The Markdown report to write; the PDF is written beside it (.pdf).')
+FLAGS = flags.FLAGS
+logging.getLogger('fontTools').setLevel(logging.WARNING)  # Its font subsetting logs every table.
+
+MAIN_SETTING = '5-way 5-shot'
+# What the assignment asks for: (algorithm, setting) -> how to produce it if missing.
+EXPECTED = {
+    ('FO-MAML', MAIN_SETTING): 'python maml.py --num_inner_steps 5',
+    ('MAML++', MAIN_SETTING): 'python maml_plusplus.py',
+    ('transfer', MAIN_SETTING): 'python maml_transfer.py --compare_with results/maml_fo_5way5shot_5steps_seed0',
+}
+# Flags that say where things are or how a run was shown, not what it computed.
+HOUSEKEEPING_FLAGS = {'cache_dir', 'data_dir', 'overwrite', 'progress', 'results_dir', 'resume', 'run_name'}
+
+
+# Reading the runs ------------------------------------------------------------------
+
+def load_run(folder):
+    """What the report needs of one run folder: hyperparameters, metrics, summary."""
+    hyperparameters = results.read_hyperparameters(folder)
+    summary_path = os.path.join(folder, results.SUMMARY_FILE)
+    summary = None
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
+    flags_ = hyperparameters['flags']
+    return {'folder': folder, 'name': os.path.basename(os.path.normpath(folder)),
+            'algorithm': hyperparameters.get('algorithm', '?'),
+            'setting': f'{flags_["n_way"]}-way {flags_["k_shot"]}-shot', 'seed': hyperparameters.get('seed'),
+            'flags': flags_, 'hyperparameters': hyperparameters, 'summary': summary,
+            'metrics': results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)}
+
+
+def find_runs(results_dir, folders=()):
+    """The runs to report on and the stability folder (or None)."""
+    found = list(folders) or figures.find_folders(results_dir)
+    runs = [load_run(folder) for folder in found if not figures.is_stability_folder(folder)]
+    if not runs:
+        raise results.RunError(f'no run folders found under {results_dir} (a run folder has '
+                               f'{results.HYPERPARAMETERS_FILE}); run maml.py first')
+    stability_dirs = [folder for folder in found if figures.is_stability_folder(folder)]
+    default = os.path.join(results_dir, 'stability')
+    if not stability_dirs and not folders and figures.is_stability_folder(default):
+        stability_dirs = [default]
+    return runs, (stability_dirs[0] if stability_dirs else None)
+
+
+def main_run(runs, algorithm, setting=MAIN_SETTING):
+    """The finished run of `algorithm` at `setting` with the lowest seed, or None."""
+    candidates = [run for run in runs if run['algorithm'] == algorithm and run['setting'] == setting
+                  and run['summary'] is not None]
+    return min(candidates, key=lambda run: (run['seed'], run['name'])) if candidates else None
+
+
+# Formatting ------------------------------------------------------------------------
+
+def pct(value):
+    return f'{100 * value:.2f}%'
+
+
+def accuracy(mean, ci):
+    return f'{pct(mean)} ± {pct(ci)}'
+
+
+def minutes(seconds):
+    return f'{seconds / 60:.1f} min'
+
+
+def relative(path, start):
+    return os.path.relpath(path, start).replace(os.sep, '/')
+
+
+# The report as blocks: ('heading', level, text) | ('paragraph', text) | ('table', header, rows)
+# | ('image', path, caption) -------------------------------------------------------------
+
+def runs_table(runs):
+    header = ['run folder', 'algorithm', 'setting', 'seed', 'iterations', 'training time',
+              'final validation acc.', 'meta-test acc. (600 tasks)', 'evaluation batch norm']
+    rows = []
+    for run in runs:
+        summary = run['summary']
+        if summary is None:
+            rows.append([run['name'], run['algorithm'], run['setting'], str(run['seed']),
+                         str(run['metrics'][-1]['iteration']), 'unfinished', '', '', ''])
+            continue
+        rows.append([run['name'], run['algorithm'], run['setting'], str(run['seed']), str(summary['iterations']),
+                     minutes(summary['training_seconds']),
+                     accuracy(summary['val_post_accuracy'], summary['val_post_ci95']),
+                     accuracy(summary['test_post_accuracy'], summary['test_post_ci95']),
+                     run['hyperparameters'].get('batch_norm', 'not recorded')])
+    return ('table', header, rows)
+
+
+def hyperparameter_table(runs):
+    """Every flag that shaped the computation, one column per run."""
+    names = sorted(set().union(*(run['flags'] for run in runs)) - HOUSEKEEPING_FLAGS)
+    rows = [[name] + [str(run['flags'].get(name, '–')) for run in runs] for name in names]
+    return ('table', ['flag'] + [run['name'] for run in runs], rows)
+
+
+def run_sentence(run):
+    summary = run['summary']
+    bar = 'above' if summary['val_post_accuracy'] >= 0.8 else 'below'
+    return (f'{run["algorithm"]} ({run["setting"]}, seed {run["seed"]}) reached '
+            f'{accuracy(summary["val_post_accuracy"], summary["val_post_ci95"])} post-adaptation '
+            f'validation accuracy after {summary["iterations"]} iterations ({bar} the 80% bar) and '
+            f'{accuracy(summary["test_post_accuracy"], summary["test_post_ci95"])} on '
+            f'{summary["test_tasks"]} meta-test tasks, in {minutes(summary["training_seconds"])} '
+            f'of training. Evaluation batch norm: {run["hyperparameters"].get("batch_norm", "not recorded")}.')
+
+
+def maml_section(runs, start):
+    blocks = [('heading', 2, '1. First-order MAML (maml.py)')]
+    maml_runs = [run for run in runs if run['algorithm'] in ('FO-MAML', 'MAML') and run['summary']]
+    if not maml_runs:
+        return blocks + [('paragraph', f'Missing: no finished FO-MAML run ({EXPECTED["FO-MAML", MAIN_SETTING]}).')]
+    for run in sorted(maml_runs, key=lambda r: (r['setting'] != MAIN_SETTING, r['setting'], r['seed'])):
+        blocks += [('paragraph', run_sentence(run)),
+                   ('image', relative(os.path.join(run['folder'], 'val_accuracy.png'), start),
+                    f'{run["name"]}: validation accuracy over meta-training (95% CI band).')]
+    return blocks
+
+
+def stability_paragraph(table, setting):
+    rows = {row['method']: row for row in table if row['setting'] == setting}
+    if set(rows) != {'MAML', 'MAML++'}:
+        return None
+    maml, plus = rows['MAML'], rows['MAML++']
+    steadier = [name for name, a, b in (
+        ('std across seeds of the final validation accuracy', maml['final_val_std'], plus['final_val_std']),
+        ('mean absolute change between validations', maml['mean_abs_change'], plus['mean_abs_change']),
+        ('largest drop', maml['largest_drop'], plus['largest_drop'])) if b < a]
+    verdict = ('more stable by all three figures' if len(steadier) == 3 else
+               'not more stable by any of the three figures' if not steadier else
+               f'more stable by {len(steadier)} of the three figures ({"; ".join(steadier)})')
+    more_accurate = 'more' if plus['test_mean'] > maml['test_mean'] else 'less'
+    return (f'{setting}, {maml["seeds"]} seeds each: the final validation accuracy varied across seeds '
+            f'with std {pct(maml["final_val_std"])} for MAML and {pct(plus["final_val_std"])} for MAML++; '
+            f'the mean absolute change between consecutive validations was {pct(maml["mean_abs_change"])} vs '
+            f'{pct(plus["mean_abs_change"])} ({pct(maml["mean_abs_change_second_half"])} vs '
+            f'{pct(plus["mean_abs_change_second_half"])} over the second half of training); the largest drop '
+            f'was {pct(maml["largest_drop"])} vs {pct(plus["largest_drop"])}. MAML++ was {verdict}, and '
+            f'{more_accurate} accurate on meta-test: {pct(plus["test_mean"])} vs {pct(maml["test_mean"])} '
+            f'(mean over seeds).')
+
+
+def maml_plusplus_section(runs, stability_dir, start):
+    blocks = [('heading', 2, '2. MAML++ (maml_plusplus.py) and training stability')]
+    run = main_run(runs, 'MAML++')
+    if run is None:
+        blocks.append(('paragraph', f'Missing: no finished MAML++ run at {MAIN_SETTING} '
+                                    f'({EXPECTED["MAML++", MAIN_SETTING]}).'))
+    else:
+        flags_ = run['flags']
+        fixes = [name for name, on in (('multi-step loss', flags_.get('msl')),
+                                       ('derivative-order annealing', flags_.get('da')),
+                                       ('per-step BN statistics', flags_.get('bnrs')),
+                                       ('per-step BN weights', flags_.get('bnwb')),
+                                       ('learned per-step inner learning rates', flags_.get('lslr')),
+                                       ('cosine meta learning rate', flags_.get('cosine_annealing'))) if on]
+        blocks += [('paragraph', run_sentence(run) + f' Fixes on: {", ".join(fixes) or "none"}.'),
+                   ('image', relative(os.path.join(run['folder'], 'val_accuracy.png'), start),
+                    f'{run["name"]}: validation accuracy over meta-training.')]
+        if os.path.exists(os.path.join(run['folder'], 'inner_learning_rates.png')):
+            blocks.append(('image', relative(os.path.join(run['folder'], 'inner_learning_rates.png'), start),
+                           'Learned inner learning rate of every weight tensor at every inner step.'))
+    if stability_dir is None:
+        return blocks + [('paragraph', 'Missing: the MAML vs MAML++ stability comparison '
+                                       '(python stability.py).')]
+    table = results.read_csv(os.path.join(stability_dir, 'stability.csv'))
+    blocks.append(('table', ['setting', 'method', 'seeds', 'final val acc (mean ± std)',
+                             'mean abs change (all / 2nd half)', 'largest drop',
+                             'meta-test acc (mean of seeds; std)', 'evaluation batch norm'],
+                   [[row['setting'], row['method'], str(row['seeds']),
+                     f'{pct(row["final_val_mean"])} ± {pct(row["final_val_std"])}',
+                     f'{pct(row["mean_abs_change"])} / {pct(row["mean_abs_change_second_half"])}',
+                     pct(row['largest_drop']), f'{pct(row["test_mean"])}; std {pct(row["test_std"])}',
+                     row['batch_norm']] for row in table]))
+    for setting in dict.fromkeys(row['setting'] for row in table):
+        paragraph = stability_paragraph(table, setting)
+        if paragraph:
+            blocks.append(('paragraph', paragraph))
+        for name, caption in ((f'val_overlay_{setting}.png', 'mean ± std over seeds'),
+                              (f'val_maml_{setting}.png', 'MAML, every seed'),
+                              (f'val_maml++_{setting}.png', 'MAML++, every seed')):
+            blocks.append(('image', relative(os.path.join(stability_dir, name), start),
+                           f'{setting}: validation accuracy, {caption}.'))
+    return blocks
+
+
+def shots(setting):
+    """'5-way 1-shot' -> '1'."""
+    return re.search(r'(\d+)-shot', setting)[1]
+
+
+def transfer_paragraph(rows):
+    """Why one method beats the other, following the measured numbers of each setting."""
+    sentences = []
+    for setting in dict.fromkeys(row['setting'] for row in rows):
+        scores = {row['method']: row for row in rows if row['setting'] == setting}
+        if set(scores) != {'FO-MAML', 'transfer'}:
+            continue
+        maml, transfer = scores['FO-MAML'], scores['transfer']
+        gap = transfer['test_accuracy'] - maml['test_accuracy']
+        overlap = abs(gap) <= maml['ci95'] + transfer['ci95']
+        better = 'transfer learning' if gap > 0 else 'FO-MAML'
+        sentences.append(
+            f'At {setting}, transfer learning scored {accuracy(transfer["test_accuracy"], transfer["ci95"])} and '
+            f'FO-MAML {accuracy(maml["test_accuracy"], maml["ci95"])} on the same {maml["tasks"]} meta-test tasks: '
+            f'{better} is ahead by {pct(abs(gap))}'
+            + (' (the 95% intervals overlap, so the difference is within noise).' if overlap else '.'))
+        if gap > 0:
+            sentences.append(
+                f'With {shots(setting)} examples per class a new linear head fits the support set well, and '
+                'the pretrained network, trained with full supervision over every meta-train character, '
+                'gives features that already separate unseen characters; MAML spends its capacity on an '
+                'initialisation for a few gradient steps instead.')
+        else:
+            sentences.append(
+                f'At {setting} a new head fitted on so few examples is under-determined, while MAML\'s '
+                'initialisation was meta-trained for exactly this: adapting every layer from a handful of '
+                'examples in a few steps.')
+    return ' '.join(sentences)
+
+
+def transfer_section(runs, start):
+    blocks = [('heading', 2, '3. Transfer learning vs FO-MAML (maml_transfer.py)')]
+    run = main_run(runs, 'transfer')
+    if run is None:
+        return blocks + [('paragraph', f'Missing: no finished transfer run ({EXPECTED["transfer", MAIN_SETTING]}).')]
+    blocks += [('paragraph', run_sentence(run).replace('iterations', 'pretraining steps')),
+               ('image', relative(os.path.join(run['folder'], 'val_accuracy.png'), start),
+                f'{run["name"]}: pretraining curve, scored by transfer on the validation tasks.')]
+    comparison = os.path.join(run['folder'], 'comparison.csv')
+    if not os.path.exists(comparison):
+        return blocks + [('paragraph', 'Missing: the comparison with FO-MAML '
+                                       f'({EXPECTED["transfer", MAIN_SETTING]}).')]
+    rows = results.read_csv(comparison)
+    blocks += [('table', ['setting', 'method', 'meta-test accuracy ± 95% CI', 'tasks', 'run'],
+                [[row['setting'], row['method'], accuracy(row['test_accuracy'], row['ci95']), str(row['tasks']),
+                  os.path.basename(str(row['run']))] for row in rows]),
+               ('paragraph', transfer_paragraph(rows)),
+               ('image', relative(os.path.join(run['folder'], 'comparison.png'), start),
+                'Per-task meta-test accuracy, transfer vs FO-MAML, on the same tasks.')]
+    return blocks
+
+
+def build_report(runs, stability_dir, start):
+    """The report as a list of blocks; image paths are relative to `start` (the report's folder)."""
+    finished = [run for run in runs if run['summary']]
+    versions = {f'TensorFlow {run["hyperparameters"]["versions"].get("tensorflow")}, '
+                f'Keras {run["hyperparameters"]["versions"].get("keras")}' for run in runs}
+    missing = [f'{algorithm} {setting} ({command})' for (algorithm, setting), command in EXPECTED.items()
+               if main_run(runs, algorithm, setting) is None]
+    if stability_dir is None:
+        missing.append('the MAML vs MAML++ stability comparison (python stability.py)')
+    blocks = [
+        ('heading', 1, 'Meta-learning on Omniglot: FO-MAML, MAML++ and transfer learning'),
+        ('paragraph', f'Generated on {datetime.date.today().isoformat()} by report.py from {len(runs)} run '
+                      f'folders ({len(finished)} finished). Machine: {results.machine()}, {platform.system()} {platform.release()}; {"; ".join(sorted(versions))}. '
+                      'Every number below is read from the run folders. Training times are those of the '
+                      'meta-training loop (validation included), as recorded by each run.'),
+        ('heading', 2, 'Runs used'), runs_table(runs),
+        ('paragraph', 'Missing: ' + '; '.join(missing) + '.' if missing else 'No expected run is missing.'),
+    ]
+    blocks += maml_section(runs, start)
+    blocks += maml_plusplus_section(runs, stability_dir, start)
+    blocks += transfer_section(runs, start)
+    blocks.append(('heading', 2, 'Hyperparameters'))
+    for algorithm in dict.fromkeys(run['algorithm'] for run in runs):
+        group = [run for run in runs if run['algorithm'] == algorithm]
+        blocks += [('heading', 3, algorithm), hyperparameter_table(group)]
+    return blocks
+
+
+# Rendering ---------------------------------------------------------------------------
+
+def to_markdown(blocks):
+    lines = []
+    for block in blocks:
+        kind = block[0]
+        if kind == 'heading':
+            lines += ['#' * block[1] + ' ' + block[2], '']
+        elif kind == 'paragraph':
+            lines += [block[1], '']
+        elif kind == 'table':
+            _, header, rows = block
+            lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+            lines += ['| ' + ' | '.join(cell.replace('|', '\\|') for cell in row) + ' |' for row in rows]
+            lines.append('')
+        elif kind == 'image':
+            lines += [f'![{block[2]}]({block[1]})', '', f'*{block[2]}*', '']
+    return '\n'.join(lines)
+
+
+def to_pdf(blocks, path, start):
+    """Renders the blocks to an A4 PDF (DejaVu Sans, the font matplotlib ships, for Unicode)."""
+    fonts = os.path.join(matplotlib.get_data_path(), 'fonts', 'ttf')
+    pdf = FPDF(format='A4')
+    pdf.set_creation_date(datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))  # Reproducible.
+    pdf.add_font('DejaVu', '', os.path.join(fonts, 'DejaVuSans.ttf'))
+    pdf.add_font('DejaVu', 'B', os.path.join(fonts, 'DejaVuSans-Bold.ttf'))
+    pdf.add_font('DejaVu', 'I', os.path.join(fonts, 'DejaVuSans-Oblique.ttf'))
+    pdf.set_margins(15, 15, 15)
+    pdf.set_auto_page_break(True, margin=15)
+    pdf.add_page()
+    for block in blocks:
+        kind = block[0]
+        if kind == 'heading':
+            pdf.set_font('DejaVu', 'B', {1: 15, 2: 12.5, 3: 10.5}[block[1]])
+            pdf.ln(2)
+            pdf.multi_cell(0, 7, block[2], new_x='LMARGIN', new_y='NEXT', align='L')
+            pdf.ln(1)
+        elif kind == 'paragraph':
+            pdf.set_font('DejaVu', '', 9)
+            pdf.multi_cell(0, 4.6, block[1], new_x='LMARGIN', new_y='NEXT', align='L')
+            pdf.ln(2)
+        elif kind == 'table':
+            _, header, rows = block
+            pdf.set_font('DejaVu', '', 7 if len(header) <= 6 else 5.5)
+            with pdf.table(headings_style=FontFace(emphasis='BOLD'), line_height=3.2 if len(header) > 6 else 3.6,
+                           text_align='LEFT') as table:
+                for row in [header] + rows:
+                    cells = table.row()
+                    for cell in row:
+                        cells.cell(str(cell))
+            pdf.ln(2)
+        elif kind == 'image':
+            image = os.path.join(start, block[1])
+            if os.path.exists(image):
+                pdf.image(image, w=150, x=(pdf.w - 150) / 2)
+            pdf.set_font('DejaVu', 'I', 8)
+            pdf.multi_cell(0, 4, block[2] if os.path.exists(image) else f'(figure missing: {block[1]})',
+                           new_x='LMARGIN', new_y='NEXT', align='C')
+            pdf.ln(2)
+    temporary = f'{path}.tmp{os.getpid()}'
+    pdf.output(temporary)
+    os.replace(temporary, path)
+
+
+def write_report(runs, stability_dir, output):
+    """Writes `output` (.md) and the PDF beside it; returns both paths."""
+    start = os.path.dirname(os.path.abspath(output))
+    os.makedirs(start, exist_ok=True)
+    blocks = build_report(runs, stability_dir, start)
+    results.atomic_write(output, lambda f: f.write(to_markdown(blocks).encode()))
+    pdf_path = os.path.splitext(output)[0] + '.pdf'
+    to_pdf(blocks, pdf_path, start)
+    return output, pdf_path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    try:
+        for folder in FLAGS.runs:
+            if not os.path.isdir(folder):
+                raise results.RunError(f'--runs: {folder} is not a folder')
+        runs, stability_dir = find_runs(FLAGS.results_dir, FLAGS.runs)
+        for path in write_report(runs, stability_dir, FLAGS.output):
+            print(path)
+    except results.RunError as error:
+        sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+    app.run(main)

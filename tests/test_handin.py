@@ -1,0 +1,212 @@
+"""The hand-in: figures redrawn from logs, the report's numbers, the submission zip."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+import figures
+import report
+import results
+import stability
+import submit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = {'n_way': 5, 'k_shot': 5, 'inner_lr': 0.4, 'num_inner_steps': 5, 'meta_lr': 0.001, 'seed': 0,
+         'data_dir': '/somewhere', 'msl': True, 'da': True, 'bnrs': True, 'bnwb': True, 'lslr': True,
+         'cosine_annealing': True}
+
+
+def make_run(folder, algorithm, val, test, k_shot=5, seed=0, batch_norm='transductive'):
+    """A finished run folder as the scripts write it, with known numbers."""
+    os.makedirs(folder)
+    rows = [{'iteration': 50 * i, 'seconds': 30.0 * i, 'val_pre_accuracy': 0.2, 'val_pre_ci95': 0.01,
+             'val_post_accuracy': accuracy, 'val_post_ci95': 0.004, 'train_query_post_accuracy': accuracy}
+            for i, accuracy in enumerate(val)]
+    results.write_csv(os.path.join(folder, results.METRICS_FILE), rows)
+    results.write_json(os.path.join(folder, results.HYPERPARAMETERS_FILE), {
+        'algorithm': algorithm, 'seed': seed, 'batch_norm': batch_norm,
+        'flags': {**FLAGS, 'k_shot': k_shot, 'seed': seed},
+        'versions': {'tensorflow': '2.21.0', 'keras': '3.15.1'}})
+    results.write_json(os.path.join(folder, results.SUMMARY_FILE), {
+        'iterations': rows[-1]['iteration'], 'training_seconds': rows[-1]['seconds'],
+        'val_post_accuracy': val[-1], 'val_post_ci95': 0.004, 'test_post_accuracy': test,
+        'test_post_ci95': 0.0017, 'test_tasks': 600})
+    for name in (results.MODEL_FILE, results.CHECKPOINT_FILE):
+        with open(os.path.join(folder, name), 'wb') as f:
+            f.write(os.urandom(64))
+    os.makedirs(os.path.join(folder, 'tensorboard'))
+    with open(os.path.join(folder, 'tensorboard', 'events.out'), 'wb') as f:
+        f.write(b'event')
+    return folder
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    """results/ with FO-MAML, MAML++ and transfer runs, a comparison and a stability folder."""
+    out = tmp_path / 'results'
+    make_run(str(out / 'maml_fo_5way5shot_5steps_seed0'), 'FO-MAML', [0.3, 0.9, 0.9812], 0.9803)
+    make_run(str(out / 'maml++_5way5shot_5steps_seed0'), 'MAML++', [0.3, 0.95, 0.9911], 0.9876,
+             batch_norm='per-step running statistics (non-transductive)')
+    transfer = make_run(str(out / 'transfer_5way5shot_seed0'), 'transfer', [0.6, 0.985], 0.9831)
+    results.write_csv(os.path.join(transfer, 'comparison.csv'), [
+        {'setting': '5-way 5-shot', 'method': 'FO-MAML', 'test_accuracy': 0.9803, 'ci95': 0.0017,
+         'tasks': 600, 'run': 'results/maml_fo_5way5shot_5steps_seed0'},
+        {'setting': '5-way 5-shot', 'method': 'transfer', 'test_accuracy': 0.9831, 'ci95': 0.0015,
+         'tasks': 600, 'run': 'results/transfer_5way5shot_seed0'},
+        {'setting': '5-way 1-shot', 'method': 'FO-MAML', 'test_accuracy': 0.9358, 'ci95': 0.0047,
+         'tasks': 600, 'run': 'results/maml_fo_5way1shot_5steps_seed0'},
+        {'setting': '5-way 1-shot', 'method': 'transfer', 'test_accuracy': 0.9218, 'ci95': 0.0056,
+         'tasks': 600, 'run': 'results/transfer_5way5shot_seed0'}])
+    results.write_csv(os.path.join(transfer, results.COMPARISON_TASKS_FILE), [
+        {'setting': '5-way 5-shot', 'method': method, 'task': task, 'accuracy': 0.9 + 0.01 * task}
+        for method in ('FO-MAML', 'transfer') for task in range(5)])
+    for method, seeds in {'MAML': [0.90, 0.93, 0.96], 'MAML++': [0.97, 0.975, 0.98]}.items():
+        for seed, final in enumerate(seeds):
+            folder = stability.run_folder(str(out), method, '5way5shot', seed)
+            if not os.path.exists(folder):
+                make_run(folder, 'FO-MAML' if method == 'MAML' else 'MAML++', [0.3, final - 0.1, final],
+                         final - 0.005, seed=seed)
+    stability.compare(str(out), str(out / 'stability'), ['5way5shot'], [0, 1, 2])
+    for folder in figures.find_folders(str(out)):
+        figures.redraw(folder)
+    return out
+
+
+# Figures from logs -------------------------------------------------------------
+
+def test_redrawing_from_the_same_logs_gives_the_same_figures(results_dir):
+    run = results_dir / 'maml++_5way5shot_5steps_seed0'
+    results.write_csv(str(run / results.INNER_LR_FILE),
+                      [{'parameter': 'conv1/kernel', 'step': s, 'inner_lr': 0.4 - 0.01 * s} for s in range(5)])
+    first = {path: open(path, 'rb').read() for path in figures.redraw(str(run))}
+    assert sorted(os.path.basename(p) for p in first) == ['inner_learning_rates.png', 'val_accuracy.png']
+    again = {path: open(path, 'rb').read() for path in figures.redraw(str(run))}
+    assert first == again
+    stability_figures = figures.redraw(str(results_dir / 'stability'))
+    assert sorted(os.path.basename(p) for p in stability_figures) == [
+        'val_maml++_5way5shot.png', 'val_maml_5way5shot.png', 'val_overlay_5way5shot.png']
+    assert [os.path.basename(p) for p in figures.redraw(str(results_dir / 'transfer_5way5shot_seed0'), '.svg')] \
+        == ['val_accuracy.svg', 'comparison.svg']
+
+
+def test_a_truncated_metrics_file_is_drawn_up_to_its_last_complete_row(results_dir, caplog):
+    run = results_dir / 'maml_fo_5way5shot_5steps_seed0'
+    intact = open(figures.redraw(str(run))[0], 'rb').read()
+    with open(run / results.METRICS_FILE, 'a') as f:
+        f.write('150,90.0,0.2,0.01,0.9')  # A row cut off by a kill.
+    redrawn = figures.redraw(str(run))[0]
+    assert open(redrawn, 'rb').read() == intact
+    assert 'line 5 is incomplete or malformed; using the 3 rows before it' in caplog.text
+
+
+def test_figures_command_errors_are_one_line(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'no_metrics').mkdir()
+    results.write_json(str(tmp_path / 'no_metrics' / results.HYPERPARAMETERS_FILE), {'flags': {}})
+    for args, message in (([f'--results_dir={tmp_path / "empty"}'], 'no run folders under'),
+                          ([str(tmp_path / 'no_metrics')], 'metrics.csv does not exist'),
+                          ([str(tmp_path / 'nowhere')], 'folder does not exist')):
+        result = subprocess.run([sys.executable, os.path.join(REPO, 'figures.py'), *args],
+                                capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 1 and 'Traceback' not in result.stderr
+        assert result.stderr.strip().startswith('error:') and message in result.stderr, result.stderr
+
+
+# The report --------------------------------------------------------------------
+
+def test_the_reports_numbers_are_the_run_folders_numbers(results_dir):
+    runs, stability_dir = report.find_runs(str(results_dir))
+    output = results_dir.parent / 'report.md'
+    markdown_path, pdf_path = report.write_report(runs, stability_dir, str(output))
+    text = open(markdown_path).read()
+    for name in ('maml_fo_5way5shot_5steps_seed0', 'maml++_5way5shot_5steps_seed0', 'transfer_5way5shot_seed0'):
+        summary = json.load(open(results_dir / name / results.SUMMARY_FILE))
+        assert f'{100 * summary["test_post_accuracy"]:.2f}% ± {100 * summary["test_post_ci95"]:.2f}%' in text
+        assert f'{100 * summary["val_post_accuracy"]:.2f}%' in text
+        assert f'{summary["training_seconds"] / 60:.1f} min' in text
+    for row in results.read_csv(str(results_dir / 'stability' / 'stability.csv')):
+        assert f'{100 * row["final_val_mean"]:.2f}% ± {100 * row["final_val_std"]:.2f}%' in text
+        assert f'{100 * row["largest_drop"]:.2f}%' in text
+    assert '98.31% ± 0.15%' in text and '93.58% ± 0.47%' in text  # From comparison.csv.
+    assert 'per-step running statistics (non-transductive)' in text  # The batch-norm mode.
+    assert 'No expected run is missing.' in text
+    # Every figure the report names exists, relative to the report.
+    for line in text.splitlines():
+        if line.startswith('!['):
+            assert (output.parent / line[line.index('](') + 2:-1]).exists(), line
+    with open(pdf_path, 'rb') as f:
+        assert f.read(5) == b'%PDF-'
+
+
+def test_missing_runs_are_named_not_skipped(tmp_path):
+    make_run(str(tmp_path / 'results' / 'maml_fo_5way5shot_5steps_seed0'), 'FO-MAML', [0.3, 0.98], 0.97)
+    runs, stability_dir = report.find_runs(str(tmp_path / 'results'))
+    text = report.to_markdown(report.build_report(runs, stability_dir, str(tmp_path)))
+    assert 'Missing: MAML++ 5-way 5-shot (python maml_plusplus.py); transfer 5-way 5-shot' in text
+    assert 'Missing: the MAML vs MAML++ stability comparison (python stability.py).' in text
+
+
+def test_report_without_runs_or_metrics_is_a_clear_error(tmp_path):
+    (tmp_path / 'results').mkdir()
+    with pytest.raises(results.RunError, match='no run folders found'):
+        report.find_runs(str(tmp_path / 'results'))
+    broken = tmp_path / 'results' / 'broken'
+    broken.mkdir()
+    results.write_json(str(broken / results.HYPERPARAMETERS_FILE), {'flags': FLAGS})
+    with pytest.raises(results.RunError, match='metrics.csv does not exist'):
+        report.find_runs(str(tmp_path / 'results'))
+
+
+# The zip -----------------------------------------------------------------------
+
+def test_zip_name_follows_the_rule_and_refuses_bad_parts():
+    assert submit.zip_name('송재현', '2020-12345') == '송재현_2020-12345_Assignment2.zip'
+    for name, number in (('', '1'), ('a/b', '1'), ('Kim', ' 1'), ('Kim', 'a:b')):
+        with pytest.raises(ValueError, match='--name|--student_number'):
+            submit.zip_name(name, number)
+
+
+def test_zip_holds_code_report_and_results_only_and_round_trips_non_ascii_names(results_dir, tmp_path):
+    runs, stability_dir = report.find_runs(str(results_dir))
+    report_path, _ = report.write_report(runs, stability_dir, str(results_dir.parent / 'report.md'))
+    entries = submit.contents(REPO, str(results_dir), report_path)
+    folder = '송재현_2020-12345_Assignment2'
+    path = str(tmp_path / f'{folder}.zip')
+    listing = submit.write_zip(path, folder, entries)
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        assert all(info.flag_bits & 0x800 for info in archive.infolist())  # UTF-8 names.
+    assert names == [name for name, _ in listing] and all(n.startswith(folder + '/') for n in names)
+    inside = {name[len(folder) + 1:] for name in names}
+    assert {'maml.py', 'maml_plusplus.py', 'requirements.txt', 'README.md', 'report.md', 'report.pdf'} <= inside
+    assert {'results/maml_fo_5way5shot_5steps_seed0/model.keras',
+            'results/maml_fo_5way5shot_5steps_seed0/val_accuracy.png',
+            'results/maml_fo_5way5shot_5steps_seed0/hyperparameters.json',
+            'results/maml_fo_5way5shot_5steps_seed0/metrics.csv',
+            'results/stability/val_overlay_5way5shot.png', 'results/stability/stability.md'} <= inside
+    for name in inside:
+        assert not name.endswith(results.CHECKPOINT_FILE) and '/tensorboard/' not in name
+        assert not name.startswith(('data/', '.venv/')) and '__pycache__' not in name
+    with pytest.raises(results.RunError, match='already exists; pass --force'):
+        submit.write_zip(path, folder, entries)
+    submit.write_zip(path, folder, entries, force=True)
+
+
+def test_submit_command_prints_the_listing_and_refuses_to_overwrite(results_dir, tmp_path):
+    runs, stability_dir = report.find_runs(str(results_dir))
+    report_path, _ = report.write_report(runs, stability_dir, str(tmp_path / 'report.md'))
+    command = [sys.executable, os.path.join(REPO, 'submit.py'), '--name=Kim', '--student_number=2020-12345',
+               f'--results_dir={results_dir}', f'--report={report_path}', f'--zip_dir={tmp_path / "out"}']
+    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    assert 'Kim_2020-12345_Assignment2/report.pdf' in first.stdout and 'every entry re-read' in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 1 and 'already exists; pass --force' in again.stderr
+    missing = subprocess.run(command[:-2] + [f'--report={tmp_path / "none.md"}', '--force'],
+                             capture_output=True, text=True, cwd=REPO)
+    assert missing.returncode == 1 and 'run python report.py first' in missing.stderr
