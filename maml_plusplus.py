@@ -2,7 +2,7 @@
 
     python maml_plusplus.py                                # all six fixes, 5-way 5-shot Omniglot
     python maml_plusplus.py --msl=false --lslr=false       # an ablation: one flag per fix
-    python maml_plusplus.py --transductive                 # evaluate with batch moments, as MAML does
+    python maml_plusplus.py --eval_batch_norm transductive # evaluate with batch moments, as MAML does
 
 MAML++ is MAML (maml.py) with six fixes, each on by default:
   MSL   multi-step loss: the meta-loss weighs the query loss after every inner step,
@@ -10,14 +10,23 @@ MAML++ is MAML (maml.py) with six fixes, each on by default:
   DA    derivative-order annealing: first order for --da_iterations meta-iterations,
         second order after that.
   BNRS  per-step batch-norm running statistics, gathered from the support sets during
-        meta-training and used at evaluation, so that a query prediction does not depend
-        on the other query images (non-transductive).
+        meta-training (--eval_batch_norm running evaluates with them; see below).
   BNWB  per-step batch-norm weights and biases, meta-learned (not adapted in the inner loop).
   LSLR  a learned inner learning rate per weight tensor and per step.
   CA    cosine annealing of the meta learning rate from --meta_lr to --min_meta_lr.
 
 "Step s" indexes the task weights θ'_s after s inner updates (s = 0 … S); per-step
 batch-norm weights and statistics exist for every s, learning rates for s < S.
+
+Batch norm at evaluation (--eval_batch_norm). Meta-training normalises every batch with
+its own moments. At evaluation a query prediction should not depend on the other query
+images (non-transductive), so the default normalises the query, at each step, with the
+moments of the task's support set at that step ('support'; the support set is the task's
+training data, so this uses nothing but it). The paper's per-step running statistics
+('running') are the literal BNRS: but the inner loop adapts every task's network to
+different feature statistics, which an average over tasks does not normalise, and
+measured here they leave evaluation at chance level. 'transductive' normalises each
+evaluated batch with its own moments, as MAML does.
 """
 
 import dataclasses
@@ -48,9 +57,11 @@ flags.DEFINE_boolean('da', True, 'Derivative-order annealing (DA); --da=false tr
 flags.DEFINE_integer('da_iterations', 500, 'DA: first-order meta-iterations before switching to '
                      'second order (the paper: a third of training; here half, as second order '
                      'costs 2.6x first order on a CPU).', lower_bound=0)
-flags.DEFINE_boolean('bnrs', True, 'Per-step batch-norm running statistics (BNRS), used at evaluation.')
-flags.DEFINE_boolean('transductive', False, 'Evaluate with the moments of each evaluated batch '
-                     '(as MAML does) instead of the per-step running statistics.')
+flags.DEFINE_boolean('bnrs', True, 'Keep per-step batch-norm running statistics (BNRS).')
+flags.DEFINE_enum('eval_batch_norm', 'support', ['support', 'running', 'transductive'],
+                  'Batch norm at evaluation: the support set\'s moments at each step (non-transductive), '
+                  'the per-step running statistics (non-transductive, needs --bnrs), or the moments of '
+                  'each evaluated batch (transductive, as MAML).')
 flags.DEFINE_boolean('bnwb', True, 'Per-step batch-norm weights and biases (BNWB).')
 flags.DEFINE_boolean('lslr', True, 'Learned per-layer, per-step inner learning rates (LSLR), '
                      'initialised at --inner_lr.')
@@ -63,6 +74,9 @@ flags.register_multi_flags_validator(
     lambda f: f['num_eval_inner_steps'] <= f['num_inner_steps'],
     message='--num_eval_inner_steps must not exceed --num_inner_steps: MAML++ learns per-step '
             'learning rates and batch norm only for the steps it trains')
+flags.register_multi_flags_validator(
+    ['eval_batch_norm', 'bnrs'], lambda f: f['eval_batch_norm'] != 'running' or f['bnrs'],
+    message='--eval_batch_norm running needs the running statistics of --bnrs')
 FLAGS = flags.FLAGS
 
 PER_STEP = 'per_step/'    # Names of per-step batch-norm weights: per_step/bn1/gamma [S + 1, F].
@@ -80,13 +94,9 @@ class Fixes:
     da: bool = True
     da_iterations: int = 500
     bnrs: bool = True
-    transductive: bool = False
+    eval_batch_norm: str = 'support'
     bnwb: bool = True
     lslr: bool = True
-
-    @property
-    def running_statistics_at_evaluation(self):
-        return self.bnrs and not self.transductive
 
 
 def msl_weights(iteration, num_steps, msl_iterations):
@@ -148,12 +158,13 @@ class MAMLPlusPlus(maml.MAML):
 
     # The inner loop ------------------------------------------------------------
 
-    def forward(self, params, images, step, context):
+    def forward(self, params, images, step, context, statistics=None):
         """Logits [T, B, N] under task weights θ'_step, with step `step`'s batch norm.
 
         context: the per-step meta-parameters, and the running statistics (names under
-        RUNNING) when evaluating non-transductively.
-        Returns (logits, the batch moments measured, or None with running statistics).
+        RUNNING) when evaluating with them.
+        statistics: None, or moments [T, F] by name to normalise with (those of a support set).
+        Returns (logits, the batch moments measured, or None when normalising with given ones).
         """
         num_tasks, context = images.shape[0], context or {}
         per_step = {name[len(PER_STEP):]: value[step] for name, value in context.items()
@@ -162,7 +173,9 @@ class MAMLPlusPlus(maml.MAML):
         running = {name[len(RUNNING):]: value[step] for name, value in context.items()
                    if name.startswith(RUNNING)}
         if running:
-            return self.net.forward(params, images, network.tile(running, num_tasks)), None
+            statistics = network.tile(running, num_tasks)
+        if statistics is not None:
+            return self.net.forward(params, images, statistics), None
         return self.net.forward_with_moments(params, images)
 
     def inner_update(self, params, grads, step, context):
@@ -179,22 +192,26 @@ class MAMLPlusPlus(maml.MAML):
 
         Args: as for `maml.MAML.meta_objective`, and
           msl_weights: None, or [S] weights of the query losses after steps 1 … S.
-        Evaluation (training=False) uses the running statistics unless transductive.
+        Evaluation (training=False) normalises as `fixes.eval_batch_norm` says.
         Returns (meta-loss, per-task metrics, the `maml.Trajectory`).
         """
         weights = {name: value for name, value in params.items()
                    if not name.startswith((PER_STEP, INNER_LR))}
         context = {name: tf.convert_to_tensor(value) for name, value in params.items()
                    if name not in weights}
-        if not training and self.fixes.running_statistics_at_evaluation:
+        mode = 'transductive' if training else self.fixes.eval_batch_norm
+        if mode == 'running':
             context.update({RUNNING + name: tf.convert_to_tensor(value)
                             for name, value in self.statistics.items()})
         start = network.tile(weights, episodes.support_images.shape[0])
         trajectory = self.inner_loop(start, episodes.support_images, episodes.support_labels,
                                      num_steps, first_order, context)
+
+        def query_forward(step, weights_at_step, context_):
+            support = trajectory.support_moments[step] if mode == 'support' else None
+            return self.forward(weights_at_step, episodes.query_images, step, context_, support)[0]
         scored = range(1, num_steps + 1) if msl_weights is not None else [num_steps]
-        logits = {step: self.forward(trajectory.params[step], episodes.query_images, step, context)[0]
-                  for step in scored}
+        logits = {step: query_forward(step, trajectory.params[step], context) for step in scored}
         losses = {step: tf.reduce_mean(network.task_losses(logits[step], episodes.query_labels))
                   for step in scored}
         if msl_weights is None:
@@ -202,7 +219,7 @@ class MAMLPlusPlus(maml.MAML):
         else:
             meta_loss = tf.add_n([msl_weights[step - 1] * losses[step] for step in scored])
         frozen_start, frozen_context = tf.nest.map_structure(tf.stop_gradient, (start, context))
-        pre_logits = self.forward(frozen_start, episodes.query_images, 0, frozen_context)[0]
+        pre_logits = query_forward(0, frozen_start, frozen_context)
         metrics = self.metrics(pre_logits, logits[num_steps], episodes.query_labels, trajectory)
         return meta_loss, metrics, trajectory
 
@@ -265,22 +282,26 @@ class MAMLPlusPlus(maml.MAML):
 
 def fixes_from_flags():
     return Fixes(FLAGS.msl, FLAGS.msl_iterations, FLAGS.da, FLAGS.da_iterations, FLAGS.bnrs,
-                 FLAGS.transductive, FLAGS.bnwb, FLAGS.lslr)
+                 FLAGS.eval_batch_norm, FLAGS.bnwb, FLAGS.lslr)
 
 
 def run_name(fixes):
     """'maml++_5way5shot_5steps_seed0', with a suffix for every fix turned off."""
     off = [name for name in ('msl', 'da', 'bnrs', 'bnwb', 'lslr') if not getattr(fixes, name)]
     off += [] if FLAGS.cosine_annealing else ['ca']
-    suffix = ''.join(f'_no-{name}' for name in off) + ('_transductive' if fixes.transductive else '')
+    suffix = ''.join(f'_no-{name}' for name in off)
+    if fixes.eval_batch_norm != 'support':
+        suffix += f'_eval-{fixes.eval_batch_norm}'
     return (f'maml++_{FLAGS.n_way}way{FLAGS.k_shot}shot_{FLAGS.num_inner_steps}steps'
             f'{suffix}_seed{FLAGS.seed}')
 
 
-def batch_norm_mode(fixes):
-    if fixes.running_statistics_at_evaluation:
-        return 'per-step running statistics of the meta-training support sets (non-transductive)'
-    return 'transductive (statistics of the batch being normalised)'
+BATCH_NORM_MODES = {  # What hyperparameters.json and the report say of each --eval_batch_norm.
+    'support': 'support-set moments at each inner step (non-transductive: a query prediction does '
+               'not depend on the other query images)',
+    'running': 'per-step running statistics of the meta-training support sets (non-transductive)',
+    'transductive': 'transductive (statistics of the batch being normalised)',
+}
 
 
 def main(argv):
@@ -301,7 +322,7 @@ def main(argv):
             algorithm='MAML++', default_run_name=run_name(fixes), build=build,
             flag_modules=[sys.modules[__name__]],
             num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
-            extra={'batch_norm': batch_norm_mode(fixes)})
+            extra={'batch_norm': BATCH_NORM_MODES[fixes.eval_batch_norm]})
         outcome.learner.save(outcome.folder.path)
         return outcome
 

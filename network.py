@@ -66,8 +66,8 @@ class ConvNet:
 
         Returns:
           ([T, B, n_way] logits, dict 'bn<i>/moving_mean' and 'bn<i>/moving_variance' -> [T, F]):
-          the mean and the unbiased variance each batch norm measured, without gradient,
-          ready to be averaged into running statistics.
+          the mean and variance each batch norm normalised with, without gradient: passed
+          back as `statistics`, they reproduce this forward exactly.
         """
         features, moments = self._features(params, images, None)
         return head(params['head/kernel'], params['head/bias'], features), moments
@@ -149,8 +149,7 @@ def grouped_conv2d(h, kernels, stride):
 def batch_norm(h, gamma, beta):
     """Batch norm of h [B, H, W, C] with the exact moments of the batch over [B, H, W].
 
-    Returns (normalised h, mean [C], unbiased variance [C]); the variance used to
-    normalise is the biased one, as in every batch norm.
+    Returns (normalised h, mean [C], variance [C]), the moments it normalised with.
 
     Correct to second order, as second-order MAML needs. Keras' BatchNormalization
     on the TensorFlow backend computes the variance around stop_gradient(mean),
@@ -163,8 +162,10 @@ def batch_norm(h, gamma, beta):
     """
     if h.dtype == tf.float64:  # TensorFlow has no fused kernel for float64.
         return composed_batch_norm(h, gamma, beta)
-    return tf.compat.v1.nn.fused_batch_norm(h, gamma, beta, epsilon=BATCH_NORM_EPSILON,
-                                            is_training=True)
+    y, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(h, gamma, beta, epsilon=BATCH_NORM_EPSILON,
+                                                         is_training=True)
+    count = h.shape[0] * h.shape[1] * h.shape[2]
+    return y, mean, unbiased * ((count - 1) / count)  # The kernel reports the unbiased variance.
 
 
 def composed_batch_norm(h, gamma, beta):
@@ -172,9 +173,7 @@ def composed_batch_norm(h, gamma, beta):
     mean = tf.reduce_mean(h, axis=[0, 1, 2])
     centered = h - mean
     variance = tf.reduce_mean(tf.square(centered), axis=[0, 1, 2])
-    count = tf.cast(tf.size(h) // tf.size(mean), h.dtype)
-    y = centered * (gamma * tf.math.rsqrt(variance + BATCH_NORM_EPSILON)) + beta
-    return y, mean, variance * count / (count - 1)
+    return centered * (gamma * tf.math.rsqrt(variance + BATCH_NORM_EPSILON)) + beta, mean, variance
 
 
 def _flat(x):

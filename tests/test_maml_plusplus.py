@@ -94,7 +94,7 @@ def test_derivative_order_annealing_is_first_order_before_the_switch_and_second_
 
 
 def test_per_step_statistics_differ_between_steps_and_are_used_at_evaluation():
-    learner = _learner(Fixes(msl=False, da=False))
+    learner = _learner(Fixes(msl=False, da=False, eval_batch_norm='running'))
     episodes = data.Episodes(*(x.numpy() for x in _episodes(2)))
     initial = _numpy(learner.statistics)
     for _ in range(3):
@@ -122,13 +122,32 @@ def test_per_step_statistics_differ_between_steps_and_are_used_at_evaluation():
     np.testing.assert_allclose(together, tf.concat(alone, axis=1), rtol=1e-4, atol=1e-5)
 
 
-def test_transductive_evaluation_ignores_the_running_statistics():
-    learner = _learner(Fixes(msl=False, da=False, transductive=True))
+@pytest.mark.parametrize('mode', ['support', 'transductive'])
+def test_support_and_transductive_evaluation_ignore_the_running_statistics(mode):
+    learner = _learner(Fixes(msl=False, da=False, eval_batch_norm=mode))
     episodes = data.Episodes(*(x.numpy() for x in _episodes(2)))
     learner.meta_train_step(episodes)
     evaluated = learner.evaluate(episodes)['query_post_loss']
     learner.statistics['bn1/moving_variance'].assign(learner.statistics['bn1/moving_variance'] * 100)
     np.testing.assert_array_equal(learner.evaluate(episodes)['query_post_loss'], evaluated)
+
+
+def _with_query(episodes, indices):
+    return data.Episodes(episodes.support_images, episodes.support_labels,
+                         episodes.query_images[:, indices], episodes.query_labels[:, indices])
+
+
+def test_support_statistics_make_each_query_prediction_independent_of_the_other_queries():
+    """The loss of queries [x, z] is the mean of the losses of [x, x] and [z, z] only if a
+    prediction depends on its own image alone; with batch moments it is not."""
+    episodes = data.Episodes(*(x.numpy() for x in _episodes(2)))
+    for mode, independent in (('support', True), ('transductive', False)):
+        learner = _learner(Fixes(msl=False, da=False, eval_batch_norm=mode))
+        learner.meta_train_step(episodes)
+        loss = {name: learner.evaluate(_with_query(episodes, indices))['query_post_loss']
+                for name, indices in (('xz', [0, 3]), ('xx', [0, 0]), ('zz', [3, 3]))}
+        difference = np.abs(loss['xz'] - (loss['xx'] + loss['zz']) / 2).max()
+        assert (difference < 1e-5) if independent else (difference > 1e-4), (mode, difference)
 
 
 def test_learned_inner_learning_rates_get_gradients_and_change():
@@ -219,7 +238,7 @@ def test_command_line_run_writes_the_learned_learning_rates(synthetic_dir, tmp_p
                  results.SUMMARY_FILE, results.MODEL_FILE):
         assert (folder / name).exists(), name
     hyperparameters = json.loads((folder / results.HYPERPARAMETERS_FILE).read_text())
-    assert 'non-transductive' in hyperparameters['batch_norm']
+    assert hyperparameters['batch_norm'].startswith('support-set moments')
     assert hyperparameters['flags']['inner_lr'] == 0.4 and hyperparameters['flags']['msl'] is True
     assert 'first_order' not in hyperparameters['flags']  # A MAML flag that MAML++ does not use.
 
