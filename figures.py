@@ -12,6 +12,7 @@ What is drawn, from which file of a folder:
     val_maml_*, val_maml++_*, val_overlay_*   runs.csv of a stability.py output folder and the
                             metrics.csv of the runs it lists (MAML vs MAML++)
 A metrics.csv cut short by a killed run is drawn up to its last complete row, with a warning.
+The MNIST lab's folder is left to its own `python initialization_lab.py --redraw`.
 """
 
 import os
@@ -29,8 +30,15 @@ flags.DEFINE_enum('format', 'png', ['png', 'pdf', 'svg'], 'File format of the fi
 FLAGS = flags.FLAGS
 
 
+LAB_FILE = 'per_seed.json'  # What initialization_lab.py redraws its figure from.
+
+
 def is_stability_folder(folder):
     return os.path.exists(os.path.join(folder, stability.RUNS_FILE))
+
+
+def is_lab_folder(folder):
+    return os.path.exists(os.path.join(folder, LAB_FILE))
 
 
 def find_folders(results_dir):
@@ -77,6 +85,9 @@ def main(argv):
         for folder in folders:
             if not os.path.isdir(folder):
                 raise results.RunError(f'{folder}: folder does not exist')
+            if is_lab_folder(folder):
+                print(f'{folder}: the MNIST lab; redraw it with python initialization_lab.py --redraw')
+                continue
             for path in redraw(folder, f'.{FLAGS.format}'):
                 print(path)
     except results.RunError as error:

@@ -65,8 +65,9 @@ def load_run(folder):
 
 
 def find_runs(results_dir, folders=()):
-    """The runs to report on and the stability folder (or None)."""
-    found = list(folders) or figures.find_folders(results_dir)
+    """The runs to report on and the stability folder (or None). The MNIST lab is not part of it."""
+    found = [folder for folder in list(folders) or figures.find_folders(results_dir)
+             if not figures.is_lab_folder(folder)]
     runs = [load_run(folder) for folder in found if not figures.is_stability_folder(folder)]
     if not runs:
         raise results.RunError(f'no run folders found under {results_dir} (a run folder has '

@@ -161,6 +161,19 @@ def test_report_without_runs_or_metrics_is_a_clear_error(tmp_path):
         report.find_runs(str(tmp_path / 'results'))
 
 
+def test_the_mnist_lab_folder_is_left_out_of_figures_and_report(results_dir):
+    lab = results_dir / 'initialization_lab'
+    lab.mkdir()
+    results.write_json(str(lab / results.HYPERPARAMETERS_FILE), {'flags': {}})
+    results.write_json(str(lab / figures.LAB_FILE), {'per_seed': []})
+    runs, _ = report.find_runs(str(results_dir))
+    assert 'initialization_lab' not in {run['name'] for run in runs}
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'figures.py'), f'--results_dir={results_dir}'],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert 'initialization_lab: the MNIST lab; redraw it with python initialization_lab.py --redraw' in result.stdout
+
+
 # The zip -----------------------------------------------------------------------
 
 def test_zip_name_follows_the_rule_and_refuses_bad_parts():
