@@ -93,7 +93,8 @@ def plot_seed_curves(curves, path, title):
     for index, (seed, (iterations, accuracy)) in enumerate(curves.items()):
         axes.plot(iterations, accuracy, marker='o', markersize=2.5, linewidth=1.2, color=colors(index % 10),
                   label=f'seed {seed} (final {accuracy[-1]:.1%})')
-    _accuracy_axes(axes, title, 'meta-iteration', 'validation query accuracy after adaptation')
+    _accuracy_axes(axes, title, 'meta-iteration', 'validation query accuracy after adaptation',
+                   bottom=_zoomed_bottom([accuracy[1:] for _, accuracy in curves.values()]))
     _save(figure, path)
 
 
@@ -104,6 +105,7 @@ def plot_mean_std(curves_by_method, path, title):
     seed of a method reached are averaged.
     """
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    lowest = []
     for (method, curves), color in zip(curves_by_method.items(), ('tab:blue', 'tab:orange', 'tab:green')):
         common = sorted(set.intersection(*(set(iterations.tolist()) for iterations, _ in curves.values())))
         stacked = np.array([[dict(zip(iterations.tolist(), accuracy))[i] for i in common]
@@ -112,15 +114,26 @@ def plot_mean_std(curves_by_method, path, title):
         axes.plot(common, mean, color=color, marker='o', markersize=2.5,
                   label=f'{method} (final {mean[-1]:.1%} ± {std[-1]:.1%}, {len(curves)} seeds)')
         axes.fill_between(common, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
-    _accuracy_axes(axes, title, 'meta-iteration', 'validation query accuracy after adaptation')
+        lowest.append(mean[1:] - std[1:])
+    _accuracy_axes(axes, title, 'meta-iteration', 'validation query accuracy after adaptation',
+                   bottom=_zoomed_bottom(lowest))
     _save(figure, path)
 
 
-def _accuracy_axes(axes, title, xlabel, ylabel):
-    """The look shared by accuracy figures: percent axis from 0 to 100%, the assignment bar, grid."""
-    axes.axhline(ASSIGNMENT_BAR, color='tab:red', linestyle=':', linewidth=1,
-                 label=f'assignment bar ({ASSIGNMENT_BAR:.0%})')
-    axes.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1.0))
+def _zoomed_bottom(series):
+    """A lower y-limit (a multiple of 5%) just below every value after the first evaluation, so
+    that differences between methods near the top are visible; the initial point may fall below."""
+    values = np.concatenate([np.asarray(s, dtype=float) for s in series]) if series else np.array([0.0])
+    return max(0.0, math.floor((np.nanmin(values) - 0.02) * 20) / 20) if values.size else 0.0
+
+
+def _accuracy_axes(axes, title, xlabel, ylabel, bottom=0.0):
+    """The look shared by accuracy figures: percent axis up to 100%, the assignment bar where it
+    falls within the axis, grid."""
+    if bottom < ASSIGNMENT_BAR:
+        axes.axhline(ASSIGNMENT_BAR, color='tab:red', linestyle=':', linewidth=1,
+                     label=f'assignment bar ({ASSIGNMENT_BAR:.0%})')
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(bottom, 1.0))
     axes.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     axes.grid(alpha=0.3)
     axes.legend(loc='lower right', fontsize=8)
