@@ -135,7 +135,8 @@ def hyperparameter_table(runs):
 def run_sentence(run):
     summary = run['summary']
     bar = 'above' if summary['val_post_accuracy'] >= 0.8 else 'below'
-    return (f'{run["algorithm"]} ({run["setting"]}, seed {run["seed"]}) reached '
+    algorithm = run['algorithm'][0].upper() + run['algorithm'][1:]  # 'transfer' opens a sentence.
+    return (f'{algorithm} ({run["setting"]}, seed {run["seed"]}) reached '
             f'{accuracy(summary["val_post_accuracy"], summary["val_post_ci95"])} post-adaptation '
             f'validation accuracy after {summary["iterations"]} iterations ({bar} the 80% bar) and '
             f'{accuracy(summary["test_post_accuracy"], summary["test_post_ci95"])} on '
