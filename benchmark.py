@@ -7,10 +7,11 @@ For each algorithm and derivative order it prints the median seconds per
 meta-iteration and the peak resident memory (each runs in its own process, so
 the peaks do not mix). MAML++ is timed with every fix on, without and with the
 multi-step loss (which adds a query pass per inner step while it is active),
-and its ratio to MAML of the same order is printed. It also measures the machine's convolution throughput on the same
-network (forward and backward of one large batch with shared weights, the most
-favourable case for the convolution kernels) and divides the convolution work of
-a meta-iteration by it: that is the lower bound the ratio is taken against.
+and its ratio to MAML of the same order is printed. It also measures the
+machine's convolution throughput on the same network (forward and backward of
+one large batch with shared weights, the most favourable case for the
+convolution kernels) and divides the convolution work of a meta-iteration by
+it: that is the lower bound the ratio is taken against.
 
 Convolution work of a first-order meta-iteration (per task; S support, Q query images;
 F = forward multiply-adds of one image, B = backward, i.e. input and weight gradients):
@@ -127,8 +128,8 @@ def measure(what):
         start = time.perf_counter()
         learner.meta_train_step(batch)
         seconds.append(time.perf_counter() - start)
-    return {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds), 'min_seconds': min(seconds),
-            'first_call_seconds': first_call,
+    return {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds),
+            'min_seconds': min(seconds), 'first_call_seconds': first_call,
             'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             'macs': meta_iteration_macs(net, first_order)}
 

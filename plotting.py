@@ -123,7 +123,7 @@ def plot_mean_std(curves_by_method, path, title):
 def _zoomed_bottom(series):
     """A lower y-limit (a multiple of 5%) just below every value after the first evaluation, so
     that differences between methods near the top are visible; the initial point may fall below."""
-    values = np.concatenate([np.asarray(s, dtype=float) for s in series]) if series else np.array([0.0])
+    values = np.concatenate([np.asarray(s, dtype=float) for s in series])
     return max(0.0, math.floor((np.nanmin(values) - 0.02) * 20) / 20) if values.size else 0.0
 
 
