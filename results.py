@@ -32,9 +32,10 @@ MODEL_FILE = 'model.keras'
 INNER_LR_FILE = 'inner_learning_rates.csv'  # MAML++: learned inner learning rates per tensor and step.
 COMPARISON_TASKS_FILE = 'comparison_tasks.csv'  # Transfer vs FO-MAML, per meta-test task.
 # Flags that may change when a run is resumed. The data may move (other --data_dir), but
-# its checksum must not change.
+# its checksum must not change. run_name may too: the folder is the same whether its name
+# was given (as stability.py does) or derived from the other flags.
 RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress',
-                               'data_dir', 'cache_dir', 'results_dir'})
+                               'data_dir', 'cache_dir', 'results_dir', 'run_name'})
 
 
 class RunError(RuntimeError):

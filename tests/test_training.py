@@ -122,6 +122,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     folder.write_hyperparameters({'inner_lr': 0.4, 'num_iterations': 10}, {})
     resumed = results.RunFolder(str(tmp_path), 'run', resume=True)
     resumed.write_hyperparameters({'inner_lr': 0.4, 'num_iterations': 20}, {})  # Allowed.
+    resumed.write_hyperparameters({'inner_lr': 0.4, 'run_name': 'run'}, {})  # The same folder.
     with pytest.raises(results.RunError, match=r'other settings \(inner_lr\)'):
         resumed.write_hyperparameters({'inner_lr': 0.1, 'num_iterations': 20}, {})
     with pytest.raises(results.RunError, match=r'other settings \(data \(its checksum\)\)'):
