@@ -4,6 +4,7 @@
     python stability.py --settings 5way5shot --seeds 0,1,2,3
     python stability.py --train=false                      # redraw and re-tabulate from finished runs
     python stability.py -- --meta_batch_size=16            # flags after -- go to both scripts
+                                                           # (not those that name the run folders)
 
 For every setting and seed it runs `maml.py` and `maml_plusplus.py` at their defaults
 (each in its own run folder under --results_dir, named as the scripts name them); a
@@ -44,6 +45,12 @@ METHODS = {  # method -> (script, run-folder name as the script derives it from 
     'MAML++': ('maml_plusplus.py', 'maml++_{setting}_5steps_seed{seed}'),
 }
 
+# Flags stability.py sets for every run, or that the scripts derive the run folder's name
+# from: after -- they would train something other than what the folder's name says.
+RESERVED_FLAGS = frozenset({'seed', 'n_way', 'k_shot', 'num_iterations', 'results_dir', 'run_name',
+                            'resume', 'overwrite', 'num_inner_steps', 'first_order',
+                            'msl', 'da', 'bnrs', 'bnwb', 'lslr', 'eval_batch_norm'})
+
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds; every method trains once per seed and setting.')
 flags.DEFINE_list('settings', ['5way5shot', '5way1shot'],
                   'Task settings as <N>way<K>shot: the assignment\'s, and a harder one.')
@@ -62,6 +69,18 @@ def parse_setting(setting):
     if not match:
         raise ValueError(f'--settings: {setting!r} is not of the form <N>way<K>shot, e.g. 5way1shot')
     return int(match[1]), int(match[2])
+
+
+def check_script_flags(script_flags):
+    """ValueError naming the first flag after -- that is in RESERVED_FLAGS (also as --no<flag>)."""
+    for argument in script_flags:
+        name = argument.lstrip('-').split('=')[0]
+        if name.startswith('no') and name[2:] in RESERVED_FLAGS:
+            name = name[2:]
+        if argument.startswith('--') and name in RESERVED_FLAGS:
+            raise ValueError(f'--{name} cannot follow --: stability.py sets it for every run or names '
+                             'the run folders after it (use --seeds, --settings, --num_iterations, '
+                             '--results_dir)')
 
 
 def run_folder(results_dir, method, setting, seed):
@@ -214,9 +233,10 @@ def main(argv):
     try:
         for setting in FLAGS.settings:
             parse_setting(setting)
+        check_script_flags(script_flags)
         seeds = [int(seed) for seed in FLAGS.seeds]
     except ValueError as error:
-        sys.exit(f'error: {error}' if 'settings' in str(error) else f'error: --seeds: {error}')
+        sys.exit(f'error: {error}' if error.args[0].startswith('--') else f'error: --seeds: {error}')
     try:
         if FLAGS.train:
             for setting in FLAGS.settings:

@@ -76,6 +76,18 @@ def test_bad_settings_get_a_one_line_error(tmp_path):
     assert "--settings: '5w5s' is not of the form <N>way<K>shot" in result.stderr
 
 
+def test_flags_that_name_the_run_folders_cannot_be_passed_through(tmp_path):
+    stability.check_script_flags(['--meta_batch_size=16', '--progress=false'])
+    for flag in ('--num_inner_steps=3', '--nomsl', '--seed', '--run_name=mine'):
+        with pytest.raises(ValueError, match=f'--{flag.lstrip("-").split("=")[0].removeprefix("no")} cannot follow --'):
+            stability.check_script_flags(['--progress=false', flag])
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'stability.py'), f'--results_dir={tmp_path}',
+                             '--', '--num_inner_steps=3'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert 'error: --num_inner_steps cannot follow --' in result.stderr
+    assert not os.listdir(tmp_path)  # Nothing trained.
+
+
 def test_the_command_trains_both_methods_for_every_seed_then_compares(synthetic_dir, tmp_path):
     tiny = ['--num_filters=4', '--num_query=2', '--meta_batch_size=2', '--num_val_classes=4',
             '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4', '--val_interval=2',
