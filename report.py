@@ -168,15 +168,26 @@ def stability_paragraph(table, setting):
     verdict = ('more stable by all three figures' if len(steadier) == 3 else
                'not more stable by any of the three figures' if not steadier else
                f'more stable by {len(steadier)} of the three figures ({"; ".join(steadier)})')
-    more_accurate = 'more' if plus['test_mean'] > maml['test_mean'] else 'less'
     return (f'{setting}, {maml["seeds"]} seeds each: the final validation accuracy varied across seeds '
             f'with std {pct(maml["final_val_std"])} for MAML and {pct(plus["final_val_std"])} for MAML++; '
             f'the mean absolute change between consecutive validations was {pct(maml["mean_abs_change"])} vs '
             f'{pct(plus["mean_abs_change"])} ({pct(maml["mean_abs_change_second_half"])} vs '
             f'{pct(plus["mean_abs_change_second_half"])} over the second half of training); the largest drop '
-            f'was {pct(maml["largest_drop"])} vs {pct(plus["largest_drop"])}. MAML++ was {verdict}, and '
-            f'{more_accurate} accurate on meta-test: {pct(plus["test_mean"])} vs {pct(maml["test_mean"])} '
-            f'(mean over seeds).')
+            f'was {pct(maml["largest_drop"])} vs {pct(plus["largest_drop"])}. MAML++ was {verdict}. '
+            + accuracy_sentence(maml, plus))
+
+
+def accuracy_sentence(maml, plus):
+    """Whether MAML++ was more accurate on meta-test, against the noise of a single run's estimate."""
+    difference = plus['test_mean'] - maml['test_mean']
+    margin = max(maml['test_ci95_mean'], plus['test_ci95_mean'])
+    numbers = (f'{pct(plus["test_mean"])} vs {pct(maml["test_mean"])} (mean over seeds), a difference of '
+                f'{100 * difference:+.2f} points')
+    if abs(difference) < margin:
+        return (f'On meta-test the two were about as accurate: {numbers}, within the 95% confidence '
+                f'half-width of a single run ({pct(margin)}).')
+    return (f'On meta-test MAML++ was {"more" if difference > 0 else "less"} accurate: {numbers}, more '
+            f'than the 95% confidence half-width of a single run ({pct(margin)}).')
 
 
 def maml_plusplus_section(runs, stability_dir, start):

@@ -128,9 +128,13 @@ def test_the_reports_numbers_are_the_run_folders_numbers(results_dir):
         assert f'{100 * summary["test_post_accuracy"]:.2f}% ± {100 * summary["test_post_ci95"]:.2f}%' in text
         assert f'{100 * summary["val_post_accuracy"]:.2f}%' in text
         assert f'{summary["training_seconds"] / 60:.1f} min' in text
-    for row in results.read_csv(str(results_dir / 'stability' / 'stability.csv')):
+    stability_rows = results.read_csv(str(results_dir / 'stability' / 'stability.csv'))
+    for row in stability_rows:
         assert f'{100 * row["final_val_mean"]:.2f}% ± {100 * row["final_val_std"]:.2f}%' in text
         assert f'{100 * row["largest_drop"]:.2f}%' in text
+    test_mean = {row['method']: row['test_mean'] for row in stability_rows}
+    assert (f'On meta-test MAML++ was more accurate: {100 * test_mean["MAML++"]:.2f}% vs '
+            f'{100 * test_mean["MAML"]:.2f}% (mean over seeds)') in text
     assert '98.31% ± 0.15%' in text and '93.58% ± 0.47%' in text  # From comparison.csv.
     assert 'per-step running statistics (non-transductive)' in text  # The batch-norm mode.
     assert 'No expected run is missing.' in text
@@ -140,6 +144,15 @@ def test_the_reports_numbers_are_the_run_folders_numbers(results_dir):
             assert (output.parent / line[line.index('](') + 2:-1]).exists(), line
     with open(pdf_path, 'rb') as f:
         assert f.read(5) == b'%PDF-'
+
+
+def test_a_meta_test_difference_within_a_runs_confidence_interval_is_not_called_a_gain():
+    maml = {'test_mean': 0.9796, 'test_ci95_mean': 0.0018}
+    close = report.accuracy_sentence(maml, {'test_mean': 0.9804, 'test_ci95_mean': 0.0017})
+    assert close.startswith('On meta-test the two were about as accurate: 98.04% vs 97.96%')
+    assert '+0.08 points, within the 95% confidence half-width of a single run (0.18%)' in close
+    worse = report.accuracy_sentence(maml, {'test_mean': 0.9750, 'test_ci95_mean': 0.0017})
+    assert worse.startswith('On meta-test MAML++ was less accurate') and '-0.46 points' in worse
 
 
 def test_missing_runs_are_named_not_skipped(tmp_path):
