@@ -58,8 +58,10 @@ class MAML:
     All tasks of a meta-batch are adapted at once: weights carry a leading task
     axis T and `network.forward` keeps the tasks apart.
 
-    Variants (maml_plusplus.py) override `forward` (which weights and statistics a
-    step uses), `inner_update` (the step rule) and `meta_objective` (the loss).
+    Variants (maml_plusplus.py) override the hooks: `split` (which parameters the
+    inner loop adapts), `forward` (which weights and statistics a step uses),
+    `inner_update` (the step rule), `query_forward` (how the query set is scored)
+    and `query_loss` (the meta-loss).
     """
 
     # What meta_train_step reports, per task; the first is the meta-loss.
@@ -137,28 +139,58 @@ class MAML:
         del step, context
         return {name: params[name] - self.inner_lr * grads[name] for name in params}
 
-    def meta_objective(self, params, episodes, num_steps, first_order=None, training=True):
-        """L(θ) = 1/T Σ_t L_query_t(θ'_t): the mean query loss after adaptation.
+    def meta_objective(self, params, episodes, num_steps, first_order=None, training=True,
+                       **loss_options):
+        """L(θ) = 1/T Σ_t L_query_t(θ'_t): the query loss after adaptation (see `query_loss`).
 
         A pure function of `params` (dict name -> tensor, one set θ shared by all tasks).
         Args:
           episodes: a `data.Episodes` of T tasks (tensors).
           num_steps: inner steps for adaptation.
           first_order: overrides `self.first_order`.
-          training: False when evaluating (MAML's network is the same either way).
+          training: False when evaluating (variants may then normalise differently).
+          loss_options: further arguments of `query_loss` (MAML++: the multi-step loss weights).
         Returns:
           (meta-loss scalar, dict of [T] tensors: query loss and accuracy before and
           after adaptation, support accuracy before and after adaptation, the `Trajectory`).
         """
-        del training
-        start = network.tile(params, episodes.support_images.shape[0])
+        weights, context = self.split(params, training)
+        start = network.tile(weights, episodes.support_images.shape[0])
         trajectory = self.inner_loop(start, episodes.support_images, episodes.support_labels,
-                                     num_steps, first_order)
-        query_logits = self.forward(trajectory.params[-1], episodes.query_images, num_steps, None)[0]
-        pre_logits = self.forward(tf.nest.map_structure(tf.stop_gradient, start),
-                                  episodes.query_images, 0, None)[0]
-        metrics = self.metrics(pre_logits, query_logits, episodes.query_labels, trajectory)
-        return tf.reduce_mean(metrics['query_post_loss']), metrics, trajectory
+                                     num_steps, first_order, context)
+
+        def query_logits(step, step_weights, step_context):
+            return self.query_forward(step_weights, episodes.query_images, step, step_context,
+                                      trajectory, training)
+        meta_loss, post_logits = self.query_loss(
+            lambda step: query_logits(step, trajectory.params[step], context),
+            episodes.query_labels, num_steps, **loss_options)
+        # Before adaptation: metrics only, outside the objective.
+        pre_logits = query_logits(0, *tf.nest.map_structure(tf.stop_gradient, (start, context)))
+        metrics = self.metrics(pre_logits, post_logits, episodes.query_labels, trajectory)
+        return meta_loss, metrics, trajectory
+
+    def split(self, params, training):
+        """(the weights the inner loop adapts, the context it only reads); MAML adapts all of θ."""
+        del training
+        return params, {}
+
+    def query_forward(self, params, images, step, context, trajectory, training):
+        """Query logits [T, Q, N] under θ'_step.
+
+        MAML scores the query set as it adapts on the support set: batch norm uses the
+        moments of the query batch itself (transductive), in training and evaluation alike.
+        """
+        del trajectory, training
+        return self.forward(params, images, step, context)[0]
+
+    def query_loss(self, query_logits, labels, num_steps):
+        """(meta-loss, query logits [T, Q, N] at θ'_S): the mean over tasks of L_query_t(θ'_{t,S}).
+
+        query_logits: step s -> query logits [T, Q, N] under θ'_s.
+        """
+        logits = query_logits(num_steps)
+        return tf.reduce_mean(network.task_losses(logits, labels)), logits
 
     @staticmethod
     def metrics(pre_logits, post_logits, query_labels, trajectory):

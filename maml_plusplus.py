@@ -186,42 +186,40 @@ class MAMLPlusPlus(maml.MAML):
 
     # The outer loop ------------------------------------------------------------
 
-    def meta_objective(self, params, episodes, num_steps, first_order=None, training=True,
-                       msl_weights=None):
-        """L(θ) = Σ_s v_s 1/T Σ_t L_query_t(θ'_{t,s}) with MSL weights v [S], else the last step's.
-
-        Args: as for `maml.MAML.meta_objective`, and
-          msl_weights: None, or [S] weights of the query losses after steps 1 … S.
-        Evaluation (training=False) normalises as `fixes.eval_batch_norm` says.
-        Returns (meta-loss, per-task metrics, the `maml.Trajectory`).
-        """
+    def split(self, params, training):
+        """The network's weights adapt; the per-step parameters, and the running statistics
+        when evaluation uses them, are context."""
         weights = {name: value for name, value in params.items()
                    if not name.startswith((PER_STEP, INNER_LR))}
         context = {name: tf.convert_to_tensor(value) for name, value in params.items()
                    if name not in weights}
-        mode = 'transductive' if training else self.fixes.eval_batch_norm
-        if mode == 'running':
+        if self.batch_norm_mode(training) == 'running':
             context.update({RUNNING + name: tf.convert_to_tensor(value)
                             for name, value in self.statistics.items()})
-        start = network.tile(weights, episodes.support_images.shape[0])
-        trajectory = self.inner_loop(start, episodes.support_images, episodes.support_labels,
-                                     num_steps, first_order, context)
+        return weights, context
 
-        def query_forward(step, weights_at_step, context_):
-            support = trajectory.support_moments[step] if mode == 'support' else None
-            return self.forward(weights_at_step, episodes.query_images, step, context_, support)[0]
-        scored = range(1, num_steps + 1) if msl_weights is not None else [num_steps]
-        logits = {step: query_forward(step, trajectory.params[step], context) for step in scored}
-        losses = {step: tf.reduce_mean(network.task_losses(logits[step], episodes.query_labels))
-                  for step in scored}
+    def query_forward(self, params, images, step, context, trajectory, training):
+        """Query logits [T, Q, N] under θ'_step; in `support` evaluation the query set is
+        normalised with the support set's moments at that step."""
+        support = (trajectory.support_moments[step] if self.batch_norm_mode(training) == 'support'
+                   else None)
+        return self.forward(params, images, step, context, support)[0]
+
+    def query_loss(self, query_logits, labels, num_steps, msl_weights=None):
+        """MSL: Σ_s v_s 1/T Σ_t L_query_t(θ'_{t,s}) over steps s = 1 … S, with weights v [S].
+
+        Without weights (MSL off, or after --msl_iterations) the last step's loss, as MAML.
+        Returns (meta-loss, query logits [T, Q, N] at θ'_S).
+        """
         if msl_weights is None:
-            meta_loss = losses[num_steps]
-        else:
-            meta_loss = tf.add_n([msl_weights[step - 1] * losses[step] for step in scored])
-        frozen_start, frozen_context = tf.nest.map_structure(tf.stop_gradient, (start, context))
-        pre_logits = query_forward(0, frozen_start, frozen_context)
-        metrics = self.metrics(pre_logits, logits[num_steps], episodes.query_labels, trajectory)
-        return meta_loss, metrics, trajectory
+            return super().query_loss(query_logits, labels, num_steps)
+        logits = [query_logits(step) for step in range(1, num_steps + 1)]
+        losses = tf.stack([tf.reduce_mean(network.task_losses(step_logits, labels)) for step_logits in logits])
+        return tf.reduce_sum(tf.cast(msl_weights, losses.dtype) * losses), logits[-1]
+
+    def batch_norm_mode(self, training):
+        """Batch norm's moments: the batch's own in training; at evaluation, --eval_batch_norm's."""
+        return 'transductive' if training else self.fixes.eval_batch_norm
 
     def track(self, trajectory):
         """BNRS: running statistic[s] ← m · itself + (1 − m) · mean over tasks of the moments at s."""
