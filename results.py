@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 from importlib import metadata
 
@@ -67,9 +68,24 @@ def machine():
     return f'{cpu}, {os.cpu_count()} CPU cores'
 
 
+def code_version(repo=os.path.dirname(os.path.abspath(__file__))):
+    """The git commit of the code in `repo`, '+changes' if tracked files differ from it; None
+    outside a git checkout (e.g. code unpacked from a submission zip)."""
+    def git(*arguments):
+        return subprocess.run(['git', *arguments], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        commit = git('rev-parse', 'HEAD')
+        changed = git('status', '--porcelain', '--untracked-files=no')
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ('+changes' if changed else '')
+
+
 def library_versions():
-    """Versions of the libraries that decide the numbers of a run, and the machine."""
-    versions = {'python': sys.version.split()[0], 'platform': platform.platform(), 'machine': machine()}
+    """Versions of the code, of the libraries that decide the numbers of a run, and the machine."""
+    versions = {'code': code_version(), 'python': sys.version.split()[0], 'platform': platform.platform(),
+                'machine': machine()}
     for package in ('tensorflow', 'keras', 'numpy', 'tensorflow-datasets'):
         try:
             versions[package] = metadata.version(package)

@@ -129,6 +129,14 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         resumed.write_hyperparameters({'inner_lr': 0.4}, {'data_checksum': 'other'})
 
 
+def test_runs_record_the_code_version(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert results.library_versions()['code'] in (head, head + '+changes')
+    assert results.code_version(str(tmp_path)) is None  # Not a git checkout.
+
+
 def test_truncated_metrics_are_read_up_to_the_last_complete_row(tmp_path):
     folder = results.RunFolder(str(tmp_path), 'run')
     folder.write_metrics([{'iteration': 0, 'seconds': 1.0}, {'iteration': 5, 'seconds': 2.0}],
