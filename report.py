@@ -177,6 +177,14 @@ def stability_paragraph(table, setting):
             + accuracy_sentence(maml, plus))
 
 
+def evaluation_caveat(maml, plus):
+    """A warning when the two methods' accuracies were measured with different batch norm, else ''."""
+    if maml['batch_norm'] == plus['batch_norm']:
+        return ''
+    return (f' The two were not evaluated alike: batch norm used {maml["batch_norm"]} for MAML and '
+            f'{plus["batch_norm"]} for MAML++, so their accuracies differ by that too.')
+
+
 def accuracy_sentence(maml, plus):
     """Whether MAML++ was more accurate on meta-test, against the noise of a single run's estimate."""
     difference = plus['test_mean'] - maml['test_mean']
@@ -185,9 +193,10 @@ def accuracy_sentence(maml, plus):
                 f'{100 * difference:+.2f} points')
     if abs(difference) < margin:
         return (f'On meta-test the two were about as accurate: {numbers}, within the 95% confidence '
-                f'half-width of a single run ({pct(margin)}).')
+                f'half-width of a single run ({pct(margin)}).' + evaluation_caveat(maml, plus))
     return (f'On meta-test MAML++ was {"more" if difference > 0 else "less"} accurate: {numbers}, more '
-            f'than the 95% confidence half-width of a single run ({pct(margin)}).')
+            f'than the 95% confidence half-width of a single run ({pct(margin)}).'
+            + evaluation_caveat(maml, plus))
 
 
 def maml_plusplus_section(runs, stability_dir, start):

@@ -147,12 +147,16 @@ def test_the_reports_numbers_are_the_run_folders_numbers(results_dir):
 
 
 def test_a_meta_test_difference_within_a_runs_confidence_interval_is_not_called_a_gain():
-    maml = {'test_mean': 0.9796, 'test_ci95_mean': 0.0018}
-    close = report.accuracy_sentence(maml, {'test_mean': 0.9804, 'test_ci95_mean': 0.0017})
+    maml = {'test_mean': 0.9796, 'test_ci95_mean': 0.0018, 'batch_norm': 'transductive'}
+    close = report.accuracy_sentence(maml, {'test_mean': 0.9804, 'test_ci95_mean': 0.0017,
+                                            'batch_norm': 'transductive'})
     assert close.startswith('On meta-test the two were about as accurate: 98.04% vs 97.96%')
-    assert '+0.08 points, within the 95% confidence half-width of a single run (0.18%)' in close
-    worse = report.accuracy_sentence(maml, {'test_mean': 0.9750, 'test_ci95_mean': 0.0017})
+    assert close.endswith('+0.08 points, within the 95% confidence half-width of a single run (0.18%).')
+    worse = report.accuracy_sentence(maml, {'test_mean': 0.9750, 'test_ci95_mean': 0.0017,
+                                            'batch_norm': 'support-set moments'})
     assert worse.startswith('On meta-test MAML++ was less accurate') and '-0.46 points' in worse
+    assert worse.endswith('batch norm used transductive for MAML and support-set moments for MAML++, '
+                          'so their accuracies differ by that too.')
 
 
 def test_missing_runs_are_named_not_skipped(tmp_path):
