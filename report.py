@@ -190,13 +190,14 @@ def accuracy_sentence(maml, plus):
     difference = plus['test_mean'] - maml['test_mean']
     margin = max(maml['test_ci95_mean'], plus['test_ci95_mean'])
     numbers = (f'{pct(plus["test_mean"])} vs {pct(maml["test_mean"])} (mean over seeds), a difference of '
-                f'{100 * difference:+.2f} points')
+               f'{100 * difference:+.2f} points')
     if abs(difference) < margin:
-        return (f'On meta-test the two were about as accurate: {numbers}, within the 95% confidence '
-                f'half-width of a single run ({pct(margin)}).' + evaluation_caveat(maml, plus))
-    return (f'On meta-test MAML++ was {"more" if difference > 0 else "less"} accurate: {numbers}, more '
-            f'than the 95% confidence half-width of a single run ({pct(margin)}).'
-            + evaluation_caveat(maml, plus))
+        sentence = (f'On meta-test the two were about as accurate: {numbers}, within the 95% confidence '
+                    f'half-width of a single run ({pct(margin)}).')
+    else:
+        sentence = (f'On meta-test MAML++ was {"more" if difference > 0 else "less"} accurate: {numbers}, '
+                    f'more than the 95% confidence half-width of a single run ({pct(margin)}).')
+    return sentence + evaluation_caveat(maml, plus)
 
 
 def maml_plusplus_section(runs, stability_dir, start):

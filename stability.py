@@ -74,10 +74,12 @@ def parse_setting(setting):
 def check_script_flags(script_flags):
     """ValueError naming the first flag after -- that is in RESERVED_FLAGS (also as --no<flag>)."""
     for argument in script_flags:
-        name = argument.lstrip('-').split('=')[0]
+        if not argument.startswith('--'):
+            continue  # A flag's value.
+        name = argument[2:].split('=')[0]
         if name.startswith('no') and name[2:] in RESERVED_FLAGS:
             name = name[2:]
-        if argument.startswith('--') and name in RESERVED_FLAGS:
+        if name in RESERVED_FLAGS:
             raise ValueError(f'--{name} cannot follow --: stability.py sets it for every run or names '
                              'the run folders after it (use --seeds, --settings, --num_iterations, '
                              '--results_dir)')
@@ -103,8 +105,7 @@ def finished(folder, num_iterations):
 def train(method, setting, seed, script_flags=()):
     """Runs (or resumes) one method's script for one setting and seed, in a child process.
 
-    script_flags: further flags for the script (they must not be ones the run name is
-    derived from, such as --num_inner_steps).
+    script_flags: further flags for the script, none of RESERVED_FLAGS (`check_script_flags`).
     """
     folder = run_folder(FLAGS.results_dir, method, setting, seed)
     n_way, k_shot = parse_setting(setting)
