@@ -33,9 +33,10 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 import data
+import errors
 import experiment
 import maml
 import maml_plusplus
@@ -46,6 +47,14 @@ flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: 
 flags.DEFINE_list('algorithms', ['maml', 'maml++', 'maml++ with MSL'],
                   'What to time: maml, maml++ (every fix but the multi-step loss), maml++ with MSL.')
 flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in this process and print JSON.')
+flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <= {'first', 'second'},
+                         message='--orders: a list of first, second')
+ALGORITHMS = ('maml', 'maml++', 'maml++ with MSL')
+flags.register_validator('algorithms', lambda names: bool(names) and set(names) <= set(ALGORITHMS),
+                         message=f'--algorithms: a list of {", ".join(ALGORITHMS)}')
+for _name in ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
+              'num_inner_steps', 'meta_lr'):
+    flags.declare_key_flag(_name)  # The setting timed.
 FLAGS = flags.FLAGS
 
 
@@ -142,11 +151,15 @@ def main(argv):
     if FLAGS.measure:
         print(json.dumps(measure(FLAGS.measure)))
         return
+    network.check_grouped_convolutions()
     passed = [arg for arg in sys.argv[1:] if not arg.startswith(('--orders', '--algorithms'))]
 
     def in_subprocess(what):
         result = subprocess.run([sys.executable, __file__, f'--measure={what}', *passed],
-                                capture_output=True, text=True, check=True)
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            reason = result.stderr.strip().splitlines()[-1:] or ['no message']
+            raise errors.SetupError(f'measuring {what} failed (exit status {result.returncode}): {reason[0]}')
         return json.loads(result.stdout.strip().splitlines()[-1])
     print(f'Meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way {FLAGS.k_shot}-shot, '
           f'{FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, {FLAGS.num_filters} filters, '
@@ -173,4 +186,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main)

@@ -9,6 +9,9 @@ import os
 
 from absl import flags
 
+# Seeds go to NumPy, Python's random and TensorFlow's stateless generators: all take these.
+MAX_SEED = 2 ** 31 - 1
+
 # Data --------------------------------------------------------------------------
 flags.DEFINE_string('data_dir', os.environ.get('OMNIGLOT_DIR', ''),
                     'Folder with the original Omniglot archives images_background.zip and '
@@ -22,7 +25,7 @@ flags.DEFINE_enum('split', 'random', ['random', 'lake'],
 flags.DEFINE_integer('num_train_classes', 1100, "Meta-train characters (split 'random').", lower_bound=1)
 flags.DEFINE_integer('num_val_classes', 100, 'Meta-validation characters.', lower_bound=1)
 flags.DEFINE_integer('split_seed', 1, 'Seed of the character split (kept apart from --seed so '
-                     'that runs with different seeds share one split).')
+                     'that runs with different seeds share one split).', lower_bound=0, upper_bound=MAX_SEED)
 flags.DEFINE_boolean('rotations', False, 'Add 90/180/270-degree rotations of the meta-train '
                      'characters as new classes (as in the MAML paper).')
 
@@ -45,15 +48,18 @@ flags.DEFINE_integer('num_val_tasks', 160, 'Fixed meta-validation tasks per vali
                      lower_bound=1)
 flags.DEFINE_integer('num_test_tasks', 600, 'Meta-test tasks for the final evaluation.', lower_bound=1)
 flags.DEFINE_integer('eval_seed', 2024, 'Seed of the fixed validation and test tasks (shared by '
-                     'all scripts, so every method is scored on the same tasks).')
-flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and of the meta-training task stream.')
+                     'all scripts, so every method is scored on the same tasks).', lower_bound=0,
+                     upper_bound=MAX_SEED - 1)  # The test tasks use --eval_seed + 1.
+flags.DEFINE_integer('seed', 0, 'Seed of the initial weights and of the meta-training task stream.',
+                     lower_bound=0, upper_bound=MAX_SEED)
 
 # Run folder --------------------------------------------------------------------
 flags.DEFINE_string('results_dir', 'results', 'Where run folders are written.')
-flags.DEFINE_string('run_name', '', 'Run folder name under --results_dir (default: derived from '
-                    'the algorithm and the main flags).')
+flags.DEFINE_string('run_name', '', 'Run folder name under --results_dir: one folder name, no / '
+                    '(default: derived from the algorithm and the main flags).')
 flags.DEFINE_boolean('resume', False, 'Continue the run in --run_name from its last checkpoint.')
-flags.DEFINE_boolean('overwrite', False, 'Delete an existing run folder of the same name first.')
+flags.DEFINE_boolean('overwrite', False, 'Delete an existing run folder of the same name first (only '
+                     'a run folder this project wrote; anything else is left alone).')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
 
 FLAGS = flags.FLAGS

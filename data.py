@@ -20,10 +20,14 @@ import logging
 import os
 import re
 import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+import results
+from errors import DataError, OutputError
 
 IMAGE_SIZE = 28
 ORIGINAL_SIZE = 105
@@ -32,10 +36,6 @@ ARCHIVES = ('images_background', 'images_evaluation')
 _PNG_PATH = re.compile(
     r'(?:^|/)(images_background|images_evaluation)/([^/]+)/character(\d+)/[^/]+\.png$')
 _CACHE_FORMAT = 1
-
-
-class DataError(ValueError):
-    """A data folder, archive or cache is missing or unusable; the message says which and why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +95,7 @@ def _archive_members(data_dir, archive):
         for path in _files_under(location):
             match = _PNG_PATH.search(os.path.relpath(path, data_dir).replace(os.sep, '/'))
             if match:
-                with open(path, 'rb') as f:
-                    yield (match[1], match[2], int(match[3])), f.read(), path
+                yield (match[1], match[2], int(match[3])), _read_bytes(path), path
         return
     zip_path = location
     try:
@@ -105,8 +104,19 @@ def _archive_members(data_dir, archive):
                 match = _PNG_PATH.search(name)
                 if match:
                     yield (match[1], match[2], int(match[3])), zf.read(name), f'{zip_path}:{name}'
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
-        raise DataError(f'{zip_path}: not a valid zip archive ({error})') from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as error:
+        raise DataError(f'{zip_path}: not a valid zip archive, or damaged ({error})') from None
+    except OSError as error:
+        raise DataError(f'{zip_path}: cannot be read ({error.strerror or error})') from None
+
+
+def _read_bytes(path):
+    """The content of a data file; DataError naming it if it cannot be read."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read()
+    except OSError as error:
+        raise DataError(f'{path}: cannot be read ({error.strerror})') from None
 
 
 def read_archives(data_dir):
@@ -153,9 +163,7 @@ def source_checksum(data_dir):
         for path in paths:
             if kind == 'folder':
                 digest.update(os.path.relpath(path, data_dir).encode())
-            with open(path, 'rb') as f:
-                for block in iter(lambda: f.read(1 << 20), b''):
-                    digest.update(block)
+            digest.update(_read_bytes(path))
     return digest.hexdigest()
 
 
@@ -200,11 +208,18 @@ def preprocess(ink, keys):
 
 def _save_cache(path, data):
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    temporary = f'{path}.tmp{os.getpid()}'
-    with open(temporary, 'wb') as f:
-        np.savez(f, format=_CACHE_FORMAT, images=data.images, alphabets=data.alphabets,
-                 background=data.background, checksum=data.checksum)
-    os.replace(temporary, path)
+    results.atomic_write(path, lambda f: np.savez(
+        f, format=_CACHE_FORMAT, images=data.images, alphabets=data.alphabets,
+        background=data.background, checksum=data.checksum))
+
+
+def check_cache_path(path, cache_dir):
+    """OutputError unless the cache file `path` in `cache_dir` can be written (checked before the
+    minutes of preprocessing that would fill it)."""
+    results.check_writable(cache_dir, '--cache_dir')
+    if os.path.isdir(path):
+        raise OutputError(f'--cache_dir {cache_dir}: {path} is a folder, where the cache file goes; '
+                          'move it away or choose another --cache_dir')
 
 
 def _load_cache(path):
@@ -237,8 +252,9 @@ def load_omniglot(data_dir=None, cache_dir='data'):
     else:
         key = 'tfds-omniglot-3.0.0'
     path = os.path.join(cache_dir, f'omniglot{IMAGE_SIZE}-{key}.npz')
-    data = _load_cache(path) if os.path.exists(path) else None
+    data = _load_cache(path) if os.path.isfile(path) else None
     if data is None:
+        check_cache_path(path, cache_dir)
         logging.info('Preprocessing Omniglot from %s into %s', data_dir or 'tensorflow-datasets', path)
         ink, keys = read_archives(data_dir) if data_dir else read_tfds(os.path.join(cache_dir, 'tfds'))
         data = preprocess(ink, keys)

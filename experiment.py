@@ -5,7 +5,6 @@ and a function building its learner, and hands both to `run`.
 """
 
 import hashlib
-import os
 import sys
 from typing import NamedTuple
 
@@ -63,10 +62,10 @@ def convnet(n_way=None):
 
 
 def save_model(model, path):
-    """Saves a Keras model atomically (Keras insists on the .keras suffix)."""
-    temporary = f'{path[:-len(".keras")]}.tmp{os.getpid()}.keras'
-    model.save(temporary)
-    os.replace(temporary, path)
+    """Saves a Keras model atomically (Keras insists on the .keras suffix); nothing is left
+    behind if saving fails."""
+    with results.replacing(path) as temporary:
+        model.save(temporary)
 
 
 class Outcome(NamedTuple):
@@ -93,13 +92,19 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     Returns:
       An `Outcome`.
     """
+    # Everything that can be checked is checked before the data is loaded and the folder made.
+    network.check_grouped_convolutions()
+    run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
+                                   FLAGS.resume, FLAGS.overwrite, create=False)
+    flag_values = config.flag_values([config] + list(flag_modules))
+    run_folder.check_flags(flag_values)
     splits, checksum = load_splits()
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
-    run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
-                                   FLAGS.resume, FLAGS.overwrite)
+    data.check_task_shape(len(splits.train), FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, 'meta-train')
+    run_folder.create()
     run_folder.write_hyperparameters(
-        config.flag_values([config] + list(flag_modules)),
+        flag_values,
         {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
          'task_checksums': {'val': tasks_checksum(val_batches), 'test': tasks_checksum(test_batches)},
          'command': ' '.join(sys.argv), 'classes': {'train': len(splits.train),
@@ -127,10 +132,3 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
           f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')
     return Outcome(summary, learner, splits, run_folder)
 
-
-def main_guard(function):
-    """Runs function(); a known error becomes one line on stderr and exit status 1."""
-    try:
-        return function()
-    except (data.DataError, results.RunError, training.TrainingError) as error:
-        sys.exit(f'error: {error}')

@@ -16,11 +16,11 @@ The MNIST lab's folder is left to its own `python initialization_lab.py --redraw
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
 import config  # noqa: F401  (defines --results_dir)
+import errors
 import plotting
 import results
 import stability
@@ -53,7 +53,7 @@ def find_folders(results_dir):
 def comparison_scores(path):
     """{setting: {method: [per-task accuracy]}} from a comparison_tasks.csv."""
     scores = {}
-    for row in results.read_csv(path):
+    for row in results.read_csv(path, columns=('setting', 'method', 'accuracy')):
         scores.setdefault(row['setting'], {}).setdefault(row['method'], []).append(row['accuracy'])
     return scores
 
@@ -65,7 +65,8 @@ def redraw(folder, suffix='.png'):
     written = [plotting.plot_run(folder, suffix)]
     if os.path.exists(os.path.join(folder, results.INNER_LR_FILE)):
         written.append(os.path.join(folder, f'inner_learning_rates{suffix}'))
-        plotting.plot_inner_learning_rates(results.read_csv(os.path.join(folder, results.INNER_LR_FILE)),
+        plotting.plot_inner_learning_rates(results.read_csv(os.path.join(folder, results.INNER_LR_FILE),
+                                                            columns=('parameter', 'step', 'inner_lr')),
                                            written[-1])
     if os.path.exists(os.path.join(folder, results.COMPARISON_TASKS_FILE)):
         written.append(os.path.join(folder, f'comparison{suffix}'))
@@ -76,23 +77,21 @@ def redraw(folder, suffix='.png'):
 
 def main(argv):
     folders = argv[1:]
-    try:
+    if not folders:
+        folders = find_folders(FLAGS.results_dir)
         if not folders:
-            folders = find_folders(FLAGS.results_dir)
-            if not folders:
-                raise results.RunError(f'no run folders under {FLAGS.results_dir} (a run folder has '
-                                       f'{results.HYPERPARAMETERS_FILE}); train something first')
-        for folder in folders:
-            if not os.path.isdir(folder):
-                raise results.RunError(f'{folder}: folder does not exist')
-            if is_lab_folder(folder):
-                print(f'{folder}: the MNIST lab; redraw it with python initialization_lab.py --redraw')
-                continue
-            for path in redraw(folder, f'.{FLAGS.format}'):
-                print(path)
-    except results.RunError as error:
-        sys.exit(f'error: {error}')
+            raise results.RunError(f'no run folders under {FLAGS.results_dir} (a run folder has '
+                                   f'{results.HYPERPARAMETERS_FILE}); train something first')
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise results.RunError(f'{folder}: folder does not exist')
+    for folder in folders:
+        if is_lab_folder(folder):
+            print(f'{folder}: the MNIST lab; redraw it with python initialization_lab.py --redraw')
+            continue
+        for path in redraw(folder, f'.{FLAGS.format}'):
+            print(path)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main, takes_arguments=True)

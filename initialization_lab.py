@@ -18,7 +18,6 @@ meta-trained MAML initialisation are trained once and shared by the seeds.
 """
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -27,12 +26,12 @@ import keras
 import matplotlib
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
 import config
 import data
-import experiment
+import errors
 import maml
 import mnist
 import network
@@ -264,8 +263,7 @@ The 20-image table shows why one run proves little: compare its standard deviati
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    del argv
 
     def write_outputs(folder, record):
         plot_curves(record['per_seed'], folder.file('learning_curves.png'))
@@ -273,36 +271,42 @@ def main(argv):
         results.atomic_write(folder.file('summary.md'), lambda f: f.write(text.encode()))
         print(text)
 
-    def run():
-        name = FLAGS.run_name or 'initialization_lab'
-        if FLAGS.redraw:
-            folder = results.RunFolder(FLAGS.results_dir, name, resume=True)
-            try:
-                with open(folder.file('per_seed.json')) as f:
-                    return write_outputs(folder, json.load(f))
-            except (OSError, ValueError, KeyError) as error:
-                raise results.RunError(f'--redraw: {folder.path}/per_seed.json is missing or damaged '
-                                       f'({error}); run the lab first') from None
-        start = time.perf_counter()
-        dataset = mnist.load_mnist(FLAGS.mnist_dir or None, FLAGS.cache_dir)
-        folder = results.RunFolder(FLAGS.results_dir, name, overwrite=FLAGS.overwrite)
-        folder.write_hyperparameters(config.flag_values([sys.modules[__name__]]), {
-            'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()})
-        train_set = (dataset.train_images, dataset.train_labels)
-        test_set = (dataset.test_images, dataset.test_labels)
-        logging.info('Pretraining the 10-digit classifier of method 2C')
-        pretrained = pretrained_classifier(train_set)
-        logging.info('Meta-training FO-MAML on the digits outside task A (method 3)')
-        learner = meta_trained_maml(train_set, [d for d in range(10) if d not in TASKS['A']])
-        per_seed = [run_seed(seed, train_set, test_set, pretrained, learner)
-                    for seed in tqdm(range(FLAGS.num_seeds), desc='seeds (every method)', unit='seed')]
-        # Everything the figure and summary need, so they can be redrawn without training.
-        record = {'per_seed': per_seed, 'seconds': time.perf_counter() - start,
-                  'large_query': FLAGS.large_query}
-        results.write_json(folder.file('per_seed.json'), record)
-        write_outputs(folder, record)
-    experiment.main_guard(run)
+    name = FLAGS.run_name or 'initialization_lab'
+    if FLAGS.redraw:
+        folder = results.RunFolder(FLAGS.results_dir, name, resume=True)
+        return write_outputs(folder, read_record(folder.file('per_seed.json')))
+    # The folder is checked now and written only when the lab has finished: a lab stopped
+    # half-way (it cannot be resumed) leaves nothing behind.
+    folder = results.RunFolder(FLAGS.results_dir, name, overwrite=FLAGS.overwrite, create=False,
+                               resume_flag=None)
+    network.check_grouped_convolutions()
+    start = time.perf_counter()
+    dataset = mnist.load_mnist(FLAGS.mnist_dir or None, FLAGS.cache_dir)
+    train_set = (dataset.train_images, dataset.train_labels)
+    test_set = (dataset.test_images, dataset.test_labels)
+    logging.info('Pretraining the 10-digit classifier of method 2C')
+    pretrained = pretrained_classifier(train_set)
+    logging.info('Meta-training FO-MAML on the digits outside task A (method 3)')
+    learner = meta_trained_maml(train_set, [d for d in range(10) if d not in TASKS['A']])
+    per_seed = [run_seed(seed, train_set, test_set, pretrained, learner)
+                for seed in tqdm(range(FLAGS.num_seeds), desc='seeds (every method)', unit='seed')]
+    # Everything the figure and summary need, so they can be redrawn without training.
+    record = {'per_seed': per_seed, 'seconds': time.perf_counter() - start,
+              'large_query': FLAGS.large_query}
+    folder.create()
+    folder.write_hyperparameters(config.flag_values([sys.modules[__name__]]), {
+        'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()})
+    results.write_json(folder.file('per_seed.json'), record)
+    write_outputs(folder, record)
+
+
+def read_record(path):
+    """The lab's per_seed.json; RunError naming it if it is missing or damaged."""
+    record = results.read_json(path)
+    if not isinstance(record, dict) or not {'per_seed', 'seconds', 'large_query'} <= set(record):
+        raise results.RunError(f'{path} is damaged: expected per_seed, seconds and large_query')
+    return record
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main)

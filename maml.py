@@ -10,9 +10,10 @@ from typing import NamedTuple
 
 import keras
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 import config
+import errors
 import experiment
 import network
 
@@ -258,8 +259,7 @@ def _as_tensors(episodes):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    del argv
     order = 'fo' if FLAGS.first_order else 'so'
 
     def build(splits):
@@ -268,14 +268,14 @@ def main(argv):
                        FLAGS.first_order, keras.optimizers.Adam(FLAGS.meta_lr))
         return learner, experiment.episode_stream(splits)
 
-    experiment.main_guard(lambda: experiment.run(
+    experiment.run(
         algorithm='FO-MAML' if FLAGS.first_order else 'MAML',
         default_run_name=f'maml_{order}_{FLAGS.n_way}way{FLAGS.k_shot}shot_'
                          f'{FLAGS.num_inner_steps}steps_seed{FLAGS.seed}',
         build=build, flag_modules=[sys.modules[__name__]],
         num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
-        extra={'batch_norm': 'transductive (statistics of the batch being normalised)'}))
+        extra={'batch_norm': 'transductive (statistics of the batch being normalised)'})
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main)

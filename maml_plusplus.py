@@ -36,9 +36,10 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 import config
+import errors
 import experiment
 import maml
 import network
@@ -74,6 +75,11 @@ flags.register_multi_flags_validator(
     lambda f: f['num_eval_inner_steps'] <= f['num_inner_steps'],
     message='--num_eval_inner_steps must not exceed --num_inner_steps: MAML++ learns per-step '
             'learning rates and batch norm only for the steps it trains')
+flags.register_multi_flags_validator(
+    ['min_meta_lr', 'meta_lr', 'cosine_annealing'],
+    lambda f: not f['cosine_annealing'] or f['min_meta_lr'] <= f['meta_lr'],
+    message='--min_meta_lr must not exceed --meta_lr: cosine annealing takes the meta learning rate '
+            'from --meta_lr down to --min_meta_lr')
 flags.register_multi_flags_validator(
     ['eval_batch_norm', 'bnrs'], lambda f: f['eval_batch_norm'] != 'running' or f['bnrs'],
     message='--eval_batch_norm running needs the running statistics of --bnrs')
@@ -303,8 +309,7 @@ BATCH_NORM_MODES = {  # What hyperparameters.json and the report say of each --e
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    del argv
     fixes = fixes_from_flags()
 
     def build(splits):
@@ -315,17 +320,13 @@ def main(argv):
                                keras.optimizers.Adam(meta_lr), fixes)
         return learner, experiment.episode_stream(splits)
 
-    def run():
-        outcome = experiment.run(
-            algorithm='MAML++', default_run_name=run_name(fixes), build=build,
-            flag_modules=[sys.modules[__name__]],
-            num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
-            extra={'batch_norm': BATCH_NORM_MODES[fixes.eval_batch_norm]})
-        outcome.learner.save(outcome.folder.path)
-        return outcome
-
-    experiment.main_guard(run)
+    outcome = experiment.run(
+        algorithm='MAML++', default_run_name=run_name(fixes), build=build,
+        flag_modules=[sys.modules[__name__]],
+        num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
+        extra={'batch_norm': BATCH_NORM_MODES[fixes.eval_batch_norm]})
+    outcome.learner.save(outcome.folder.path)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main)

@@ -14,17 +14,17 @@ same meta-test tasks.
 
 import dataclasses
 import functools
-import json
 import os
 import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 import config
 import data
+import errors
 import experiment
 import maml
 import network
@@ -197,15 +197,28 @@ class PretrainedClassifier:
         return list(self.model.variables) + list(self.optimizer.variables)
 
 
+# What a compared run must have recorded: the task shape, the network, and how it adapts.
+MAML_RUN_FLAGS = ('n_way', 'k_shot', 'num_query', 'num_filters', 'max_pool', 'inner_lr', 'num_inner_steps',
+                  'num_eval_inner_steps', 'split', 'split_seed', 'num_train_classes', 'num_val_classes',
+                  'eval_seed')
+
+
 def check_maml_run(run_dir):
-    """The flags of a finished maml.py run folder; RunError if it is not one or its tasks differ."""
-    model_path = os.path.join(run_dir, results.MODEL_FILE)
-    hyper_path = os.path.join(run_dir, results.HYPERPARAMETERS_FILE)
-    if not (os.path.isfile(model_path) and os.path.isfile(hyper_path)):
-        raise results.RunError(f'--compare_with {run_dir}: no {results.MODEL_FILE} and '
-                               f'{results.HYPERPARAMETERS_FILE} there (is it a finished maml.py run?)')
-    with open(hyper_path) as f:
-        hyper = json.load(f)['flags']
+    """The flags of a finished FO-MAML run folder (maml.py); RunError if it is not one or its tasks differ."""
+    if not os.path.isdir(run_dir):
+        raise results.RunError(f'--compare_with {run_dir}: folder does not exist')
+    hyperparameters = results.read_hyperparameters(run_dir)
+    algorithm = hyperparameters.get('algorithm')
+    if algorithm != 'FO-MAML':
+        raise results.RunError(f'--compare_with {run_dir}: a run of {algorithm}; expected a finished '
+                               'FO-MAML run of maml.py')
+    if not os.path.isfile(os.path.join(run_dir, results.MODEL_FILE)):
+        raise results.RunError(f'--compare_with {run_dir}: no {results.MODEL_FILE} (the run has not finished)')
+    hyper = hyperparameters['flags']
+    missing = [name for name in MAML_RUN_FLAGS if name not in hyper]
+    if missing:
+        raise results.RunError(f'{os.path.join(run_dir, results.HYPERPARAMETERS_FILE)} is damaged: '
+                               f'no {", ".join(missing)} among its flags')
     for name in ('split', 'split_seed', 'num_train_classes', 'num_val_classes', 'eval_seed'):
         if hyper[name] != FLAGS[name].value:
             raise results.RunError(f'--compare_with {run_dir}: it used --{name}={hyper[name]}, this run '
@@ -214,21 +227,29 @@ def check_maml_run(run_dir):
 
 
 def load_maml_run(run_dir):
-    """The FO-MAML learner and the flags of a finished maml.py run folder."""
+    """The FO-MAML learner and the flags of a finished maml.py run folder (see `check_maml_run`)."""
     hyper = check_maml_run(run_dir)
     model_path = os.path.join(run_dir, results.MODEL_FILE)
     net = network.ConvNet(hyper['n_way'], hyper['num_filters'], max_pool=hyper['max_pool'])
-    learner = maml.MAML(net, keras.models.load_model(model_path), hyper['inner_lr'],
+    try:
+        model = keras.models.load_model(model_path)
+    except Exception as error:  # Keras raises many types for a damaged or foreign file.
+        raise results.RunError(f'{model_path} cannot be loaded ({type(error).__name__})') from None
+    if model.output_shape != (None, hyper['n_way']):
+        raise results.RunError(f'{model_path} has {model.output_shape[-1]} outputs, its run {hyper["n_way"]} classes')
+    learner = maml.MAML(net, model, hyper['inner_lr'],
                         hyper['num_inner_steps'], True, keras.optimizers.Adam())
     return learner, hyper
 
 
-def compare(transfer, splits, folder, run_dirs):
+def compare(transfer, splits, folder, maml_runs):
     """Scores each FO-MAML run and the transfer model on the same meta-test tasks; writes
-    comparison.csv and comparison.png to `folder` and returns the table rows."""
+    comparison.csv and comparison.png to `folder` and returns the table rows.
+
+    maml_runs: {run folder: `load_maml_run(run folder)`}.
+    """
     rows, per_task = [], {}
-    for run_dir in run_dirs:
-        learner, hyper = load_maml_run(run_dir)
+    for run_dir, (learner, hyper) in maml_runs.items():
         setting = f'{hyper["n_way"]}-way {hyper["k_shot"]}-shot'
         batches = experiment.evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1,
                                                 hyper['n_way'], hyper['k_shot'], hyper['num_query'])
@@ -255,8 +276,7 @@ def compare(transfer, splits, folder, run_dirs):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    del argv
     adaptation = Adaptation(FLAGS.adapt_steps, FLAGS.adapt_lr, FLAGS.adapt_optimizer, FLAGS.head_init,
                             FLAGS.finetune_all, FLAGS.batch_statistics, FLAGS.eval_seed)
 
@@ -272,21 +292,18 @@ def main(argv):
         return training.Schedule(FLAGS.epochs * stream(splits).steps_per_epoch, FLAGS.batch_size,
                                  FLAGS.val_interval, FLAGS.adapt_steps)
 
-    def run():
-        for run_dir in FLAGS.compare_with:  # Fail before pretraining, not after.
-            check_maml_run(run_dir)
-        outcome = experiment.run(
-            algorithm='transfer', default_run_name=f'transfer_{FLAGS.n_way}way{FLAGS.k_shot}shot_seed{FLAGS.seed}',
-            build=build, flag_modules=[sys.modules[__name__]], num_eval_inner_steps=FLAGS.adapt_steps,
-            extra={'batch_norm': 'batch statistics of each task (transductive)' if FLAGS.batch_statistics
-                   else 'frozen pretraining statistics (not transductive)'},
-            schedule_for=schedule)
-        if not FLAGS.compare_with:
-            return
-        for row in compare(outcome.learner, outcome.splits, outcome.folder, FLAGS.compare_with):
-            print(f'{row["setting"]:>14} {row["method"]:>8}: {row["test_accuracy"]:.2%} ± {row["ci95"]:.2%}')
-    experiment.main_guard(run)
+    maml_runs = {run_dir: load_maml_run(run_dir) for run_dir in FLAGS.compare_with}  # Before pretraining.
+    outcome = experiment.run(
+        algorithm='transfer', default_run_name=f'transfer_{FLAGS.n_way}way{FLAGS.k_shot}shot_seed{FLAGS.seed}',
+        build=build, flag_modules=[sys.modules[__name__]], num_eval_inner_steps=FLAGS.adapt_steps,
+        extra={'batch_norm': 'batch statistics of each task (transductive)' if FLAGS.batch_statistics
+               else 'frozen pretraining statistics (not transductive)'},
+        schedule_for=schedule)
+    if not FLAGS.compare_with:
+        return
+    for row in compare(outcome.learner, outcome.splits, outcome.folder, maml_runs):
+        print(f'{row["setting"]:>14} {row["method"]:>8}: {row["test_accuracy"]:.2%} ± {row["ci95"]:.2%}')
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main)

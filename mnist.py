@@ -8,11 +8,12 @@ MNIST. tfds does not keep the IDX order, so both routes sort each split by
 
 import gzip
 import os
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-from data import DataError
+from errors import DataError
 
 FILES = {'train_images': 'train-images-idx3-ubyte.gz', 'train_labels': 'train-labels-idx1-ubyte.gz',
          'test_images': 't10k-images-idx3-ubyte.gz', 'test_labels': 't10k-labels-idx1-ubyte.gz'}
@@ -34,7 +35,7 @@ def read_idx(path):
             content = f.read()
     except FileNotFoundError:
         raise DataError(f'{path}: file not found (expected the original MNIST IDX files)') from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f'{path}: cannot be read ({error})') from None
     if len(content) < 4 or content[:2] != b'\0\0' or content[2] != 0x08:
         raise DataError(f'{path}: not an IDX file of unsigned bytes')
@@ -44,6 +45,19 @@ def read_idx(path):
     if body.size != int(np.prod(shape)):
         raise DataError(f'{path}: truncated ({body.size} values for shape {shape})')
     return body.reshape(shape)
+
+
+def _check_pair(arrays, split, mnist_dir):
+    """DataError naming the files unless a split's images are [N, 28, 28] and its labels [N] digits."""
+    images, labels = arrays[f'{split}_images'], arrays[f'{split}_labels']
+    where = (f'{os.path.join(mnist_dir, FILES[f"{split}_images"])} and '
+             f'{os.path.join(mnist_dir, FILES[f"{split}_labels"])}')
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f'{where}: the images file holds an array of shape {images.shape}, '
+                        'expected [N, 28, 28] (are the files swapped?)')
+    if labels.ndim != 1 or len(labels) != len(images) or labels.size and labels.max() > 9:
+        raise DataError(f'{where}: {len(images)} images but labels of shape {labels.shape}; '
+                        'the two files do not belong together')
 
 
 def _canonical(images, labels):
@@ -58,6 +72,8 @@ def load_mnist(mnist_dir=None, cache_dir='data'):
         if not os.path.isdir(mnist_dir):
             raise DataError(f'--mnist_dir / MNIST_DIR {mnist_dir}: folder does not exist')
         arrays = {name: read_idx(os.path.join(mnist_dir, file)) for name, file in FILES.items()}
+        for split in ('train', 'test'):
+            _check_pair(arrays, split, mnist_dir)
     else:
         import tensorflow_datasets as tfds  # Only this route needs it.
         arrays = {}

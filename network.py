@@ -13,9 +13,12 @@ This is the hand-written equivalent of mapping a single-task forward over tasks
 """
 
 import dataclasses
+import os
 
 import keras
 import tensorflow as tf
+
+from errors import SetupError
 
 BATCH_NORM_EPSILON = 1e-3
 
@@ -209,3 +212,25 @@ def task_accuracies(logits, labels):
     """Fraction of correct predictions per task. logits [T, B, N], labels [T, B] -> [T]."""
     correct = tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
     return tf.reduce_mean(tf.cast(correct, logits.dtype), axis=1)
+
+
+def check_grouped_convolutions():
+    """SetupError unless this TensorFlow can differentiate `grouped_conv2d` (T > 1 tasks) on CPU.
+
+    On CPU only oneDNN provides the gradient of a grouped convolution; TensorFlow's start-up
+    banner invites users to turn oneDNN off with TF_ENABLE_ONEDNN_OPTS=0, and then training
+    would fail at the first meta-step. A two-task convolution of one image, checked eagerly.
+    """
+    kernels = tf.ones([2, 3, 3, 1, 2])  # Two tasks, one input channel each.
+    try:
+        with tf.GradientTape() as tape:
+            tape.watch(kernels)
+            output = grouped_conv2d(tf.ones([1, 4, 4, 2]), kernels, 1)
+        tape.gradient(output, kernels).numpy()
+    except tf.errors.OpError as error:
+        switch = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '')
+        cause = (f'TF_ENABLE_ONEDNN_OPTS={switch} turns oneDNN off, and' if switch in ('0', 'false', 'False')
+                 else 'in this TensorFlow build')
+        raise SetupError(f'{cause} TensorFlow has no CPU gradient for grouped convolutions, which the '
+                         'task-batched network needs; unset TF_ENABLE_ONEDNN_OPTS (or set it to 1) '
+                         f'[{type(error).__name__}]') from None

@@ -162,7 +162,7 @@ def plot_inner_learning_rates(rows, path):
 def _save(figure, path):
     """Writes `figure` atomically; the format follows the suffix (.png, .pdf, .svg)."""
     figure.tight_layout()
-    temporary = f'{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}'
-    figure.savefig(temporary)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        results.atomic_write(path, lambda f: figure.savefig(f, format=os.path.splitext(path)[1][1:]))
+    finally:
+        plt.close(figure)

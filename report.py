@@ -12,21 +12,21 @@ referenced by their path relative to the report.
 """
 
 import datetime
-import json
 import logging
 import os
 import platform
 import re
-import sys
 
 import matplotlib
-from absl import app, flags
+from absl import flags
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
 import config  # noqa: F401  (defines --results_dir)
+import errors
 import figures
 import results
+import stability
 
 flags.declare_key_flag('results_dir')  # config's: where to look for run folders.
 flags.DEFINE_list('runs', [], 'Run folders to report on (default: every run folder under --results_dir).')
@@ -51,11 +51,7 @@ HOUSEKEEPING_FLAGS = {'cache_dir', 'data_dir', 'overwrite', 'progress', 'results
 def load_run(folder):
     """What the report needs of one run folder: hyperparameters, metrics, summary."""
     hyperparameters = results.read_hyperparameters(folder)
-    summary_path = os.path.join(folder, results.SUMMARY_FILE)
-    summary = None
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            summary = json.load(f)
+    summary = results.read_summary(folder)
     flags_ = hyperparameters['flags']
     return {'folder': folder, 'name': os.path.basename(os.path.normpath(folder)),
             'algorithm': hyperparameters.get('algorithm', '?'),
@@ -223,7 +219,8 @@ def maml_plusplus_section(runs, stability_dir, start):
     if stability_dir is None:
         return blocks + [('paragraph', 'Missing: the MAML vs MAML++ stability comparison '
                                        '(python stability.py).')]
-    table = results.read_csv(os.path.join(stability_dir, 'stability.csv'))
+    table = results.read_csv(os.path.join(stability_dir, 'stability.csv'), columns=('setting', 'method', 'batch_norm'),
+                             numbers=stability.TABLE_NUMBERS)
     blocks.append(('table', ['setting', 'method', 'seeds', 'final val acc (mean ± std)',
                              'mean abs change (all / 2nd half)', 'largest drop',
                              'meta-test acc (mean of seeds; std)', 'evaluation batch norm'],
@@ -291,7 +288,7 @@ def transfer_section(runs, start):
     if not os.path.exists(comparison):
         return blocks + [('paragraph', 'Missing: the comparison with FO-MAML '
                                        f'({EXPECTED["transfer", MAIN_SETTING]}).')]
-    rows = results.read_csv(comparison)
+    rows = results.read_csv(comparison, columns=('setting', 'method', 'run'), numbers=('test_accuracy', 'ci95', 'tasks'))
     blocks += [('table', ['setting', 'method', 'meta-test accuracy ± 95% CI', 'tasks', 'run'],
                 [[row['setting'], row['method'], accuracy(row['test_accuracy'], row['ci95']), str(row['tasks']),
                   os.path.basename(str(row['run']))] for row in rows]),
@@ -406,18 +403,17 @@ def write_report(runs, stability_dir, output):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    try:
-        for folder in FLAGS.runs:
-            if not os.path.isdir(folder):
-                raise results.RunError(f'--runs: {folder} is not a folder')
-        runs, stability_dir = find_runs(FLAGS.results_dir, FLAGS.runs)
-        for path in write_report(runs, stability_dir, FLAGS.output):
-            print(path)
-    except results.RunError as error:
-        sys.exit(f'error: {error}')
+    del argv
+    for folder in FLAGS.runs:
+        if not os.path.isdir(folder):
+            raise results.RunError(f'--runs: {folder} is not a folder')
+    if os.path.isdir(FLAGS.output):
+        raise errors.OutputError(f'--output {FLAGS.output}: is a folder; name the report file, e.g. report.md')
+    results.check_writable(os.path.dirname(os.path.abspath(FLAGS.output)), '--output')
+    runs, stability_dir = find_runs(FLAGS.results_dir, FLAGS.runs)
+    for path in write_report(runs, stability_dir, FLAGS.output):
+        print(path)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main)

@@ -12,6 +12,7 @@ Every file is written to a temporary name and renamed into place, so a run
 killed at any moment leaves either the old or the new version of each file.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -25,6 +26,8 @@ from importlib import metadata
 import numpy as np
 from absl import logging
 
+from errors import OutputError, RunError, TrainingError
+
 METRICS_FILE = 'metrics.csv'
 HYPERPARAMETERS_FILE = 'hyperparameters.json'
 CHECKPOINT_FILE = 'checkpoint.npz'
@@ -32,6 +35,9 @@ SUMMARY_FILE = 'summary.json'
 MODEL_FILE = 'model.keras'
 INNER_LR_FILE = 'inner_learning_rates.csv'  # MAML++: learned inner learning rates per tensor and step.
 COMPARISON_TASKS_FILE = 'comparison_tasks.csv'  # Transfer vs FO-MAML, per meta-test task.
+# The columns every metrics.csv has; train_<metric> columns follow, by learner.
+METRICS_COLUMNS = ('iteration', 'seconds', 'val_pre_accuracy', 'val_pre_ci95', 'val_post_accuracy',
+                   'val_post_ci95')
 # Flags that may change when a run is resumed. The data may move (other --data_dir), but
 # its checksum must not change. run_name may too: the folder is the same whether its name
 # was given (as stability.py does) or derived from the other flags.
@@ -39,18 +45,49 @@ RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progres
                                'data_dir', 'cache_dir', 'results_dir', 'run_name'})
 
 
-class RunError(RuntimeError):
-    """A run folder cannot be used as asked; the message says why and what to do."""
+@contextlib.contextmanager
+def replacing(path):
+    """Yields a temporary path beside `path` (same extension) to write; renames it to `path` when
+    the block ends, or removes it if the block fails, leaving `path` as it was."""
+    root, extension = os.path.splitext(path)
+    temporary = f'{root}.tmp{os.getpid()}{extension}'
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def atomic_write(path, write):
     """Calls write(file) on a temporary file next to `path`, then renames it to `path`."""
-    temporary = f'{path}.tmp{os.getpid()}'
-    with open(temporary, 'wb') as f:
+    with replacing(path) as temporary, open(temporary, 'wb') as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(temporary, path)
+
+
+def check_writable(path, flag):
+    """OutputError unless `path` is a writable folder or could be created as one; creates nothing."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f'{flag} {path}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f'{flag} {path}: {existing} is not writable')
+
+
+def is_run_name(name):
+    """True if `name` can name a run folder: one path component, not '.' or '..'."""
+    return bool(name) and name not in ('.', '..') and '/' not in name and os.sep not in name
+
+
+def is_run_folder(path):
+    """True if `path` is a folder (not a link) that a command of this project wrote a run into."""
+    return (os.path.isdir(path) and not os.path.islink(path)
+            and os.path.isfile(os.path.join(path, HYPERPARAMETERS_FILE)))
 
 
 def write_json(path, value):
@@ -120,20 +157,72 @@ def write_csv(path, rows, columns=None):
     atomic_write(path, write)
 
 
+def read_json(path):
+    """The value in a JSON file of a run folder; RunError naming the file if it is missing or damaged."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunError(f'{path} does not exist') from None
+    except OSError as error:
+        raise RunError(f'{path} cannot be read ({error.strerror})') from None
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8.
+        raise RunError(f'{path} is damaged: not valid JSON ({error})') from None
+
+
+def _require(path, record, fields):
+    """RunError naming the file unless `record` is a dict with a value of the given type for each field."""
+    if not isinstance(record, dict):
+        raise RunError(f'{path} is damaged: expected a JSON object')
+    for name, kind in fields.items():
+        value = record.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):  # JSON's true is no number.
+            raise RunError(f'{path} is damaged: no valid "{name}"')
+    return record
+
+
+def read_hyperparameters(run_dir):
+    """The hyperparameters.json of a run folder; RunError if there is none or it is damaged."""
+    path = os.path.join(run_dir, HYPERPARAMETERS_FILE)
+    if not os.path.isfile(path):
+        raise RunError(f'{run_dir}: no {HYPERPARAMETERS_FILE}, so it is not a run folder')
+    hyperparameters = _require(path, read_json(path), {'flags': dict})
+    _require(path, hyperparameters['flags'], {'n_way': int, 'k_shot': int})
+    return hyperparameters
+
+
+def read_summary(run_dir):
+    """The summary.json of a finished run; None if the run has not finished, RunError if damaged."""
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    if not os.path.exists(path):
+        return None
+    number = (int, float)
+    return _require(path, read_json(path), {
+        'iterations': int, 'training_seconds': number, 'val_post_accuracy': number, 'val_post_ci95': number,
+        'test_post_accuracy': number, 'test_post_ci95': number, 'test_tasks': int})
+
+
 def read_metrics(path, required=False):
     """Rows of a metrics.csv as dicts of floats (NaN where empty).
 
     A run killed while writing by other means than ours may leave a damaged line: the
     rows before it are returned, with a warning. A missing file gives [] (RunError if
-    `required`, also when no row is complete).
+    `required`, also when no row is complete); a file without METRICS_COLUMNS, RunError.
     """
     if not os.path.exists(path):
         if required:
             raise RunError(f'{path} does not exist (is this a run folder, and has it validated once?)')
         return []
     rows = []
-    with open(path, newline='') as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
+    with _open_csv(path) as f:
+        reader = csv.DictReader(f)
+        columns = _columns(path, reader)
+        missing = [column for column in METRICS_COLUMNS if column not in columns]
+        if missing and (required or columns):
+            raise RunError(f'{path} is damaged: no column {", ".join(missing)} in its first line')
+        if missing:
+            return []  # An empty file.
+        for line, row in _rows(path, reader):
             try:
                 parsed = {k: float(v) if v != '' else float('nan') for k, v in row.items()}
                 parsed['iteration'] = int(parsed['iteration'])
@@ -147,17 +236,12 @@ def read_metrics(path, required=False):
     return rows
 
 
-def read_hyperparameters(run_dir):
-    """The hyperparameters.json of a run folder; RunError if it has none."""
-    path = os.path.join(run_dir, HYPERPARAMETERS_FILE)
-    if not os.path.exists(path):
-        raise RunError(f'{run_dir}: no {HYPERPARAMETERS_FILE}, so it is not a run folder')
-    with open(path) as f:
-        return json.load(f)
+def read_csv(path, columns=(), numbers=()):
+    """The rows of a CSV file as dicts; numbers become floats (ints where whole), empty cells NaN.
 
-
-def read_csv(path):
-    """The rows of a CSV file as dicts; numbers become floats (ints where whole), empty cells NaN."""
+    RunError naming the file if it is missing or unreadable, if a row lacks one of `columns`
+    or `numbers`, or has something other than a number in one of `numbers`.
+    """
     def value(text):
         if text == '':
             return float('nan')
@@ -166,53 +250,126 @@ def read_csv(path):
         except ValueError:
             return text
         return int(number) if number.is_integer() and '.' not in text and 'e' not in text else number
-    with open(path, newline='') as f:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if not os.path.exists(path):
+        raise RunError(f'{path} does not exist')
+    with _open_csv(path) as f:
+        reader = csv.DictReader(f)
+        required = list(columns) + list(numbers)
+        missing = [column for column in required if column not in _columns(path, reader)]
+        if missing:
+            raise RunError(f'{path} is damaged: no column {", ".join(missing)} in its first line')
+        rows = [{k: value(v) for k, v in row.items()} for _, row in _rows(path, reader)]
+    for line, row in enumerate(rows, start=2):
+        if any(row.get(column) is None for column in required):
+            raise RunError(f'{path} is damaged: line {line} is incomplete')
+        bad = [column for column in numbers if not isinstance(row[column], (int, float))]
+        if bad:
+            raise RunError(f'{path} is damaged: line {line} has no number in column {", ".join(bad)}')
+    return rows
+
+
+def _open_csv(path):
+    try:
+        return open(path, newline='', encoding='utf-8')
+    except OSError as error:
+        raise RunError(f'{path} cannot be read ({error.strerror})') from None
+
+
+def _columns(path, reader):
+    """The column names of a csv.DictReader; RunError if its first line is not text."""
+    try:
+        return reader.fieldnames or []
+    except (ValueError, csv.Error) as error:  # Bytes that are not UTF-8, a NUL byte, ...
+        raise RunError(f'{path} is damaged: not a CSV text file ({error})') from None
+
+
+def _rows(path, reader):
+    """(line number, row) of a csv.DictReader; RunError naming the line where it is not text."""
+    line = 1
+    try:
+        for line, row in enumerate(reader, start=2):
+            yield line, row
+    except (ValueError, csv.Error) as error:
+        raise RunError(f'{path} is damaged near line {line + 1}: not CSV text ({error})') from None
 
 
 class RunFolder:
-    """One run's folder: creation rules, metrics, hyperparameters and checkpoints."""
+    """One run's folder: creation rules, metrics, hyperparameters and checkpoints.
 
-    def __init__(self, results_dir, run_name, resume=False, overwrite=False):
-        """Creates or reopens `results_dir/run_name`.
+    A run folder is `results_dir/run_name`, where the name is one path component. An existing
+    folder is continued only with `resume`, and replaced only with `overwrite`, and only if it
+    is a run folder (has hyperparameters.json): a folder this project did not write is never
+    deleted. Every rule is checked when the object is made, before the command does any work.
+    """
 
-        An existing folder is reopened only with `resume` and replaced only with
-        `overwrite`; otherwise RunError.
+    def __init__(self, results_dir, run_name, resume=False, overwrite=False, create=True,
+                 resume_flag='--resume'):
+        """Checks that the folder can be used as asked (RunError, OutputError otherwise).
+
+        create: make (or, with `overwrite`, replace) the folder now; False leaves that to
+          `create()`, so that a command checks everything before it starts working.
+        resume_flag: how to tell the user to continue an existing folder, or None if the
+          command cannot continue one.
         """
+        if not is_run_name(run_name):
+            raise RunError(f'--run_name {run_name!r}: a run name is one folder name inside '
+                           '--results_dir, without / and not . or ..')
+        if resume and overwrite:
+            raise RunError('--resume and --overwrite contradict each other: continue the run, or replace it')
         self.path = os.path.join(results_dir, run_name)
-        if os.path.exists(self.path) and not resume:
-            if not overwrite:
-                raise RunError(f'{self.path} already exists; pass --resume to continue it '
-                               'or --overwrite to replace it')
+        self.overwrite = overwrite
+        exists = os.path.lexists(self.path)
+        if exists and not os.path.isdir(self.path) or os.path.islink(self.path):
+            raise RunError(f'{self.path} exists and is not a folder; choose another --run_name')
+        if resume and not exists:
+            raise RunError(f'--resume: {self.path} does not exist, so there is nothing to continue '
+                           '(leave out --resume to start it)')
+        empty = exists and not os.listdir(self.path)
+        if exists and not empty and not is_run_folder(self.path):
+            raise RunError(f'{self.path} exists and is not a run folder (it has no {HYPERPARAMETERS_FILE}); '
+                           'it is left alone: choose another --run_name')
+        if exists and not empty and not resume and not overwrite:
+            how = f'pass {resume_flag} to continue it or --overwrite to replace it' if resume_flag else \
+                'pass --overwrite to replace it'
+            raise RunError(f'{self.path} already exists; {how}')
+        check_writable(self.path if exists else results_dir, '--results_dir')
+        if resume and not empty:
+            self.resume_point()  # Fails now, not after loading the data, if it cannot be resumed.
+        if create:
+            self.create()
+
+    def create(self):
+        """Makes the folder; with --overwrite, first removes the run folder of the same name."""
+        if self.overwrite and os.path.isdir(self.path):
+            print(f'--overwrite: removing the previous run folder {self.path}', flush=True)
             shutil.rmtree(self.path)
-        try:
-            os.makedirs(self.path, exist_ok=True)
-            probe = os.path.join(self.path, f'.write-test{os.getpid()}')
-            with open(probe, 'w'):
-                pass
-            os.remove(probe)
-        except OSError as error:
-            raise RunError(f'--results_dir {results_dir}: cannot write there ({error.strerror})') from None
+        os.makedirs(self.path, exist_ok=True)
 
     def file(self, name):
         return os.path.join(self.path, name)
 
     # Hyperparameters -------------------------------------------------------
 
+    def check_flags(self, flags):
+        """On resume, RunError if the recorded flags differ from `flags` (other than RESUMABLE_CHANGES)."""
+        path = self.file(HYPERPARAMETERS_FILE)
+        if not os.path.exists(path):
+            return
+        recorded = read_hyperparameters(self.path)['flags']
+        changed = sorted(name for name in set(recorded) | set(flags)
+                         if name not in RESUMABLE_CHANGES and recorded.get(name) != flags.get(name))
+        if changed:
+            raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
+                           'resume it with the same flags or start a new --run_name')
+
     def write_hyperparameters(self, flags, extra):
         """Records the flags (and `extra` facts) or, on resume, checks they did not change."""
         path = self.file(HYPERPARAMETERS_FILE)
         if os.path.exists(path):
-            with open(path) as f:
-                previous = json.load(f)
-            recorded = previous['flags']
-            changed = sorted(name for name in set(recorded) | set(flags)
-                             if name not in RESUMABLE_CHANGES and recorded.get(name) != flags.get(name))
-            if previous.get('data_checksum') != extra.get('data_checksum'):
-                changed.append('data (its checksum)')
-            if changed:
-                raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
-                               'resume it with the same flags or start a new --run_name')
+            self.check_flags(flags)
+            if read_json(path).get('data_checksum') != extra.get('data_checksum'):
+                raise RunError(f'{self.path} was started with other data (its checksum differs); '
+                               'resume it with the same data or start a new --run_name')
         write_json(path, {'flags': flags, **extra, 'versions': library_versions()})
 
     # Metrics ---------------------------------------------------------------
@@ -226,25 +383,78 @@ class RunFolder:
     # Checkpoints -----------------------------------------------------------
 
     def save_checkpoint(self, variables, iteration):
-        """Saves the values of `variables` (a list) and the iteration reached."""
+        """Saves the values of `variables` (a list) and the iteration reached.
+
+        TrainingError, and nothing written, if a value is not finite: a checkpoint is always
+        a state training can continue from.
+        """
         arrays = {f'v{i:04d}': np.asarray(v.numpy()) for i, v in enumerate(variables)}
+        bad = [variables[i].name for i, array in enumerate(arrays.values()) if not _finite(array)]
+        if bad:
+            raise TrainingError(f'not saving a checkpoint at iteration {iteration}: {", ".join(bad)} '
+                                'hold NaN or infinite values')
         atomic_write(self.file(CHECKPOINT_FILE),
                      lambda f: np.savez(f, iteration=iteration, **arrays))
 
-    def restore_checkpoint(self, variables):
-        """Assigns the checkpointed values to `variables`; returns the iteration (0 if none)."""
+    def _read_checkpoint(self):
+        """(iteration, {key: array}) of the checkpoint, (0, None) if there is none; RunError if it is
+        damaged or holds a non-finite value."""
         path = self.file(CHECKPOINT_FILE)
         if not os.path.exists(path):
-            return 0
+            return 0, None
         try:
             with np.load(path) as checkpoint:
-                values = [checkpoint[f'v{i:04d}'] for i in range(len(variables))]
+                arrays = {key: checkpoint[key] for key in checkpoint.files if key != 'iteration'}
                 iteration = int(checkpoint['iteration'])
         except Exception as error:  # A foreign or damaged file raises many types.
-            raise RunError(f'{path} cannot be read ({error}); start a new run with --overwrite') from None
-        for variable, value in zip(variables, values):
-            if tuple(variable.shape) != value.shape:
+            raise RunError(f'{path} cannot be read ({error}); start the run again with --overwrite') from None
+        bad = [key for key, array in arrays.items() if not _finite(array)]
+        if bad:
+            raise RunError(f'{path} holds NaN or infinite values ({len(bad)} of its arrays) and cannot be '
+                           'resumed; start the run again with --overwrite')
+        return iteration, arrays
+
+    def restore_checkpoint(self, variables):
+        """Assigns the checkpointed values to `variables`; returns the iteration (0 if none)."""
+        iteration, arrays = self._read_checkpoint()
+        if arrays is None:
+            return 0
+        path = self.file(CHECKPOINT_FILE)
+        keys = [f'v{i:04d}' for i in range(len(variables))]
+        if len(arrays) != len(keys) or any(key not in arrays for key in keys):
+            raise RunError(f'{path} does not match this model ({len(arrays)} arrays, the model has '
+                           f'{len(keys)} variables)')
+        for variable, key in zip(variables, keys):
+            if tuple(variable.shape) != arrays[key].shape:
                 raise RunError(f'{path} does not match this model ({variable.name}: '
-                               f'{value.shape} vs {tuple(variable.shape)})')
-            variable.assign(value)
+                               f'{arrays[key].shape} vs {tuple(variable.shape)})')
+            variable.assign(arrays[key])
         return iteration
+
+    def resume_point(self):
+        """(iteration, metrics rows up to it) where the run stands: the checkpoint says where.
+
+        RunError if metrics.csv does not agree with it. Metrics are written before the
+        checkpoint, so a run killed in between may have one row past the checkpoint, which
+        is redone; a missing row for the checkpoint's iteration, or more rows past it, means
+        the files were damaged or mixed up, and resuming would retrain or lose iterations.
+        """
+        iteration, _ = self._read_checkpoint()
+        rows = self.read_metrics()
+        done = [row['iteration'] for row in rows]
+        checkpoint, metrics = self.file(CHECKPOINT_FILE), self.file(METRICS_FILE)
+        if iteration and iteration not in done:
+            last = f'its last row is iteration {done[-1]}' if done else 'it is missing or has no row'
+            raise RunError(f'{checkpoint} is at iteration {iteration} but {metrics} has no row for it '
+                           f'({last}); the run cannot be resumed consistently: restore {METRICS_FILE} '
+                           'or start the run again with --overwrite')
+        later = [i for i in done if i > iteration]
+        if len(later) > 1:
+            raise RunError(f'{metrics} goes on to iteration {later[-1]} but {checkpoint} is at iteration '
+                           f'{iteration}; the run cannot be resumed consistently: restore {CHECKPOINT_FILE} '
+                           'or start the run again with --overwrite')
+        return iteration, [row for row in rows if row['iteration'] <= iteration]
+
+
+def _finite(array):
+    return not np.issubdtype(array.dtype, np.floating) or bool(np.isfinite(array).all())

@@ -25,16 +25,16 @@ Stability figures, from the post-adaptation validation accuracy of each run:
                        the mean of the seeds' 95% confidence half-widths) and its std over seeds
 """
 
-import json
 import os
 import re
 import subprocess
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-import config  # noqa: F401  (defines --num_iterations and --results_dir)
+import config
+import errors
 import plotting
 import results
 
@@ -64,25 +64,48 @@ FLAGS = flags.FLAGS
 
 
 def parse_setting(setting):
-    """'5way1shot' -> (5, 1); ValueError naming the flag otherwise."""
+    """'5way1shot' -> (5, 1); FlagError naming the flag otherwise."""
     match = re.fullmatch(r'(\d+)way(\d+)shot', setting)
-    if not match:
-        raise ValueError(f'--settings: {setting!r} is not of the form <N>way<K>shot, e.g. 5way1shot')
+    if not match or int(match[1]) < 2 or int(match[2]) < 1:
+        raise errors.FlagError(f'--settings: {setting!r} is not of the form <N>way<K>shot with N >= 2 '
+                               'and K >= 1, e.g. 5way1shot')
     return int(match[1]), int(match[2])
 
 
+def parse_seeds(seeds):
+    """['0', '1'] -> [0, 1]; FlagError naming the flag unless each is a seed the scripts accept."""
+    try:
+        parsed = [int(seed) for seed in seeds]
+    except ValueError:
+        raise errors.FlagError(f'--seeds: {",".join(seeds)} is not a list of whole numbers') from None
+    if not parsed or not all(0 <= seed <= config.MAX_SEED for seed in parsed):
+        raise errors.FlagError(f'--seeds: {",".join(seeds)}: each must be between 0 and {config.MAX_SEED}')
+    return parsed
+
+
 def check_script_flags(script_flags):
-    """ValueError naming the first flag after -- that is in RESERVED_FLAGS (also as --no<flag>)."""
+    """FlagError naming the first flag after -- that is in RESERVED_FLAGS (also as -flag or --no<flag>),
+    then any flag that maml.py or maml_plusplus.py would refuse (checked by the scripts themselves,
+    with absl's --only_check_args, so that a bad flag fails now and not after hours of training)."""
     for argument in script_flags:
-        if not argument.startswith('--'):
-            continue  # A flag's value.
-        name = argument[2:].split('=')[0]
+        if not argument.startswith('-') or re.fullmatch(r'-[\d.e+-]*', argument):
+            continue  # A flag's value, maybe a negative number.
+        name = argument.lstrip('-').split('=')[0]
         if name.startswith('no') and name[2:] in RESERVED_FLAGS:
             name = name[2:]
         if name in RESERVED_FLAGS:
-            raise ValueError(f'--{name} cannot follow --: stability.py sets it for every run or names '
-                             'the run folders after it (use --seeds, --settings, --num_iterations, '
-                             '--results_dir)')
+            raise errors.FlagError(f'--{name} cannot follow --: stability.py sets it for every run or names '
+                                   'the run folders after it (use --seeds, --settings, --num_iterations, '
+                                   '--results_dir)')
+    if not script_flags:
+        return
+    for script, _ in METHODS.values():
+        checked = subprocess.run([sys.executable, os.path.join(REPO, script), '--only_check_args',
+                                  *script_flags], capture_output=True, text=True)
+        if checked.returncode != 0:
+            reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
+            raise errors.FlagError(f'after --, for {script}: '
+                                   f'{reason[-1][len("error: "):] if reason else checked.stderr.strip()[-300:]}')
 
 
 def run_folder(results_dir, method, setting, seed):
@@ -91,11 +114,10 @@ def run_folder(results_dir, method, setting, seed):
 
 def finished(folder, num_iterations):
     """True if `folder` holds a finished run of `num_iterations`; RunError if it finished another."""
-    path = os.path.join(folder, results.SUMMARY_FILE)
-    if not os.path.exists(path):
+    summary = results.read_summary(folder)
+    if summary is None:
         return False
-    with open(path) as f:
-        iterations = json.load(f)['iterations']
+    iterations = summary['iterations']
     if iterations != num_iterations:
         raise results.RunError(f'{folder} finished {iterations} iterations, not {num_iterations}; '
                                'move it away or choose another --results_dir')
@@ -116,20 +138,28 @@ def train(method, setting, seed, script_flags=()):
     if os.path.exists(folder):
         command.append('--resume')
     print(f'stability: training {method} {setting} seed {seed} -> {folder}', flush=True)
-    if subprocess.run(command).returncode != 0:
-        raise results.RunError(f'{" ".join(command)} failed; see its message above')
+    status = subprocess.run(command).returncode
+    if status != 0:
+        raise results.RunError(f'training {method} {setting} seed {seed} stopped (exit status {status}); '
+                               f'its message is above, and python stability.py resumes it')
 
 
 def load_run(folder):
     """The validation curve, final figures and batch-norm mode of a finished run folder."""
     rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)
-    with open(os.path.join(folder, results.SUMMARY_FILE)) as f:
-        summary = json.load(f)
+    summary = results.read_summary(folder)
+    if summary is None:
+        raise results.RunError(f'{folder}: no {results.SUMMARY_FILE}, the run has not finished')
     batch_norm = results.read_hyperparameters(folder).get('batch_norm', '')
     return {'iterations': np.array([row['iteration'] for row in rows]),
             'val': np.array([row['val_post_accuracy'] for row in rows]),
             'test': summary['test_post_accuracy'], 'test_ci95': summary['test_post_ci95'],
             'seconds': summary['training_seconds'], 'batch_norm': batch_norm}
+
+
+# The numeric columns of stability.csv, one per figure of `stability_figures` (report.py reads them).
+TABLE_NUMBERS = ('seeds', 'final_val_mean', 'final_val_std', 'mean_abs_change', 'mean_abs_change_second_half',
+                 'largest_drop', 'test_mean', 'test_ci95_mean', 'test_std', 'training_minutes_mean')
 
 
 def stability_figures(runs):
@@ -224,34 +254,33 @@ def compare(results_dir, output_dir, settings, seeds):
 
 def redraw(output_dir, suffix='.png'):
     """Redraws the figures of a comparison from its runs.csv and the runs' metrics; returns the paths."""
-    rows = results.read_csv(os.path.join(output_dir, RUNS_FILE))
+    rows = results.read_csv(os.path.join(output_dir, RUNS_FILE), columns=('method', 'setting', 'seed', 'folder'))
     return draw(load_runs({(row['method'], row['setting'], row['seed']): row['folder'] for row in rows}),
                 output_dir, suffix)
 
 
 def main(argv):
     script_flags = argv[1:]  # What followed "--".
-    try:
-        for setting in FLAGS.settings:
-            parse_setting(setting)
+    for setting in FLAGS.settings:
+        parse_setting(setting)
+    seeds = parse_seeds(FLAGS.seeds)
+    results.check_writable(FLAGS.output_dir, '--output_dir')
+    if FLAGS.train:
         check_script_flags(script_flags)
-        seeds = [int(seed) for seed in FLAGS.seeds]
-    except ValueError as error:
-        sys.exit(f'error: {error}' if error.args[0].startswith('--') else f'error: --seeds: {error}')
-    try:
-        if FLAGS.train:
-            for setting in FLAGS.settings:
-                for seed in seeds:
-                    for method in METHODS:
-                        folder = run_folder(FLAGS.results_dir, method, setting, seed)
-                        if not finished(folder, FLAGS.num_iterations):
-                            train(method, setting, seed, script_flags)
-        table = compare(FLAGS.results_dir, FLAGS.output_dir, FLAGS.settings, seeds)
-    except results.RunError as error:
-        sys.exit(f'error: {error}')
+        results.check_writable(FLAGS.results_dir, '--results_dir')
+        for setting in FLAGS.settings:
+            for seed in seeds:
+                for method in METHODS:
+                    folder = run_folder(FLAGS.results_dir, method, setting, seed)
+                    if not finished(folder, FLAGS.num_iterations):
+                        train(method, setting, seed, script_flags)
+    elif script_flags:
+        raise errors.FlagError(f'flags after -- ({" ".join(script_flags)}) are for training; '
+                               'with --train=false nothing is trained')
+    table = compare(FLAGS.results_dir, FLAGS.output_dir, FLAGS.settings, seeds)
     print(markdown_table(table))
     print(f'figures and tables in {FLAGS.output_dir}')
 
 
 if __name__ == '__main__':
-    app.run(main)
+    errors.run(main, takes_arguments=True)

@@ -17,12 +17,12 @@ import hashlib
 import os
 import re
 import subprocess
-import sys
 import zipfile
 
-from absl import app, flags
+from absl import flags
 
 import config  # noqa: F401  (defines --results_dir)
+import errors
 import results
 
 flags.declare_key_flag('results_dir')  # config's: the run folders to include.
@@ -41,10 +41,10 @@ FORBIDDEN_IN_NAMES = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 
 def zip_name(name, student_number):
-    """'{Name}_{StudentNumber}_Assignment2.zip'; ValueError naming the flag if a part is unusable."""
+    """'{Name}_{StudentNumber}_Assignment2.zip'; FlagError naming the flag if a part is unusable."""
     for flag, value in (('--name', name), ('--student_number', student_number)):
         if not value.strip() or FORBIDDEN_IN_NAMES.search(value) or value.strip() != value:
-            raise ValueError(f'{flag} {value!r}: must be non-empty, without surrounding spaces and '
+            raise errors.FlagError(f'{flag} {value!r}: must be non-empty, without surrounding spaces and '
                              'without any of \\ / : * ? " < > |')
     return f'{name}_{student_number}_Assignment2.zip'
 
@@ -99,7 +99,12 @@ def write_zip(path, folder, entries, force=False):
     """Writes the zip atomically and checks every entry against its source; returns the listing."""
     if os.path.exists(path) and not force:
         raise results.RunError(f'{path} already exists; pass --force to replace it')
-    temporary = f'{path}.tmp{os.getpid()}'
+    with results.replacing(path) as temporary:
+        return _write_and_check(temporary, folder, entries)
+
+
+def _write_and_check(temporary, folder, entries):
+    """Writes the zip to `temporary`, re-opens it and compares every entry with its source."""
     with zipfile.ZipFile(temporary, 'w', zipfile.ZIP_DEFLATED) as archive:
         for inside, source in sorted(entries.items()):
             archive.write(source, f'{folder}/{inside}')
@@ -115,21 +120,17 @@ def write_zip(path, folder, entries, force=False):
             with open(source, 'rb') as f:
                 if _sha256(archive.read(f'{folder}/{inside}')) != _sha256(f.read()):
                     raise results.RunError(f'{temporary}: {inside} differs from {source}')
-    os.replace(temporary, path)
     return listing
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    try:
-        name = zip_name(FLAGS.name, FLAGS.student_number)
-        entries = contents(os.path.dirname(os.path.abspath(__file__)), FLAGS.results_dir, FLAGS.report)
-        os.makedirs(FLAGS.zip_dir, exist_ok=True)
-        path = os.path.join(FLAGS.zip_dir, name)
-        listing = write_zip(path, name[:-len('.zip')], entries, FLAGS.force)
-    except (ValueError, results.RunError) as error:
-        sys.exit(f'error: {error}')
+    del argv
+    name = zip_name(FLAGS.name, FLAGS.student_number)
+    results.check_writable(FLAGS.zip_dir, '--zip_dir')
+    entries = contents(os.path.dirname(os.path.abspath(__file__)), FLAGS.results_dir, FLAGS.report)
+    os.makedirs(FLAGS.zip_dir, exist_ok=True)
+    path = os.path.join(FLAGS.zip_dir, name)
+    listing = write_zip(path, name[:-len('.zip')], entries, FLAGS.force)
     for entry, size in listing:
         print(f'{size:>12,d}  {entry}')
     total = sum(size for _, size in listing)
@@ -139,4 +140,4 @@ def main(argv):
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['name', 'student_number'])  # Here, so importing submit requires nothing.
-    app.run(main)
+    errors.run(main)

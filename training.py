@@ -19,12 +19,7 @@ from absl import logging
 from tqdm import tqdm
 
 import results
-
-VAL_COLUMNS = ['val_pre_accuracy', 'val_pre_ci95', 'val_post_accuracy', 'val_post_ci95']
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (for instance the loss became NaN); the message says why."""
+from errors import TrainingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +43,16 @@ def evaluate(learner, batches, num_steps):
     return {name: np.concatenate([m[name] for m in per_batch]) for name in per_batch[0]}
 
 
+def finiteness_check(variables):
+    """A compiled function () -> True if every floating-point value of `variables` is finite."""
+    floating = [v for v in variables if v.dtype in ('float16', 'bfloat16', 'float32', 'float64')]
+
+    @tf.function
+    def all_finite():
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in floating])
+    return lambda: bool(all_finite())
+
+
 def train(learner, train_sampler, val_batches, run, schedule, progress=True):
     """Meta-trains `learner`, resuming from the run's checkpoint if there is one.
 
@@ -60,10 +65,11 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
     Returns:
       The metrics rows, one per validation.
     """
-    columns = ['iteration', 'seconds'] + VAL_COLUMNS + [f'train_{n}' for n in learner.train_metrics]
+    columns = list(results.METRICS_COLUMNS) + [f'train_{n}' for n in learner.train_metrics]
     variables = learner.state_variables()
-    start = run.restore_checkpoint(variables)
-    rows = [row for row in run.read_metrics() if row['iteration'] <= start]
+    start, rows = run.resume_point()
+    run.restore_checkpoint(variables)
+    state_is_finite = finiteness_check(variables)
     if start:
         logging.info('Resuming %s from iteration %d', run.path, start)
     elapsed = rows[-1]['seconds'] if rows else 0.0
@@ -95,10 +101,14 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
         metrics = learner.meta_train_step(train_sampler.sample(iteration, schedule.meta_batch_size))
         means = {name: float(np.mean(values)) for name, values in metrics.items()}
         loss = means[learner.train_metrics[0]]
-        if not all(math.isfinite(value) for value in means.values()):
+        # NaN weights can give a finite loss (a ReLU passes NaN as 0 on some kernels): check both.
+        broken = [name for name, value in means.items() if not math.isfinite(value)]
+        if broken or not state_is_finite():
+            what = (f'the training metrics {", ".join(broken)}' if broken
+                    else 'the weights or the optimizer state')
             raise TrainingError(
-                f'the training loss became {loss} at iteration {iteration}; the last good '
-                f'checkpoint (iteration {int(last["iteration"])}) is kept in {run.path}. '
+                f'{what} became NaN or infinite at iteration {iteration}; stopped there, and the last '
+                f'finite checkpoint (iteration {int(last["iteration"])}) is kept in {run.path}. '
                 'Try smaller learning rates.')
         interval.append(metrics)
         with writer.as_default(step=iteration):

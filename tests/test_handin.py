@@ -106,7 +106,8 @@ def test_a_truncated_metrics_file_is_drawn_up_to_its_last_complete_row(results_d
 def test_figures_command_errors_are_one_line(tmp_path):
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'no_metrics').mkdir()
-    results.write_json(str(tmp_path / 'no_metrics' / results.HYPERPARAMETERS_FILE), {'flags': {}})
+    results.write_json(str(tmp_path / 'no_metrics' / results.HYPERPARAMETERS_FILE),
+                       {'flags': {'n_way': 5, 'k_shot': 5}})
     for args, message in (([f'--results_dir={tmp_path / "empty"}'], 'no run folders under'),
                           ([str(tmp_path / 'no_metrics')], 'metrics.csv does not exist'),
                           ([str(tmp_path / 'nowhere')], 'folder does not exist')):

@@ -16,13 +16,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _fake_run(folder, accuracies, test, batch_norm='transductive'):
     os.makedirs(folder)
-    rows = [{'iteration': 50 * i, 'seconds': 60.0 * i, 'val_post_accuracy': a, 'val_post_ci95': 0.01}
-            for i, a in enumerate(accuracies)]
+    rows = [{'iteration': 50 * i, 'seconds': 60.0 * i, 'val_pre_accuracy': 0.2, 'val_pre_ci95': 0.01,
+             'val_post_accuracy': a, 'val_post_ci95': 0.01} for i, a in enumerate(accuracies)]
     results.write_csv(os.path.join(folder, results.METRICS_FILE), rows)
     results.write_json(os.path.join(folder, results.SUMMARY_FILE),
                        {'iterations': 50 * (len(accuracies) - 1), 'test_post_accuracy': test,
-                        'test_post_ci95': 0.002, 'training_seconds': 60.0 * (len(accuracies) - 1)})
-    results.write_json(os.path.join(folder, results.HYPERPARAMETERS_FILE), {'batch_norm': batch_norm})
+                        'test_post_ci95': 0.002, 'training_seconds': 60.0 * (len(accuracies) - 1),
+                        'val_post_accuracy': accuracies[-1], 'val_post_ci95': 0.01, 'test_tasks': 600})
+    results.write_json(os.path.join(folder, results.HYPERPARAMETERS_FILE),
+                       {'batch_norm': batch_norm, 'flags': {'n_way': 5, 'k_shot': 5}})
 
 
 CURVES = {  # method -> seed -> validation accuracy at iterations 0, 50, 100, 150, 200

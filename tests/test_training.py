@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import data
+import errors
 import maml
 import network
 import results
@@ -50,6 +51,14 @@ class _DiesAt:
         return self.sampler.sample(index, num_tasks)
 
 
+def _run_folder(results_dir, name, **options):
+    """A run folder as the commands make it: hyperparameters first."""
+    folder = results.RunFolder(results_dir, name, **options)
+    if not os.path.exists(folder.file(results.HYPERPARAMETERS_FILE)):
+        folder.write_hyperparameters({'n_way': 3, 'k_shot': 1}, {})
+    return folder
+
+
 def _without_time(rows):
     return [{k: v for k, v in row.items() if k != 'seconds'} for row in rows]
 
@@ -57,12 +66,12 @@ def _without_time(rows):
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     train, val = _task_sources()
     whole = _learner(seed=0)
-    rows = training.train(whole, train, val, results.RunFolder(str(tmp_path), 'whole'), SCHEDULE,
+    rows = training.train(whole, train, val, _run_folder(str(tmp_path), 'whole'), SCHEDULE,
                           progress=False)
 
     broken = _learner(seed=0)
     with pytest.raises(_Interrupted):
-        training.train(broken, _DiesAt(train, 5), val, results.RunFolder(str(tmp_path), 'broken'),
+        training.train(broken, _DiesAt(train, 5), val, _run_folder(str(tmp_path), 'broken'),
                        SCHEDULE, progress=False)
     # A new process starts from other weights; the checkpoint must replace them.
     resumed = _learner(seed=123)
@@ -89,8 +98,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
             metrics['query_post_loss'] = metrics['query_post_loss'] * np.nan
         return metrics
     learner.meta_train_step = poisoned
-    folder = results.RunFolder(str(tmp_path), 'nan')
-    with pytest.raises(training.TrainingError, match=r'iteration 3; the last good checkpoint \(iteration 2\)'):
+    folder = _run_folder(str(tmp_path), 'nan')
+    with pytest.raises(training.TrainingError, match=r'iteration 3; stopped there, and the last finite '
+                                                     r'checkpoint \(iteration 2\)'):
         training.train(learner, train, val, folder, SCHEDULE, progress=False)
     with np.load(folder.file(results.CHECKPOINT_FILE)) as checkpoint:
         assert int(checkpoint['iteration']) == 2
@@ -98,35 +108,37 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_existing_run_folder_is_kept_unless_asked(tmp_path):
-    folder = results.RunFolder(str(tmp_path), 'run')
-    with open(folder.file('metrics.csv'), 'w') as f:
+    folder = _run_folder(str(tmp_path), 'run')
+    with open(folder.file('notes.txt'), 'w') as f:
         f.write('precious')
     with pytest.raises(results.RunError, match='already exists; pass --resume .* or --overwrite'):
         results.RunFolder(str(tmp_path), 'run')
-    assert open(folder.file('metrics.csv')).read() == 'precious'
+    assert open(folder.file('notes.txt')).read() == 'precious'
     results.RunFolder(str(tmp_path), 'run', resume=True)
-    assert os.path.exists(folder.file('metrics.csv'))
+    assert os.path.exists(folder.file('notes.txt'))
     results.RunFolder(str(tmp_path), 'run', overwrite=True)
-    assert not os.path.exists(folder.file('metrics.csv'))
+    assert not os.path.exists(folder.file('notes.txt'))
 
 
 def test_unwritable_results_dir_is_refused(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
-    with pytest.raises(results.RunError, match='--results_dir .*cannot write there'):
+    with pytest.raises(errors.OutputError, match='--results_dir .*a_file is a file, not a folder'):
         results.RunFolder(str(blocker), 'run')
+    assert not os.path.exists(blocker / 'run')
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     folder = results.RunFolder(str(tmp_path), 'run')
-    folder.write_hyperparameters({'inner_lr': 0.4, 'num_iterations': 10}, {})
+    shape = {'n_way': 5, 'k_shot': 1}
+    folder.write_hyperparameters({**shape, 'inner_lr': 0.4, 'num_iterations': 10}, {})
     resumed = results.RunFolder(str(tmp_path), 'run', resume=True)
-    resumed.write_hyperparameters({'inner_lr': 0.4, 'num_iterations': 20}, {})  # Allowed.
-    resumed.write_hyperparameters({'inner_lr': 0.4, 'run_name': 'run'}, {})  # The same folder.
+    resumed.write_hyperparameters({**shape, 'inner_lr': 0.4, 'num_iterations': 20}, {})  # Allowed.
+    resumed.write_hyperparameters({**shape, 'inner_lr': 0.4, 'run_name': 'run'}, {})  # The same folder.
     with pytest.raises(results.RunError, match=r'other settings \(inner_lr\)'):
-        resumed.write_hyperparameters({'inner_lr': 0.1, 'num_iterations': 20}, {})
-    with pytest.raises(results.RunError, match=r'other settings \(data \(its checksum\)\)'):
-        resumed.write_hyperparameters({'inner_lr': 0.4}, {'data_checksum': 'other'})
+        resumed.write_hyperparameters({**shape, 'inner_lr': 0.1, 'num_iterations': 20}, {})
+    with pytest.raises(results.RunError, match=r'other data \(its checksum differs\)'):
+        resumed.write_hyperparameters({**shape, 'inner_lr': 0.4}, {'data_checksum': 'other'})
 
 
 def test_runs_record_the_code_version(tmp_path):
@@ -139,8 +151,8 @@ def test_runs_record_the_code_version(tmp_path):
 
 def test_truncated_metrics_are_read_up_to_the_last_complete_row(tmp_path):
     folder = results.RunFolder(str(tmp_path), 'run')
-    folder.write_metrics([{'iteration': 0, 'seconds': 1.0}, {'iteration': 5, 'seconds': 2.0}],
-                         ['iteration', 'seconds'])
+    folder.write_metrics([{**dict.fromkeys(results.METRICS_COLUMNS, 0.5), 'iteration': i} for i in (0, 5)],
+                         results.METRICS_COLUMNS)
     path = folder.file(results.METRICS_FILE)
     with open(path, 'a') as f:
         f.write('10,not-a-num')

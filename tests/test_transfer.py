@@ -146,5 +146,5 @@ def test_compare_with_a_missing_maml_run_is_a_clear_error(synthetic_dir, tmp_pat
                f'--compare_with={tmp_path}/no_such_run']
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert 'no_such_run: no model.keras' in result.stderr.strip().splitlines()[-1]
+    assert 'no_such_run: folder does not exist' in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / 'transfer_3way1shot_seed0')  # Refused before pretraining.
