@@ -67,6 +67,8 @@ def _reported(main):
             sys.exit(f'error: {error}')
         except OSError as error:  # Found while working: a full disk, a file removed meanwhile, ...
             sys.exit(f'error: {describe_os_error(error)}')
+        except KeyboardInterrupt:
+            sys.exit('error: interrupted')
     return reported_main
 
 

@@ -58,21 +58,39 @@ def comparison_scores(path):
     return scores
 
 
+def read_logs(folder):
+    """Everything the figures of a run or stability folder are drawn from, read (and so checked)
+    before anything is drawn; RunError naming a missing or damaged file."""
+    if is_stability_folder(folder):
+        return {'stability': stability.load_comparison(folder)}
+    logs = {'run': plotting.read_run(folder)}
+    inner_lr, comparison = (os.path.join(folder, name) for name in (results.INNER_LR_FILE,
+                                                                    results.COMPARISON_TASKS_FILE))
+    if os.path.exists(inner_lr):
+        logs['inner_learning_rates'] = results.read_csv(inner_lr, columns=('parameter',),
+                                                        numbers=('step', 'inner_lr'))
+    if os.path.exists(comparison):
+        logs['comparison'] = comparison_scores(comparison)
+    return logs
+
+
+def draw(folder, logs, suffix='.png'):
+    """Draws the figures of a folder from its `read_logs`; returns the paths written."""
+    if 'stability' in logs:
+        return stability.draw(logs['stability'], folder, suffix)
+    written = [plotting.plot_run(folder, suffix, logs['run'])]
+    if 'inner_learning_rates' in logs:
+        written.append(os.path.join(folder, f'inner_learning_rates{suffix}'))
+        plotting.plot_inner_learning_rates(logs['inner_learning_rates'], written[-1])
+    if 'comparison' in logs:
+        written.append(os.path.join(folder, f'comparison{suffix}'))
+        plotting.plot_comparison(logs['comparison'], written[-1])
+    return written
+
+
 def redraw(folder, suffix='.png'):
     """Redraws every figure a run or stability folder has logs for; returns the paths written."""
-    if is_stability_folder(folder):
-        return stability.redraw(folder, suffix)
-    written = [plotting.plot_run(folder, suffix)]
-    if os.path.exists(os.path.join(folder, results.INNER_LR_FILE)):
-        written.append(os.path.join(folder, f'inner_learning_rates{suffix}'))
-        plotting.plot_inner_learning_rates(results.read_csv(os.path.join(folder, results.INNER_LR_FILE),
-                                                            columns=('parameter', 'step', 'inner_lr')),
-                                           written[-1])
-    if os.path.exists(os.path.join(folder, results.COMPARISON_TASKS_FILE)):
-        written.append(os.path.join(folder, f'comparison{suffix}'))
-        plotting.plot_comparison(comparison_scores(os.path.join(folder, results.COMPARISON_TASKS_FILE)),
-                                 written[-1])
-    return written
+    return draw(folder, read_logs(folder), suffix)
 
 
 def main(argv):
@@ -85,11 +103,12 @@ def main(argv):
     for folder in folders:
         if not os.path.isdir(folder):
             raise results.RunError(f'{folder}: folder does not exist')
-    for folder in folders:
-        if is_lab_folder(folder):
-            print(f'{folder}: the MNIST lab; redraw it with python initialization_lab.py --redraw')
-            continue
-        for path in redraw(folder, f'.{FLAGS.format}'):
+    for folder in [folder for folder in folders if is_lab_folder(folder)]:
+        print(f'{folder}: the MNIST lab; redraw it with python initialization_lab.py --redraw')
+    # Every folder's logs are read first: a damaged one stops the command before anything is drawn.
+    logs = {folder: read_logs(folder) for folder in folders if not is_lab_folder(folder)}
+    for folder, folder_logs in logs.items():
+        for path in draw(folder, folder_logs, f'.{FLAGS.format}'):
             print(path)
 
 

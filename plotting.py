@@ -47,13 +47,19 @@ def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
     _save(figure, path)
 
 
-def plot_run(run_dir, suffix='.png'):
-    """Draws val_accuracy<suffix> of a run folder from its metrics.csv and hyperparameters.json.
+def read_run(run_dir):
+    """What `plot_run` draws: (hyperparameters, metrics rows); RunError if the folder lacks either
+    file, one is damaged, or metrics.csv has no complete row."""
+    return (results.read_hyperparameters(run_dir),
+            results.read_metrics(os.path.join(run_dir, results.METRICS_FILE), required=True))
 
-    Returns the path written. RunError if the folder lacks either file or has no complete row.
+
+def plot_run(run_dir, suffix='.png', logs=None):
+    """Draws val_accuracy<suffix> of a run folder from `logs` (default: `read_run(run_dir)`).
+
+    Returns the path written.
     """
-    hyperparameters = results.read_hyperparameters(run_dir)
-    rows = results.read_metrics(os.path.join(run_dir, results.METRICS_FILE), required=True)
+    hyperparameters, rows = logs or read_run(run_dir)
     algorithm, flags = hyperparameters.get('algorithm', 'run'), hyperparameters['flags']
     title = f'{algorithm}, {flags["n_way"]}-way {flags["k_shot"]}-shot Omniglot'
     path = os.path.join(run_dir, f'val_accuracy{suffix}')

@@ -317,7 +317,7 @@ class RunFolder:
         if resume and overwrite:
             raise RunError('--resume and --overwrite contradict each other: continue the run, or replace it')
         self.path = os.path.join(results_dir, run_name)
-        self.overwrite = overwrite
+        self.resume, self.overwrite = resume, overwrite
         exists = os.path.lexists(self.path)
         if exists and not os.path.isdir(self.path) or os.path.islink(self.path):
             raise RunError(f'{self.path} exists and is not a folder; choose another --run_name')
@@ -352,8 +352,7 @@ class RunFolder:
 
     def check_flags(self, flags):
         """On resume, RunError if the recorded flags differ from `flags` (other than RESUMABLE_CHANGES)."""
-        path = self.file(HYPERPARAMETERS_FILE)
-        if not os.path.exists(path):
+        if not self.resume or not os.path.exists(self.file(HYPERPARAMETERS_FILE)):
             return
         recorded = read_hyperparameters(self.path)['flags']
         changed = sorted(name for name in set(recorded) | set(flags)
@@ -365,7 +364,7 @@ class RunFolder:
     def write_hyperparameters(self, flags, extra):
         """Records the flags (and `extra` facts) or, on resume, checks they did not change."""
         path = self.file(HYPERPARAMETERS_FILE)
-        if os.path.exists(path):
+        if self.resume and os.path.exists(path):
             self.check_flags(flags)
             if read_json(path).get('data_checksum') != extra.get('data_checksum'):
                 raise RunError(f'{self.path} was started with other data (its checksum differs); '

@@ -236,8 +236,8 @@ def compare(results_dir, output_dir, settings, seeds):
     if missing:
         raise results.RunError(f'unfinished or missing runs: {", ".join(missing)}; '
                                'run python stability.py (with --train) to train them')
-    os.makedirs(output_dir, exist_ok=True)
     runs = load_runs(folders)
+    os.makedirs(output_dir, exist_ok=True)
     draw(runs, output_dir)
     table = [{'setting': setting, 'method': method,
               **stability_figures({seed: runs[method, setting, seed] for seed in seeds})}
@@ -252,11 +252,10 @@ def compare(results_dir, output_dir, settings, seeds):
     return table
 
 
-def redraw(output_dir, suffix='.png'):
-    """Redraws the figures of a comparison from its runs.csv and the runs' metrics; returns the paths."""
+def load_comparison(output_dir):
+    """The runs of a comparison, from its runs.csv and the runs' own files (see `load_run`)."""
     rows = results.read_csv(os.path.join(output_dir, RUNS_FILE), columns=('method', 'setting', 'seed', 'folder'))
-    return draw(load_runs({(row['method'], row['setting'], row['seed']): row['folder'] for row in rows}),
-                output_dir, suffix)
+    return load_runs({(row['method'], row['setting'], row['seed']): row['folder'] for row in rows})
 
 
 def main(argv):

@@ -1,0 +1,417 @@
+"""Every command against bad input: one line `error: ...` naming the flag or file, no traceback,
+and nothing the user had is changed, deleted or left half-made.
+
+The matrix runs each command of the project as a user would (a subprocess) in a sandbox folder
+holding the user's files, and compares the sandbox before and after. Most cases must fail in
+the command's first seconds, which is what keeps the matrix fast. Then the three bugs that lost
+data or lied, as their own regression tests.
+"""
+
+import gzip
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import data
+import results
+from conftest import write_synthetic_archives
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2',
+        '--num_val_classes=4', '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4',
+        '--num_inner_steps=1', '--progress=false']
+# Root reads and writes anything; permission cases drop the capabilities that allow it.
+WITHOUT_ROOT_OVERRIDES = ['setpriv', '--inh-caps=-dac_override,-dac_read_search',
+                          '--bounding-set=-dac_override,-dac_read_search']
+
+
+# The shared, read-only material: data, its cache, a finished run ------------------------------
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    """Synthetic Omniglot, its cache, a tiny finished FO-MAML run, MNIST IDX files: cases read
+    from them and never write to them."""
+    folder = str(tmp_path_factory.mktemp('world'))
+    omniglot = write_synthetic_archives(os.path.join(folder, 'omniglot'))
+    cache = os.path.join(folder, 'cache')
+    data.load_omniglot(omniglot, cache)
+    run = subprocess.run([sys.executable, os.path.join(REPO, 'maml.py'), f'--data_dir={omniglot}',
+                          f'--cache_dir={cache}', f'--results_dir={folder}/runs', '--run_name=fo_maml',
+                          '--num_iterations=4', '--val_interval=2', *TINY],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    mnist = os.path.join(folder, 'mnist')
+    os.makedirs(mnist)
+    for split, count in (('train', 40), ('t10k', 20)):
+        _write_idx(os.path.join(mnist, f'{split}-images-idx3-ubyte.gz'), np.zeros((count, 28, 28)))
+        _write_idx(os.path.join(mnist, f'{split}-labels-idx1-ubyte.gz'), np.arange(count) % 10)
+    return {'omniglot': omniglot, 'cache': cache, 'run': os.path.join(folder, 'runs', 'fo_maml'), 'mnist': mnist}
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+# Ways to spoil a file ------------------------------------------------------------------------
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def _copy_run(world, sandbox, name='run', algorithm=None):
+    """A copy of the finished FO-MAML run in sandbox/results/<name>, optionally claiming another algorithm."""
+    folder = os.path.join(sandbox, 'results', name)
+    shutil.copytree(world['run'], folder)
+    if algorithm:
+        path = os.path.join(folder, results.HYPERPARAMETERS_FILE)
+        results.write_json(path, {**results.read_json(path), 'algorithm': algorithm})
+    return folder
+
+
+def _damaged_deflate_archives(world, sandbox):
+    """The synthetic archives, recompressed with deflate, the background archive's bytes flipped
+    in the middle of a member's compressed stream."""
+    folder = os.path.join(sandbox, 'omniglot')
+    os.makedirs(folder)
+    for archive in data.ARCHIVES:
+        with zipfile.ZipFile(os.path.join(world['omniglot'], archive + '.zip')) as source, \
+                zipfile.ZipFile(os.path.join(folder, archive + '.zip'), 'w', zipfile.ZIP_DEFLATED) as target:
+            for name in source.namelist():
+                target.writestr(name, source.read(name))
+    path = os.path.join(folder, 'images_background.zip')
+    with zipfile.ZipFile(path) as archive:
+        member = archive.infolist()[len(archive.infolist()) // 2]
+    with open(path, 'r+b') as f:
+        f.seek(member.header_offset + 30 + len(member.filename) + member.compress_size // 2)
+        f.write(b'\xff' * 16)
+    return folder
+
+
+def _unreadable_archives(world, sandbox):
+    folder = os.path.join(sandbox, 'omniglot')
+    shutil.copytree(world['omniglot'], folder)
+    os.chmod(os.path.join(folder, 'images_background.zip'), 0)
+    return folder
+
+
+def _cache_path_taken_by_a_folder(world, sandbox):
+    key = data.source_checksum(world['omniglot'])[:20]
+    os.makedirs(os.path.join(sandbox, 'cache', f'omniglot28-archives-{key}.npz'))
+
+
+def _mismatched_mnist(world, sandbox):
+    folder = os.path.join(sandbox, 'mnist')
+    shutil.copytree(world['mnist'], folder)
+    shutil.copy(os.path.join(folder, 't10k-labels-idx1-ubyte.gz'), os.path.join(folder, 'train-labels-idx1-ubyte.gz'))
+    return folder
+
+
+def _truncated_mnist(world, sandbox):
+    folder = os.path.join(sandbox, 'mnist')
+    shutil.copytree(world['mnist'], folder)
+    path = os.path.join(folder, 'train-images-idx3-ubyte.gz')
+    with open(path, 'rb') as f:
+        content = f.read()
+    with open(path, 'wb') as f:
+        f.write(content[:len(content) // 2])
+    return folder
+
+
+def _nan_checkpoint(folder):
+    path = os.path.join(folder, results.CHECKPOINT_FILE)
+    with np.load(path) as checkpoint:
+        arrays = {key: checkpoint[key] for key in checkpoint.files}
+    arrays['v0000'] = arrays['v0000'] * np.nan
+    np.savez(path, **arrays)
+
+
+def _not_a_zip(world, sandbox):
+    folder = shutil.copytree(world['omniglot'], os.path.join(sandbox, 'omniglot'))
+    _write(os.path.join(folder, 'images_evaluation.zip'), 'PK\x03\x04 cut short')
+    return folder
+
+
+def _lab_folder(sandbox, per_seed_text):
+    folder = os.path.join(sandbox, 'results', 'initialization_lab')
+    os.makedirs(folder)
+    results.write_json(os.path.join(folder, results.HYPERPARAMETERS_FILE), {'flags': {'n_way': 2, 'k_shot': 5}})
+    _write(os.path.join(folder, 'per_seed.json'), per_seed_text)
+
+
+def _stability_folder(sandbox, runs_csv):
+    _write(os.path.join(sandbox, 'results', 'stability', 'runs.csv'), runs_csv)
+
+
+# The matrix ----------------------------------------------------------------------------------
+# (command, flags, what must be in the error line (regex), how to prepare the sandbox, options).
+# In flags, {omniglot}, {cache}, {mnist} are the shared data; {sandbox} the case's own folder.
+# A preparation may return a folder that replaces {omniglot} or {mnist}.
+
+MAML = ['--data_dir={omniglot}', '--cache_dir={cache}', '--results_dir={sandbox}/results', *TINY]
+TRANSFER = [*[flag for flag in MAML if not flag.startswith('--num_inner_steps')], '--epochs=1', '--batch_size=50',
+            '--adapt_steps=2']
+LAB = ['--mnist_dir={mnist}', '--cache_dir={cache}', '--results_dir={sandbox}/results', '--num_seeds=1',
+       '--scratch_epochs=1', '--finetune_epochs=1', '--maml_iterations=1', '--large_query=5']
+RESULTS = ['--results_dir={sandbox}/results']
+RESUME = [*MAML, '--run_name=run', '--resume', '--val_interval=2']  # As the copied run was trained.
+
+CASES = {
+    # Flag values and pairs.
+    'maml: negative learning rate': ('maml.py', [*MAML, '--inner_lr=-0.1'], r'--inner_lr', None),
+    'maml: negative seed': ('maml.py', [*MAML, '--seed=-1'], r'--seed', None),
+    'maml: seed beyond numpy': ('maml.py', [*MAML, '--seed=4294967296'], r'--seed', None),
+    'maml: stray argument': ('maml.py', [*MAML, 'five'], r'unexpected arguments: five', None),
+    'maml: --resume with --overwrite': ('maml.py', [*RESUME, '--overwrite'],
+                                        r'--resume and --overwrite', lambda w, s: _copy_run(w, s)),
+    'maml: n_way above the classes': ('maml.py', [*MAML, '--n_way=50'], r'--n_way 50 exceeds', None),
+    'maml++: --first_order is ignored': ('maml_plusplus.py', [*MAML, '--first_order'],
+                                         r'--first_order is not a flag of maml_plusplus.py', None),
+    'maml++: min above max meta lr': ('maml_plusplus.py', [*MAML, '--min_meta_lr=0.1'], r'--min_meta_lr', None),
+    'maml++: eval steps above training steps': ('maml_plusplus.py', [*MAML, '--num_eval_inner_steps=3'],
+                                                r'--num_eval_inner_steps', None),
+    'transfer: an unused MAML flag': ('maml_transfer.py', [*TRANSFER, '--inner_lr=0.1'],
+                                      r'--inner_lr is not a flag of maml_transfer.py', None),
+    'transfer: zero epochs': ('maml_transfer.py', [*TRANSFER, '--epochs=0'], r'--epochs', None),
+    'stability: seeds not numbers': ('stability.py', [*RESULTS, '--seeds=a,b'], r'--seeds', None),
+    'stability: negative seed': ('stability.py', [*RESULTS, '--seeds=-1'], r'--seeds', None),
+    'stability: bad setting': ('stability.py', [*RESULTS, '--settings=5way'], r'--settings', None),
+    'stability: reserved flag with one dash': ('stability.py', [*RESULTS, '--', '-seed=3'],
+                                               r'--seed cannot follow --', None),
+    'stability: a flag the scripts refuse': ('stability.py', [*RESULTS, '--', '--meta_batch_size=0'],
+                                             r'for maml.py: flag --meta_batch_size', None),
+    'figures: unknown format': ('figures.py', [*RESULTS, '--format=gif'], r'--format', None),
+    'submit: name with a slash': ('submit.py', ['--name=a/b', '--student_number=1'], r'--name', None),
+    'submit: no student number': ('submit.py', ['--name=a'], r'--student_number', None),
+    'benchmark: unknown order': ('benchmark.py', ['--orders=third'], r'--orders', None),
+    'benchmark: unknown algorithm': ('benchmark.py', ['--algorithms=reptile'], r'--algorithms', None),
+    'benchmark: zero repeats': ('benchmark.py', ['--repeats=0'], r'--repeats', None),
+    'lab: --resume it does not have': ('initialization_lab.py', [*LAB, '--resume'],
+                                       r'--resume is not a flag of initialization_lab.py', None),
+    'lab: zero seeds': ('initialization_lab.py', [*LAB, '--num_seeds=0'], r'--num_seeds', None),
+
+    # The run folder's state.
+    'maml: run name ..': ('maml.py', [*MAML, '--run_name=..', '--overwrite'], r'--run_name', None),
+    'maml: run name with a slash': ('maml.py', [*MAML, '--run_name=../user', '--overwrite'], r'--run_name',
+                                    lambda w, s: _write(f'{s}/user/notes.txt', 'mine')),
+    'maml: overwrite a folder that is no run': (
+        'maml.py', [*MAML, '--run_name=mine', '--overwrite'], r'results/mine exists and is not a run folder',
+        lambda w, s: _write(f'{s}/results/mine/notes.txt', 'mine')),
+    'maml: existing run without --resume': ('maml.py', [*MAML, '--run_name=run'], r'run already exists',
+                                            lambda w, s: _copy_run(w, s)),
+    'maml: --resume of nothing': ('maml.py', [*MAML, '--run_name=nothing', '--resume'],
+                                  r'--resume: .*nothing does not exist', None),
+    'maml: resume with other settings': ('maml.py', [*RESUME, '--inner_lr=0.1'],
+                                         r'other settings \(inner_lr', lambda w, s: _copy_run(w, s)),
+    'lab: existing folder': ('initialization_lab.py', LAB, r'initialization_lab already exists; pass --overwrite',
+                             lambda w, s: _lab_folder(s, '{}')),
+
+    # The run folder's files.
+    'maml: resume, damaged hyperparameters.json': (
+        'maml.py', RESUME, r'hyperparameters.json is damaged',
+        lambda w, s: _write(f'{_copy_run(w, s)}/hyperparameters.json', '{"flags": ')),
+    'maml: resume, damaged checkpoint': (
+        'maml.py', RESUME, r'checkpoint.npz cannot be read',
+        lambda w, s: _write(f'{_copy_run(w, s)}/checkpoint.npz', 'PK')),
+    'maml: resume, NaN checkpoint': ('maml.py', RESUME,
+                                     r'checkpoint.npz holds NaN or infinite values',
+                                     lambda w, s: _nan_checkpoint(_copy_run(w, s))),
+    'maml: resume, metrics.csv missing': ('maml.py', RESUME,
+                                          r'checkpoint.npz is at iteration 4 but .*metrics.csv has no row',
+                                          lambda w, s: os.remove(f'{_copy_run(w, s)}/metrics.csv')),
+    'transfer: compare with a transfer run': (
+        'maml_transfer.py', [*TRANSFER, '--compare_with={sandbox}/results/run'], r'run: a run of transfer',
+        lambda w, s: _copy_run(w, s, algorithm='transfer')),
+    'transfer: compare with a MAML++ run': (
+        'maml_transfer.py', [*TRANSFER, '--compare_with={sandbox}/results/run'], r'run: a run of MAML\+\+',
+        lambda w, s: _copy_run(w, s, algorithm='MAML++')),
+    'transfer: compare with a damaged run': (
+        'maml_transfer.py', [*TRANSFER, '--compare_with={sandbox}/results/run'], r'hyperparameters.json is damaged',
+        lambda w, s: _write(f'{_copy_run(w, s)}/hyperparameters.json', '[]')),
+    'transfer: compare with a damaged model': (
+        'maml_transfer.py', [*TRANSFER, '--compare_with={sandbox}/results/run'], r'model.keras cannot be loaded',
+        lambda w, s: _write(f'{_copy_run(w, s)}/model.keras', 'not a model')),
+    'stability: damaged summary.json': (
+        'stability.py', [*RESULTS, '--output_dir={sandbox}/results/stability', '--train=false', '--seeds=0',
+                         '--settings=5way5shot', '--num_iterations=4'],
+        r'summary.json is damaged',
+        lambda w, s: [_write(f'{_copy_run(w, s, name)}/summary.json', '{"iterations": 4}')
+                      for name in ('maml_fo_5way5shot_5steps_seed0', 'maml++_5way5shot_5steps_seed0')]),
+    'figures: damaged metrics.csv': ('figures.py', ['{sandbox}/results/run'], r'metrics.csv is damaged',
+                                     lambda w, s: _write(f'{_copy_run(w, s)}/metrics.csv', '\x00\x01garbage')),
+    'figures: damaged hyperparameters.json': (
+        'figures.py', RESULTS, r'hyperparameters.json is damaged',
+        lambda w, s: _write(f'{_copy_run(w, s)}/hyperparameters.json', 'nonsense')),
+    'figures: damaged inner_learning_rates.csv': (
+        'figures.py', RESULTS, r'inner_learning_rates.csv is damaged',
+        lambda w, s: _write(f'{_copy_run(w, s)}/inner_learning_rates.csv', 'parameter,step\nconv1,0\n')),
+    'figures: damaged runs.csv': ('figures.py', RESULTS, r'runs.csv is damaged',
+                                  lambda w, s: _stability_folder(s, 'method,seed\nMAML,0\n')),
+    'report: damaged summary.json': (
+        'report.py', [*RESULTS, '--output={sandbox}/report.md'], r'summary.json is damaged',
+        lambda w, s: _write(f'{_copy_run(w, s)}/summary.json', '{"iterations": "many"}')),
+    'report: damaged stability.csv': (
+        'report.py', [*RESULTS, '--output={sandbox}/report.md'], r'stability.csv is damaged',
+        lambda w, s: [_copy_run(w, s), _stability_folder(s, 'method\n'),
+                      _write(f'{s}/results/stability/stability.csv', 'setting,method\n5-way,MAML\n')]),
+    'report: no runs': ('report.py', [*RESULTS, '--output={sandbox}/report.md'],
+                        r'--results_dir .*results: folder does not exist', None),
+    'submit: no report': ('submit.py', ['--name=a', '--student_number=1', *RESULTS, '--report={sandbox}/report.md',
+                                        '--zip_dir={sandbox}'], r'report.md does not exist', lambda w, s: _copy_run(w, s)),
+    'lab: damaged per_seed.json': ('initialization_lab.py', [*LAB, '--redraw'], r'per_seed.json is damaged',
+                                   lambda w, s: _lab_folder(s, '{"per_seed": [')),
+
+    # Input data.
+    'maml: no such data folder': ('maml.py', [*MAML, '--data_dir=/nonexistent/omniglot'],
+                                  r'/nonexistent/omniglot: folder does not exist', None),
+    'maml: damaged deflate stream': ('maml.py', MAML, r'images_background.zip: not a valid zip archive, or damaged',
+                                     _damaged_deflate_archives),
+    'maml: archive that is no zip': ('maml.py', MAML, r'images_evaluation.zip: not a valid zip archive',
+                                     _not_a_zip),
+    'maml: archive without read permission': ('maml.py', MAML, r'images_background.zip: cannot be read',
+                                              _unreadable_archives, {'permissions': True}),
+    'lab: no such MNIST folder': ('initialization_lab.py', [*LAB, '--mnist_dir=/nonexistent/mnist'],
+                                  r'/nonexistent/mnist: folder does not exist', None),
+    'lab: MNIST files that do not belong together': ('initialization_lab.py', LAB, r'do not belong together',
+                                                     _mismatched_mnist),
+    'lab: truncated MNIST file': ('initialization_lab.py', LAB, r'train-images-idx3-ubyte.gz: cannot be read',
+                                  _truncated_mnist),
+
+    # Output locations.
+    'maml: results under a file': ('maml.py', [*MAML, '--results_dir={sandbox}/notes.txt/results'],
+                                   r'--results_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
+    'maml: results not writable': ('maml.py', MAML, r'--results_dir .* is not writable',
+                                   lambda w, s: os.makedirs(f'{s}/results', mode=0o555), {'permissions': True}),
+    'maml: cache under a file': ('maml.py', [*MAML, '--cache_dir={sandbox}/notes.txt/cache'],
+                                 r'--cache_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
+    'maml: cache path is a folder': ('maml.py', [*MAML, '--cache_dir={sandbox}/cache'],
+                                     r'--cache_dir .* is a folder, where the cache file goes',
+                                     _cache_path_taken_by_a_folder),
+    'stability: output under a file': ('stability.py', [*RESULTS, '--output_dir={sandbox}/notes.txt/out'],
+                                       r'--output_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
+    'report: output under a file': ('report.py', [*RESULTS, '--output={sandbox}/notes.txt/report.md'],
+                                    r'--output .*notes.txt is a file',
+                                    lambda w, s: [_copy_run(w, s), _write(f'{s}/notes.txt', '')]),
+    'submit: zip folder under a file': ('submit.py', ['--name=a', '--student_number=1', '--zip_dir={sandbox}/notes.txt/z'],
+                                        r'--zip_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
+
+    # The environment.
+    'maml: oneDNN off': ('maml.py', MAML, r'TF_ENABLE_ONEDNN_OPTS=0', None, {'env': {'TF_ENABLE_ONEDNN_OPTS': '0'}}),
+    'benchmark: oneDNN off': ('benchmark.py', ['--repeats=1'], r'TF_ENABLE_ONEDNN_OPTS=0', None,
+                              {'env': {'TF_ENABLE_ONEDNN_OPTS': '0'}}),
+}
+
+
+def _snapshot(folder):
+    """Every file and folder below `folder` with its size, modification time and permissions."""
+    seen = {}
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            seen[os.path.relpath(path, folder)] = (info.st_size if name in files else None, info.st_mtime_ns,
+                                                   stat.S_IMODE(info.st_mode))
+    return seen
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+def run_command(script, arguments, world, sandbox, permissions=False, env=None):
+    """Runs a command of the project as a user would; with `permissions`, file permissions apply
+    even when the tests run as root."""
+    values = {'omniglot': world['omniglot'], 'cache': world['cache'], 'mnist': world['mnist'], 'sandbox': sandbox}
+    prefix = []
+    if permissions and os.geteuid() == 0:
+        if not shutil.which('setpriv'):
+            pytest.fail("running as root: the permission cases need setpriv (util-linux) to drop root's overrides")
+        prefix = WITHOUT_ROOT_OVERRIDES
+    return subprocess.run([*prefix, sys.executable, os.path.join(REPO, script),
+                           *[argument.format(**values) for argument in arguments]],
+                          capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_bad_input_gets_one_error_line_and_changes_nothing(case, world, tmp_path):
+    script, arguments, message, prepare, *options = CASES[case]
+    options = options[0] if options else {}
+    sandbox = str(tmp_path)
+    replaced = prepare(world, sandbox) if prepare else None
+    if isinstance(replaced, str):  # The case's own copy of the data.
+        world = {**world, 'mnist' if 'mnist' in replaced else 'omniglot': replaced}
+    before = _snapshot(sandbox)
+    result = run_command(script, arguments, world, sandbox, options.get('permissions', False), options.get('env'))
+    assert result.returncode != 0, f'{case}: exit status 0\n{result.stderr[-2000:]}'
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == errors[0], 'the error is not the last line'
+    assert re.search(message, errors[0]), errors[0]
+    assert _snapshot(sandbox) == before, 'the command changed, removed or left files'
+
+
+# The three bugs that lost work or lied --------------------------------------------------------
+
+def test_run_name_cannot_escape_the_results_folder_and_overwrite_removes_only_run_folders(world, tmp_path):
+    """Bug 1: --run_name .. --overwrite deleted the project; ../mydata deleted a folder that was no run."""
+    sandbox = str(tmp_path)
+    _copy_run(world, sandbox, 'kept')
+    _write(f'{sandbox}/mydata/precious.txt', 'mine')
+    _write(f'{sandbox}/results/notes/precious.txt', 'mine')
+    for name in ('..', '.', '../mydata', 'notes'):
+        result = run_command('maml.py', [*MAML, f'--run_name={name}', '--overwrite', '--num_iterations=1'],
+                             world, sandbox)
+        assert result.returncode != 0, f'--run_name {name} --overwrite was accepted'
+        assert _error_lines(result.stderr), result.stderr[-2000:]
+        assert open(f'{sandbox}/mydata/precious.txt').read() == 'mine'
+        assert open(f'{sandbox}/results/notes/precious.txt').read() == 'mine'
+        assert os.path.isfile(f'{sandbox}/results/kept/{results.MODEL_FILE}')
+    replaced = run_command('maml.py', [*MAML, '--run_name=kept', '--overwrite', '--num_iterations=1'],
+                           world, sandbox)
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert f'removing the previous run folder {sandbox}/results/kept' in replaced.stdout
+    assert results.read_summary(f'{sandbox}/results/kept')['iterations'] == 1
+
+
+@pytest.mark.parametrize('script, flags', [
+    ('maml.py', ['--inner_lr=1e30']),
+    ('maml.py', ['--meta_lr=1e30']),
+    ('maml_plusplus.py', ['--meta_lr=1e10', '--cosine_annealing=false']),
+])
+def test_non_finite_weights_stop_the_run_and_are_never_saved(world, tmp_path, script, flags):
+    """Bug 2: NaN weights gave a finite loss, so the run finished at chance and saved NaN files."""
+    result = run_command(script, [*MAML, '--run_name=diverged', '--num_iterations=6', '--val_interval=2', *flags],
+                         world, str(tmp_path))
+    assert result.returncode != 0, 'the diverged run finished'
+    assert re.search(r'NaN or infinite at iteration \d+; stopped there', result.stderr), result.stderr[-2000:]
+    folder = tmp_path / 'results' / 'diverged'
+    assert not (folder / results.MODEL_FILE).exists() and not (folder / results.SUMMARY_FILE).exists()
+    with np.load(folder / results.CHECKPOINT_FILE) as checkpoint:
+        assert all(np.isfinite(checkpoint[key]).all() for key in checkpoint.files)
+
+
+@pytest.mark.parametrize('damage', ['missing', 'empty'])
+def test_resume_without_the_metrics_of_the_checkpoint_is_refused(world, tmp_path, damage):
+    """Bug 3: resuming with no metrics.csv re-validated the trained weights as iteration 0 and
+    rewrote the checkpoint as iteration 0, so the next resume retrained on trained weights."""
+    folder = _copy_run(world, str(tmp_path))
+    metrics = os.path.join(folder, results.METRICS_FILE)
+    os.remove(metrics) if damage == 'missing' else _write(metrics, '')
+    checkpoint = open(os.path.join(folder, results.CHECKPOINT_FILE), 'rb').read()
+    result = run_command('maml.py', [*RESUME, '--num_iterations=6'],
+                         world, str(tmp_path))
+    assert result.returncode != 0, 'the run resumed'
+    assert re.search(r'checkpoint.npz is at iteration 4 but .*metrics.csv has no row', result.stderr), \
+        result.stderr[-2000:]
+    assert open(os.path.join(folder, results.CHECKPOINT_FILE), 'rb').read() == checkpoint
