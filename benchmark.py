@@ -52,9 +52,10 @@ flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <
 ALGORITHMS = ('maml', 'maml++', 'maml++ with MSL')
 flags.register_validator('algorithms', lambda names: bool(names) and set(names) <= set(ALGORITHMS),
                          message=f'--algorithms: a list of {", ".join(ALGORITHMS)}')
-for _name in ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
-              'num_inner_steps', 'meta_lr'):
-    flags.declare_key_flag(_name)  # The setting timed.
+SETTING = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
+           'num_inner_steps', 'meta_lr')  # Shared flags that set what is timed.
+for _name in SETTING:
+    flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
@@ -152,7 +153,7 @@ def main(argv):
         print(json.dumps(measure(FLAGS.measure)))
         return
     network.check_grouped_convolutions()
-    passed = [arg for arg in sys.argv[1:] if not arg.startswith(('--orders', '--algorithms'))]
+    passed = [FLAGS[name].serialize() for name in ('repeats', *SETTING)]  # What each measurement needs.
 
     def in_subprocess(what):
         result = subprocess.run([sys.executable, __file__, f'--measure={what}', *passed],
