@@ -16,6 +16,7 @@ import config
 import errors
 import experiment
 import network
+import results
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 
@@ -235,8 +236,9 @@ class MAML:
         return self.outer_loop(episodes, num_steps, train=False)
 
     def state_variables(self):
-        """What a checkpoint must hold: the model's weights and the meta-optimizer's state."""
-        return list(self.model.variables) + list(self.meta_optimizer.variables)
+        """What a checkpoint must hold, by name: the model's weights and the meta-optimizer's state."""
+        return {**results.named_variables('model', self.model.variables),
+                **results.named_variables('optimizer', self.meta_optimizer.variables)}
 
     def train_step_options(self):
         """Arguments of `meta_objective` for the next meta-iteration (MAML: none; MAML++ follows

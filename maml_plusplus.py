@@ -253,10 +253,11 @@ class MAMLPlusPlus(maml.MAML):
                 'msl_weights': None if weights is None else tf.constant(weights, tf.float32)}
 
     def state_variables(self):
-        """The model's weights, the per-step parameters and statistics, the optimizer's state."""
-        extra = [value for name, value in self.params.items() if name.startswith((PER_STEP, INNER_LR))]
-        return (list(self.model.variables) + extra + list(self.statistics.values())
-                + list(self.meta_optimizer.variables))
+        """By name: the model's weights, the per-step parameters and statistics, the optimizer's state."""
+        return {**results.named_variables('model', self.model.variables),
+                **{name: value for name, value in self.params.items() if name.startswith((PER_STEP, INNER_LR))},
+                **{RUNNING + name: value for name, value in self.statistics.items()},
+                **results.named_variables('optimizer', self.meta_optimizer.variables)}
 
     # What a run keeps ----------------------------------------------------------
 

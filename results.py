@@ -382,13 +382,13 @@ class RunFolder:
     # Checkpoints -----------------------------------------------------------
 
     def save_checkpoint(self, variables, iteration):
-        """Saves the values of `variables` (a list) and the iteration reached.
+        """Saves the values of `variables` (a dict name -> variable) and the iteration reached.
 
         TrainingError, and nothing written, if a value is not finite: a checkpoint is always
         a state training can continue from.
         """
-        arrays = {f'v{i:04d}': np.asarray(v.numpy()) for i, v in enumerate(variables)}
-        bad = [variables[i].name for i, array in enumerate(arrays.values()) if not _finite(array)]
+        arrays = {name: np.asarray(variable.numpy()) for name, variable in variables.items()}
+        bad = [name for name, array in arrays.items() if not _finite(array)]
         if bad:
             raise TrainingError(f'not saving a checkpoint at iteration {iteration}: {", ".join(bad)} '
                                 'hold NaN or infinite values')
@@ -396,7 +396,7 @@ class RunFolder:
                      lambda f: np.savez(f, iteration=iteration, **arrays))
 
     def _read_checkpoint(self):
-        """(iteration, {key: array}) of the checkpoint, (0, None) if there is none; RunError if it is
+        """(iteration, {name: array}) of the checkpoint, (0, None) if there is none; RunError if it is
         damaged or holds a non-finite value."""
         path = self.file(CHECKPOINT_FILE)
         if not os.path.exists(path):
@@ -414,20 +414,31 @@ class RunFolder:
         return iteration, arrays
 
     def restore_checkpoint(self, variables):
-        """Assigns the checkpointed values to `variables`; returns the iteration (0 if none)."""
+        """Assigns the checkpointed values to `variables` (a dict name -> variable) by name; returns
+        the iteration (0 if there is no checkpoint). RunError unless the checkpoint holds exactly
+        these names with these shapes.
+
+        Checkpoints written before variables had names hold them as v0000, v0001, ... in the
+        order of `variables`; they are mapped by position once (checked the same way), and the
+        next checkpoint is written by name.
+        """
         iteration, arrays = self._read_checkpoint()
         if arrays is None:
             return 0
         path = self.file(CHECKPOINT_FILE)
-        keys = [f'v{i:04d}' for i in range(len(variables))]
-        if len(arrays) != len(keys) or any(key not in arrays for key in keys):
-            raise RunError(f'{path} does not match this model ({len(arrays)} arrays, the model has '
-                           f'{len(keys)} variables)')
-        for variable, key in zip(variables, keys):
-            if tuple(variable.shape) != arrays[key].shape:
-                raise RunError(f'{path} does not match this model ({variable.name}: '
-                               f'{arrays[key].shape} vs {tuple(variable.shape)})')
-            variable.assign(arrays[key])
+        positional = [f'v{i:04d}' for i in range(len(arrays))]
+        if sorted(arrays) == positional:
+            arrays = dict(zip(variables, (arrays[key] for key in positional)))
+        if set(arrays) != set(variables):
+            differ = sorted(set(arrays) ^ set(variables))
+            raise RunError(f'{path} does not match this model: {len(differ)} variables are in only one of '
+                           f'them ({", ".join(differ[:3])}{", ..." if len(differ) > 3 else ""})')
+        for name, variable in variables.items():
+            if tuple(variable.shape) != arrays[name].shape:
+                raise RunError(f'{path} does not match this model ({name}: '
+                               f'{arrays[name].shape} vs {tuple(variable.shape)})')
+        for name, variable in variables.items():
+            variable.assign(arrays[name])
         return iteration
 
     def resume_point(self):
@@ -453,6 +464,19 @@ class RunFolder:
                            f'{iteration}; the run cannot be resumed consistently: restore {CHECKPOINT_FILE} '
                            'or start the run again with --overwrite')
         return iteration, [row for row in rows if row['iteration'] <= iteration]
+
+
+def named_variables(prefix, variables):
+    """{prefix/name: variable} for Keras variables, `name` being the variable's path below its
+    owner: the names a checkpoint keys them by. The owner's own name is left out because Keras
+    numbers it per process (adam, adam_1, ...).
+
+    prefix: what owns them, e.g. 'model' or 'optimizer'.
+    """
+    named = {f'{prefix}/{variable.path.split("/", 1)[-1]}': variable for variable in variables}
+    if len(named) != len(variables):
+        raise ValueError(f'two {prefix} variables share a name; checkpoints could not tell them apart')
+    return named
 
 
 def _finite(array):

@@ -5,7 +5,8 @@ A learner is any object with
     meta_train_step(batch) -> dict name -> NumPy array of values (per task, or per example)
     evaluate(episodes, num_steps) -> per-task 'query_pre_accuracy' and 'query_post_accuracy'
         (and possibly more), adapting to each task without changing the learner
-    state_variables() -> every variable a checkpoint must hold
+    state_variables() -> dict name -> every variable a checkpoint must hold, by a name that
+        does not change between processes (see `results.named_variables`)
 `maml.MAML` is one; a pretrained classifier scored by transfer is another.
 """
 
@@ -69,7 +70,7 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
     variables = learner.state_variables()
     start, rows = run.resume_point()
     run.restore_checkpoint(variables)
-    state_is_finite = finiteness_check(variables)
+    state_is_finite = finiteness_check(list(variables.values()))
     if start:
         logging.info('Resuming %s from iteration %d', run.path, start)
     elapsed = rows[-1]['seconds'] if rows else 0.0

@@ -82,7 +82,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert [row['iteration'] for row in rows] == [0, 2, 4, 6, 7]
     np.testing.assert_equal(_without_time(resumed_rows), _without_time(rows))
     np.testing.assert_equal(_without_time(folder.read_metrics()), _without_time(rows))
-    for a, b in zip(whole.state_variables(), resumed.state_variables()):
+    assert list(whole.state_variables()) == list(resumed.state_variables())
+    for a, b in zip(whole.state_variables().values(), resumed.state_variables().values()):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -237,3 +238,40 @@ def test_existing_run_is_not_overwritten_from_the_command_line(synthetic_dir, tm
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith('error: ')
     assert (tmp_path / 'taken' / 'metrics.csv').read_text() == 'precious'
+
+
+def test_checkpoints_restore_by_name_and_old_positional_ones_once_by_position(tmp_path):
+    train, _ = _task_sources()
+    trained = _learner(seed=0)
+    trained.meta_train_step(train.sample(1, 2))
+    state = trained.state_variables()
+    folder = _run_folder(str(tmp_path), 'run')
+
+    # Saved by name, restored into the same variables listed in another order: nothing swaps.
+    folder.save_checkpoint(state, 1)
+    fresh = _learner(seed=1)
+    reordered = dict(reversed(list(fresh.state_variables().items())))
+    assert folder.restore_checkpoint(reordered) == 1
+    for name, variable in state.items():
+        np.testing.assert_array_equal(fresh.state_variables()[name].numpy(), variable.numpy())
+
+    # A checkpoint from before names (v0000, v0001, ... in the learner's order) maps once by position.
+    np.savez(folder.file(results.CHECKPOINT_FILE), iteration=1,
+             **{f'v{i:04d}': v.numpy() for i, v in enumerate(state.values())})
+    old = _learner(seed=2)
+    assert folder.restore_checkpoint(old.state_variables()) == 1
+    for name, variable in state.items():
+        np.testing.assert_array_equal(old.state_variables()[name].numpy(), variable.numpy())
+    folder.save_checkpoint(old.state_variables(), 1)
+    with np.load(folder.file(results.CHECKPOINT_FILE)) as checkpoint:
+        assert set(checkpoint.files) == {'iteration', *state}
+
+    # A checkpoint of another model is refused, by name or by position.
+    wider = network.ConvNet(n_way=3, num_filters=8)
+    other = maml.MAML(wider, wider.keras_model(), 0.4, 1, True, keras.optimizers.Adam(1e-2))
+    with pytest.raises(results.RunError, match='does not match this model'):
+        folder.restore_checkpoint(other.state_variables())
+    np.savez(folder.file(results.CHECKPOINT_FILE), iteration=1,
+             **{f'v{i:04d}': v.numpy() for i, v in enumerate(list(state.values())[:-1])})
+    with pytest.raises(results.RunError, match='does not match this model'):
+        folder.restore_checkpoint(_learner(seed=3).state_variables())
