@@ -35,12 +35,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import data
-import errors
-import experiment
+from fewshot import data, errors, experiment, network
 import maml
 import maml_plusplus
-import network
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones).', lower_bound=1)
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')

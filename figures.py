@@ -19,10 +19,7 @@ import os
 
 from absl import flags
 
-import config  # noqa: F401  (defines --results_dir)
-import errors
-import plotting
-import results
+from fewshot import config, errors, plotting, results  # config defines --results_dir
 import stability
 
 flags.declare_key_flag('results_dir')  # config's: where to look when no folder is given.

@@ -29,14 +29,8 @@ import tensorflow as tf
 from absl import flags, logging
 from tqdm import tqdm
 
-import config
-import data
-import errors
+from fewshot import config, data, errors, mnist, network, plotting, results
 import maml
-import mnist
-import network
-import plotting
-import results
 
 TASKS = {'A': (0, 1), 'B': (2, 3), 'C': (4, 5), 'D': (6, 7), 'E': (8, 9)}
 METHODS = {'1': 'scratch on A (train set)', '2A': 'random init, fine-tuned on A',

@@ -12,11 +12,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-import config
-import errors
-import experiment
-import network
-import results
+from fewshot import config, errors, experiment, network, results
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 

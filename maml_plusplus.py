@@ -38,13 +38,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import config
-import errors
-import experiment
+from fewshot import config, errors, experiment, network, plotting, results
 import maml
-import network
-import plotting
-import results
 
 flags.adopt_module_key_flags(config)
 for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'meta_lr'):

@@ -22,15 +22,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import config
-import data
-import errors
-import experiment
+from fewshot import config, data, errors, experiment, network, plotting, results, training
 import maml
-import network
-import plotting
-import results
-import training
 
 flags.adopt_module_key_flags(config)
 flags.DEFINE_integer('epochs', 10, 'Pretraining epochs over all meta-train images '

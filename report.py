@@ -22,10 +22,8 @@ from absl import flags
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-import config  # noqa: F401  (defines --results_dir)
-import errors
+from fewshot import config, errors, results  # config defines --results_dir
 import figures
-import results
 import stability
 
 flags.declare_key_flag('results_dir')  # config's: where to look for run folders.

@@ -33,10 +33,7 @@ import sys
 import numpy as np
 from absl import flags
 
-import config
-import errors
-import plotting
-import results
+from fewshot import config, errors, plotting, results
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 RUNS_FILE = 'runs.csv'  # One row per run of a comparison: what figures.py redraws from.

@@ -21,9 +21,7 @@ import zipfile
 
 from absl import flags
 
-import config  # noqa: F401  (defines --results_dir)
-import errors
-import results
+from fewshot import config, errors, results  # config defines --results_dir
 
 flags.declare_key_flag('results_dir')  # config's: the run folders to include.
 flags.DEFINE_string('name', None, 'Your name, as it should appear in the zip\'s name (any script).')

@@ -88,7 +88,7 @@ def mnist_dir():
 
 @pytest.fixture(scope='session')
 def real_omniglot(real_omniglot_dir, tmp_path_factory):
-    import data
+    from fewshot import data
     # The project's own cache folder: built once, shared with the scripts (and git-ignored).
     cache = os.environ.get('OMNIGLOT_TEST_CACHE') or os.path.join(REPO, 'data')
     return data.load_omniglot(real_omniglot_dir, cache)

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-import data
+from fewshot import data
 from conftest import SYNTHETIC_LAYOUT, write_synthetic_archives
 
 NUM_SYNTHETIC = sum(sum(a.values()) for a in SYNTHETIC_LAYOUT.values())

@@ -10,7 +10,7 @@ import pytest
 
 import figures
 import report
-import results
+from fewshot import results
 import stability
 import submit
 

@@ -12,9 +12,8 @@ import pytest
 import tensorflow as tf
 
 import initialization_lab
-import mnist
-import network
-from data import DataError
+from fewshot import mnist, network
+from fewshot.data import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,9 +5,8 @@ import pytest
 import tensorflow as tf
 import keras
 
-import data
+from fewshot import data, network
 import maml
-import network
 
 
 def _maml(inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0):

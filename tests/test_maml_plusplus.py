@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import data
+from fewshot import data, network, results
 import maml_plusplus
 from maml_plusplus import INNER_LR, PER_STEP, Fixes, MAMLPlusPlus
-import network
-import results
 from test_maml import _dot, _episodes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import network
+from fewshot import network
 
 
 @pytest.fixture(scope='module')

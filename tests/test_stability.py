@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import results
+from fewshot import results
 import stability
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,12 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-import data
-import errors
+from fewshot import data, errors, network, results, training
 import maml
-import network
-import results
-import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEDULE = training.Schedule(num_iterations=7, meta_batch_size=2, val_interval=2, num_eval_inner_steps=1)

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import data
-import experiment
+from fewshot import data, experiment, network
 import maml_transfer
-import network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

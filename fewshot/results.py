@@ -26,7 +26,7 @@ from importlib import metadata
 import numpy as np
 from absl import logging
 
-from errors import OutputError, RunError, TrainingError
+from fewshot.errors import OutputError, RunError, TrainingError
 
 METRICS_FILE = 'metrics.csv'
 HYPERPARAMETERS_FILE = 'hyperparameters.json'

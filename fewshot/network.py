@@ -18,7 +18,7 @@ import os
 import keras
 import tensorflow as tf
 
-from errors import SetupError
+from fewshot.errors import SetupError
 
 BATCH_NORM_EPSILON = 1e-3
 

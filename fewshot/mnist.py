@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from errors import DataError
+from fewshot.errors import DataError
 
 FILES = {'train_images': 'train-images-idx3-ubyte.gz', 'train_labels': 'train-labels-idx1-ubyte.gz',
          'test_images': 't10k-images-idx3-ubyte.gz', 'test_labels': 't10k-labels-idx1-ubyte.gz'}

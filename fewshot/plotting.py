@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use('Agg')  # Files only; no display is needed or assumed.
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
-import results  # noqa: E402
+from fewshot import results  # noqa: E402
 
 ASSIGNMENT_BAR = 0.80
 # How a run's accuracy figure differs by algorithm (hyperparameters.json 'algorithm').

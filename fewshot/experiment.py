@@ -12,12 +12,7 @@ import keras
 import numpy as np
 from absl import logging
 
-import config
-import data
-import network
-import plotting
-import results
-import training
+from fewshot import config, data, network, plotting, results, training
 
 FLAGS = config.FLAGS
 

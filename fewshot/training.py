@@ -19,8 +19,8 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-import results
-from errors import TrainingError
+from fewshot import results
+from fewshot.errors import TrainingError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,8 +26,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-import results
-from errors import DataError, OutputError
+from fewshot import results
+from fewshot.errors import DataError, OutputError
 
 IMAGE_SIZE = 28
 ORIGINAL_SIZE = 105

@@ -1,0 +1,14 @@
+"""The library under the commands: everything an algorithm or a tool shares.
+
+    config      flags every command shares (data, tasks, schedule, run folder)
+    errors      the kinds of user error, and `errors.run`, through which every command's main runs
+    data        Omniglot: reading, preprocessing, cache, character splits, the episode sampler
+    mnist       MNIST for the initialization lab
+    network     the ConvNet: a Keras model for storage, a pure forward over explicit weights
+    training    the meta-training loop: validation, checkpoints, the finite-state guard, TensorBoard
+    experiment  one run from flags: data -> learner -> training -> meta-test -> run folder
+    results     the run folder: atomic writes, readers that name damage, checkpoints by name
+    plotting    figures drawn from a run folder's logs alone
+
+The package never imports a command (the top-level scripts); commands import the package.
+"""
