@@ -1,7 +1,8 @@
-"""Speed and memory of a MAML and MAML++ meta-iteration, against this machine's arithmetic lower bound.
+"""Speed and memory of a meta-iteration (MAML, its family, MAML++) against this machine's lower bound.
 
     python benchmark.py                       # the paper's setting: T=32, 5-way 5-shot, 15 queries, 5 steps
     python benchmark.py --algorithms maml     # MAML only
+    python benchmark.py --algorithms maml,anil,boil,meta_sgd,proto_maml   # the family, each beside MAML
 
 For each algorithm and derivative order it prints the median seconds per
 meta-iteration and the peak resident memory (each runs in its own process, so
@@ -36,17 +37,25 @@ import tensorflow as tf
 from absl import flags
 
 from fewshot import data, errors, experiment, network
+import anil
+import boil
 import maml
 import maml_plusplus
+import meta_sgd
+import proto_maml
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones).', lower_bound=1)
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
 flags.DEFINE_list('algorithms', ['maml', 'maml++', 'maml++ with MSL'],
-                  'What to time: maml, maml++ (every fix but the multi-step loss), maml++ with MSL.')
+                  'What to time: maml, anil, boil, meta_sgd, proto_maml, maml++ (every fix but the multi-step '
+                  'loss), maml++ with MSL.')
 flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in this process and print JSON.')
 flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <= {'first', 'second'},
                          message='--orders: a list of first, second')
-ALGORITHMS = ('maml', 'maml++', 'maml++ with MSL')
+# The learners built as MAML is (see maml.run_from_flags), and MAML++ in two forms.
+FAMILY = {'maml': maml.MAML, 'anil': anil.ANIL, 'boil': boil.BOIL, 'meta_sgd': meta_sgd.MetaSGD,
+          'proto_maml': proto_maml.ProtoMAML}
+ALGORITHMS = (*FAMILY, 'maml++', 'maml++ with MSL')
 flags.register_validator('algorithms', lambda names: bool(names) and set(names) <= set(ALGORITHMS),
                          message=f'--algorithms: a list of {", ".join(ALGORITHMS)}')
 SETTING = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
@@ -104,13 +113,13 @@ def conv_throughput(net, batch=800, repeats=15):
 
 
 def build(algorithm, first_order):
-    """The learner to time: MAML, or MAML++ held at one derivative order, with or without MSL."""
+    """The learner to time: one of FAMILY, or MAML++ held at one derivative order, with or without MSL."""
     keras.utils.set_random_seed(0)
     net = experiment.convnet()
     optimizer = keras.optimizers.Adam(FLAGS.meta_lr)
-    if algorithm == 'maml':
-        return net, maml.MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
-                              optimizer)
+    if algorithm in FAMILY:
+        return net, FAMILY[algorithm](net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
+                                      optimizer)
     never = 10 ** 9  # A schedule switch that is never reached.
     fixes = maml_plusplus.Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never,
                                 da=first_order, da_iterations=never)

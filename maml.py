@@ -95,7 +95,8 @@ class MAML:
 
         Args:
           params: dict name -> [T, *shape], the weights each task starts from.
-          images: [T, N*K, 28, 28, 1] support images;  labels: [T, N*K] int32.
+          images: the support set as `represent` gives it: [T, N*K, 28, 28, 1] images for MAML;
+            labels: [T, N*K] int32.
           num_steps: number of SGD steps.
           first_order: overrides `self.first_order` (evaluation needs no second order).
           context: what `forward` and `inner_update` need besides the task weights
@@ -152,14 +153,15 @@ class MAML:
           (meta-loss scalar, dict of [T] tensors: query loss and accuracy before and
           after adaptation, support accuracy before and after adaptation, the `Trajectory`).
         """
+        first_order = self.first_order if first_order is None else first_order
         weights, context = self.split(params, training)
-        start = network.tile(weights, episodes.support_images.shape[0])
-        trajectory = self.inner_loop(start, episodes.support_images, episodes.support_labels,
-                                     num_steps, first_order, context)
+        support = self.represent(episodes.support_images, context)
+        query = self.represent(episodes.query_images, context)
+        start = self.initial_weights(weights, context, support, episodes.support_labels, first_order)
+        trajectory = self.inner_loop(start, support, episodes.support_labels, num_steps, first_order, context)
 
         def query_logits(step, step_weights, step_context):
-            return self.query_forward(step_weights, episodes.query_images, step, step_context,
-                                      trajectory, training)
+            return self.query_forward(step_weights, query, step, step_context, trajectory, training)
         meta_loss, post_logits = self.query_loss(
             lambda step: query_logits(step, trajectory.params[step], context),
             episodes.query_labels, num_steps, **loss_options)
@@ -172,6 +174,25 @@ class MAML:
         """(the weights the inner loop adapts, the context it only reads); MAML adapts all of θ."""
         del training
         return params, {}
+
+    def represent(self, images, context):
+        """What the inner loop's `forward` is applied to, from images [T, B, 28, 28, 1].
+
+        MAML: the images themselves. A learner that adapts only the head (ANIL) returns the
+        body's features [T, B, F] here, computed once per set instead of at every inner step.
+        """
+        del context
+        return images
+
+    def initial_weights(self, weights, context, support, labels, first_order):
+        """θ'_0, where every task's inner loop starts: dict name -> [T, *shape].
+
+        MAML starts every task at θ (`weights` tiled over the T tasks). Proto-MAML computes a
+        head from the support set here. support: `represent`ed support set [T, N*K, ...];
+        labels: [T, N*K]; first_order: whether the meta-gradient may ignore how θ'_0 was made.
+        """
+        del context, labels, first_order
+        return network.tile(weights, support.shape[0])
 
     def query_forward(self, params, images, step, context, trajectory, training):
         """Query logits [T, Q, N] under θ'_step.
@@ -256,23 +277,36 @@ def _as_tensors(episodes):
     return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
 
 
-def main(argv):
-    del argv
+def run_from_flags(learner_class, name, algorithm, flag_module, **options):
+    """Trains and meta-tests a MAML-shaped learner as MAML's flags say; returns `experiment.Outcome`.
+
+    learner_class: called as learner_class(net, model, inner_lr, num_inner_steps, first_order,
+      meta_optimizer, **options), as `MAML` is.
+    name: the run folder's prefix, e.g. 'anil' -> anil_fo_5way5shot_5steps_seed0.
+    algorithm: what hyperparameters.json and the report call it at first order, e.g. 'FO-ANIL';
+      at second order the 'FO-' is dropped.
+    flag_module: the command's module, whose flags are recorded besides MAML's.
+    """
     order = 'fo' if FLAGS.first_order else 'so'
 
     def build(splits):
         net = experiment.convnet()
-        learner = MAML(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
-                       FLAGS.first_order, keras.optimizers.Adam(FLAGS.meta_lr))
+        learner = learner_class(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
+                                FLAGS.first_order, keras.optimizers.Adam(FLAGS.meta_lr), **options)
         return learner, experiment.episode_stream(splits)
 
-    experiment.run(
-        algorithm='FO-MAML' if FLAGS.first_order else 'MAML',
-        default_run_name=f'maml_{order}_{FLAGS.n_way}way{FLAGS.k_shot}shot_'
+    return experiment.run(
+        algorithm=algorithm if FLAGS.first_order else algorithm.removeprefix('FO-'),
+        default_run_name=f'{name}_{order}_{FLAGS.n_way}way{FLAGS.k_shot}shot_'
                          f'{FLAGS.num_inner_steps}steps_seed{FLAGS.seed}',
-        build=build, flag_modules=[sys.modules[__name__]],
+        build=build, flag_modules=list(dict.fromkeys([sys.modules[__name__], flag_module])),
         num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
         extra={'batch_norm': 'transductive (statistics of the batch being normalised)'})
+
+
+def main(argv):
+    del argv
+    run_from_flags(MAML, 'maml', 'FO-MAML', sys.modules[__name__])
 
 
 if __name__ == '__main__':

@@ -121,10 +121,7 @@ def _initial_head(features, labels, n_way, adaptation):
     """A new head for every task: kernel [T, F, N], bias [T, N]."""
     num_tasks, _, width = features.shape
     if adaptation.head_init == 'prototype':
-        one_hot = tf.one_hot(labels, n_way)  # [T, B, N]
-        prototypes = tf.einsum('tbn,tbf->tnf', one_hot, features) / tf.reduce_sum(one_hot, 1)[..., None]
-        return {'head/kernel': 2 * tf.transpose(prototypes, [0, 2, 1]),
-                'head/bias': -tf.reduce_sum(tf.square(prototypes), -1)}
+        return network.prototype_head(features, labels, n_way)
     kernel = tf.zeros([num_tasks, width, n_way])
     if adaptation.head_init == 'random':
         limit = np.sqrt(6.0 / (width + n_way))  # Glorot uniform, as Keras' Dense.

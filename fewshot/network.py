@@ -108,6 +108,20 @@ def head(kernel, bias, features):
     return tf.einsum('tbf,tfn->tbn', features, kernel) + bias[:, None, :]
 
 
+def prototype_head(features, labels, n_way):
+    """The head that scores a feature by its distance to each class prototype (Snell et al., 2017):
+
+        kernel_k = 2 c_k,  bias_k = −‖c_k‖²,   so  logit_k(f) = −‖f − c_k‖² + ‖f‖²,
+
+    c_k the mean feature of class k's support examples. features [T, B, F], labels [T, B] in
+    0..n_way−1 -> {'head/kernel': [T, F, N], 'head/bias': [T, N]}.
+    """
+    one_hot = tf.one_hot(labels, n_way, dtype=features.dtype)  # [T, B, N]
+    prototypes = tf.einsum('tbn,tbf->tnf', one_hot, features) / tf.reduce_sum(one_hot, 1)[..., None]
+    return {'head/kernel': 2 * tf.transpose(prototypes, [0, 2, 1]),
+            'head/bias': -tf.reduce_sum(tf.square(prototypes), -1)}
+
+
 @dataclasses.dataclass(frozen=True)
 class SmallCNN:
     """The initialization lab's network: conv 32 -> max-pool -> conv 64 -> max-pool -> dense 128

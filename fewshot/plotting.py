@@ -165,6 +165,19 @@ def plot_inner_learning_rates(rows, path):
     _save(figure, path)
 
 
+def plot_distributions(values, path, title, xlabel):
+    """One box per named array (its median, quartiles and 5-95% whiskers), e.g. Meta-SGD's learned
+    learning rates per weight tensor. values: {name: array of any shape}."""
+    names = list(values)
+    figure, axes = plt.subplots(figsize=(7.5, 0.9 + 0.32 * len(names)), dpi=120)
+    axes.boxplot([np.ravel(values[name]) for name in names], vert=False, whis=(5, 95), showfliers=False)
+    axes.set_yticks(range(1, len(names) + 1), names, fontsize=7)
+    axes.invert_yaxis()
+    axes.set(xlabel=xlabel, title=title)
+    axes.grid(alpha=0.3, axis='x')
+    _save(figure, path)
+
+
 def _save(figure, path):
     """Writes `figure` atomically; the format follows the suffix (.png, .pdf, .svg)."""
     figure.tight_layout()

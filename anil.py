@@ -1,0 +1,57 @@
+"""ANIL, Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
+
+    python anil.py                                         # first order, 5-way 5-shot Omniglot
+    python anil.py --first_order=false                     # second order
+
+ANIL is MAML whose inner loop adapts only the head; the body θ_b is meta-learned in the outer
+loop alone. Since the body does not change during adaptation, the features of a task's support
+and query sets are computed once, not once per inner step: that is ANIL's speed.
+
+    θ'_h ← θ'_h − α ∇_h L_support(θ'_h; φ(x; θ_b)),   θ'_h = θ_h initially,
+    L(θ_b, θ_h) = 1/T Σ_t L_query_t(θ'_{t,h}; φ(x; θ_b)).
+
+The flags are MAML's (see maml.py).
+"""
+
+import sys
+
+import tensorflow as tf
+from absl import flags
+
+from fewshot import config, errors, network
+import maml
+
+flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr'):
+    flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
+
+HEAD = 'head/'
+
+
+class ANIL(maml.MAML):
+    """MAML adapting only the head, over body features computed once per set (see the module docstring)."""
+
+    def split(self, params, training):
+        """The head adapts; the body is context."""
+        del training
+        head = {name: value for name, value in params.items() if name.startswith(HEAD)}
+        body = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in head}
+        return head, body
+
+    def represent(self, images, body):
+        """The body's features [T, B, F] of images [T, B, 28, 28, 1] (batch norm on each task's batch)."""
+        return self.net.features(network.tile(body, images.shape[0]), images)
+
+    def forward(self, params, features, step, context):
+        """Logits [T, B, N] of the head θ'_h on features [T, B, F]."""
+        del step, context
+        return network.head(params['head/kernel'], params['head/bias'], features), None
+
+
+def main(argv):
+    del argv
+    maml.run_from_flags(ANIL, 'anil', 'FO-ANIL', sys.modules[__name__])
+
+
+if __name__ == '__main__':
+    errors.run(main)

@@ -1,0 +1,53 @@
+"""BOIL, Body Only update in the Inner Loop (Oh, Yoo, Kim & Yun, ICLR 2021).
+
+    python boil.py                                         # first order, 5-way 5-shot Omniglot
+    python boil.py --first_order=false                     # second order
+
+BOIL is MAML whose inner loop adapts only the body; the head θ_h is frozen during adaptation
+and meta-learned in the outer loop alone. With a head that cannot move, a task is fitted by
+changing its representation (the paper's "representation change" rather than reuse):
+
+    θ'_b ← θ'_b − α ∇_b L_support(θ'_b, θ_h),   θ'_b = θ_b initially,
+    L(θ_b, θ_h) = 1/T Σ_t L_query_t(θ'_{t,b}, θ_h).
+
+The flags are MAML's (see maml.py).
+"""
+
+import sys
+
+import tensorflow as tf
+from absl import flags
+
+from fewshot import config, errors, network
+import maml
+
+flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr'):
+    flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
+
+HEAD = 'head/'
+
+
+class BOIL(maml.MAML):
+    """MAML adapting only the body; the head is read, not adapted, by the inner loop."""
+
+    def split(self, params, training):
+        """The body adapts; the head is context."""
+        del training
+        body = {name: value for name, value in params.items() if not name.startswith(HEAD)}
+        head = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in body}
+        return body, head
+
+    def forward(self, params, images, step, head):
+        """Logits [T, B, N] of images [T, B, 28, 28, 1] under the adapted body and the shared head."""
+        del step
+        return self.net.forward({**params, **network.tile(head, images.shape[0])}, images), None
+
+
+def main(argv):
+    del argv
+    maml.run_from_flags(BOIL, 'boil', 'FO-BOIL', sys.modules[__name__])
+
+
+if __name__ == '__main__':
+    errors.run(main)

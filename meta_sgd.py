@@ -1,0 +1,84 @@
+"""Meta-SGD (Li, Zhou, Chen & Li, 2017): MAML that also learns the inner learning rate of every weight.
+
+    python meta_sgd.py                                     # one inner step, first order, 5-way 5-shot
+    python meta_sgd.py --first_order=false                 # second order, as in the paper
+
+The inner step is θ' = θ − α ∘ ∇ L_support(θ), with α a tensor of the same shape as θ (one rate
+per weight, initialised at --inner_lr), and (θ, α) are meta-learned together. As in the paper,
+adaptation is a single inner step by default (--num_inner_steps 1 here). The learned rates are
+saved with the run (meta_sgd_learning_rates.npz) and their distribution per weight tensor is
+plotted (meta_sgd_learning_rates.png).
+
+The other flags are MAML's (see maml.py).
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from fewshot import config, errors, network, plotting, results
+import maml
+
+flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr'):
+    flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
+
+RATES = 'inner_lr/'  # The learned rate of weight tensor `name` is RATES + name, of the same shape.
+RATES_FILE = 'meta_sgd_learning_rates.npz'
+
+
+class MetaSGD(maml.MAML):
+    """MAML with a learned learning rate per weight; the rates are meta-parameters the inner loop reads."""
+
+    def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer):
+        params = network.parameters(model)
+        for name in list(params):
+            params[RATES + name] = keras.Variable(np.full(params[name].shape, inner_lr, np.float32),
+                                                  name=f'meta_sgd_lr_{name.replace("/", "_")}')
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, params=params)
+
+    def split(self, params, training):
+        """The network's weights adapt; the learning rates are context."""
+        del training
+        weights = {name: value for name, value in params.items() if not name.startswith(RATES)}
+        rates = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in weights}
+        return weights, rates
+
+    def inner_update(self, params, grads, step, rates):
+        """θ'_{s+1} = θ'_s − α ∘ g, elementwise (every task [T, ...] with the same α [...])."""
+        del step
+        return {name: params[name] - rates[RATES + name] * grads[name] for name in params}
+
+    def state_variables(self):
+        """By name: the model's weights, the learning rates, the optimizer's state."""
+        return {**results.named_variables('model', self.model.variables),
+                **{name: value for name, value in self.params.items() if name.startswith(RATES)},
+                **results.named_variables('optimizer', self.meta_optimizer.variables)}
+
+    def learning_rates(self):
+        """{weight tensor name: its learned rates (NumPy, same shape)}."""
+        return {name[len(RATES):]: value.numpy() for name, value in self.params.items()
+                if name.startswith(RATES)}
+
+    def save(self, folder):
+        """Writes the learned rates (npz) and the distribution of each tensor's rates (png)."""
+        rates = self.learning_rates()
+        results.atomic_write(os.path.join(folder, RATES_FILE), lambda f: np.savez(f, **rates))
+        plotting.plot_distributions(rates, os.path.join(folder, 'meta_sgd_learning_rates.png'),
+                                    'Meta-SGD: learned inner learning rates per weight tensor',
+                                    'inner learning rate')
+
+
+def main(argv):
+    del argv
+    outcome = maml.run_from_flags(MetaSGD, 'meta_sgd', 'FO-Meta-SGD', sys.modules[__name__])
+    outcome.learner.save(outcome.folder.path)
+
+
+if __name__ == '__main__':
+    flags.FLAGS.set_default('num_inner_steps', 1)  # The paper's single step; the command's own default.
+    errors.run(main)

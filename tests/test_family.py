@@ -1,0 +1,175 @@
+"""The gradient-based family over MAML's core (ANIL, BOIL, Meta-SGD, Proto-MAML): what each inner
+loop may change it changes and nothing else, second-order meta-gradients against float64 finite
+differences, each learner improves on real Omniglot, and every learner's command trains,
+checkpoints, resumes exactly and reports through the shared code."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fewshot import data, network, results
+from test_maml import _directional_fd, _dot, _episodes, _meta_gradient, _params
+from test_training import REPO, _without_time
+import anil
+import boil
+import figures
+import maml
+import meta_sgd
+import proto_maml
+import report
+
+LEARNERS = {'ANIL': anil.ANIL, 'BOIL': boil.BOIL, 'Meta-SGD': meta_sgd.MetaSGD, 'Proto-MAML': proto_maml.ProtoMAML}
+
+
+def _learner(kind, inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0):
+    keras.utils.set_random_seed(seed)
+    net = network.ConvNet(n_way=n_way, num_filters=num_filters)
+    return kind(net, net.keras_model(), inner_lr, num_inner_steps, first_order, keras.optimizers.Adam(1e-3))
+
+
+@pytest.mark.parametrize('name', list(LEARNERS))
+def test_second_order_meta_gradient_matches_float64_finite_differences(name):
+    learner = _learner(LEARNERS[name])
+    params = _params(learner, tf.float64)
+    episodes = _episodes(1, dtype=np.float64)  # One task: TensorFlow has no float64 grouped convolution.
+    gradient = _meta_gradient(learner, params, episodes, 2, first_order=False)
+    first_order = _meta_gradient(learner, params, episodes, 2, first_order=True)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        direction = {k: tf.constant(rng.normal(size=v.shape), tf.float64) for k, v in params.items()}
+        numeric = _directional_fd(learner, params, episodes, 2, direction, epsilon=1e-7)
+        assert _dot(gradient, direction) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+        assert abs(_dot(first_order, direction) - numeric) > 1e-4 * abs(numeric)
+
+
+def _adapted(learner, episodes, num_steps=3):
+    """(θ split into adapted and context parts, the inner loop's last weights)."""
+    weights, context = learner.split(learner.params, training=True)
+    support = learner.represent(episodes.support_images, context)
+    start = learner.initial_weights(weights, context, support, episodes.support_labels, True)
+    return weights, context, learner.inner_loop(start, support, episodes.support_labels, num_steps,
+                                                True, context).params[-1]
+
+
+def test_anil_adapts_the_head_only_and_the_body_stays_bit_identical():
+    learner = _learner(anil.ANIL, n_way=2)
+    episodes = _episodes(2)
+    body_before = {k: v.numpy().copy() for k, v in learner.params.items() if not k.startswith('head/')}
+    weights, body, adapted = _adapted(learner, episodes)
+    assert set(adapted) == {'head/kernel', 'head/bias'} == set(weights)
+    assert float(tf.reduce_max(tf.abs(adapted['head/kernel'] - network.tile(weights, 2)['head/kernel']))) > 0
+    # The adapted network is the untouched body with the adapted head, exactly.
+    logits = learner.forward(adapted, learner.represent(episodes.query_images, body), 0, body)[0]
+    full = learner.net.forward({**network.tile(body, 2), **adapted}, episodes.query_images)
+    np.testing.assert_array_equal(logits, full)
+    for name, value in body_before.items():
+        np.testing.assert_array_equal(body[name], value)
+
+
+def test_boil_adapts_the_body_only_and_the_head_stays_bit_identical():
+    learner = _learner(boil.BOIL, n_way=2)
+    episodes = _episodes(2)
+    head_before = {k: v.numpy().copy() for k, v in learner.params.items() if k.startswith('head/')}
+    weights, head, adapted = _adapted(learner, episodes)
+    assert set(adapted) == set(weights) and not any(name.startswith('head/') for name in adapted)
+    assert float(tf.reduce_max(tf.abs(adapted['conv1/kernel'] - network.tile(weights, 2)['conv1/kernel']))) > 0
+    for name, value in head_before.items():
+        np.testing.assert_array_equal(head[name], value)
+    logits = learner.forward(adapted, episodes.query_images, 0, head)[0]
+    np.testing.assert_array_equal(logits, learner.net.forward({**adapted, **network.tile(head, 2)},
+                                                              episodes.query_images))
+
+
+def test_meta_sgd_with_uniform_rates_adapts_as_maml_and_its_rates_are_learned():
+    learner = _learner(meta_sgd.MetaSGD, inner_lr=0.3, first_order=True)
+    reference = _learner(lambda *args: maml.MAML(*args), inner_lr=0.3, first_order=True)
+    episodes = _episodes(2)
+    _, _, adapted = _adapted(learner, episodes)
+    _, _, expected = _adapted(reference, episodes)
+    for name in expected:
+        np.testing.assert_allclose(adapted[name], expected[name], rtol=1e-6, atol=1e-7)
+    # Every rate tensor gets a gradient, and a meta-step moves it.
+    gradient = _meta_gradient(learner, _params(learner, tf.float32), episodes, 2, first_order=True)
+    rates = [name for name in learner.params if name.startswith(meta_sgd.RATES)]
+    assert len(rates) == len(expected) and all(float(tf.reduce_max(tf.abs(gradient[r]))) > 0 for r in rates)
+    before = {name: learner.params[name].numpy().copy() for name in rates}
+    learner.meta_train_step(data.Episodes(*(x.numpy() for x in episodes)))
+    assert all(np.abs(learner.params[r].numpy() - before[r]).max() > 0 for r in rates)
+
+
+def test_proto_maml_initial_head_is_twice_the_prototypes_and_minus_their_squared_norms():
+    learner = _learner(proto_maml.ProtoMAML, n_way=3)
+    episodes = _episodes(2, n_way=3, k_shot=2)
+    assert not any(name.startswith('head/') for name in learner.params)
+    weights, context = learner.split(learner.params, training=True)
+    start = learner.initial_weights(weights, context, episodes.support_images, episodes.support_labels, False)
+    features = learner.net.features(network.tile(weights, 2), episodes.support_images).numpy()
+    labels = episodes.support_labels.numpy()
+    for task in range(2):
+        for k in range(3):
+            prototype = features[task][labels[task] == k].mean(axis=0)
+            np.testing.assert_allclose(start['head/kernel'][task][:, k], 2 * prototype, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(start['head/bias'][task][k], -np.sum(prototype ** 2), rtol=1e-5, atol=1e-6)
+    # The prototype head classifies every support image as its class's nearest prototype would.
+    logits = learner.net.forward(start, episodes.support_images).numpy()
+    distances = ((features[:, :, None, :] - np.stack([[features[t][labels[t] == k].mean(0) for k in range(3)]
+                                                       for t in range(2)])[:, None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(logits.argmax(-1), distances.argmin(-1))
+
+
+@pytest.mark.parametrize('name', list(LEARNERS))
+def test_learner_improves_on_real_validation_tasks(name, real_omniglot):
+    """A few dozen first-order meta-iterations beat the initial weights on the same fixed tasks."""
+    splits = data.make_splits(real_omniglot)
+    sampler = data.EpisodeSampler(splits.train, 5, 1, 5, seed=0)
+    val = data.EpisodeSampler(splits.val, 5, 1, 5, seed=99).fixed_batches(64, 32)
+    learner = _learner(LEARNERS[name], inner_lr=0.4, num_inner_steps=1 if name == 'Meta-SGD' else 3,
+                       first_order=True, n_way=5, num_filters=32)
+
+    def val_accuracy():
+        return np.mean(np.concatenate([learner.evaluate(b)['query_post_accuracy'] for b in val]))
+    initial = val_accuracy()
+    for iteration in range(40):
+        learner.meta_train_step(sampler.sample(iteration, 8))
+    trained = val_accuracy()
+    assert trained > initial + 0.05, (initial, trained)
+
+
+# The contract every learner's command keeps through the shared code --------------------------
+
+COMMANDS = {'maml.py': [], 'maml_plusplus.py': ['--cosine_annealing=false'], 'anil.py': [], 'boil.py': [],
+            'meta_sgd.py': [], 'proto_maml.py': []}
+TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2',
+        '--num_val_classes=4', '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4',
+        '--num_inner_steps=1', '--progress=false', '--val_interval=2']
+
+
+@pytest.mark.parametrize('script', list(COMMANDS))
+def test_each_command_trains_checkpoints_resumes_exactly_and_reports(script, synthetic_dir, tmp_path):
+    """Stopped after 2 iterations and resumed to 4, a run equals an uninterrupted one, and the
+    report and the figures read its folder. (MAML++ without cosine annealing, whose schedule
+    depends on --num_iterations.)"""
+    def run(name, *flags):
+        command = [sys.executable, f'{REPO}/{script}', f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache',
+                   f'--results_dir={tmp_path}', f'--run_name={name}', *TINY, *COMMANDS[script], *flags]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return os.path.join(tmp_path, name)
+
+    whole = run('whole', '--num_iterations=4')
+    run('parts', '--num_iterations=2')
+    parts = run('parts', '--num_iterations=4', '--resume')
+    rows = [_without_time(results.read_metrics(os.path.join(f, results.METRICS_FILE))) for f in (whole, parts)]
+    assert [row['iteration'] for row in rows[0]] == [0, 2, 4]
+    np.testing.assert_equal(rows[1], rows[0])
+    summaries = [results.read_summary(f) for f in (whole, parts)]
+    assert summaries[0]['test_post_accuracy'] == summaries[1]['test_post_accuracy']
+    with np.load(os.path.join(parts, results.CHECKPOINT_FILE)) as checkpoint:
+        assert 'model/conv1/kernel' in checkpoint.files and int(checkpoint['iteration']) == 4
+    assert report.load_run(parts)['summary'] == summaries[1]
+    assert os.path.basename(figures.redraw(parts)[0]) == 'val_accuracy.png'
