@@ -56,10 +56,11 @@ class MAML:
     All tasks of a meta-batch are adapted at once: weights carry a leading task
     axis T and `network.forward` keeps the tasks apart.
 
-    Variants (maml_plusplus.py) override the hooks: `split` (which parameters the
-    inner loop adapts), `forward` (which weights and statistics a step uses),
-    `inner_update` (the step rule), `query_forward` (how the query set is scored)
-    and `query_loss` (the meta-loss).
+    Variants (anil.py, boil.py, meta_sgd.py, proto_maml.py, maml_plusplus.py) override the
+    hooks: `split` (which parameters the inner loop adapts), `represent` (what its network
+    sees of the images), `initial_weights` (where each task starts), `forward` (which weights
+    and statistics a step uses), `inner_update` (the step rule), `query_forward` (how the
+    query set is scored) and `query_loss` (the meta-loss).
     """
 
     # What meta_train_step reports, per task; the first is the meta-loss.
@@ -277,11 +278,11 @@ def _as_tensors(episodes):
     return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
 
 
-def run_from_flags(learner_class, name, algorithm, flag_module, **options):
+def run_from_flags(learner_class, name, algorithm, flag_module):
     """Trains and meta-tests a MAML-shaped learner as MAML's flags say; returns `experiment.Outcome`.
 
     learner_class: called as learner_class(net, model, inner_lr, num_inner_steps, first_order,
-      meta_optimizer, **options), as `MAML` is.
+      meta_optimizer), as `MAML` is.
     name: the run folder's prefix, e.g. 'anil' -> anil_fo_5way5shot_5steps_seed0.
     algorithm: what hyperparameters.json and the report call it at first order, e.g. 'FO-ANIL';
       at second order the 'FO-' is dropped.
@@ -292,7 +293,7 @@ def run_from_flags(learner_class, name, algorithm, flag_module, **options):
     def build(splits):
         net = experiment.convnet()
         learner = learner_class(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
-                                FLAGS.first_order, keras.optimizers.Adam(FLAGS.meta_lr), **options)
+                                FLAGS.first_order, keras.optimizers.Adam(FLAGS.meta_lr))
         return learner, experiment.episode_stream(splits)
 
     return experiment.run(
