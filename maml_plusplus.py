@@ -320,7 +320,9 @@ def main(argv):
         algorithm='MAML++', default_run_name=run_name(fixes), build=build,
         flag_modules=[sys.modules[__name__]],
         num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
-        extra={'batch_norm': BATCH_NORM_MODES[fixes.eval_batch_norm]})
+        extra={'batch_norm': BATCH_NORM_MODES[fixes.eval_batch_norm]},
+        # Cosine annealing spreads over --num_iterations: a longer resumed run would change it.
+        fixed_on_resume=('num_iterations',) if FLAGS.cosine_annealing else ())
     outcome.learner.save(outcome.folder.path)
 
 

@@ -73,7 +73,7 @@ class Outcome(NamedTuple):
 
 
 def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
-        schedule_for=None):
+        schedule_for=None, fixed_on_resume=()):
     """Runs one experiment from the flags and writes its run folder.
 
     Args:
@@ -84,13 +84,16 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
       num_eval_inner_steps: adaptation steps at validation and test.
       extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
       schedule_for: function(splits) -> training.Schedule (default: from the flags).
+      fixed_on_resume: flags a resumed run must keep even though runs may usually change them
+        (see results.RunFolder).
     Returns:
       An `Outcome`.
     """
     # Everything that can be checked is checked before the data is loaded and the folder made.
     network.check_grouped_convolutions()
     run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
-                                   FLAGS.resume, FLAGS.overwrite, create=False)
+                                   FLAGS.resume, FLAGS.overwrite, create=False,
+                                   fixed_on_resume=fixed_on_resume)
     flag_values = config.flag_values([config] + list(flag_modules))
     run_folder.check_flags(flag_values)
     splits, checksum = load_splits()

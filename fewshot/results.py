@@ -303,13 +303,15 @@ class RunFolder:
     """
 
     def __init__(self, results_dir, run_name, resume=False, overwrite=False, create=True,
-                 resume_flag='--resume'):
+                 resume_flag='--resume', fixed_on_resume=()):
         """Checks that the folder can be used as asked (RunError, OutputError otherwise).
 
         create: make (or, with `overwrite`, replace) the folder now; False leaves that to
           `create()`, so that a command checks everything before it starts working.
         resume_flag: how to tell the user to continue an existing folder, or None if the
           command cannot continue one.
+        fixed_on_resume: flags of RESUMABLE_CHANGES that this run must nevertheless keep (MAML++'s
+          cosine schedule is spread over --num_iterations, so extending the run would change it).
         """
         if not is_run_name(run_name):
             raise RunError(f'--run_name {run_name!r}: a run name is one folder name inside '
@@ -318,6 +320,7 @@ class RunFolder:
             raise RunError('--resume and --overwrite contradict each other: continue the run, or replace it')
         self.path = os.path.join(results_dir, run_name)
         self.resume, self.overwrite = resume, overwrite
+        self.resumable_changes = RESUMABLE_CHANGES - set(fixed_on_resume)
         exists = os.path.lexists(self.path)
         if exists and not os.path.isdir(self.path) or os.path.islink(self.path):
             raise RunError(f'{self.path} exists and is not a folder; choose another --run_name')
@@ -351,12 +354,12 @@ class RunFolder:
     # Hyperparameters -------------------------------------------------------
 
     def check_flags(self, flags):
-        """On resume, RunError if the recorded flags differ from `flags` (other than RESUMABLE_CHANGES)."""
+        """On resume, RunError if the recorded flags differ from `flags` (other than the resumable changes)."""
         if not self.resume or not os.path.exists(self.file(HYPERPARAMETERS_FILE)):
             return
         recorded = read_hyperparameters(self.path)['flags']
         changed = sorted(name for name in set(recorded) | set(flags)
-                         if name not in RESUMABLE_CHANGES and recorded.get(name) != flags.get(name))
+                         if name not in self.resumable_changes and recorded.get(name) != flags.get(name))
         if changed:
             raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
                            'resume it with the same flags or start a new --run_name')

@@ -138,6 +138,16 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         resumed.write_hyperparameters({**shape, 'inner_lr': 0.4}, {'data_checksum': 'other'})
 
 
+def test_a_run_may_fix_a_flag_that_runs_usually_change_on_resume(tmp_path):
+    """MAML++'s cosine schedule is spread over --num_iterations, so its runs cannot be extended."""
+    folder = _run_folder(str(tmp_path), 'run')
+    folder.write_hyperparameters({'n_way': 5, 'k_shot': 1, 'num_iterations': 10}, {})
+    results.RunFolder(str(tmp_path), 'run', resume=True).check_flags({'n_way': 5, 'k_shot': 1, 'num_iterations': 20})
+    fixed = results.RunFolder(str(tmp_path), 'run', resume=True, fixed_on_resume=('num_iterations',))
+    with pytest.raises(results.RunError, match=r'other settings \(num_iterations\)'):
+        fixed.check_flags({'n_way': 5, 'k_shot': 1, 'num_iterations': 20})
+
+
 def test_runs_record_the_code_version(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True,
