@@ -15,14 +15,13 @@ The flags are MAML's (see maml.py).
 
 import sys
 
-import tensorflow as tf
 from absl import flags
 
 from fewshot import config, errors, network
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr'):
+for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
 HEAD = 'head/'
@@ -34,9 +33,7 @@ class ANIL(maml.MAML):
     def split(self, params, training):
         """The head adapts; the body is context."""
         del training
-        head = {name: value for name, value in params.items() if name.startswith(HEAD)}
-        body = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in head}
-        return head, body
+        return self.partition(params, lambda name: name.startswith(HEAD))
 
     def represent(self, images, body):
         """The body's features [T, B, F] of images [T, B, 28, 28, 1] (batch norm on each task's batch)."""

@@ -15,14 +15,13 @@ The flags are MAML's (see maml.py).
 
 import sys
 
-import tensorflow as tf
 from absl import flags
 
 from fewshot import config, errors, network
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr'):
+for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
 HEAD = 'head/'
@@ -34,9 +33,7 @@ class BOIL(maml.MAML):
     def split(self, params, training):
         """The body adapts; the head is context."""
         del training
-        body = {name: value for name, value in params.items() if not name.startswith(HEAD)}
-        head = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in body}
-        return body, head
+        return self.partition(params, lambda name: not name.startswith(HEAD))
 
     def forward(self, params, images, step, head):
         """Logits [T, B, N] of images [T, B, 28, 28, 1] under the adapted body and the shared head."""

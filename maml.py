@@ -24,6 +24,8 @@ flags.DEFINE_boolean('first_order', True, 'First-order MAML (FO-MAML, the assign
                      '--first_order=false differentiates through the inner loop (second order).')
 flags.DEFINE_float('meta_lr', 1e-3, 'Outer-loop (meta) Adam learning rate (beta).', lower_bound=1e-12)
 FLAGS = flags.FLAGS
+# MAML's flags that every learner built by `run_from_flags` takes, meaning the same there.
+LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr')
 
 
 class Trajectory(NamedTuple):
@@ -175,6 +177,14 @@ class MAML:
         """(the weights the inner loop adapts, the context it only reads); MAML adapts all of θ."""
         del training
         return params, {}
+
+    @staticmethod
+    def partition(params, adapts):
+        """(the parameters whose name satisfies `adapts`, the others as tensors): what a `split`
+        gives the inner loop to adapt, and the context it only reads."""
+        weights = {name: value for name, value in params.items() if adapts(name)}
+        context = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in weights}
+        return weights, context
 
     def represent(self, images, context):
         """What the inner loop's `forward` is applied to, from images [T, B, 28, 28, 1].

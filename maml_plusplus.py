@@ -190,10 +190,7 @@ class MAMLPlusPlus(maml.MAML):
     def split(self, params, training):
         """The network's weights adapt; the per-step parameters, and the running statistics
         when evaluation uses them, are context."""
-        weights = {name: value for name, value in params.items()
-                   if not name.startswith((PER_STEP, INNER_LR))}
-        context = {name: tf.convert_to_tensor(value) for name, value in params.items()
-                   if name not in weights}
+        weights, context = self.partition(params, lambda name: not name.startswith((PER_STEP, INNER_LR)))
         if self.batch_norm_mode(training) == 'running':
             context.update({RUNNING + name: tf.convert_to_tensor(value)
                             for name, value in self.statistics.items()})

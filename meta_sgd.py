@@ -17,14 +17,13 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
 from fewshot import config, errors, network, plotting, results
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr'):
+for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
 RATES = 'inner_lr/'  # The learned rate of weight tensor `name` is RATES + name, of the same shape.
@@ -44,9 +43,7 @@ class MetaSGD(maml.MAML):
     def split(self, params, training):
         """The network's weights adapt; the learning rates are context."""
         del training
-        weights = {name: value for name, value in params.items() if not name.startswith(RATES)}
-        rates = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in weights}
-        return weights, rates
+        return self.partition(params, lambda name: not name.startswith(RATES))
 
     def inner_update(self, params, grads, step, rates):
         """θ'_{s+1} = θ'_s − α ∘ g, elementwise (every task [T, ...] with the same α [...])."""

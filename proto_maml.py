@@ -26,7 +26,7 @@ from fewshot import config, errors, network
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr'):
+for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
 
