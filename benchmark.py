@@ -25,7 +25,6 @@ Timings use random images: the cost does not depend on the pixels.
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import data, errors, experiment, network
+from fewshot import data, errors, experiment, network, training
 import anil
 import boil
 import maml
@@ -146,7 +145,7 @@ def measure(what):
         seconds.append(time.perf_counter() - start)
     return {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds),
             'min_seconds': min(seconds), 'first_call_seconds': first_call,
-            'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            'peak_rss_gb': training.peak_memory_gb(),
             'macs': meta_iteration_macs(net, first_order)}
 
 

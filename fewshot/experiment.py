@@ -118,7 +118,9 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     test = training.evaluate(learner, test_batches, num_eval_inner_steps)
     summary = {'iterations': schedule.num_iterations, 'training_seconds': rows[-1]['seconds'],
                'val_post_accuracy': rows[-1]['val_post_accuracy'],
-               'val_post_ci95': rows[-1]['val_post_ci95'], 'test_tasks': FLAGS.num_test_tasks}
+               'val_post_ci95': rows[-1]['val_post_ci95'], 'test_tasks': FLAGS.num_test_tasks,
+               # Of the process that finished the run (a resumed run's earlier processes are not seen).
+               'peak_memory_gb': training.peak_memory_gb()}
     for when in ('pre', 'post'):
         mean, ci = results.confidence_interval(test[f'query_{when}_accuracy'])
         summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci

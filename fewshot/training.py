@@ -12,6 +12,7 @@ A learner is any object with
 
 import dataclasses
 import math
+import resource
 import time
 
 import numpy as np
@@ -21,6 +22,11 @@ from tqdm import tqdm
 
 from fewshot import results
 from fewshot.errors import TrainingError
+
+
+def peak_memory_gb():
+    """The peak resident memory of this process so far, in GB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 @dataclasses.dataclass(frozen=True)
