@@ -45,10 +45,7 @@ class ANIL(maml.MAML):
         return network.head(params['head/kernel'], params['head/bias'], features), None
 
 
-def main(argv):
-    del argv
-    maml.run_from_flags(ANIL, 'anil', 'FO-ANIL', sys.modules[__name__])
-
+COMMAND = maml.Command('anil', ANIL, 'FO-ANIL')
 
 if __name__ == '__main__':
-    errors.run(main)
+    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))

@@ -41,10 +41,7 @@ class BOIL(maml.MAML):
         return self.net.forward({**params, **network.tile(head, images.shape[0])}, images), None
 
 
-def main(argv):
-    del argv
-    maml.run_from_flags(BOIL, 'boil', 'FO-BOIL', sys.modules[__name__])
-
+COMMAND = maml.Command('boil', BOIL, 'FO-BOIL')
 
 if __name__ == '__main__':
-    errors.run(main)
+    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))

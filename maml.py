@@ -23,9 +23,12 @@ flags.DEFINE_integer('num_eval_inner_steps', 0, 'Inner-loop steps at validation 
 flags.DEFINE_boolean('first_order', True, 'First-order MAML (FO-MAML, the assignment\'s setting); '
                      '--first_order=false differentiates through the inner loop (second order).')
 flags.DEFINE_float('meta_lr', 1e-3, 'Outer-loop (meta) Adam learning rate (beta).', lower_bound=1e-12)
+flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
+                  "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
+                  'convolution and three residual blocks (about twice the convolution work).')
 FLAGS = flags.FLAGS
 # MAML's flags that every learner built by `run_from_flags` takes, meaning the same there.
-LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr')
+LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr', 'backbone')
 
 
 class Trajectory(NamedTuple):
@@ -62,7 +65,7 @@ class MAML:
     hooks: `split` (which parameters the inner loop adapts), `represent` (what its network
     sees of the images), `initial_weights` (where each task starts), `forward` (which weights
     and statistics a step uses), `inner_update` (the step rule), `query_forward` (how the
-    query set is scored) and `query_loss` (the meta-loss).
+    query set is scored), `query_loss` (the meta-loss) and `save` (what else a run keeps).
     """
 
     # What meta_train_step reports, per task; the first is the meta-loss.
@@ -243,8 +246,10 @@ class MAML:
         Returns the per-task metrics of `meta_objective`.
         """
         if not train:
-            return self.meta_objective(self.params, episodes, num_steps, first_order=True,
-                                       training=False)[1]
+            _, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps, first_order=True,
+                                                         training=False)
+            return {**metrics, 'support_feature_similarity':
+                    self.feature_similarity(self.params, episodes.support_images, trajectory)}
         variables = list(self.params.values())
         with tf.GradientTape() as tape:
             meta_loss, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps,
@@ -252,6 +257,23 @@ class MAML:
         self.meta_optimizer.apply_gradients(zip(tape.gradient(meta_loss, variables), variables))
         self.track(trajectory)
         return metrics
+
+    def feature_similarity(self, params, images, trajectory):
+        """How far adaptation moved the penultimate features (BOIL's "representation change"):
+        per task [T], the mean over images [T, B, 28, 28, 1] of cos(φ(x; θ'_0), φ(x; θ'_S)).
+
+        1 when the inner loop leaves the body alone (ANIL); lower the more it changes it.
+        """
+        _, context = self.split(params, training=False)
+        shared = network.tile(context, images.shape[0])
+        before, after = (tf.math.l2_normalize(self.net.features({**shared, **trajectory.params[step]}, images), -1)
+                         for step in (0, -1))
+        return tf.reduce_mean(tf.reduce_sum(before * after, -1), -1)
+
+    def save(self, folder):
+        """Writes what the learner learned besides the model's weights into its run folder
+        (MAML: nothing; Meta-SGD: its learning rates)."""
+        del folder
 
     def track(self, trajectory):
         """Updates state kept across meta-iterations from a training trajectory (MAML keeps none)."""
@@ -265,8 +287,8 @@ class MAML:
 
     def state_variables(self):
         """What a checkpoint must hold, by name: the model's weights and the meta-optimizer's state."""
-        return {**results.named_variables('model', self.model.variables),
-                **results.named_variables('optimizer', self.meta_optimizer.variables)}
+        return {**results.named_variables('model', self.model),
+                **results.named_variables('optimizer', self.meta_optimizer)}
 
     def train_step_options(self):
         """Arguments of `meta_objective` for the next meta-iteration (MAML: none; MAML++ follows
@@ -288,37 +310,75 @@ def _as_tensors(episodes):
     return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
 
 
-def run_from_flags(learner_class, name, algorithm, flag_module):
-    """Trains and meta-tests a MAML-shaped learner as MAML's flags say; returns `experiment.Outcome`.
+class Command(NamedTuple):
+    """What a command built on MAML's core says about itself, so that compare.py and benchmark.py
+    run it, and find its runs, without knowing it by name.
 
-    learner_class: called as learner_class(net, model, inner_lr, num_inner_steps, first_order,
-      meta_optimizer), as `MAML` is.
-    name: the run folder's prefix, e.g. 'anil' -> anil_fo_5way5shot_5steps_seed0.
+    name: the command's module and its run folders' prefix: 'anil' is anil.py, whose runs are
+      named anil_fo_5way5shot_5steps_seed0 (see `run_name`).
+    learner_class: called as `MAML` is (see `build`).
     algorithm: what hyperparameters.json and the report call it at first order, e.g. 'FO-ANIL';
       at second order the 'FO-' is dropped.
-    flag_module: the command's module, whose flags are recorded besides MAML's.
+    defaults: MAML flags whose default differs in this command (Meta-SGD: one inner step).
     """
-    order = 'fo' if FLAGS.first_order else 'so'
+    name: str
+    learner_class: type
+    algorithm: str
+    defaults: dict = {}
 
+    def default(self, flag):
+        """The default of one of MAML's flags in this command."""
+        return self.defaults.get(flag, FLAGS[flag].default)
+
+    def run_name(self, first_order, n_way, k_shot, num_inner_steps, seed, backbone='conv4'):
+        """The run folder a run of this command is given unless --run_name says otherwise."""
+        network_part = '' if backbone == 'conv4' else f'_{backbone}'
+        return (f'{self.name}_{"fo" if first_order else "so"}_{n_way}way{k_shot}shot_'
+                f'{num_inner_steps}steps{network_part}_seed{seed}')
+
+    def build(self, n_way, first_order, num_inner_steps=None):
+        """(network, learner) as the flags say, with an `n_way`-way head and the given order."""
+        net = network.build(FLAGS.backbone, n_way, FLAGS.num_filters, FLAGS.max_pool)
+        learner = self.learner_class(net, net.keras_model(), FLAGS.inner_lr,
+                                     num_inner_steps or FLAGS.num_inner_steps, first_order,
+                                     keras.optimizers.Adam(FLAGS.meta_lr))
+        return net, learner
+
+
+def run_from_flags(command, flag_module):
+    """Trains and meta-tests a MAML-shaped learner as MAML's flags say; returns `experiment.Outcome`.
+
+    command: the `Command` of the command that runs.
+    flag_module: the command's module, whose flags are recorded besides MAML's.
+    After the meta-test the learner's `save(folder)` writes what else it learned.
+    """
     def build(splits):
-        net = experiment.convnet()
-        learner = learner_class(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
-                                FLAGS.first_order, keras.optimizers.Adam(FLAGS.meta_lr))
-        return learner, experiment.episode_stream(splits)
+        return command.build(FLAGS.n_way, FLAGS.first_order)[1], experiment.episode_stream(splits)
 
-    return experiment.run(
-        algorithm=algorithm if FLAGS.first_order else algorithm.removeprefix('FO-'),
-        default_run_name=f'{name}_{order}_{FLAGS.n_way}way{FLAGS.k_shot}shot_'
-                         f'{FLAGS.num_inner_steps}steps_seed{FLAGS.seed}',
+    outcome = experiment.run(
+        algorithm=command.algorithm if FLAGS.first_order else command.algorithm.removeprefix('FO-'),
+        default_run_name=command.run_name(FLAGS.first_order, FLAGS.n_way, FLAGS.k_shot,
+                                          FLAGS.num_inner_steps, FLAGS.seed, FLAGS.backbone),
         build=build, flag_modules=list(dict.fromkeys([sys.modules[__name__], flag_module])),
         num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
         extra={'batch_norm': 'transductive (statistics of the batch being normalised)'})
+    outcome.learner.save(outcome.folder.path)
+    return outcome
 
 
-def main(argv):
-    del argv
-    run_from_flags(MAML, 'maml', 'FO-MAML', sys.modules[__name__])
+def main_for(command, flag_module):
+    """A command's `main`: `run_from_flags`, with the command's own defaults of MAML's flags."""
+    for flag, value in command.defaults.items():
+        FLAGS.set_default(flag, value)
 
+    def main(argv):
+        del argv
+        run_from_flags(command, flag_module)
+    return main
+
+
+COMMAND = Command('maml', MAML, 'FO-MAML')
 
 if __name__ == '__main__':
-    errors.run(main)
+    errors.run(main_for(COMMAND, sys.modules[__name__]))
+

@@ -246,10 +246,10 @@ class MAMLPlusPlus(maml.MAML):
 
     def state_variables(self):
         """By name: the model's weights, the per-step parameters and statistics, the optimizer's state."""
-        return {**results.named_variables('model', self.model.variables),
+        return {**results.named_variables('model', self.model),
                 **{name: value for name, value in self.params.items() if name.startswith((PER_STEP, INNER_LR))},
                 **{RUNNING + name: value for name, value in self.statistics.items()},
-                **results.named_variables('optimizer', self.meta_optimizer.variables)}
+                **results.named_variables('optimizer', self.meta_optimizer)}
 
     # What a run keeps ----------------------------------------------------------
 

@@ -184,8 +184,8 @@ class PretrainedClassifier:
         return transfer_learn(self.net, self.model, episodes, self.n_way, adaptation)
 
     def state_variables(self):
-        return {**results.named_variables('model', self.model.variables),
-                **results.named_variables('optimizer', self.optimizer.variables)}
+        return {**results.named_variables('model', self.model),
+                **results.named_variables('optimizer', self.optimizer)}
 
 
 # What a compared run must have recorded: the task shape, the network, and how it adapts.

@@ -52,9 +52,9 @@ class MetaSGD(maml.MAML):
 
     def state_variables(self):
         """By name: the model's weights, the learning rates, the optimizer's state."""
-        return {**results.named_variables('model', self.model.variables),
+        return {**results.named_variables('model', self.model),
                 **{name: value for name, value in self.params.items() if name.startswith(RATES)},
-                **results.named_variables('optimizer', self.meta_optimizer.variables)}
+                **results.named_variables('optimizer', self.meta_optimizer)}
 
     def learning_rates(self):
         """{weight tensor name: its learned rates (NumPy, same shape)}."""
@@ -70,12 +70,8 @@ class MetaSGD(maml.MAML):
                                     'inner learning rate')
 
 
-def main(argv):
-    del argv
-    outcome = maml.run_from_flags(MetaSGD, 'meta_sgd', 'FO-Meta-SGD', sys.modules[__name__])
-    outcome.learner.save(outcome.folder.path)
-
+COMMAND = maml.Command('meta_sgd', MetaSGD, 'FO-Meta-SGD',
+                       defaults={'num_inner_steps': 1})  # The paper's single inner step.
 
 if __name__ == '__main__':
-    flags.FLAGS.set_default('num_inner_steps', 1)  # The paper's single step; the command's own default.
-    errors.run(main)
+    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))

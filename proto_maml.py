@@ -47,10 +47,7 @@ class ProtoMAML(maml.MAML):
         return {**start, **head}
 
 
-def main(argv):
-    del argv
-    maml.run_from_flags(ProtoMAML, 'proto_maml', 'FO-Proto-MAML', sys.modules[__name__])
-
+COMMAND = maml.Command('proto_maml', ProtoMAML, 'FO-Proto-MAML')
 
 if __name__ == '__main__':
-    errors.run(main)
+    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))

@@ -26,16 +26,12 @@ Stability figures, from the post-adaptation validation accuracy of each run:
 """
 
 import os
-import re
-import subprocess
-import sys
 
 import numpy as np
 from absl import flags
 
-from fewshot import config, errors, plotting, results
+from fewshot import config, errors, plotting, results, runs
 
-REPO = os.path.dirname(os.path.abspath(__file__))
 RUNS_FILE = 'runs.csv'  # One row per run of a comparison: what figures.py redraws from.
 METHODS = {  # method -> (script, run-folder name as the script derives it from its defaults)
     'MAML': ('maml.py', 'maml_fo_{setting}_5steps_seed{seed}'),
@@ -60,15 +56,6 @@ flags.DEFINE_boolean('train', True, 'Train missing runs and resume stopped ones;
 FLAGS = flags.FLAGS
 
 
-def parse_setting(setting):
-    """'5way1shot' -> (5, 1); FlagError naming the flag otherwise."""
-    match = re.fullmatch(r'(\d+)way(\d+)shot', setting)
-    if not match or int(match[1]) < 2 or int(match[2]) < 1:
-        raise errors.FlagError(f'--settings: {setting!r} is not of the form <N>way<K>shot with N >= 2 '
-                               'and K >= 1, e.g. 5way1shot')
-    return int(match[1]), int(match[2])
-
-
 def parse_seeds(seeds):
     """['0', '1'] -> [0, 1]; FlagError naming the flag unless each is a seed the scripts accept."""
     try:
@@ -81,44 +68,13 @@ def parse_seeds(seeds):
 
 
 def check_script_flags(script_flags):
-    """FlagError naming the first flag after -- that is in RESERVED_FLAGS (also as -flag or --no<flag>),
-    then any flag that maml.py or maml_plusplus.py would refuse (checked by the scripts themselves,
-    with absl's --only_check_args, so that a bad flag fails now and not after hours of training)."""
-    for argument in script_flags:
-        if not argument.startswith('-') or re.fullmatch(r'-[\d.e+-]*', argument):
-            continue  # A flag's value, maybe a negative number.
-        name = argument.lstrip('-').split('=')[0]
-        if name.startswith('no') and name[2:] in RESERVED_FLAGS:
-            name = name[2:]
-        if name in RESERVED_FLAGS:
-            raise errors.FlagError(f'--{name} cannot follow --: stability.py sets it for every run or names '
-                                   'the run folders after it (use --seeds, --settings, --num_iterations, '
-                                   '--results_dir)')
-    if not script_flags:
-        return
-    for script, _ in METHODS.values():
-        checked = subprocess.run([sys.executable, os.path.join(REPO, script), '--only_check_args',
-                                  *script_flags], capture_output=True, text=True)
-        if checked.returncode != 0:
-            reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
-            raise errors.FlagError(f'after --, for {script}: '
-                                   f'{reason[-1][len("error: "):] if reason else checked.stderr.strip()[-300:]}')
+    """FlagError for a flag after -- that stability.py reserves or that a script would refuse."""
+    runs.check_passed_flags(script_flags, RESERVED_FLAGS, [script for script, _ in METHODS.values()],
+                            'stability.py')
 
 
 def run_folder(results_dir, method, setting, seed):
     return os.path.join(results_dir, METHODS[method][1].format(setting=setting, seed=seed))
-
-
-def finished(folder, num_iterations):
-    """True if `folder` holds a finished run of `num_iterations`; RunError if it finished another."""
-    summary = results.read_summary(folder)
-    if summary is None:
-        return False
-    iterations = summary['iterations']
-    if iterations != num_iterations:
-        raise results.RunError(f'{folder} finished {iterations} iterations, not {num_iterations}; '
-                               'move it away or choose another --results_dir')
-    return True
 
 
 def train(method, setting, seed, script_flags=()):
@@ -126,19 +82,11 @@ def train(method, setting, seed, script_flags=()):
 
     script_flags: further flags for the script, none of RESERVED_FLAGS (`check_script_flags`).
     """
-    folder = run_folder(FLAGS.results_dir, method, setting, seed)
-    n_way, k_shot = parse_setting(setting)
-    command = [sys.executable, os.path.join(REPO, METHODS[method][0]), f'--seed={seed}',
-               f'--n_way={n_way}', f'--k_shot={k_shot}', f'--num_iterations={FLAGS.num_iterations}',
-               f'--results_dir={FLAGS.results_dir}', f'--run_name={os.path.basename(folder)}',
-               *script_flags]
-    if os.path.exists(folder):
-        command.append('--resume')
-    print(f'stability: training {method} {setting} seed {seed} -> {folder}', flush=True)
-    status = subprocess.run(command).returncode
-    if status != 0:
-        raise results.RunError(f'training {method} {setting} seed {seed} stopped (exit status {status}); '
-                               f'its message is above, and python stability.py resumes it')
+    n_way, k_shot = runs.parse_setting(setting)
+    runs.train(METHODS[method][0], run_folder(FLAGS.results_dir, method, setting, seed),
+               [f'--seed={seed}', f'--n_way={n_way}', f'--k_shot={k_shot}',
+                f'--num_iterations={FLAGS.num_iterations}', *script_flags],
+               f'{method} {setting} seed {seed}', 'stability.py')
 
 
 def load_run(folder):
@@ -258,7 +206,7 @@ def load_comparison(output_dir):
 def main(argv):
     script_flags = argv[1:]  # What followed "--".
     for setting in FLAGS.settings:
-        parse_setting(setting)
+        runs.parse_setting(setting)
     seeds = parse_seeds(FLAGS.seeds)
     results.check_writable(FLAGS.output_dir, '--output_dir')
     if FLAGS.train:
@@ -268,7 +216,7 @@ def main(argv):
             for seed in seeds:
                 for method in METHODS:
                     folder = run_folder(FLAGS.results_dir, method, setting, seed)
-                    if not finished(folder, FLAGS.num_iterations):
+                    if not runs.finished(folder, FLAGS.num_iterations):
                         train(method, setting, seed, script_flags)
     elif script_flags:
         raise errors.FlagError(f'flags after -- ({" ".join(script_flags)}) are for training; '

@@ -124,6 +124,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     for when in ('pre', 'post'):
         mean, ci = results.confidence_interval(test[f'query_{when}_accuracy'])
         summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci
+    for name in test.keys() - {'query_pre_accuracy', 'query_post_accuracy'}:
+        summary[f'test_{name}'] = float(np.mean(test[name]))  # Whatever else the learner measures.
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
     save_model(learner.model, run_folder.file(results.MODEL_FILE))
     plotting.plot_run(run_folder.path)

@@ -18,7 +18,7 @@ import os
 import keras
 import tensorflow as tf
 
-from fewshot.errors import SetupError
+from fewshot.errors import FlagError, SetupError
 
 BATCH_NORM_EPSILON = 1e-3
 
@@ -83,24 +83,84 @@ class ConvNet:
         """(features [T, B, F], batch moments by name, empty when `statistics` are given)."""
         num_tasks, batch = images.shape[0], images.shape[1]
         moments = {}
-        h = tf.transpose(images[..., 0], [1, 2, 3, 0])  # [B, H, W, T]: tasks as channel groups.
-        for block in range(1, self.num_blocks + 1):
-            h = grouped_conv2d(h, params[f'conv{block}/kernel'], 1 if self.max_pool else 2)
-            gamma, beta = _flat(params[f'bn{block}/gamma']), _flat(params[f'bn{block}/beta'])
-            if statistics is None:
-                h, mean, variance = batch_norm(h, gamma, beta)
-                moments[f'bn{block}/moving_mean'] = tf.reshape(tf.stop_gradient(mean), [num_tasks, -1])
-                moments[f'bn{block}/moving_variance'] = tf.reshape(tf.stop_gradient(variance),
-                                                                   [num_tasks, -1])
-            else:
-                h = tf.nn.batch_normalization(
-                    h, _flat(statistics[f'bn{block}/moving_mean']),
-                    _flat(statistics[f'bn{block}/moving_variance']), beta, gamma, BATCH_NORM_EPSILON)
-            h = tf.nn.relu(h)
-            if self.max_pool:
-                h = tf.nn.max_pool2d(h, 2, 2, 'SAME')
+
+        def normalise(h, layer):
+            """Batch norm `layer` of grouped activations h [B, H, W, T*F]."""
+            gamma, beta = _flat(params[f'{layer}/gamma']), _flat(params[f'{layer}/beta'])
+            if statistics is not None:
+                return tf.nn.batch_normalization(
+                    h, _flat(statistics[f'{layer}/moving_mean']), _flat(statistics[f'{layer}/moving_variance']),
+                    beta, gamma, BATCH_NORM_EPSILON)
+            h, mean, variance = batch_norm(h, gamma, beta)
+            moments[f'{layer}/moving_mean'] = tf.reshape(tf.stop_gradient(mean), [num_tasks, -1])
+            moments[f'{layer}/moving_variance'] = tf.reshape(tf.stop_gradient(variance), [num_tasks, -1])
+            return h
+
+        h = self._body(params, tf.transpose(images[..., 0], [1, 2, 3, 0]), normalise)  # Tasks as channel groups.
         features = tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [batch, num_tasks, -1])
         return tf.transpose(features, [1, 0, 2]), moments
+
+    def _body(self, params, h, normalise):
+        """The convolution blocks over grouped images h [B, 28, 28, T] -> [B, H', W', T*F]."""
+        for block in range(1, self.num_blocks + 1):
+            h = grouped_conv2d(h, params[f'conv{block}/kernel'], 1 if self.max_pool else 2)
+            h = tf.nn.relu(normalise(h, f'bn{block}'))
+            if self.max_pool:
+                h = tf.nn.max_pool2d(h, 2, 2, 'SAME')
+        return h
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet(ConvNet):
+    """A residual network for 28x28 images over the same grouped convolutions and exact batch norm.
+
+    A stem block as ConvNet's first (3x3 convolution, stride 2, batch norm, ReLU), then
+    `num_blocks` − 1 residual blocks, each halving the resolution (28 -> 14 -> 7 -> 4 -> 2):
+
+        h <- ReLU( BN(conv3x3(ReLU(BN(conv3x3_stride2(h))))) + BN(conv1x1_stride2(h)) ).
+
+    About twice ConvNet's convolution work at 64 filters; larger images only add stride-2 blocks.
+    """
+
+    def __post_init__(self):
+        if self.max_pool:
+            raise FlagError('--max_pool: the residual network downsamples with strided convolutions; '
+                            'use --backbone conv4 for max-pooling')
+
+    def keras_model(self):
+        inputs = keras.Input((self.image_size, self.image_size, 1))
+        h = self._keras_conv_bn(inputs, 1, 3, 2, relu=True)
+        for block in range(2, self.num_blocks + 1):
+            residual = self._keras_conv_bn(h, f'{block}a', 3, 2, relu=True)
+            residual = self._keras_conv_bn(residual, f'{block}b', 3, 1, relu=False)
+            shortcut = self._keras_conv_bn(h, f'{block}s', 1, 2, relu=False)
+            h = keras.layers.ReLU(name=f'relu{block}')(keras.layers.Add(name=f'add{block}')([residual, shortcut]))
+        h = keras.layers.GlobalAveragePooling2D(name='spatial_mean')(h)
+        return keras.Model(inputs, keras.layers.Dense(self.n_way, name='head')(h), name='resnet')
+
+    def _keras_conv_bn(self, h, suffix, size, stride, relu):
+        h = keras.layers.Conv2D(self.num_filters, size, strides=stride, padding='same', use_bias=False,
+                                name=f'conv{suffix}')(h)
+        h = keras.layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, name=f'bn{suffix}')(h)
+        return keras.layers.ReLU(name=f'relu{suffix}')(h) if relu else h
+
+    def _body(self, params, h, normalise):
+        def conv_bn(h, suffix, stride):
+            return normalise(grouped_conv2d(h, params[f'conv{suffix}/kernel'], stride), f'bn{suffix}')
+
+        h = tf.nn.relu(conv_bn(h, 1, 2))
+        for block in range(2, self.num_blocks + 1):
+            residual = conv_bn(tf.nn.relu(conv_bn(h, f'{block}a', 2)), f'{block}b', 1)
+            h = tf.nn.relu(residual + conv_bn(h, f'{block}s', 2))
+        return h
+
+
+BACKBONES = {'conv4': ConvNet, 'resnet': ResNet}
+
+
+def build(backbone, n_way, num_filters, max_pool):
+    """The network named `backbone` (a key of BACKBONES) with an `n_way`-output head."""
+    return BACKBONES[backbone](n_way, num_filters, max_pool=max_pool)
 
 
 def head(kernel, bias, features):

@@ -469,15 +469,15 @@ class RunFolder:
         return iteration, [row for row in rows if row['iteration'] <= iteration]
 
 
-def named_variables(prefix, variables):
-    """{prefix/name: variable} for Keras variables, `name` being the variable's path below its
-    owner: the names a checkpoint keys them by. The owner's own name is left out because Keras
-    numbers it per process (adam, adam_1, ...).
+def named_variables(prefix, owner):
+    """{prefix/name: variable} for the variables of a Keras model or optimizer `owner`, `name` being
+    the variable's path below the owner: the names a checkpoint keys them by. The owner's own name
+    is left out because Keras numbers it per process (adam, adam_1, ...).
 
     prefix: what owns them, e.g. 'model' or 'optimizer'.
     """
-    named = {f'{prefix}/{variable.path.split("/", 1)[-1]}': variable for variable in variables}
-    if len(named) != len(variables):
+    named = {f'{prefix}/{variable.path.removeprefix(owner.name + "/")}': variable for variable in owner.variables}
+    if len(named) != len(owner.variables):
         raise ValueError(f'two {prefix} variables share a name; checkpoints could not tell them apart')
     return named
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from fewshot import results
+from fewshot import results, runs
 import stability
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,9 +66,9 @@ def test_missing_runs_are_named(tmp_path):
 def test_a_run_finished_with_other_iterations_is_not_reused(tmp_path):
     folder = stability.run_folder(str(tmp_path), 'MAML', '5way5shot', 0)
     _fake_run(folder, [0.2, 0.9], test=0.9)
-    assert stability.finished(folder, 50)
+    assert runs.finished(folder, 50)
     with pytest.raises(results.RunError, match='finished 50 iterations, not 1000'):
-        stability.finished(folder, 1000)
+        runs.finished(folder, 1000)
 
 
 def test_bad_settings_get_a_one_line_error(tmp_path):

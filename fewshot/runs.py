@@ -1,0 +1,81 @@
+"""Runs of other commands, trained in child processes by the tools that compare them
+(stability.py, compare.py): a finished run is reused, a stopped one resumed.
+
+A child is a command at the top of the repository, given its flags explicitly; its run
+folder's name says what trained in it, so flags that name the folder are the tool's own
+and may not be passed on after `--`.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+from fewshot import errors, results
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_setting(setting, flag='--settings'):
+    """'5way1shot' -> (5, 1); FlagError naming `flag` otherwise."""
+    match = re.fullmatch(r'(\d+)way(\d+)shot', setting)
+    if not match or int(match[1]) < 2 or int(match[2]) < 1:
+        raise errors.FlagError(f'{flag}: {setting!r} is not of the form <N>way<K>shot with N >= 2 '
+                               'and K >= 1, e.g. 5way1shot')
+    return int(match[1]), int(match[2])
+
+
+def check_passed_flags(passed, reserved, scripts, tool):
+    """FlagError naming the first flag of `passed` (what followed `--`) that is in `reserved` (also
+    as -flag or --no<flag>), then any flag one of `scripts` would refuse: the scripts check them
+    themselves with absl's --only_check_args, so a bad flag fails now and not after hours of training.
+
+    tool: the command passing the flags on, for the message.
+    """
+    for argument in passed:
+        if not argument.startswith('-') or re.fullmatch(r'-[\d.e+-]*', argument):
+            continue  # A flag's value, maybe a negative number.
+        name = argument.lstrip('-').split('=')[0]
+        if name.startswith('no') and name[2:] in reserved:
+            name = name[2:]
+        if name in reserved:
+            raise errors.FlagError(f'--{name} cannot follow --: {tool} sets it for every run or names '
+                                   f'the run folders after it (its own flags: python {tool} --help)')
+    if not passed:
+        return
+    for script in scripts:
+        checked = subprocess.run([sys.executable, os.path.join(REPO, script), '--only_check_args', *passed],
+                                 capture_output=True, text=True)
+        if checked.returncode != 0:
+            reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
+            raise errors.FlagError(f'after --, for {script}: '
+                                   f'{reason[-1][len("error: "):] if reason else checked.stderr.strip()[-300:]}')
+
+
+def finished(folder, num_iterations=None):
+    """True if `folder` holds a finished run; RunError if it finished other than `num_iterations`
+    iterations (None: any number)."""
+    summary = results.read_summary(folder)
+    if summary is None:
+        return False
+    if num_iterations is not None and summary['iterations'] != num_iterations:
+        raise results.RunError(f'{folder} finished {summary["iterations"]} iterations, not {num_iterations}; '
+                               'move it away or choose another --results_dir')
+    return True
+
+
+def train(script, folder, arguments, what, tool):
+    """Runs (or, if `folder` exists, resumes) `script` into `folder` in a child process.
+
+    arguments: the child's flags, but for --results_dir, --run_name and --resume.
+    what: the run in words, for messages; tool: the command training it.
+    """
+    command = [sys.executable, os.path.join(REPO, script), *arguments,
+               f'--results_dir={os.path.dirname(folder) or "."}', f'--run_name={os.path.basename(folder)}']
+    if os.path.exists(folder):
+        command.append('--resume')
+    print(f'{tool}: training {what} -> {folder}', flush=True)
+    status = subprocess.run(command).returncode
+    if status != 0:
+        raise results.RunError(f'training {what} stopped (exit status {status}); its message is above, '
+                               f'and python {tool} resumes it')
