@@ -36,27 +36,17 @@ import tensorflow as tf
 from absl import flags
 
 from fewshot import data, errors, experiment, network, training
-import anil
-import boil
+from fewshot import runs  # noqa: F401  (defines --algorithms)
 import maml
 import maml_plusplus
-import meta_sgd
-import proto_maml
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones).', lower_bound=1)
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
-flags.DEFINE_list('algorithms', ['maml', 'maml++', 'maml++ with MSL'],
-                  'What to time: maml, anil, boil, meta_sgd, proto_maml, maml++ (every fix but the multi-step '
-                  'loss), maml++ with MSL.')
+flags.declare_key_flag('algorithms')  # fewshot/runs.py's; here also maml++ and maml++ with MSL.
 flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in this process and print JSON.')
 flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <= {'first', 'second'},
                          message='--orders: a list of first, second')
-# The learners built as MAML is (see maml.run_from_flags), and MAML++ in two forms.
-FAMILY = {'maml': maml.MAML, 'anil': anil.ANIL, 'boil': boil.BOIL, 'meta_sgd': meta_sgd.MetaSGD,
-          'proto_maml': proto_maml.ProtoMAML}
-ALGORITHMS = (*FAMILY, 'maml++', 'maml++ with MSL')
-flags.register_validator('algorithms', lambda names: bool(names) and set(names) <= set(ALGORITHMS),
-                         message=f'--algorithms: a list of {", ".join(ALGORITHMS)}')
+PLUS_PLUS = ('maml++', 'maml++ with MSL')  # MAML++ held at one derivative order, without or with MSL.
 SETTING = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
            'num_inner_steps', 'meta_lr')  # Shared flags that set what is timed.
 for _name in SETTING:
@@ -112,13 +102,13 @@ def conv_throughput(net, batch=800, repeats=15):
 
 
 def build(algorithm, first_order):
-    """The learner to time: one of FAMILY, or MAML++ held at one derivative order, with or without MSL."""
+    """The learner to time: a learner command's, or MAML++ held at one derivative order, with or
+    without MSL."""
     keras.utils.set_random_seed(0)
+    if algorithm not in PLUS_PLUS:
+        return maml.find_command(algorithm, '--algorithms').build(FLAGS.n_way, first_order)
     net = experiment.convnet()
     optimizer = keras.optimizers.Adam(FLAGS.meta_lr)
-    if algorithm in FAMILY:
-        return net, FAMILY[algorithm](net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
-                                      optimizer)
     never = 10 ** 9  # A schedule switch that is never reached.
     fixes = maml_plusplus.Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never,
                                 da=first_order, da_iterations=never)
@@ -158,6 +148,9 @@ def main(argv):
         print(json.dumps(measure(FLAGS.measure)))
         return
     network.check_grouped_convolutions()
+    for algorithm in FLAGS.algorithms:
+        if algorithm not in PLUS_PLUS:
+            maml.find_command(algorithm, '--algorithms')
     passed = [FLAGS[name].serialize() for name in ('repeats', *SETTING)]  # What each measurement needs.
 
     def in_subprocess(what):
@@ -192,4 +185,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    # What is timed unless --algorithms says otherwise; the learners of `runs` are named there too.
+    FLAGS.set_default('algorithms', ['maml', *PLUS_PLUS])
     errors.run(main)

@@ -5,6 +5,8 @@
     python maml.py --run_name my_run --resume              # continue a stopped run
 """
 
+import importlib
+import os
 import sys
 from typing import NamedTuple
 
@@ -265,10 +267,17 @@ class MAML:
         1 when the inner loop leaves the body alone (ANIL); lower the more it changes it.
         """
         _, context = self.split(params, training=False)
-        shared = network.tile(context, images.shape[0])
-        before, after = (tf.math.l2_normalize(self.net.features({**shared, **trajectory.params[step]}, images), -1)
-                         for step in (0, -1))
+        before, after = (tf.math.l2_normalize(self.net.features(self.network_weights(trajectory.params[step], step,
+                                                                                     context), images), -1)
+                         for step in (0, len(trajectory.params) - 1))
         return tf.reduce_mean(tf.reduce_sum(before * after, -1), -1)
+
+    def network_weights(self, params, step, context):
+        """Every weight of the network by name, [T, ...], at inner step `step`: the task weights
+        θ'_step and the network's weights the context holds (ANIL's body, BOIL's head), tiled."""
+        del step
+        num_tasks = next(iter(params.values())).shape[0]
+        return {**network.tile(context, num_tasks), **params}
 
     def save(self, folder):
         """Writes what the learner learned besides the model's weights into its run folder
@@ -375,6 +384,18 @@ def main_for(command, flag_module):
         del argv
         run_from_flags(command, flag_module)
     return main
+
+
+def find_command(name, flag):
+    """The `Command` of the learner command `name` (the script name.py beside maml.py, which it
+    imports); FlagError naming `flag` if there is none."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
+    module = importlib.import_module(name) if name.isidentifier() and os.path.exists(script) else None
+    command = getattr(module, 'COMMAND', None)
+    if not isinstance(command, Command):
+        raise errors.FlagError(f'{flag}: {name!r} is not a learner command (a script beside maml.py '
+                               'defining COMMAND = maml.Command(...), e.g. maml, anil, boil, meta_sgd, proto_maml)')
+    return command
 
 
 COMMAND = Command('maml', MAML, 'FO-MAML')

@@ -168,9 +168,7 @@ class MAMLPlusPlus(maml.MAML):
         Returns (logits, the batch moments measured, or None when normalising with given ones).
         """
         num_tasks, context = images.shape[0], context or {}
-        per_step = {name[len(PER_STEP):]: value[step] for name, value in context.items()
-                    if name.startswith(PER_STEP)}
-        params = {**params, **network.tile(per_step, num_tasks)}
+        params = self.network_weights(params, step, context)
         running = {name[len(RUNNING):]: value[step] for name, value in context.items()
                    if name.startswith(RUNNING)}
         if running:
@@ -178,6 +176,12 @@ class MAMLPlusPlus(maml.MAML):
         if statistics is not None:
             return self.net.forward(params, images, statistics), None
         return self.net.forward_with_moments(params, images)
+
+    def network_weights(self, params, step, context):
+        """The task weights θ'_step and step `step`'s batch-norm weights (BNWB), by name [T, ...]."""
+        per_step = {name[len(PER_STEP):]: value[step] for name, value in context.items()
+                    if name.startswith(PER_STEP)}
+        return {**params, **network.tile(per_step, next(iter(params.values())).shape[0])}
 
     def inner_update(self, params, grads, step, context):
         """θ'_{s+1} = θ'_s − α_{l,s} g for every weight tensor l (LSLR), else − α g."""

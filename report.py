@@ -22,7 +22,7 @@ from absl import flags
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-from fewshot import config, errors, results  # config defines --results_dir
+from fewshot import comparison, config, errors, results  # config defines --results_dir
 import figures
 import stability
 
@@ -296,7 +296,40 @@ def transfer_section(runs, start):
     return blocks
 
 
-def build_report(runs, stability_dir, start):
+def family_section(compare_dir, start):
+    """The learners side by side, from compare.py's table and figures."""
+    table = comparison.read_table(compare_dir)
+    blocks = [('heading', 2, '4. The gradient-based family side by side (compare.py)'),
+              ('paragraph', 'Every learner trained with the same seed and budget and was meta-tested on the '
+                            'same tasks. Seconds per iteration are wall-clock time of the training loop '
+                            '(validation included) divided by the iterations; the support-feature similarity is '
+                            'the mean cosine similarity of the penultimate features of the meta-test support '
+                            'images before and after adaptation (1: adaptation leaves the features alone).'),
+              ('table', ['setting', 'backbone', 'algorithm', 'inner steps', 'iterations', 'meta-test acc. ± 95% CI',
+                         's / iteration', 'training', 'peak memory', 'feature similarity'],
+               [[row['setting'], row['backbone'], row['algorithm'], f'{row["inner_steps"]:.0f}',
+                 f'{row["iterations"]:.0f}', accuracy(row['test_accuracy'], row['test_ci95']),
+                 f'{row["seconds_per_iteration"]:.3f}', minutes(60 * row['training_minutes']),
+                 f'{row["peak_memory_gb"]:.2f} GB', f'{row["feature_similarity"]:.3f}'] for row in table])]
+    for group in dict.fromkeys(row['group'] for row in table):
+        members = [row for row in table if row['group'] == group]
+        best = max(members, key=lambda row: row['test_accuracy'])
+        tied = [row['algorithm'] for row in members if row is not best
+                and best['test_accuracy'] - row['test_accuracy'] <= best['test_ci95'] + row['test_ci95']]
+        fastest = min(members, key=lambda row: row['seconds_per_iteration'])
+        blocks.append(('paragraph', f'{group}: {best["algorithm"]} was the most accurate on meta-test '
+                       f'({accuracy(best["test_accuracy"], best["test_ci95"])})'
+                       + (f', within the confidence intervals of {", ".join(tied)}' if tied else '')
+                       + f'; {fastest["algorithm"]} the fastest per iteration ({fastest["seconds_per_iteration"]:.3f} s).'))
+        for name, caption in ((f'val_{group}.png', 'validation accuracy against meta-iterations'),
+                              (f'val_time_{group}.png', 'validation accuracy against training time')):
+            blocks.append(('image', relative(os.path.join(compare_dir, name), start), f'{group}: {caption}.'))
+    blocks.append(('image', relative(os.path.join(compare_dir, 'feature_change.png'), start),
+                   'How far adaptation moves the penultimate features of the support set, per learner.'))
+    return blocks
+
+
+def build_report(runs, stability_dir, start, compare_dir=None):
     """The report as a list of blocks; image paths are relative to `start` (the report's folder)."""
     finished = [run for run in runs if run['summary']]
     versions = {f'TensorFlow {run["hyperparameters"]["versions"].get("tensorflow")}, '
@@ -317,6 +350,8 @@ def build_report(runs, stability_dir, start):
     blocks += maml_section(runs, start)
     blocks += maml_plusplus_section(runs, stability_dir, start)
     blocks += transfer_section(runs, start)
+    if compare_dir is not None and comparison.read_table(compare_dir) is not None:
+        blocks += family_section(compare_dir, start)
     blocks.append(('heading', 2, 'Hyperparameters'))
     for algorithm in dict.fromkeys(run['algorithm'] for run in runs):
         group = [run for run in runs if run['algorithm'] == algorithm]
@@ -384,16 +419,15 @@ def to_pdf(blocks, path, start):
             pdf.multi_cell(0, 4, block[2] if os.path.exists(image) else f'(figure missing: {block[1]})',
                            new_x='LMARGIN', new_y='NEXT', align='C')
             pdf.ln(2)
-    temporary = f'{path}.tmp{os.getpid()}'
-    pdf.output(temporary)
-    os.replace(temporary, path)
+    with results.replacing(path) as temporary:
+        pdf.output(temporary)
 
 
-def write_report(runs, stability_dir, output):
+def write_report(runs, stability_dir, output, compare_dir=None):
     """Writes `output` (.md) and the PDF beside it; returns both paths."""
     start = os.path.dirname(os.path.abspath(output))
     os.makedirs(start, exist_ok=True)
-    blocks = build_report(runs, stability_dir, start)
+    blocks = build_report(runs, stability_dir, start, compare_dir)
     results.atomic_write(output, lambda f: f.write(to_markdown(blocks).encode()))
     pdf_path = os.path.splitext(output)[0] + '.pdf'
     to_pdf(blocks, pdf_path, start)
@@ -409,7 +443,7 @@ def main(argv):
         raise errors.OutputError(f'--output {FLAGS.output}: is a folder; name the report file, e.g. report.md')
     results.check_writable(os.path.dirname(os.path.abspath(FLAGS.output)), '--output')
     runs, stability_dir = find_runs(FLAGS.results_dir, FLAGS.runs)
-    for path in write_report(runs, stability_dir, FLAGS.output):
+    for path in write_report(runs, stability_dir, FLAGS.output, os.path.join(FLAGS.results_dir, 'compare')):
         print(path)
 
 

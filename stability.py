@@ -9,7 +9,7 @@
 For every setting and seed it runs `maml.py` and `maml_plusplus.py` at their defaults
 (each in its own run folder under --results_dir, named as the scripts name them); a
 finished run is reused and a stopped one resumed, so the command can be stopped and
-started again. Then it writes to --output_dir, per setting:
+started again. Then it writes to --output_dir (default <results_dir>/stability), per setting:
     val_maml_<setting>.png      MAML's validation accuracy over training, every seed
     val_maml++_<setting>.png    the same for MAML++
     val_overlay_<setting>.png   both methods, mean ± std over seeds
@@ -45,14 +45,10 @@ RESERVED_FLAGS = frozenset({'seed', 'n_way', 'k_shot', 'num_iterations', 'result
                             'msl', 'da', 'bnrs', 'bnwb', 'lslr', 'eval_batch_norm'})
 
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds; every method trains once per seed and setting.')
-flags.DEFINE_list('settings', ['5way5shot', '5way1shot'],
-                  'Task settings as <N>way<K>shot: the assignment\'s, and a harder one.')
+for _name in ('settings', 'train', 'output_dir'):
+    flags.declare_key_flag(_name)  # The tools' flags (fewshot/runs.py): the assignment's setting and a harder one.
 for _name in ('num_iterations', 'results_dir'):
     flags.declare_key_flag(_name)  # config's: iterations of every run, where the run folders are.
-flags.DEFINE_string('output_dir', os.path.join('results', 'stability'),
-                    'Where the figures and tables are written.')
-flags.DEFINE_boolean('train', True, 'Train missing runs and resume stopped ones; --train=false only '
-                     'draws and tabulates, and names any run that is not finished.')
 FLAGS = flags.FLAGS
 
 
@@ -208,7 +204,8 @@ def main(argv):
     for setting in FLAGS.settings:
         runs.parse_setting(setting)
     seeds = parse_seeds(FLAGS.seeds)
-    results.check_writable(FLAGS.output_dir, '--output_dir')
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.results_dir, 'stability')
+    results.check_writable(output_dir, '--output_dir')
     if FLAGS.train:
         check_script_flags(script_flags)
         results.check_writable(FLAGS.results_dir, '--results_dir')
@@ -221,9 +218,9 @@ def main(argv):
     elif script_flags:
         raise errors.FlagError(f'flags after -- ({" ".join(script_flags)}) are for training; '
                                'with --train=false nothing is trained')
-    table = compare(FLAGS.results_dir, FLAGS.output_dir, FLAGS.settings, seeds)
+    table = compare(FLAGS.results_dir, output_dir, FLAGS.settings, seeds)
     print(markdown_table(table))
-    print(f'figures and tables in {FLAGS.output_dir}')
+    print(f'figures and tables in {output_dir}')
 
 
 if __name__ == '__main__':

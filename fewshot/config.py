@@ -42,6 +42,9 @@ flags.DEFINE_boolean('max_pool', False, 'Stride-1 convolutions with 2x2 max-pool
 
 # Schedule ----------------------------------------------------------------------
 flags.DEFINE_integer('num_iterations', 1000, 'Meta-training iterations.', lower_bound=0)
+flags.DEFINE_float('time_budget_minutes', 0, 'Stop meta-training at the first validation after this many '
+                   'minutes of it (0: no limit); --num_iterations is then the most it trains. compare.py '
+                   '--budget_minutes sets it to compare methods at equal wall-clock time.', lower_bound=0)
 flags.DEFINE_integer('val_interval', 50, 'Validate, log and checkpoint every this many iterations.',
                      lower_bound=1)
 flags.DEFINE_integer('num_val_tasks', 160, 'Fixed meta-validation tasks per validation.',
@@ -65,10 +68,10 @@ flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
 FLAGS = flags.FLAGS
 
 
-def flag_values(modules):
+def flag_values(modules, attribute='value'):
     """The values of the key flags of `modules` (module objects) by name: the flags each
-    defines, adopts or declares as its own, as listed by --help."""
+    defines, adopts or declares as its own, as listed by --help. attribute='default': their defaults."""
     names = set()
     for module in modules:
         names.update(flag.name for flag in FLAGS.get_key_flags_for_module(module))
-    return {name: FLAGS[name].value for name in sorted(names)}
+    return {name: getattr(FLAGS[name], attribute) for name in sorted(names)}

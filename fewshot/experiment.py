@@ -4,6 +4,7 @@ Every experiment script (maml.py, maml_plusplus.py, ...) defines its own flags
 and a function building its learner, and hands both to `run`.
 """
 
+import dataclasses
 import hashlib
 import sys
 from typing import NamedTuple
@@ -94,8 +95,9 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
                                    FLAGS.resume, FLAGS.overwrite, create=False,
                                    fixed_on_resume=fixed_on_resume)
-    flag_values = config.flag_values([config] + list(flag_modules))
-    run_folder.check_flags(flag_values)
+    modules = [config] + list(flag_modules)
+    flag_values, flag_defaults = config.flag_values(modules), config.flag_values(modules, 'default')
+    run_folder.check_flags(flag_values, flag_defaults)
     splits, checksum = load_splits()
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
@@ -107,16 +109,18 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
          'task_checksums': {'val': tasks_checksum(val_batches), 'test': tasks_checksum(test_batches)},
          'command': ' '.join(sys.argv), 'classes': {'train': len(splits.train),
                                                     'val': len(splits.val), 'test': len(splits.test)},
-         **(extra or {})})
+         **(extra or {})}, flag_defaults)
     keras.utils.set_random_seed(FLAGS.seed)
     learner, train_stream = build(splits)
     schedule = schedule_for(splits) if schedule_for else training.Schedule(
         FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval, num_eval_inner_steps)
+    if FLAGS.time_budget_minutes:
+        schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
     rows = training.train(learner, train_stream, val_batches, run_folder, schedule, FLAGS.progress)
 
     logging.info('Meta-testing on %d tasks', FLAGS.num_test_tasks)
     test = training.evaluate(learner, test_batches, num_eval_inner_steps)
-    summary = {'iterations': schedule.num_iterations, 'training_seconds': rows[-1]['seconds'],
+    summary = {'iterations': int(rows[-1]['iteration']), 'training_seconds': rows[-1]['seconds'],
                'val_post_accuracy': rows[-1]['val_post_accuracy'],
                'val_post_ci95': rows[-1]['val_post_ci95'], 'test_tasks': FLAGS.num_test_tasks,
                # Of the process that finished the run (a resumed run's earlier processes are not seen).

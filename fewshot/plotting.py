@@ -126,6 +126,37 @@ def plot_mean_std(curves_by_method, path, title):
     _save(figure, path)
 
 
+def plot_curves(curves, path, title, xlabel):
+    """Validation accuracy of several learners, one line each: curves {label: (x [E], accuracies [E])}."""
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    colors = plt.get_cmap('tab10')
+    for index, (label, (x, accuracy)) in enumerate(curves.items()):
+        axes.plot(x, accuracy, marker='o', markersize=2.5, linewidth=1.2, color=colors(index % 10),
+                  label=f'{label} (final {accuracy[-1]:.1%})')
+    _accuracy_axes(axes, title, xlabel, 'validation query accuracy after adaptation',
+                   bottom=_zoomed_bottom([accuracy[1:] for _, accuracy in curves.values()]))
+    _save(figure, path)
+
+
+def plot_grouped_bars(values, path, title, ylabel):
+    """One group of bars per outer key, one bar per inner key: values {group: {label: number}}."""
+    groups = list(values)
+    labels = list(dict.fromkeys(label for group in values.values() for label in group))
+    width = 0.8 / len(labels)
+    figure, axes = plt.subplots(figsize=(max(5.0, 1.6 + 0.45 * len(groups) * len(labels)), 4.2), dpi=120)
+    colors = plt.get_cmap('tab10')
+    for index, label in enumerate(labels):
+        heights = [values[group].get(label, math.nan) for group in groups]
+        bars = axes.bar([g + (index - (len(labels) - 1) / 2) * width for g in range(len(groups))], heights,
+                        width, color=colors(index % 10), label=label)
+        axes.bar_label(bars, fmt='%.2f', fontsize=7)
+    axes.set_xticks(range(len(groups)), groups)
+    axes.set(ylabel=ylabel, title=title, ylim=(0, 1.08))
+    axes.grid(alpha=0.3, axis='y')
+    axes.legend(loc='lower right', fontsize=8)
+    _save(figure, path)
+
+
 def _zoomed_bottom(series):
     """A lower y-limit (a multiple of 5%) just below every value after the first evaluation, so
     that differences between methods near the top are visible; the initial point may fall below."""

@@ -353,22 +353,25 @@ class RunFolder:
 
     # Hyperparameters -------------------------------------------------------
 
-    def check_flags(self, flags):
-        """On resume, RunError if the recorded flags differ from `flags` (other than the resumable changes)."""
+    def check_flags(self, flags, defaults=None):
+        """On resume, RunError if the recorded flags differ from `flags` (other than the resumable changes).
+
+        defaults: flag -> default value; a flag newer than the run (not recorded) must be at its default.
+        """
         if not self.resume or not os.path.exists(self.file(HYPERPARAMETERS_FILE)):
             return
-        recorded = read_hyperparameters(self.path)['flags']
+        recorded = {**(defaults or {}), **read_hyperparameters(self.path)['flags']}
         changed = sorted(name for name in set(recorded) | set(flags)
                          if name not in self.resumable_changes and recorded.get(name) != flags.get(name))
         if changed:
             raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
                            'resume it with the same flags or start a new --run_name')
 
-    def write_hyperparameters(self, flags, extra):
-        """Records the flags (and `extra` facts) or, on resume, checks they did not change."""
+    def write_hyperparameters(self, flags, extra, defaults=None):
+        """Records the flags (and `extra` facts) or, on resume, checks they did not change (`check_flags`)."""
         path = self.file(HYPERPARAMETERS_FILE)
         if self.resume and os.path.exists(path):
-            self.check_flags(flags)
+            self.check_flags(flags, defaults)
             if read_json(path).get('data_checksum') != extra.get('data_checksum'):
                 raise RunError(f'{self.path} was started with other data (its checksum differs); '
                                'resume it with the same data or start a new --run_name')

@@ -37,11 +37,14 @@ class Schedule:
     meta_batch_size: tasks per meta-iteration (T).
     val_interval: validate, log a metrics row and checkpoint every this many iterations.
     num_eval_inner_steps: inner steps when evaluating (may differ from training).
+    time_budget_seconds: training stops at the first validation after this much of it, even
+      before `num_iterations`.
     """
     num_iterations: int
     meta_batch_size: int
     val_interval: int
     num_eval_inner_steps: int
+    time_budget_seconds: float = math.inf
 
 
 def evaluate(learner, batches, num_steps):
@@ -105,6 +108,10 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
                desc='meta-training', unit='it', dynamic_ncols=True)
     interval = []
     for iteration in range(start + 1, schedule.num_iterations + 1):
+        if last['seconds'] >= schedule.time_budget_seconds:
+            logging.info('Time budget of %.1f minutes spent at iteration %d', schedule.time_budget_seconds / 60,
+                         iteration - 1)
+            break
         metrics = learner.meta_train_step(train_sampler.sample(iteration, schedule.meta_batch_size))
         means = {name: float(np.mean(values)) for name, values in metrics.items()}
         loss = means[learner.train_metrics[0]]

@@ -26,15 +26,17 @@ import report
 LEARNERS = {'ANIL': anil.ANIL, 'BOIL': boil.BOIL, 'Meta-SGD': meta_sgd.MetaSGD, 'Proto-MAML': proto_maml.ProtoMAML}
 
 
-def _learner(kind, inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0):
+def _learner(kind, inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0,
+             backbone='conv4'):
     keras.utils.set_random_seed(seed)
-    net = network.ConvNet(n_way=n_way, num_filters=num_filters)
+    net = network.build(backbone, n_way, num_filters, False)
     return kind(net, net.keras_model(), inner_lr, num_inner_steps, first_order, keras.optimizers.Adam(1e-3))
 
 
-@pytest.mark.parametrize('name', list(LEARNERS))
-def test_second_order_meta_gradient_matches_float64_finite_differences(name):
-    learner = _learner(LEARNERS[name])
+@pytest.mark.parametrize('name,backbone', [*((name, 'conv4') for name in LEARNERS),
+                                           ('MAML', 'resnet'), ('BOIL', 'resnet')])
+def test_second_order_meta_gradient_matches_float64_finite_differences(name, backbone):
+    learner = _learner({'MAML': maml.MAML, **LEARNERS}[name], backbone=backbone)
     params = _params(learner, tf.float64)
     episodes = _episodes(1, dtype=np.float64)  # One task: TensorFlow has no float64 grouped convolution.
     gradient = _meta_gradient(learner, params, episodes, 2, first_order=False)
@@ -83,6 +85,16 @@ def test_boil_adapts_the_body_only_and_the_head_stays_bit_identical():
     logits = learner.forward(adapted, episodes.query_images, 0, head)[0]
     np.testing.assert_array_equal(logits, learner.net.forward({**adapted, **network.tile(head, 2)},
                                                               episodes.query_images))
+
+
+def test_feature_change_is_none_when_only_the_head_adapts_and_some_when_the_body_does():
+    """ANIL leaves the body, so the features before and after adaptation are the same (cosine 1);
+    BOIL adapts only the body, so they move."""
+    episodes = _episodes(2, n_way=2)
+    similarity = {kind: learner.evaluate(episodes, 3)['support_feature_similarity']
+                  for kind, learner in (('ANIL', _learner(anil.ANIL)), ('BOIL', _learner(boil.BOIL)))}
+    np.testing.assert_allclose(similarity['ANIL'], 1.0, rtol=1e-6)
+    assert similarity['BOIL'].shape == (2,) and np.all(similarity['BOIL'] < 0.9999)
 
 
 def test_meta_sgd_with_uniform_rates_adapts_as_maml_and_its_rates_are_learned():

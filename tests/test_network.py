@@ -14,10 +14,10 @@ def net_and_model():
     return net, net.keras_model()
 
 
-@pytest.mark.parametrize('max_pool', [False, True])
-def test_forward_matches_keras_model_in_training_mode(max_pool):
+@pytest.mark.parametrize('backbone,max_pool', [('conv4', False), ('conv4', True), ('resnet', False)])
+def test_forward_matches_keras_model_in_training_mode(backbone, max_pool):
     tf.keras.utils.set_random_seed(1)
-    net = network.ConvNet(n_way=3, num_filters=6, max_pool=max_pool)
+    net = network.build(backbone, 3, 6, max_pool)
     model = net.keras_model()
     images = tf.random.uniform([4, 7, 28, 28, 1])
     logits = net.forward(network.tile(network.parameters(model), 4), images)
@@ -26,9 +26,10 @@ def test_forward_matches_keras_model_in_training_mode(max_pool):
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
-def test_forward_with_running_statistics_matches_keras_inference_mode():
+@pytest.mark.parametrize('backbone', ['conv4', 'resnet'])
+def test_forward_with_running_statistics_matches_keras_inference_mode(backbone):
     tf.keras.utils.set_random_seed(2)
-    net = network.ConvNet(n_way=3, num_filters=6)
+    net = network.build(backbone, 3, 6, False)
     model = net.keras_model()
     for _ in range(3):  # Move the running statistics away from their initial values.
         model(tf.random.uniform([16, 28, 28, 1]), training=True)
@@ -129,3 +130,13 @@ def test_forward_with_moments_reports_each_tasks_batch_norm_moments():
         np.testing.assert_allclose(moments[name][1], alone[name][0], rtol=1e-4, atol=1e-6)
     # Normalising with the reported moments reproduces the forward.
     np.testing.assert_allclose(net.forward(params, images, moments), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_adds_residual_blocks_and_halves_the_resolution_in_each():
+    params = network.parameters(network.ResNet(n_way=5, num_filters=8).keras_model())
+    assert {name.split('/')[0] for name in params} == {
+        'conv1', 'bn1', 'head', *(f'{kind}{block}{part}' for kind in ('conv', 'bn') for block in (2, 3, 4)
+                                  for part in 'abs')}
+    assert params['conv3s/kernel'].shape == (1, 1, 8, 8)
+    with pytest.raises(network.FlagError, match='--max_pool'):
+        network.ResNet(n_way=5, max_pool=True)

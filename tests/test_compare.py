@@ -1,0 +1,72 @@
+"""compare.py end to end on synthetic data: it trains each learner once, reuses finished runs,
+tabulates and draws; equal wall-clock budgets stop training early; the report gains its section."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fewshot import comparison, results
+from test_training import REPO
+import report
+
+# The tiny setting of the family's contract test, without the flags compare.py sets itself.
+PASSED = ['--num_filters=4', '--num_query=2', '--meta_batch_size=2', '--num_val_classes=4',
+          '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4', '--progress=false',
+          '--val_interval=2']
+
+
+def _compare(synthetic_dir, tmp_path, *flags):
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), '--settings=3way1shot',
+                             '--num_iterations=2', f'--results_dir={tmp_path}/results', *flags, '--',
+                             f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache', *PASSED],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp_path):
+    first = _compare(synthetic_dir, tmp_path, '--algorithms=maml,anil')
+    assert first.count('compare.py: training') == 2
+    folders = [os.path.join(tmp_path, 'results', f'{name}_fo_3way1shot_5steps_seed0') for name in ('maml', 'anil')]
+    stamps = [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
+
+    second = _compare(synthetic_dir, tmp_path, '--algorithms=maml,anil')
+    assert 'compare.py: training' not in second
+    assert stamps == [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
+
+    output = os.path.join(tmp_path, 'results', 'compare')
+    rows = comparison.read_table(output)
+    assert [(row['algorithm'], row['iterations']) for row in rows] == [('FO-MAML', 2), ('FO-ANIL', 2)]
+    assert rows[1]['feature_similarity'] == pytest.approx(1.0, abs=1e-6)  # ANIL's inner loop leaves the body.
+    for row, folder in zip(rows, folders):
+        assert row['test_accuracy'] == results.read_summary(folder)['test_post_accuracy']
+    for name in ('val_3way1shot.png', 'val_time_3way1shot.png', 'feature_change.png', 'compare.md'):
+        assert os.path.getsize(os.path.join(output, name)) > 0
+
+    runs, stability_dir = report.find_runs(os.path.join(tmp_path, 'results'))
+    text = report.to_markdown(report.build_report(runs, stability_dir, str(tmp_path), output))
+    assert '4. The gradient-based family side by side' in text and 'FO-ANIL' in text
+
+
+def test_an_equal_time_budget_stops_every_run_before_its_iterations(synthetic_dir, tmp_path):
+    _compare(synthetic_dir, tmp_path, '--algorithms=maml', '--budget_minutes=1e-5', '--num_iterations=50')
+    summary = results.read_summary(os.path.join(tmp_path, 'results', 'maml_fo_3way1shot_5steps_seed0_budget1e-05min'))
+    assert summary['iterations'] < 50
+
+
+def test_tabulating_names_the_runs_that_are_missing(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), '--train=false', '--algorithms=boil',
+                             '--settings=5way1shot', f'--results_dir={tmp_path}'],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith('error: unfinished or missing runs: ')
+    assert 'boil_fo_5way1shot_5steps_seed0' in result.stderr
+
+
+def test_an_unknown_learner_is_named(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), '--algorithms=maml,reptil',
+                             f'--results_dir={tmp_path}'], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --algorithms: 'reptil' is not a learner command")
