@@ -28,6 +28,10 @@ flags.DEFINE_float('meta_lr', 1e-3, 'Outer-loop (meta) Adam learning rate (beta)
 flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
                   "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
                   'convolution and three residual blocks (about twice the convolution work).')
+flags.register_multi_flags_validator(
+    ['backbone', 'max_pool'], lambda values: not (values['backbone'] == 'resnet' and values['max_pool']),
+    message='--max_pool: the residual network downsamples with strided convolutions; use --backbone conv4 '
+            'for max-pooling')
 FLAGS = flags.FLAGS
 # MAML's flags that every learner built by `run_from_flags` takes, meaning the same there.
 LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr', 'backbone')
@@ -66,8 +70,9 @@ class MAML:
     Variants (anil.py, boil.py, meta_sgd.py, proto_maml.py, maml_plusplus.py) override the
     hooks: `split` (which parameters the inner loop adapts), `represent` (what its network
     sees of the images), `initial_weights` (where each task starts), `forward` (which weights
-    and statistics a step uses), `inner_update` (the step rule), `query_forward` (how the
-    query set is scored), `query_loss` (the meta-loss) and `save` (what else a run keeps).
+    and statistics a step uses), `inner_loss` (what a step descends), `inner_update` (the step
+    rule), `query_forward` (how the query set is scored), `query_loss` (the meta-loss),
+    `meta_gradients` (the direction of the meta-step) and `save` (what else a run keeps).
     """
 
     # What meta_train_step reports, per task; the first is the meta-loss.
@@ -118,8 +123,7 @@ class MAML:
             with tf.GradientTape() as tape:
                 tape.watch(params)
                 logits, step_moments = self.forward(params, images, step, context)
-                # Summing over tasks gives each task's gradient in its own slice of T.
-                loss = tf.reduce_sum(network.task_losses(logits, labels))
+                loss = self.inner_loss(logits, labels, params, weights[0])
             accuracies.append(network.task_accuracies(logits, labels))
             moments.append(step_moments)
             grads = tape.gradient(loss, params)
@@ -131,6 +135,15 @@ class MAML:
         accuracies.append(network.task_accuracies(logits, labels))
         moments.append(step_moments)
         return Trajectory(weights, accuracies, moments)
+
+    def inner_loss(self, logits, labels, params, start):
+        """What the inner loop descends: Σ_t L_support_t(θ'_t), from support logits [T, B, N].
+
+        Summing over tasks gives each task's gradient in its own slice of T. params, start: the
+        task weights θ'_t now and where the loop started (for a regulariser toward θ, as iMAML's).
+        """
+        del params, start
+        return tf.reduce_sum(network.task_losses(logits, labels))
 
     def forward(self, params, images, step, context):
         """Logits [T, B, N] of images [T, B, 28, 28, 1] under task weights θ'_step.
@@ -252,13 +265,21 @@ class MAML:
                                                          training=False)
             return {**metrics, 'support_feature_similarity':
                     self.feature_similarity(self.params, episodes.support_images, trajectory)}
-        variables = list(self.params.values())
         with tf.GradientTape() as tape:
             meta_loss, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps,
                                                                  **options)
-        self.meta_optimizer.apply_gradients(zip(tape.gradient(meta_loss, variables), variables))
+        gradients = self.meta_gradients(tape, meta_loss, trajectory)
+        self.meta_optimizer.apply_gradients([(gradients[name], self.params[name]) for name in self.params])
         self.track(trajectory)
         return metrics
+
+    def meta_gradients(self, tape, meta_loss, trajectory):
+        """The direction the meta-optimizer descends, by name like `self.params`: MAML's is the
+        gradient of the meta-loss, ∇θ L(θ), through the inner loop or not (first order). A learner
+        without a differentiable meta-loss (Reptile's θ − θ', iMAML's implicit gradient) computes
+        its own from the trajectory."""
+        del trajectory
+        return tape.gradient(meta_loss, self.params)
 
     def feature_similarity(self, params, images, trajectory):
         """How far adaptation moved the penultimate features (BOIL's "representation change"):
