@@ -4,11 +4,13 @@
     errors      the kinds of user error, and `errors.run`, through which every command's main runs
     data        Omniglot: reading, preprocessing, cache, character splits, the episode sampler
     mnist       MNIST for the initialization lab
-    network     the ConvNet: a Keras model for storage, a pure forward over explicit weights
+    network     ConvNet and ResNet: a Keras model for storage, a pure forward over explicit weights
     training    the meta-training loop: validation, checkpoints, the finite-state guard, TensorBoard
     experiment  one run from flags: data -> learner -> training -> meta-test -> run folder
     results     the run folder: atomic writes, readers that name damage, checkpoints by name
     plotting    figures drawn from a run folder's logs alone
+    runs        for tools that train other commands: their flags, reuse and resume in child processes
+    comparison  compare.py's table and figures from finished run folders (report.py reads them)
 
 The package never imports a command (the top-level scripts); commands import the package.
 """

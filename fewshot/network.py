@@ -1,8 +1,9 @@
 """The few-shot classifier: a Keras model for storage, a pure forward over explicit weights.
 
-The network is the MAML paper's Omniglot net: `num_blocks` blocks of
+The network is the MAML paper's Omniglot net (`ConvNet`): `num_blocks` blocks of
 3x3 convolution (`num_filters` filters, stride 2, or stride 1 and 2x2 max-pool),
-batch norm and ReLU, then the spatial mean and a linear head.
+batch norm and ReLU, then the spatial mean and a linear head; or a residual network
+over the same pieces (`ResNet`). `build` makes either by its --backbone name.
 
 Meta-learning needs one set of weights per task. `ConvNet.forward` therefore
 takes weights with a leading task axis T and evaluates all tasks in one pass:
