@@ -288,7 +288,9 @@ def main(argv):
         algorithm='transfer', default_run_name=f'transfer_{FLAGS.n_way}way{FLAGS.k_shot}shot_seed{FLAGS.seed}',
         build=build, flag_modules=[sys.modules[__name__]], num_eval_inner_steps=FLAGS.adapt_steps,
         extra={'batch_norm': 'batch statistics of each task (transductive)' if FLAGS.batch_statistics
-               else 'frozen pretraining statistics (not transductive)'},
+               else 'frozen pretraining statistics (not transductive)',
+               'accuracy_figure': {'train_column': 'train_accuracy', 'xlabel': 'pretraining step',
+                                   'train_label': 'pretraining minibatch accuracy'}},
         schedule_for=schedule)
     if not FLAGS.compare_with:
         return

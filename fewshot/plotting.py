@@ -16,8 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from fewshot import results  # noqa: E402
 
 ASSIGNMENT_BAR = 0.80
-# How a run's accuracy figure differs by algorithm (hyperparameters.json 'algorithm').
-RUN_FIGURE_OPTIONS = {
+# A run describes how its accuracy figure differs from a meta-learner's in hyperparameters.json
+# ('accuracy_figure': arguments of `plot_accuracy`); transfer runs written before they did so
+# are recognised by their algorithm.
+ACCURACY_FIGURE_BEFORE_SELF_DESCRIPTION = {
     'transfer': {'train_column': 'train_accuracy', 'xlabel': 'pretraining step',
                  'train_label': 'pretraining minibatch accuracy'},
 }
@@ -63,7 +65,8 @@ def plot_run(run_dir, suffix='.png', logs=None):
     algorithm, flags = hyperparameters.get('algorithm', 'run'), hyperparameters['flags']
     title = f'{algorithm}, {flags["n_way"]}-way {flags["k_shot"]}-shot Omniglot'
     path = os.path.join(run_dir, f'val_accuracy{suffix}')
-    plot_accuracy(rows, path, title, **RUN_FIGURE_OPTIONS.get(algorithm, {}))
+    options = hyperparameters.get('accuracy_figure', ACCURACY_FIGURE_BEFORE_SELF_DESCRIPTION.get(algorithm, {}))
+    plot_accuracy(rows, path, title, **options)
     return path
 
 

@@ -3,7 +3,9 @@ loop may change it changes and nothing else, second-order meta-gradients against
 differences, each learner improves on real Omniglot, and every learner's command trains,
 checkpoints, resumes exactly and reports through the shared code."""
 
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -154,8 +156,14 @@ def test_learner_improves_on_real_validation_tasks(name, real_omniglot):
 
 # The contract every learner's command keeps through the shared code --------------------------
 
-COMMANDS = {'maml.py': [], 'maml_plusplus.py': ['--cosine_annealing=false'], 'anil.py': [], 'boil.py': [],
-            'meta_sgd.py': [], 'proto_maml.py': []}
+# Every learner command (a script defining its maml.Command), found rather than listed, and MAML++.
+LEARNER_SCRIPTS = sorted(os.path.basename(path) for path in glob.glob(os.path.join(REPO, '*.py'))
+                         if re.search(r'^COMMAND = (maml\.)?Command\(', open(path).read(), re.MULTILINE))
+COMMANDS = {**{script: [] for script in LEARNER_SCRIPTS}, 'maml_plusplus.py': ['--cosine_annealing=false']}
+
+
+def test_the_contract_covers_every_learner_command():
+    assert {'maml.py', 'anil.py', 'boil.py', 'meta_sgd.py', 'proto_maml.py'} <= set(LEARNER_SCRIPTS)
 TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2',
         '--num_val_classes=4', '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4',
         '--num_inner_steps=1', '--progress=false', '--val_interval=2']
