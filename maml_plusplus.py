@@ -282,8 +282,8 @@ class MAMLPlusPlus(maml.MAML):
 
 
 def fixes_from_flags():
-    return Fixes(FLAGS.msl, FLAGS.msl_iterations, FLAGS.da, FLAGS.da_iterations, FLAGS.bnrs,
-                 FLAGS.eval_batch_norm, FLAGS.bnwb, FLAGS.lslr)
+    """The fixes as the flags of the same names say."""
+    return Fixes(**{field.name: FLAGS[field.name].value for field in dataclasses.fields(Fixes)})
 
 
 def run_name(fixes):

@@ -280,8 +280,9 @@ def main(argv):
         return learner, stream(splits)
 
     def schedule(splits):
-        return training.Schedule(FLAGS.epochs * stream(splits).steps_per_epoch, FLAGS.batch_size,
-                                 FLAGS.val_interval, FLAGS.adapt_steps)
+        return training.Schedule(num_iterations=FLAGS.epochs * stream(splits).steps_per_epoch,
+                                 meta_batch_size=FLAGS.batch_size, val_interval=FLAGS.val_interval,
+                                 num_eval_inner_steps=FLAGS.adapt_steps)
 
     maml_runs = {run_dir: load_maml_run(run_dir) for run_dir in FLAGS.compare_with}  # Before pretraining.
     outcome = experiment.run(

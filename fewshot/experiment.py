@@ -113,7 +113,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     keras.utils.set_random_seed(FLAGS.seed)
     learner, train_stream = build(splits)
     schedule = schedule_for(splits) if schedule_for else training.Schedule(
-        FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval, num_eval_inner_steps)
+        num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
+        val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
     if FLAGS.time_budget_minutes:
         schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
     rows = training.train(learner, train_stream, val_batches, run_folder, schedule, FLAGS.progress)
