@@ -366,12 +366,11 @@ class Command(NamedTuple):
         return (f'{self.name}_{"fo" if first_order else "so"}_{n_way}way{k_shot}shot_'
                 f'{num_inner_steps}steps{network_part}_seed{seed}')
 
-    def build(self, n_way, first_order, num_inner_steps=None):
+    def build(self, n_way, first_order):
         """(network, learner) as the flags say, with an `n_way`-way head and the given order."""
         net = network.build(FLAGS.backbone, n_way, FLAGS.num_filters, FLAGS.max_pool)
-        learner = self.learner_class(net, net.keras_model(), FLAGS.inner_lr,
-                                     num_inner_steps or FLAGS.num_inner_steps, first_order,
-                                     keras.optimizers.Adam(FLAGS.meta_lr))
+        learner = self.learner_class(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
+                                     first_order, keras.optimizers.Adam(FLAGS.meta_lr))
         return net, learner
 
 
