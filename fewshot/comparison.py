@@ -91,7 +91,7 @@ def draw(runs, output_dir):
         similarity[run['group']][run['algorithm']] = run['feature_similarity']
     written.append(os.path.join(output_dir, 'feature_change.png'))
     plotting.plot_grouped_bars(
-        similarity, written[-1], 'How far adaptation moves the features (meta-test support sets)',
+        similarity, written[-1], 'Feature change during adaptation (meta-test support sets)',
         'mean cosine similarity of penultimate features,\nbefore vs after adaptation')
     return written
 

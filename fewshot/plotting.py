@@ -146,7 +146,7 @@ def plot_grouped_bars(values, path, title, ylabel):
     groups = list(values)
     labels = list(dict.fromkeys(label for group in values.values() for label in group))
     width = 0.8 / len(labels)
-    figure, axes = plt.subplots(figsize=(max(5.0, 1.6 + 0.45 * len(groups) * len(labels)), 4.2), dpi=120)
+    figure, axes = plt.subplots(figsize=(max(7.0, 1.6 + 0.45 * len(groups) * len(labels)), 4.5), dpi=120)
     colors = plt.get_cmap('tab10')
     for index, label in enumerate(labels):
         heights = [values[group].get(label, math.nan) for group in groups]
@@ -156,7 +156,7 @@ def plot_grouped_bars(values, path, title, ylabel):
     axes.set_xticks(range(len(groups)), groups)
     axes.set(ylabel=ylabel, title=title, ylim=(0, 1.08))
     axes.grid(alpha=0.3, axis='y')
-    axes.legend(loc='lower right', fontsize=8)
+    axes.legend(loc='upper center', bbox_to_anchor=(0.5, -0.1), ncol=min(len(labels), 5), fontsize=8)
     _save(figure, path)
 
 
