@@ -17,7 +17,7 @@ import sys
 
 from absl import flags
 
-from fewshot import config, errors, network
+from fewshot import commands, config, errors, network
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -45,7 +45,7 @@ class ANIL(maml.MAML):
         return network.head(params['head/kernel'], params['head/bias'], features), None
 
 
-COMMAND = maml.Command('anil', ANIL, 'FO-ANIL')
+COMMAND = commands.Command('anil', ANIL, 'FO-ANIL')
 
 if __name__ == '__main__':
-    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))
+    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -35,9 +35,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import data, errors, experiment, network, training
+from fewshot import commands, data, errors, experiment, network, training
 from fewshot import runs  # noqa: F401  (defines --algorithms)
-import maml
+import maml  # noqa: F401  (MAML's flags, which set what is timed)
 import maml_plusplus
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones).', lower_bound=1)
@@ -106,7 +106,7 @@ def build(algorithm, first_order):
     without MSL."""
     keras.utils.set_random_seed(0)
     if algorithm not in PLUS_PLUS:
-        return maml.find_command(algorithm, '--algorithms').build(FLAGS.n_way, first_order)
+        return commands.find(algorithm, '--algorithms').build(FLAGS.n_way, first_order)
     net = experiment.convnet()
     optimizer = keras.optimizers.Adam(FLAGS.meta_lr)
     never = 10 ** 9  # A schedule switch that is never reached.
@@ -150,7 +150,7 @@ def main(argv):
     network.check_grouped_convolutions()
     for algorithm in FLAGS.algorithms:
         if algorithm not in PLUS_PLUS:
-            maml.find_command(algorithm, '--algorithms')
+            commands.find(algorithm, '--algorithms')
     passed = [FLAGS[name].serialize() for name in ('repeats', *SETTING)]  # What each measurement needs.
 
     def in_subprocess(what):

@@ -17,7 +17,7 @@ import sys
 
 from absl import flags
 
-from fewshot import config, errors, network
+from fewshot import commands, config, errors, network
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -41,7 +41,7 @@ class BOIL(maml.MAML):
         return self.net.forward({**params, **network.tile(head, images.shape[0])}, images), None
 
 
-COMMAND = maml.Command('boil', BOIL, 'FO-BOIL')
+COMMAND = commands.Command('boil', BOIL, 'FO-BOIL')
 
 if __name__ == '__main__':
-    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))
+    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))

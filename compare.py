@@ -1,4 +1,4 @@
-"""The gradient-based family side by side: the same seed, tasks and budget for every learner.
+"""Learners side by side: the same seed, tasks and budget for every learner.
 
     python compare.py                                      # maml,anil,boil,meta_sgd,proto_maml at 5way1shot,5way5shot
     python compare.py --algorithms maml,boil --settings 5way5shot --backbones conv4,resnet
@@ -7,7 +7,7 @@
     python compare.py -- --meta_batch_size=16              # flags after -- go to every learner
 
 Each algorithm is a learner command beside maml.py (anil is anil.py; a new learner's script is
-comparable as soon as it defines its `maml.Command`). For every backbone, setting and algorithm
+comparable as soon as it defines its `commands.Command`). For every backbone, setting and algorithm
 it trains that command with --seed, in the run folder the command itself would choose
 (anil_fo_5way5shot_5steps_seed0, ...; with --budget_minutes M, ..._budgetMmin), so a run made
 by hand is reused; a finished run is reused and a stopped one resumed, so the command can be
@@ -25,8 +25,8 @@ import os
 
 from absl import flags
 
-from fewshot import comparison, errors, network, results, runs
-import maml
+from fewshot import commands, comparison, errors, network, results, runs
+import maml  # noqa: F401 (defines --first_order, which compare.py passes to the learners that have an order)
 
 flags.DEFINE_list('backbones', ['conv4'], 'Networks to train every learner with (maml.py --backbone).')
 flags.DEFINE_float('budget_minutes', 0, 'Equal training time instead of equal iterations: every run trains '
@@ -49,14 +49,15 @@ class PlannedRun:
     def __init__(self, command, setting, backbone):
         self.command, self.setting, self.backbone = command, setting, backbone
         n_way, k_shot = runs.parse_setting(setting)
-        name = command.run_name(FLAGS.first_order, n_way, k_shot, command.default('num_inner_steps'), FLAGS.seed,
-                                backbone)
+        name = command.run_name(n_way, k_shot, FLAGS.seed, backbone, FLAGS.first_order)
         if FLAGS.budget_minutes:
             name += f'_budget{FLAGS.budget_minutes:g}min'
         self.folder = os.path.join(FLAGS.results_dir, name)
         self.arguments = [f'--seed={FLAGS.seed}', f'--n_way={n_way}', f'--k_shot={k_shot}',
-                          f'--num_iterations={FLAGS.num_iterations}', f'--first_order={FLAGS.first_order}',
-                          f'--backbone={backbone}', f'--time_budget_minutes={FLAGS.budget_minutes}']
+                          f'--num_iterations={FLAGS.num_iterations}', f'--backbone={backbone}',
+                          f'--time_budget_minutes={FLAGS.budget_minutes}']
+        if command.takes('first_order'):
+            self.arguments.append(f'--first_order={FLAGS.first_order}')
 
     def finished(self):
         """True if the run finished (as many iterations as asked, unless under a time budget)."""
@@ -69,14 +70,14 @@ class PlannedRun:
 
 def plan():
     """Every run of the comparison, backbone by backbone, setting by setting."""
-    commands = [maml.find_command(name, '--algorithms') for name in FLAGS.algorithms]
-    if not commands:
+    learners = [commands.find(name, '--algorithms') for name in FLAGS.algorithms]
+    if not learners:
         raise errors.FlagError('--algorithms: name at least one learner, e.g. maml,anil')
     for backbone in FLAGS.backbones:
         if backbone not in network.BACKBONES:
             raise errors.FlagError(f'--backbones: {backbone!r} is not one of {", ".join(network.BACKBONES)}')
     return [PlannedRun(command, setting, backbone) for backbone in FLAGS.backbones
-            for setting in FLAGS.settings for command in commands]
+            for setting in FLAGS.settings for command in learners]
 
 
 def main(argv):

@@ -5,8 +5,6 @@
     python maml.py --run_name my_run --resume              # continue a stopped run
 """
 
-import importlib
-import os
 import sys
 from typing import NamedTuple
 
@@ -14,7 +12,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from fewshot import config, errors, experiment, network, results
+from fewshot import commands, config, errors, learner, network
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 
@@ -24,17 +22,9 @@ flags.DEFINE_integer('num_eval_inner_steps', 0, 'Inner-loop steps at validation 
                      '(0: the same as --num_inner_steps).', lower_bound=0)
 flags.DEFINE_boolean('first_order', True, 'First-order MAML (FO-MAML, the assignment\'s setting); '
                      '--first_order=false differentiates through the inner loop (second order).')
-flags.DEFINE_float('meta_lr', 1e-3, 'Outer-loop (meta) Adam learning rate (beta).', lower_bound=1e-12)
-flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
-                  "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
-                  'convolution and three residual blocks (about twice the convolution work).')
-flags.register_multi_flags_validator(
-    ['backbone', 'max_pool'], lambda values: not (values['backbone'] == 'resnet' and values['max_pool']),
-    message='--max_pool: the residual network downsamples with strided convolutions; use --backbone conv4 '
-            'for max-pooling')
 FLAGS = flags.FLAGS
-# MAML's flags that every learner built by `run_from_flags` takes, meaning the same there.
-LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr', 'backbone')
+# MAML's flags, which every learner extending `MAML` takes, meaning the same there.
+LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order')
 
 
 class Trajectory(NamedTuple):
@@ -51,7 +41,7 @@ class Trajectory(NamedTuple):
     support_moments: list
 
 
-class MAML:
+class MAML(learner.Learner):
     """Model-Agnostic Meta-Learning over a functional network.
 
     The meta-parameters θ are the trainable weights of a Keras model. For every
@@ -75,9 +65,10 @@ class MAML:
     `meta_gradients` (the direction of the meta-step) and `save` (what else a run keeps).
     """
 
-    # What meta_train_step reports, per task; the first is the meta-loss.
+    # What train_step reports, per task; the first is the meta-loss.
     train_metrics = ('query_post_loss', 'query_post_accuracy', 'query_pre_loss', 'query_pre_accuracy',
                      'support_pre_accuracy', 'support_post_accuracy')
+    learner_flags = LEARNER_FLAGS
 
     def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer,
                  params=None):
@@ -92,16 +83,20 @@ class MAML:
           params: the meta-parameters by name (default: the model's trainable weights,
             `network.parameters(model)`).
         """
-        self.net = net
-        self.model = model
         self.inner_lr = inner_lr
         self.num_inner_steps = num_inner_steps
         self.first_order = first_order
-        self.meta_optimizer = meta_optimizer
-        self.params = network.parameters(model) if params is None else params
-        meta_optimizer.build(list(self.params.values()))
-        self._train_step = tf.function(self._meta_train_step)
-        self._evaluate = tf.function(self._evaluate_tasks)
+        super().__init__(net, model, meta_optimizer, params)
+
+    @classmethod
+    def from_flags(cls, net, first_order):
+        """The learner of `net` with MAML's flags, at the given order, meta-trained by Adam."""
+        return cls(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, first_order,
+                   keras.optimizers.Adam(FLAGS.meta_lr))
+
+    @classmethod
+    def eval_inner_steps_from_flags(cls):
+        return FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps
 
     def inner_loop(self, params, images, labels, num_steps, first_order=None, context=None):
         """Adapts every task's weights on its support set.
@@ -268,8 +263,7 @@ class MAML:
         with tf.GradientTape() as tape:
             meta_loss, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps,
                                                                  **options)
-        gradients = self.meta_gradients(tape, meta_loss, trajectory)
-        self.meta_optimizer.apply_gradients([(gradients[name], self.params[name]) for name in self.params])
+        self.apply(self.meta_gradients(tape, meta_loss, trajectory))
         self.track(trajectory)
         return metrics
 
@@ -300,126 +294,24 @@ class MAML:
         num_tasks = next(iter(params.values())).shape[0]
         return {**network.tile(context, num_tasks), **params}
 
-    def save(self, folder):
-        """Writes what the learner learned besides the model's weights into its run folder
-        (MAML: nothing; Meta-SGD: its learning rates)."""
-        del folder
-
     def track(self, trajectory):
         """Updates state kept across meta-iterations from a training trajectory (MAML keeps none)."""
         del trajectory
 
-    def _meta_train_step(self, episodes, **options):
+    def train_step(self, episodes, **options):
         return self.outer_loop(episodes, self.num_inner_steps, train=True, **options)
 
-    def _evaluate_tasks(self, episodes, num_steps):
+    def test_step(self, episodes, num_steps):
         return self.outer_loop(episodes, num_steps, train=False)
 
-    def state_variables(self):
-        """What a checkpoint must hold, by name: the model's weights and the meta-optimizer's state."""
-        return {**results.named_variables('model', self.model),
-                **results.named_variables('optimizer', self.meta_optimizer)}
-
-    def train_step_options(self):
-        """Arguments of `meta_objective` for the next meta-iteration (MAML: none; MAML++ follows
-        schedules). Each distinct set of Python values compiles the training step once."""
-        return {}
-
-    def meta_train_step(self, episodes):
-        """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy."""
-        metrics = self._train_step(_as_tensors(episodes), **self.train_step_options())
-        return {k: v.numpy() for k, v in metrics.items()}
-
     def evaluate(self, episodes, num_steps=None):
-        """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""
-        num_steps = self.num_inner_steps if num_steps is None else num_steps
-        return {k: v.numpy() for k, v in self._evaluate(_as_tensors(episodes), num_steps).items()}
+        """Adapts to each task with `num_steps` inner steps (default `num_inner_steps`) and scores
+        its query set, without touching θ; per-task NumPy metrics."""
+        return super().evaluate(episodes, self.num_inner_steps if num_steps is None else num_steps)
 
 
-def _as_tensors(episodes):
-    return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
-
-
-class Command(NamedTuple):
-    """What a command built on MAML's core says about itself, so that compare.py and benchmark.py
-    run it, and find its runs, without knowing it by name.
-
-    name: the command's module and its run folders' prefix: 'anil' is anil.py, whose runs are
-      named anil_fo_5way5shot_5steps_seed0 (see `run_name`).
-    learner_class: called as `MAML` is (see `build`).
-    algorithm: what hyperparameters.json and the report call it at first order, e.g. 'FO-ANIL';
-      at second order the 'FO-' is dropped.
-    defaults: MAML flags whose default differs in this command (Meta-SGD: one inner step).
-    """
-    name: str
-    learner_class: type
-    algorithm: str
-    defaults: dict = {}
-
-    def default(self, flag):
-        """The default of one of MAML's flags in this command."""
-        return self.defaults.get(flag, FLAGS[flag].default)
-
-    def run_name(self, first_order, n_way, k_shot, num_inner_steps, seed, backbone='conv4'):
-        """The run folder a run of this command is given unless --run_name says otherwise."""
-        network_part = '' if backbone == 'conv4' else f'_{backbone}'
-        return (f'{self.name}_{"fo" if first_order else "so"}_{n_way}way{k_shot}shot_'
-                f'{num_inner_steps}steps{network_part}_seed{seed}')
-
-    def build(self, n_way, first_order):
-        """(network, learner) as the flags say, with an `n_way`-way head and the given order."""
-        net = network.build(FLAGS.backbone, n_way, FLAGS.num_filters, FLAGS.max_pool)
-        learner = self.learner_class(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
-                                     first_order, keras.optimizers.Adam(FLAGS.meta_lr))
-        return net, learner
-
-
-def run_from_flags(command, flag_module):
-    """Trains and meta-tests a MAML-shaped learner as MAML's flags say; returns `experiment.Outcome`.
-
-    command: the `Command` of the command that runs.
-    flag_module: the command's module, whose flags are recorded besides MAML's.
-    After the meta-test the learner's `save(folder)` writes what else it learned.
-    """
-    def build(splits):
-        return command.build(FLAGS.n_way, FLAGS.first_order)[1], experiment.episode_stream(splits)
-
-    outcome = experiment.run(
-        algorithm=command.algorithm if FLAGS.first_order else command.algorithm.removeprefix('FO-'),
-        default_run_name=command.run_name(FLAGS.first_order, FLAGS.n_way, FLAGS.k_shot,
-                                          FLAGS.num_inner_steps, FLAGS.seed, FLAGS.backbone),
-        build=build, flag_modules=list(dict.fromkeys([sys.modules[__name__], flag_module])),
-        num_eval_inner_steps=FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps,
-        extra={'batch_norm': 'transductive (statistics of the batch being normalised)'})
-    outcome.learner.save(outcome.folder.path)
-    return outcome
-
-
-def main_for(command, flag_module):
-    """A command's `main`: `run_from_flags`, with the command's own defaults of MAML's flags."""
-    for flag, value in command.defaults.items():
-        FLAGS.set_default(flag, value)
-
-    def main(argv):
-        del argv
-        run_from_flags(command, flag_module)
-    return main
-
-
-def find_command(name, flag):
-    """The `Command` of the learner command `name` (the script name.py beside maml.py, which it
-    imports); FlagError naming `flag` if there is none."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
-    module = importlib.import_module(name) if name.isidentifier() and os.path.exists(script) else None
-    command = getattr(module, 'COMMAND', None)
-    if not isinstance(command, Command):
-        raise errors.FlagError(f'{flag}: {name!r} is not a learner command (a script beside maml.py '
-                               'defining COMMAND = maml.Command(...), e.g. maml, anil, boil, meta_sgd, proto_maml)')
-    return command
-
-
-COMMAND = Command('maml', MAML, 'FO-MAML')
+COMMAND = commands.Command('maml', MAML, 'FO-MAML')
 
 if __name__ == '__main__':
-    errors.run(main_for(COMMAND, sys.modules[__name__]))
+    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
 

@@ -315,7 +315,7 @@ def main(argv):
         net = experiment.convnet()
         learner = MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
                                keras.optimizers.Adam(meta_lr), fixes)
-        return learner, experiment.episode_stream(splits)
+        return learner
 
     outcome = experiment.run(
         algorithm='MAML++', default_run_name=run_name(fixes), build=build,

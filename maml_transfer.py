@@ -275,9 +275,8 @@ def main(argv):
         return data.ImageStream(splits.train, FLAGS.batch_size, FLAGS.seed, FLAGS.max_shift)
 
     def build(splits):
-        learner = PretrainedClassifier(experiment.convnet(len(splits.train)),
-                                       keras.optimizers.Adam(FLAGS.pretrain_lr), adaptation, FLAGS.n_way)
-        return learner, stream(splits)
+        return PretrainedClassifier(experiment.convnet(len(splits.train)),
+                                    keras.optimizers.Adam(FLAGS.pretrain_lr), adaptation, FLAGS.n_way)
 
     def schedule(splits):
         return training.Schedule(num_iterations=FLAGS.epochs * stream(splits).steps_per_epoch,
@@ -287,7 +286,8 @@ def main(argv):
     maml_runs = {run_dir: load_maml_run(run_dir) for run_dir in FLAGS.compare_with}  # Before pretraining.
     outcome = experiment.run(
         algorithm='transfer', default_run_name=f'transfer_{FLAGS.n_way}way{FLAGS.k_shot}shot_seed{FLAGS.seed}',
-        build=build, flag_modules=[sys.modules[__name__]], num_eval_inner_steps=FLAGS.adapt_steps,
+        build=build, training_stream=stream, flag_modules=[sys.modules[__name__]],
+        num_eval_inner_steps=FLAGS.adapt_steps,
         extra={'batch_norm': 'batch statistics of each task (transductive)' if FLAGS.batch_statistics
                else 'frozen pretraining statistics (not transductive)',
                'accuracy_figure': {'train_column': 'train_accuracy', 'xlabel': 'pretraining step',

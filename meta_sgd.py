@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from absl import flags
 
-from fewshot import config, errors, network, plotting, results
+from fewshot import commands, config, errors, network, plotting, results
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -70,8 +70,8 @@ class MetaSGD(maml.MAML):
                                     'inner learning rate')
 
 
-COMMAND = maml.Command('meta_sgd', MetaSGD, 'FO-Meta-SGD',
+COMMAND = commands.Command('meta_sgd', MetaSGD, 'FO-Meta-SGD',
                        defaults={'num_inner_steps': 1})  # The paper's single inner step.
 
 if __name__ == '__main__':
-    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))
+    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))

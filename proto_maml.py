@@ -22,7 +22,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from fewshot import config, errors, network
+from fewshot import commands, config, errors, network
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -47,7 +47,7 @@ class ProtoMAML(maml.MAML):
         return {**start, **head}
 
 
-COMMAND = maml.Command('proto_maml', ProtoMAML, 'FO-Proto-MAML')
+COMMAND = commands.Command('proto_maml', ProtoMAML, 'FO-Proto-MAML')
 
 if __name__ == '__main__':
-    errors.run(maml.main_for(COMMAND, sys.modules[__name__]))
+    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -299,7 +299,7 @@ def transfer_section(runs, start):
 def family_section(compare_dir, start):
     """The learners side by side, from compare.py's table and figures."""
     table = comparison.read_table(compare_dir)
-    blocks = [('heading', 2, '4. The gradient-based family side by side (compare.py)'),
+    blocks = [('heading', 2, '4. The learners side by side (compare.py)'),
               ('paragraph', 'Every learner trained with the same seed and budget and was meta-tested on the '
                             'same tasks. Seconds per iteration are wall-clock time of the training loop '
                             '(validation included) divided by the iterations; the support-feature similarity is '
@@ -307,10 +307,11 @@ def family_section(compare_dir, start):
                             'images before and after adaptation (1: adaptation leaves the features alone).'),
               ('table', ['setting', 'backbone', 'algorithm', 'inner steps', 'iterations', 'meta-test acc. ± 95% CI',
                          's / iteration', 'training', 'peak memory', 'feature similarity'],
-               [[row['setting'], row['backbone'], row['algorithm'], f'{row["inner_steps"]:.0f}',
+               [[row['setting'], row['backbone'], row['algorithm'], comparison.number(row['inner_steps'], '.0f'),
                  f'{row["iterations"]:.0f}', accuracy(row['test_accuracy'], row['test_ci95']),
                  f'{row["seconds_per_iteration"]:.3f}', minutes(60 * row['training_minutes']),
-                 f'{row["peak_memory_gb"]:.2f} GB', f'{row["feature_similarity"]:.3f}'] for row in table])]
+                 f'{row["peak_memory_gb"]:.2f} GB', comparison.number(row['feature_similarity'], '.3f')]
+                for row in table])]
     for group in dict.fromkeys(row['group'] for row in table):
         members = [row for row in table if row['group'] == group]
         best = max(members, key=lambda row: row['test_accuracy'])

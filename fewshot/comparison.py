@@ -21,6 +21,12 @@ NUMBERS = ('inner_steps', 'iterations', 'test_accuracy', 'test_ci95', 'test_task
            'training_minutes', 'peak_memory_gb', 'feature_similarity')
 
 
+def number(value, spec):
+    """`value` formatted by `spec`, or '—' where the learner has no such number (NaN: a
+    Prototypical Network has no inner steps and no adaptation to move its features)."""
+    return '—' if value != value else format(value, spec)
+
+
 def group_name(setting, backbone):
     """'5way5shot', 'conv4' -> '5way5shot'; with another backbone its name is appended."""
     return setting if backbone == 'conv4' else f'{setting}_{backbone}'
@@ -69,10 +75,11 @@ def markdown_table(rows):
              '| s / iteration | training | peak memory | support-feature similarity | evaluation batch norm |',
              '|---|---|---|---|---|---|---|---|---|---|---|']
     for row in rows:
-        lines.append(f'| {row["setting"]} | {row["backbone"]} | {row["algorithm"]} | {row["inner_steps"]:.0f} '
+        lines.append(f'| {row["setting"]} | {row["backbone"]} | {row["algorithm"]} | {number(row["inner_steps"], ".0f")} '
                      f'| {row["iterations"]:.0f} | {row["test_accuracy"]:.2%} ± {row["test_ci95"]:.2%} '
                      f'| {row["seconds_per_iteration"]:.3f} | {row["training_minutes"]:.1f} min '
-                     f'| {row["peak_memory_gb"]:.2f} GB | {row["feature_similarity"]:.3f} | {row["batch_norm"]} |')
+                     f'| {row["peak_memory_gb"]:.2f} GB | {number(row["feature_similarity"], ".3f")} '
+                     f'| {row["batch_norm"]} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -88,7 +95,8 @@ def draw(runs, output_dir):
             plotting.plot_curves(curves, written[-1], f'{group}: validation accuracy after adaptation', label)
     similarity = {run['group']: {} for run in runs}
     for run in runs:
-        similarity[run['group']][run['algorithm']] = run['feature_similarity']
+        if run['feature_similarity'] == run['feature_similarity']:  # Learners that adapt features.
+            similarity[run['group']][run['algorithm']] = run['feature_similarity']
     written.append(os.path.join(output_dir, 'feature_change.png'))
     plotting.plot_grouped_bars(
         similarity, written[-1], 'Feature change during adaptation (meta-test support sets)',

@@ -329,10 +329,11 @@ class Episodes(NamedTuple):
     query_labels: np.ndarray
 
 
-def check_task_shape(num_classes, n_way, k_shot, num_query, split_name):
-    """Raises DataError unless a split of `num_classes` characters can make such tasks."""
+def check_task_shape(num_classes, n_way, k_shot, num_query, split_name, n_way_flag='--n_way'):
+    """Raises DataError unless a split of `num_classes` characters can make such tasks
+    (n_way_flag: the flag that chose `n_way`, for the message)."""
     if n_way > num_classes:
-        raise DataError(f'--n_way {n_way} exceeds the {num_classes} classes of the {split_name} split')
+        raise DataError(f'{n_way_flag} {n_way} exceeds the {num_classes} classes of the {split_name} split')
     if k_shot + num_query > IMAGES_PER_CHARACTER:
         raise DataError(f'--k_shot + --num_query must be at most {IMAGES_PER_CHARACTER} '
                         f'(images per character), got {k_shot} + {num_query}')

@@ -74,13 +74,15 @@ class Outcome(NamedTuple):
 
 
 def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
-        schedule_for=None, fixed_on_resume=()):
+        schedule_for=None, fixed_on_resume=(), training_stream=episode_stream):
     """Runs one experiment from the flags and writes its run folder.
 
     Args:
       algorithm: name recorded in the hyperparameters, e.g. 'FO-MAML'.
       default_run_name: folder name if --run_name is empty.
-      build: function(splits) -> (learner, training stream); see training.py for both.
+      build: function(splits) -> learner; see training.py.
+      training_stream: function(splits) -> the training stream (see training.py); made before the
+        run folder, so that the flags' tasks are checked first (default: `episode_stream`).
       flag_modules: modules whose flags are recorded in hyperparameters.json.
       num_eval_inner_steps: adaptation steps at validation and test.
       extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
@@ -101,7 +103,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     splits, checksum = load_splits()
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
-    data.check_task_shape(len(splits.train), FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, 'meta-train')
+    train_stream = training_stream(splits)
     run_folder.create()
     run_folder.write_hyperparameters(
         flag_values,
@@ -111,7 +113,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
                                                     'val': len(splits.val), 'test': len(splits.test)},
          **(extra or {})}, flag_defaults)
     keras.utils.set_random_seed(FLAGS.seed)
-    learner, train_stream = build(splits)
+    learner = build(splits)
     schedule = schedule_for(splits) if schedule_for else training.Schedule(
         num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
         val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)

@@ -169,18 +169,23 @@ def head(kernel, bias, features):
     return tf.einsum('tbf,tfn->tbn', features, kernel) + bias[:, None, :]
 
 
+def prototypes(features, labels, n_way):
+    """Every task's class prototypes c_k, the mean feature of class k's support examples
+    (Snell et al., 2017): features [T, B, F], labels [T, B] in 0..n_way−1 -> [T, N, F]."""
+    one_hot = tf.one_hot(labels, n_way, dtype=features.dtype)  # [T, B, N]
+    return tf.einsum('tbn,tbf->tnf', one_hot, features) / tf.reduce_sum(one_hot, 1)[..., None]
+
+
 def prototype_head(features, labels, n_way):
-    """The head that scores a feature by its distance to each class prototype (Snell et al., 2017):
+    """The head that scores a feature by its distance to each class prototype c_k (`prototypes`):
 
         kernel_k = 2 c_k,  bias_k = −‖c_k‖²,   so  logit_k(f) = −‖f − c_k‖² + ‖f‖²,
 
-    c_k the mean feature of class k's support examples. features [T, B, F], labels [T, B] in
-    0..n_way−1 -> {'head/kernel': [T, F, N], 'head/bias': [T, N]}.
+    features [T, B, F], labels [T, B] in 0..n_way−1 -> {'head/kernel': [T, F, N], 'head/bias': [T, N]}.
     """
-    one_hot = tf.one_hot(labels, n_way, dtype=features.dtype)  # [T, B, N]
-    prototypes = tf.einsum('tbn,tbf->tnf', one_hot, features) / tf.reduce_sum(one_hot, 1)[..., None]
-    return {'head/kernel': 2 * tf.transpose(prototypes, [0, 2, 1]),
-            'head/bias': -tf.reduce_sum(tf.square(prototypes), -1)}
+    centres = prototypes(features, labels, n_way)
+    return {'head/kernel': 2 * tf.transpose(centres, [0, 2, 1]),
+            'head/bias': -tf.reduce_sum(tf.square(centres), -1)}
 
 
 @dataclasses.dataclass(frozen=True)

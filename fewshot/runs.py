@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The flags of the tools that run several learners, defined once (each tool declares those it uses
 # and may set its own default in its __main__).
 flags.DEFINE_list('algorithms', ['maml', 'anil', 'boil', 'meta_sgd', 'proto_maml'],
-                  'Learner commands (scripts beside maml.py that define a maml.Command: maml, anil, boil, '
+                  'Learner commands (scripts beside maml.py that define a commands.Command: maml, anil, boil, '
                   'meta_sgd, proto_maml, ...).')
 flags.DEFINE_list('settings', ['5way5shot', '5way1shot'], 'Task settings as <N>way<K>shot.')
 flags.DEFINE_boolean('train', True, 'Train missing runs and resume stopped ones; --train=false only '

@@ -1,6 +1,7 @@
 """compare.py end to end on synthetic data: it trains each learner once, reuses finished runs,
 tabulates and draws; equal wall-clock budgets stop training early; the report gains its section."""
 
+import math
 import os
 import subprocess
 import sys
@@ -27,27 +28,33 @@ def _compare(synthetic_dir, tmp_path, *flags):
 
 
 def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp_path):
-    first = _compare(synthetic_dir, tmp_path, '--algorithms=maml,anil')
-    assert first.count('compare.py: training') == 2
-    folders = [os.path.join(tmp_path, 'results', f'{name}_fo_3way1shot_5steps_seed0') for name in ('maml', 'anil')]
+    """Learners of both shapes: MAML's and ANIL's inner loop, and the Prototypical Network's none."""
+    learners = '--algorithms=maml,anil,protonet'
+    first = _compare(synthetic_dir, tmp_path, learners)
+    assert first.count('compare.py: training') == 3
+    folders = [os.path.join(tmp_path, 'results', name) for name in
+               ('maml_fo_3way1shot_5steps_seed0', 'anil_fo_3way1shot_5steps_seed0', 'protonet_3way1shot_seed0')]
     stamps = [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
 
-    second = _compare(synthetic_dir, tmp_path, '--algorithms=maml,anil')
+    second = _compare(synthetic_dir, tmp_path, learners)
     assert 'compare.py: training' not in second
     assert stamps == [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
 
     output = os.path.join(tmp_path, 'results', 'compare')
     rows = comparison.read_table(output)
-    assert [(row['algorithm'], row['iterations']) for row in rows] == [('FO-MAML', 2), ('FO-ANIL', 2)]
+    assert [(row['algorithm'], row['iterations']) for row in rows] == [('FO-MAML', 2), ('FO-ANIL', 2),
+                                                                       ('ProtoNet', 2)]
     assert rows[1]['feature_similarity'] == pytest.approx(1.0, abs=1e-6)  # ANIL's inner loop leaves the body.
+    assert math.isnan(rows[2]['inner_steps']) and math.isnan(rows[2]['feature_similarity'])  # Nothing adapts.
     for row, folder in zip(rows, folders):
         assert row['test_accuracy'] == results.read_summary(folder)['test_post_accuracy']
     for name in ('val_3way1shot.png', 'val_time_3way1shot.png', 'feature_change.png', 'compare.md'):
         assert os.path.getsize(os.path.join(output, name)) > 0
+    assert '| ProtoNet | — |' in open(os.path.join(output, 'compare.md')).read()
 
     runs, stability_dir = report.find_runs(os.path.join(tmp_path, 'results'))
     text = report.to_markdown(report.build_report(runs, stability_dir, str(tmp_path), output))
-    assert '4. The gradient-based family side by side' in text and 'FO-ANIL' in text
+    assert '4. The learners side by side' in text and 'FO-ANIL' in text
 
 
 def test_an_equal_time_budget_stops_every_run_before_its_iterations(synthetic_dir, tmp_path):

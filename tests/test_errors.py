@@ -158,8 +158,8 @@ def _stability_folder(sandbox, runs_csv):
 # A preparation may return a folder that replaces {omniglot} or {mnist}.
 
 MAML = ['--data_dir={omniglot}', '--cache_dir={cache}', '--results_dir={sandbox}/results', *TINY]
-TRANSFER = [*[flag for flag in MAML if not flag.startswith('--num_inner_steps')], '--epochs=1', '--batch_size=50',
-            '--adapt_steps=2']
+NO_INNER_LOOP = [flag for flag in MAML if not flag.startswith('--num_inner_steps')]
+TRANSFER = [*NO_INNER_LOOP, '--epochs=1', '--batch_size=50', '--adapt_steps=2']
 LAB = ['--mnist_dir={mnist}', '--cache_dir={cache}', '--results_dir={sandbox}/results', '--num_seeds=1',
        '--scratch_epochs=1', '--finetune_epochs=1', '--maml_iterations=1', '--large_query=5']
 RESULTS = ['--results_dir={sandbox}/results']
@@ -208,6 +208,11 @@ CASES = {
     'benchmark: zero repeats': ('benchmark.py', ['--repeats=0'], r'--repeats', None),
     'meta_sgd: zero learning rate': ('meta_sgd.py', [*MAML, '--inner_lr=0'], r'--inner_lr', None),
     'anil: a MAML++ flag': ('anil.py', [*MAML, '--msl'], r'Unknown command line flag .msl.', None),
+    'protonet: an inner-loop flag': ('protonet.py', [*RESULTS, '--num_inner_steps=2'],
+                                     r'Unknown command line flag .num_inner_steps.', None),
+    'protonet: negative training ways': ('protonet.py', [*RESULTS, '--train_n_way=-1'], r'--train_n_way', None),
+    'protonet: more training ways than classes': ('protonet.py', [*NO_INNER_LOOP, '--train_n_way=50'],
+                                                  r'--train_n_way 50 exceeds the \d+ classes of the meta-train', None),
     'lab: --resume it does not have': ('initialization_lab.py', [*LAB, '--resume'],
                                        r'--resume is not a flag of initialization_lab.py', None),
     'lab: zero seeds': ('initialization_lab.py', [*LAB, '--num_seeds=0'], r'--num_seeds', None),

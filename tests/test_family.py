@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fewshot import data, network, results
-from test_maml import _directional_fd, _dot, _episodes, _meta_gradient, _params
+from fewshot import commands, data, network, results
+from test_maml import _directional_fd, _dot, _episodes, _improvement, _meta_gradient, _params
 from test_training import REPO, _without_time
 import anil
 import boil
@@ -139,34 +139,27 @@ def test_proto_maml_initial_head_is_twice_the_prototypes_and_minus_their_squared
 @pytest.mark.parametrize('name', list(LEARNERS))
 def test_learner_improves_on_real_validation_tasks(name, real_omniglot):
     """A few dozen first-order meta-iterations beat the initial weights on the same fixed tasks."""
-    splits = data.make_splits(real_omniglot)
-    sampler = data.EpisodeSampler(splits.train, 5, 1, 5, seed=0)
-    val = data.EpisodeSampler(splits.val, 5, 1, 5, seed=99).fixed_batches(64, 32)
     learner = _learner(LEARNERS[name], inner_lr=0.4, num_inner_steps=1 if name == 'Meta-SGD' else 3,
                        first_order=True, n_way=5, num_filters=32)
-
-    def val_accuracy():
-        return np.mean(np.concatenate([learner.evaluate(b)['query_post_accuracy'] for b in val]))
-    initial = val_accuracy()
-    for iteration in range(40):
-        learner.meta_train_step(sampler.sample(iteration, 8))
-    trained = val_accuracy()
+    initial, trained = _improvement(learner, real_omniglot, k_shot=1, num_query=5, meta_batch_size=8)
     assert trained > initial + 0.05, (initial, trained)
 
 
 # The contract every learner's command keeps through the shared code --------------------------
 
-# Every learner command (a script defining its maml.Command), found rather than listed, and MAML++.
+# Every learner command (a script defining its commands.Command), found rather than listed, and MAML++.
 LEARNER_SCRIPTS = sorted(os.path.basename(path) for path in glob.glob(os.path.join(REPO, '*.py'))
-                         if re.search(r'^COMMAND = (maml\.)?Command\(', open(path).read(), re.MULTILINE))
-COMMANDS = {**{script: [] for script in LEARNER_SCRIPTS}, 'maml_plusplus.py': ['--cosine_annealing=false']}
+                         if re.search(r'^COMMAND = commands\.Command\(', open(path).read(), re.MULTILINE))
+COMMANDS = {**{script: ['--num_inner_steps=1'] if commands.find(script[:-3], 'script').takes('num_inner_steps')
+                else [] for script in LEARNER_SCRIPTS},
+            'maml_plusplus.py': ['--num_inner_steps=1', '--cosine_annealing=false']}
 
 
 def test_the_contract_covers_every_learner_command():
-    assert {'maml.py', 'anil.py', 'boil.py', 'meta_sgd.py', 'proto_maml.py'} <= set(LEARNER_SCRIPTS)
+    assert {'maml.py', 'anil.py', 'boil.py', 'meta_sgd.py', 'proto_maml.py', 'protonet.py'} <= set(LEARNER_SCRIPTS)
 TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2',
         '--num_val_classes=4', '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4',
-        '--num_inner_steps=1', '--progress=false', '--val_interval=2']
+        '--progress=false', '--val_interval=2']
 
 
 @pytest.mark.parametrize('script', list(COMMANDS))

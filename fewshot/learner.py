@@ -1,0 +1,103 @@
+"""What every meta-learner shares, whatever its shape: the meta-parameters θ in a Keras model, a
+meta-optimizer, compiled training and evaluation steps, and what a checkpoint holds.
+
+A learner (MAML in maml.py, the Prototypical Network in protonet.py, ...) subclasses `Learner`
+and defines two pure steps over a meta-batch of T tasks (`data.Episodes` of tensors):
+
+    train_step(episodes, **options) -> per-task metrics [T] named as `train_metrics`, the
+        first its loss, after one meta-step on θ
+    test_step(episodes, num_steps) -> per-task metrics [T], at least 'query_pre_accuracy'
+        (before the task's support set is used) and 'query_post_accuracy' (after), θ untouched
+
+which `Learner` compiles and exposes as `training.train` expects them (`meta_train_step`,
+`evaluate`, `state_variables`). To be run by a command (fewshot/commands.py) it also says how
+the flags build it (`from_flags`) and what it trains on (`training_stream`).
+"""
+
+import tensorflow as tf
+
+from fewshot import experiment, network, results
+
+
+class Learner:
+    """Meta-parameters θ (`params`, by name) in a Keras model, meta-trained by `meta_optimizer`."""
+
+    # What train_step reports, per task; the first is the loss the meta-step descends.
+    train_metrics = ('loss',)
+    # The learner's own flags that tools set or name its runs after (MAML's: first_order, ...).
+    learner_flags = ()
+    # How batch norm normalises in this learner's forward passes, recorded in hyperparameters.json.
+    batch_norm = 'transductive (statistics of the batch being normalised)'
+
+    def __init__(self, net, model, meta_optimizer, params=None):
+        """
+        Args:
+          net: a `network.ConvNet` (or `ResNet`), whose forward is evaluated over explicit weights.
+          model: its Keras model, holding the meta-parameters θ.
+          meta_optimizer: a Keras optimizer for θ.
+          params: the meta-parameters by name (default: the model's trainable weights,
+            `network.parameters(model)`).
+        """
+        self.net = net
+        self.model = model
+        self.meta_optimizer = meta_optimizer
+        self.params = network.parameters(model) if params is None else params
+        meta_optimizer.build(list(self.params.values()))
+        self._train_step = tf.function(self.train_step)
+        self._test_step = tf.function(self.test_step)
+
+    @classmethod
+    def from_flags(cls, net, first_order):
+        """The learner of `net` as its command's flags say (first_order: for learners that have an
+        order; the others ignore it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def eval_inner_steps_from_flags(cls):
+        """Adaptation steps at validation and test as the flags say (0: a learner with no inner loop)."""
+        return 0
+
+    @classmethod
+    def training_stream(cls, splits):
+        """The meta-training task stream as the flags say: `sample(iteration, T)` -> `data.Episodes`."""
+        return experiment.episode_stream(splits)
+
+    def train_step(self, episodes, **options):
+        """One meta-step on a meta-batch; returns the per-task `train_metrics`."""
+        raise NotImplementedError
+
+    def test_step(self, episodes, num_steps):
+        """Adapts to each task with `num_steps` steps and scores its query set; per-task metrics."""
+        raise NotImplementedError
+
+    def apply(self, gradients):
+        """Takes the meta-optimizer's step along `gradients` (by name, like `params`)."""
+        self.meta_optimizer.apply_gradients([(gradients[name], self.params[name]) for name in self.params])
+
+    def state_variables(self):
+        """What a checkpoint must hold, by name: the model's weights and the meta-optimizer's state."""
+        return {**results.named_variables('model', self.model),
+                **results.named_variables('optimizer', self.meta_optimizer)}
+
+    def train_step_options(self):
+        """Arguments of `train_step` for the next meta-iteration (none here; MAML++ follows
+        schedules). Each distinct set of Python values compiles the training step once."""
+        return {}
+
+    def save(self, folder):
+        """Writes what the learner learned besides the model's weights into its run folder
+        (nothing here; Meta-SGD: its learning rates)."""
+        del folder
+
+    def meta_train_step(self, episodes):
+        """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy."""
+        metrics = self._train_step(_as_tensors(episodes), **self.train_step_options())
+        return {k: v.numpy() for k, v in metrics.items()}
+
+    def evaluate(self, episodes, num_steps=0):
+        """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""
+        return {k: v.numpy() for k, v in self._test_step(_as_tensors(episodes), num_steps).items()}
+
+
+def _as_tensors(episodes):
+    return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
