@@ -15,6 +15,7 @@ from absl import flags
 from fewshot import commands, config, errors, learner, network
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(learner)  # --backbone and --meta_lr.
 
 flags.DEFINE_float('inner_lr', 0.4, 'Inner-loop SGD learning rate (alpha).', lower_bound=1e-12)
 flags.DEFINE_integer('num_inner_steps', 5, 'Inner-loop SGD steps during meta-training.', lower_bound=1)
@@ -24,7 +25,7 @@ flags.DEFINE_boolean('first_order', True, 'First-order MAML (FO-MAML, the assign
                      '--first_order=false differentiates through the inner loop (second order).')
 FLAGS = flags.FLAGS
 # MAML's flags, which every learner extending `MAML` takes, meaning the same there.
-LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order')
+LEARNER_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'first_order', 'meta_lr', 'backbone')
 
 
 class Trajectory(NamedTuple):

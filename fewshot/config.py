@@ -9,8 +9,6 @@ import os
 
 from absl import flags
 
-from fewshot import network
-
 # Seeds go to NumPy, Python's random and TensorFlow's stateless generators: all take these.
 MAX_SEED = 2 ** 31 - 1
 
@@ -41,17 +39,6 @@ flags.DEFINE_integer('meta_batch_size', 32, 'Tasks per meta-iteration (T).', low
 flags.DEFINE_integer('num_filters', 64, 'Filters in each convolution block.', lower_bound=1)
 flags.DEFINE_boolean('max_pool', False, 'Stride-1 convolutions with 2x2 max-pooling instead of '
                      'stride-2 convolutions (the MAML paper uses strides for Omniglot).')
-flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
-                  "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
-                  'convolution and three residual blocks (about twice the convolution work).')
-flags.register_multi_flags_validator(
-    ['backbone', 'max_pool'], lambda values: not (values['backbone'] == 'resnet' and values['max_pool']),
-    message='--max_pool: the residual network downsamples with strided convolutions; use --backbone conv4 '
-            'for max-pooling')
-
-# Meta-optimizer ----------------------------------------------------------------
-flags.DEFINE_float('meta_lr', 1e-3, 'Meta learning rate: the step size of the meta-optimizer (Adam; MAML '
-                   "calls it beta).", lower_bound=1e-12)
 
 # Schedule ----------------------------------------------------------------------
 flags.DEFINE_integer('num_iterations', 1000, 'Meta-training iterations.', lower_bound=0)

@@ -12,11 +12,26 @@ and defines two pure steps over a meta-batch of T tasks (`data.Episodes` of tens
 which `Learner` compiles and exposes as `training.train` expects them (`meta_train_step`,
 `evaluate`, `state_variables`). To be run by a command (fewshot/commands.py) it also says how
 the flags build it (`from_flags`) and what it trains on (`training_stream`).
+
+The flags defined here are those of every learner that `commands.run` builds (its network, and its
+meta-optimizer's step size where that is Adam's); a learner script makes them its own with
+`flags.adopt_module_key_flags(learner)` or by declaring them, so that other commands refuse them.
 """
 
+from absl import flags
 import tensorflow as tf
 
 from fewshot import experiment, network, results
+
+flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
+                  "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
+                  'convolution and three residual blocks (about twice the convolution work).')
+flags.register_multi_flags_validator(
+    ['backbone', 'max_pool'], lambda values: not (values['backbone'] == 'resnet' and values['max_pool']),
+    message='--max_pool: the residual network downsamples with strided convolutions; use --backbone conv4 '
+            'for max-pooling')
+flags.DEFINE_float('meta_lr', 1e-3, 'Meta learning rate: the step size of the meta-optimizer, Adam (MAML calls '
+                   'it beta).', lower_bound=1e-12)
 
 
 class Learner:

@@ -181,6 +181,8 @@ CASES = {
                                                 r'--num_eval_inner_steps', None),
     'transfer: an unused MAML flag': ('maml_transfer.py', [*TRANSFER, '--inner_lr=0.1'],
                                       r'--inner_lr is not a flag of maml_transfer.py', None),
+    'transfer: a learner flag it does not use': ('maml_transfer.py', [*TRANSFER, '--backbone=resnet'],
+                                                 r'--backbone is not a flag of maml_transfer.py', None),
     'transfer: zero epochs': ('maml_transfer.py', [*TRANSFER, '--epochs=0'], r'--epochs', None),
     'stability: seeds not numbers': ('stability.py', [*RESULTS, '--seeds=a,b'], r'--seeds', None),
     'stability: negative seed': ('stability.py', [*RESULTS, '--seeds=-1'], r'--seeds', None),
