@@ -32,7 +32,8 @@ class Trajectory(NamedTuple):
     """What the inner loop did for a meta-batch of T tasks, step by step.
 
     params: [θ'_0, ..., θ'_S], each a dict name -> [T, *shape]; θ'_0 is the start.
-    support_accuracy: [S + 1] tensors [T], the support accuracy at each θ'_s.
+    support_accuracy: [S + 1] tensors [T], the support accuracy at each θ'_s (on the examples
+        step s trained on, see `inner_batch`; at θ'_S on the whole support set).
     support_moments: [S + 1] batch-norm moments of the support set at each θ'_s (dicts
         name -> [T, F], see `network.ConvNet.forward_with_moments`), or None where the
         learner does not keep them.
@@ -58,12 +59,13 @@ class MAML(learner.Learner):
     All tasks of a meta-batch are adapted at once: weights carry a leading task
     axis T and `network.forward` keeps the tasks apart.
 
-    Variants (anil.py, boil.py, meta_sgd.py, proto_maml.py, maml_plusplus.py) override the
-    hooks: `split` (which parameters the inner loop adapts), `represent` (what its network
-    sees of the images), `initial_weights` (where each task starts), `forward` (which weights
-    and statistics a step uses), `inner_loss` (what a step descends), `inner_update` (the step
-    rule), `query_forward` (how the query set is scored), `query_loss` (the meta-loss),
-    `meta_gradients` (the direction of the meta-step) and `save` (what else a run keeps).
+    Variants (anil.py, boil.py, meta_sgd.py, proto_maml.py, reptile.py, maml_plusplus.py)
+    override the hooks: `split` (which parameters the inner loop adapts), `represent` (what its
+    network sees of the images), `initial_weights` (where each task starts), `inner_batch` (what
+    a step trains on), `forward` (which weights and statistics a step uses), `inner_loss` (what
+    a step descends), `inner_state` and `inner_update` (the step rule), `query_forward` (how the
+    query set is scored), `query_loss` (the meta-loss), `meta_gradients` (the direction of the
+    meta-step) and `save` (what else a run keeps).
     """
 
     # What train_step reports, per task; the first is the meta-loss.
@@ -106,7 +108,7 @@ class MAML(learner.Learner):
           params: dict name -> [T, *shape], the weights each task starts from.
           images: the support set as `represent` gives it: [T, N*K, 28, 28, 1] images for MAML;
             labels: [T, N*K] int32.
-          num_steps: number of SGD steps.
+          num_steps: number of inner steps.
           first_order: overrides `self.first_order` (evaluation needs no second order).
           context: what `forward` and `inner_update` need besides the task weights
             (None for MAML; per-step weights and statistics for MAML++).
@@ -115,17 +117,19 @@ class MAML(learner.Learner):
         """
         first_order = self.first_order if first_order is None else first_order
         weights, accuracies, moments = [params], [], []
+        state = self.inner_state(params)
         for step in range(num_steps):
+            step_images, step_labels = self.inner_batch(images, labels, step)
             with tf.GradientTape() as tape:
                 tape.watch(params)
-                logits, step_moments = self.forward(params, images, step, context)
-                loss = self.inner_loss(logits, labels, params, weights[0])
-            accuracies.append(network.task_accuracies(logits, labels))
+                logits, step_moments = self.forward(params, step_images, step, context)
+                loss = self.inner_loss(logits, step_labels, params, weights[0])
+            accuracies.append(network.task_accuracies(logits, step_labels))
             moments.append(step_moments)
             grads = tape.gradient(loss, params)
             if first_order:
                 grads = tf.nest.map_structure(tf.stop_gradient, grads)
-            params = self.inner_update(params, grads, step, context)
+            params, state = self.inner_update(params, grads, step, context, state)
             weights.append(params)
         logits, step_moments = self.forward(params, images, num_steps, context)
         accuracies.append(network.task_accuracies(logits, labels))
@@ -150,10 +154,22 @@ class MAML(learner.Learner):
         del step, context
         return self.net.forward(params, images), None
 
-    def inner_update(self, params, grads, step, context):
-        """One SGD step of the inner loop: θ' − α g (the same α at every step)."""
+    def inner_batch(self, images, labels, step):
+        """What inner step `step` trains on, from the support set [T, N*K, ...] and its labels
+        [T, N*K]: MAML's every step takes the whole set (Reptile's takes minibatches)."""
+        del step
+        return images, labels
+
+    def inner_state(self, params):
+        """The inner optimizer's state for task weights `params` at the first step: SGD keeps none."""
+        del params
+        return ()
+
+    def inner_update(self, params, grads, step, context, state):
+        """One step of the inner loop, (θ'_{s+1}, the optimizer's next state): SGD's θ' − α g (the
+        same α at every step)."""
         del step, context
-        return {name: params[name] - self.inner_lr * grads[name] for name in params}
+        return {name: params[name] - self.inner_lr * grads[name] for name in params}, state
 
     def meta_objective(self, params, episodes, num_steps, first_order=None, training=True,
                        **loss_options):

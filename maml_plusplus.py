@@ -183,11 +183,11 @@ class MAMLPlusPlus(maml.MAML):
                     if name.startswith(PER_STEP)}
         return {**params, **network.tile(per_step, next(iter(params.values())).shape[0])}
 
-    def inner_update(self, params, grads, step, context):
+    def inner_update(self, params, grads, step, context, state):
         """θ'_{s+1} = θ'_s − α_{l,s} g for every weight tensor l (LSLR), else − α g."""
         if not self.fixes.lslr:
-            return super().inner_update(params, grads, step, context)
-        return {name: params[name] - context[INNER_LR + name][step] * grads[name] for name in params}
+            return super().inner_update(params, grads, step, context, state)
+        return {name: params[name] - context[INNER_LR + name][step] * grads[name] for name in params}, state
 
     # The outer loop ------------------------------------------------------------
 

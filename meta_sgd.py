@@ -45,10 +45,10 @@ class MetaSGD(maml.MAML):
         del training
         return self.partition(params, lambda name: not name.startswith(RATES))
 
-    def inner_update(self, params, grads, step, rates):
+    def inner_update(self, params, grads, step, rates, state):
         """θ'_{s+1} = θ'_s − α ∘ g, elementwise (every task [T, ...] with the same α [...])."""
         del step
-        return {name: params[name] - rates[RATES + name] * grads[name] for name in params}
+        return {name: params[name] - rates[RATES + name] * grads[name] for name in params}, state
 
     def state_variables(self):
         """By name: the model's weights, the learning rates, the optimizer's state."""

@@ -92,7 +92,8 @@ def run(command, flag_module):
                                           num_inner_steps),
         build=build, training_stream=command.learner_class.training_stream, flag_modules=[flag_module],
         num_eval_inner_steps=command.learner_class.eval_inner_steps_from_flags(),
-        extra={'batch_norm': command.learner_class.batch_norm})
+        extra={'batch_norm': command.learner_class.batch_norm},
+        fixed_on_resume=command.learner_class.fixed_on_resume)
     outcome.learner.save(outcome.folder.path)
     return outcome
 

@@ -41,6 +41,8 @@ class Learner:
     train_metrics = ('loss',)
     # The learner's own flags that tools set or name its runs after (MAML's: first_order, ...).
     learner_flags = ()
+    # Flags a resumed run must keep (see results.RunFolder), e.g. what a schedule spreads over.
+    fixed_on_resume = ()
     # How batch norm normalises in this learner's forward passes, recorded in hyperparameters.json.
     batch_norm = 'transductive (statistics of the batch being normalised)'
 

@@ -1,0 +1,119 @@
+"""Reptile (Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", 2018).
+
+    python reptile.py                                      # 5-way 5-shot Omniglot, Adam in the inner loop
+    python reptile.py --inner_optimizer sgd --inner_lr 0.1 # plain SGD inner steps
+
+Reptile has no query loss to differentiate. Every task's weights take k steps of an ordinary
+optimizer on minibatches of its support set, starting from θ, and the meta-step moves θ toward
+where the tasks went:
+
+    θ'_t = U^k_t(θ)   (k steps of Adam or SGD on task t),   θ ← θ + ε · 1/T Σ_t (θ'_t − θ),
+
+with ε annealed linearly from --meta_step_size to --final_meta_step_size over --num_iterations.
+Here that is the meta-optimizer SGD with learning rate ε descending θ − mean_t θ'_t, so the
+checkpoint and resume machinery are MAML's. All tasks of a meta-batch adapt at once on the
+task-grouped network, as MAML's do. Evaluation adapts the same way on the support set
+(--num_eval_inner_steps) and scores the query set with its own batch moments: transductive, as
+recorded in hyperparameters.json (the paper reports both; its transductive Omniglot numbers are
+the higher).
+
+The defaults are the paper's Omniglot ones where this machine allows: Adam with β1 = 0 and
+learning rate 1e-3 in the inner loop, 5 inner steps in training and 50 at evaluation, inner
+minibatches of 10, ε from 1 to 0. Unlike the paper, a task is the support set every learner here
+trains on (the paper trains on more shots than it tests), the inner Adam state starts afresh for
+every task (the paper's persists across tasks), and a meta-batch is the shared --meta_batch_size
+(the paper: 5). Minibatches cycle through the support set in an order that alternates classes,
+so a minibatch of a multiple of N examples holds every class equally.
+"""
+
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from fewshot import commands, config, errors
+import maml
+
+flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+OWN_MAML_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'backbone')  # Not the order, nor Adam's β.
+for _name in OWN_MAML_FLAGS:
+    flags.declare_key_flag(_name)  # MAML's flags, meaning the same here (--inner_lr: the inner optimizer's).
+
+flags.DEFINE_enum('inner_optimizer', 'adam', ['adam', 'sgd'],
+                  "The inner loop's optimizer: 'adam' (β1 = 0, β2 = 0.999, as the paper) or 'sgd'.")
+flags.DEFINE_integer('inner_batch_size', 10, 'Support examples per inner step (0: the whole support set).',
+                     lower_bound=0)
+flags.DEFINE_float('meta_step_size', 1.0, 'ε, the outer step size toward the adapted weights, at the first '
+                   'meta-iteration.', lower_bound=0)
+flags.DEFINE_float('final_meta_step_size', 0.0, 'ε at the last meta-iteration (linear in between).', lower_bound=0)
+FLAGS = flags.FLAGS
+
+ADAM_BETA2, ADAM_EPSILON = 0.999, 1e-8
+
+
+class Reptile(maml.MAML):
+    """θ moves toward the mean of the task-adapted weights (see the module docstring)."""
+
+    learner_flags = OWN_MAML_FLAGS
+    fixed_on_resume = ('num_iterations',)  # ε anneals over them.
+
+    def __init__(self, net, model, inner_lr, num_inner_steps, meta_optimizer, inner_optimizer='sgd',
+                 inner_batch_size=0):
+        """
+        Args:
+          net, model, inner_lr, num_inner_steps: as for `maml.MAML`.
+          meta_optimizer: SGD, whose learning rate is ε (a schedule for the paper's annealing).
+          inner_optimizer: 'adam' or 'sgd'.
+          inner_batch_size: support examples per inner step (0: all).
+        """
+        super().__init__(net, model, inner_lr, num_inner_steps, True, meta_optimizer)
+        self.inner_optimizer = inner_optimizer
+        self.inner_batch_size = inner_batch_size
+
+    @classmethod
+    def from_flags(cls, net, first_order):
+        del first_order  # Reptile has no order: nothing is differentiated through the inner loop.
+        step_size = keras.optimizers.schedules.PolynomialDecay(
+            FLAGS.meta_step_size, max(FLAGS.num_iterations, 1), FLAGS.final_meta_step_size)
+        return cls(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, keras.optimizers.SGD(step_size),
+                   FLAGS.inner_optimizer, FLAGS.inner_batch_size)
+
+    def inner_batch(self, images, labels, step):
+        """Minibatch `step` of the support set [T, N*K, ...]: the next `inner_batch_size` examples,
+        cyclically, of an order that alternates classes (class 0 shot 0, class 1 shot 0, ...)."""
+        size = images.shape[1]
+        batch = self.inner_batch_size
+        if not batch or batch >= size:
+            return images, labels
+        n_way = self.net.n_way
+        position = (step * batch + np.arange(batch)) % size
+        index = (position % n_way) * (size // n_way) + position // n_way  # Support sets are class by class.
+        return tf.gather(images, index, axis=1), tf.gather(labels, index, axis=1)
+
+    def inner_state(self, params):
+        """Adam's second-moment estimates, zero for every task's weights at the first step."""
+        return {name: tf.zeros_like(value) for name, value in params.items()} if self.inner_optimizer == 'adam' else ()
+
+    def inner_update(self, params, grads, step, context, state):
+        """SGD's θ' − α g, or Adam's with β1 = 0: v ← β2 v + (1 − β2) g², θ' − α g / (√(v / (1 − β2^s)) + ϵ)."""
+        if self.inner_optimizer == 'sgd':
+            return super().inner_update(params, grads, step, context, state)
+        moments = {name: ADAM_BETA2 * state[name] + (1 - ADAM_BETA2) * tf.square(grads[name]) for name in params}
+        correction = 1 - ADAM_BETA2 ** (step + 1)
+        return {name: params[name] - self.inner_lr * grads[name] / (tf.sqrt(moments[name] / correction) + ADAM_EPSILON)
+                for name in params}, moments
+
+    def meta_gradients(self, tape, meta_loss, trajectory):
+        """θ − mean_t θ'_t, which the meta-optimizer (SGD, learning rate ε) descends."""
+        del tape, meta_loss
+        adapted = trajectory.params[-1]
+        return {name: self.params[name] - tf.reduce_mean(adapted[name], axis=0) for name in self.params}
+
+
+COMMAND = commands.Command('reptile', Reptile, 'Reptile',
+                           defaults={'inner_lr': 1e-3, 'num_inner_steps': 5, 'num_eval_inner_steps': 50})
+
+if __name__ == '__main__':
+    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
