@@ -14,7 +14,8 @@ minimised over θ with Adam, task by task as they will be met at test (episodic 
 body is the --backbone without its head (the run's model.keras keeps an unused one).
 
 Batch norm normalises every task's support and query images together, with their moments, in
-training and evaluation alike (the paper's code embeds them in one batch too).
+training and evaluation alike (the paper's code embeds them in one batch too): see
+`learner.MetricLearner`, which holds the training and evaluation steps.
 
 The paper trains Omniglot with 60 classes and 5 queries per class per training task, one task
 per step, for 5-way testing; here --train_n_way (default: the test's --n_way, as every other
@@ -38,23 +39,10 @@ flags.DEFINE_integer('train_n_way', 0, 'Classes per meta-training task (0: --n_w
 FLAGS = flags.FLAGS
 
 
-class PrototypicalNetwork(learner.Learner):
+class PrototypicalNetwork(learner.MetricLearner):
     """Classifies queries by the nearest support prototype in a learned embedding (see the module docstring)."""
 
-    train_metrics = ('query_loss', 'query_accuracy')
-    learner_flags = ('train_n_way',)
-    batch_norm = "transductive (statistics of each task's support and query images together)"
-
-    def __init__(self, net, model, meta_optimizer, train_n_way):
-        """
-        Args:
-          net, model, meta_optimizer: as for `learner.Learner`; the meta-parameters are the
-            model's weights but its head's.
-          train_n_way: classes per meta-training task.
-        """
-        body = {name: value for name, value in network.parameters(model).items() if not name.startswith('head/')}
-        super().__init__(net, model, meta_optimizer, params=body)
-        self.train_n_way = train_n_way
+    learner_flags = ('train_n_way', 'meta_lr', 'backbone')
 
     @classmethod
     def from_flags(cls, net, first_order):
@@ -69,42 +57,15 @@ class PrototypicalNetwork(learner.Learner):
                               n_way_flag='--train_n_way' if FLAGS.train_n_way else '--n_way')
         return data.EpisodeSampler(splits.train, n_way, FLAGS.k_shot, FLAGS.num_query, FLAGS.seed, 'meta-train')
 
-    def embed(self, params, episodes):
-        """(support [T, N*K, F], query [T, N*Q, F]) embeddings, each task's two sets in one batch."""
-        num_tasks, num_support = episodes.support_labels.shape
-        images = tf.concat([episodes.support_images, episodes.query_images], axis=1)
-        features = self.net.features(network.tile(params, num_tasks), images)
-        return features[:, :num_support], features[:, num_support:]
-
     @staticmethod
     def distance_logits(queries, prototypes):
         """−‖q − c_k‖² for queries [T, Q, F] and prototypes [T, N, F] -> [T, Q, N]."""
         return -tf.reduce_sum(tf.square(queries[:, :, None, :] - prototypes[:, None, :, :]), axis=-1)
 
-    def query_logits(self, params, episodes, n_way):
-        """Query logits [T, N*Q, N] of `n_way`-way tasks under the body weights `params`."""
-        support, query = self.embed(params, episodes)
+    def scores(self, params, episodes, n_way):
+        """The distance logits of the queries to the support set's prototypes."""
+        support, query = self.embed(self.net.features, params, episodes)
         return self.distance_logits(query, network.prototypes(support, episodes.support_labels, n_way))
-
-    def train_step(self, episodes):
-        with tf.GradientTape() as tape:
-            logits = self.query_logits(self.params, episodes, self.train_n_way)
-            losses = network.task_losses(logits, episodes.query_labels)
-            loss = tf.reduce_mean(losses)
-        self.apply(tape.gradient(loss, self.params))
-        return {'query_loss': losses, 'query_accuracy': network.task_accuracies(logits, episodes.query_labels)}
-
-    def test_step(self, episodes, num_steps):
-        """Per-task query loss and accuracy after seeing the support set ('post') and before it
-        ('pre': with no prototypes every class is equally likely, the uniform prediction)."""
-        del num_steps  # Nothing adapts.
-        logits = self.query_logits(self.params, episodes, self.net.n_way)
-        uniform = tf.zeros_like(logits)
-        labels = episodes.query_labels
-        return {'query_pre_loss': network.task_losses(uniform, labels),
-                'query_post_loss': network.task_losses(logits, labels),
-                'query_pre_accuracy': network.task_accuracies(uniform, labels),
-                'query_post_accuracy': network.task_accuracies(logits, labels)}
 
 
 COMMAND = commands.Command('protonet', PrototypicalNetwork, 'ProtoNet')

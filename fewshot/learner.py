@@ -116,5 +116,69 @@ class Learner:
         return {k: v.numpy() for k, v in self._test_step(_as_tensors(episodes), num_steps).items()}
 
 
+class MetricLearner(Learner):
+    """A learner with no inner loop: it embeds a task's support and query images with the body and
+    scores each query against the support set's classes (`scores`, [T, Q, N]), trained episodically
+    on a per-task loss of those scores (`losses`). The Prototypical and Relation Networks are two.
+
+    The meta-parameters are the network's weights but its head's (the run's model.keras keeps an
+    unused head). Batch norm normalises a task's support and query images together, with their
+    moments, in training and evaluation alike.
+    """
+
+    train_metrics = ('query_loss', 'query_accuracy')
+    batch_norm = "transductive (statistics of each task's support and query images together)"
+
+    def __init__(self, net, model, meta_optimizer, train_n_way):
+        """
+        Args:
+          net, model, meta_optimizer: as for `Learner`.
+          train_n_way: classes per meta-training task (N of `scores` in training).
+        """
+        body = {name: value for name, value in network.parameters(model).items() if not name.startswith('head/')}
+        super().__init__(net, model, meta_optimizer, params=body)
+        self.train_n_way = train_n_way
+
+    def embed(self, embedding, params, episodes):
+        """(support, query): `embedding(task weights, images)` of each task's support [T, N*K, ...] and
+        query [T, N*Q, ...] images, computed as one batch per task (`net.features` or `net.feature_maps`)."""
+        num_tasks, num_support = episodes.support_labels.shape
+        images = tf.concat([episodes.support_images, episodes.query_images], axis=1)
+        embedded = embedding(network.tile(params, num_tasks), images)
+        return embedded[:, :num_support], embedded[:, num_support:]
+
+    def scores(self, params, episodes, n_way):
+        """Query scores [T, N*Q, N] of `n_way`-way tasks under the weights `params`; the highest is the prediction."""
+        raise NotImplementedError
+
+    def losses(self, scores, labels):
+        """The loss of each task [T] from its query scores [T, Q, N] and labels [T, Q]: cross-entropy."""
+        return network.task_losses(scores, labels)
+
+    def train_step(self, episodes):
+        with tf.GradientTape() as tape:
+            scores = self.scores(self.params, episodes, self.train_n_way)
+            losses = self.losses(scores, episodes.query_labels)
+            loss = tf.reduce_mean(losses)
+        self.apply(tape.gradient(loss, self.params))
+        return {'query_loss': losses, 'query_accuracy': network.task_accuracies(scores, episodes.query_labels)}
+
+    def test_step(self, episodes, num_steps):
+        """Per-task query loss and accuracy after seeing the support set ('post') and before it
+        ('pre': with no support set every class scores the same, the uniform prediction)."""
+        del num_steps  # Nothing adapts.
+        scores = self.scores(self.params, episodes, self.net.n_way)
+        labels = episodes.query_labels
+        return {'query_pre_loss': self.losses(self.uniform_scores(scores), labels),
+                'query_post_loss': self.losses(scores, labels),
+                'query_pre_accuracy': network.task_accuracies(self.uniform_scores(scores), labels),
+                'query_post_accuracy': network.task_accuracies(scores, labels)}
+
+    @staticmethod
+    def uniform_scores(scores):
+        """Scores that prefer no class, shaped as `scores`."""
+        return tf.zeros_like(scores)
+
+
 def _as_tensors(episodes):
     return type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))

@@ -80,8 +80,18 @@ class ConvNet:
         """The penultimate features [T, B, num_filters]: everything but the head (see `forward`)."""
         return self._features(params, images, statistics)[0]
 
+    def feature_maps(self, params, images):
+        """The body's last feature maps [T, B, H', W', num_filters] (2x2 for 28x28 images), before
+        the spatial mean; batch norm with each task's own batch moments."""
+        return self._feature_maps(params, images, None)[0]
+
     def _features(self, params, images, statistics):
         """(features [T, B, F], batch moments by name, empty when `statistics` are given)."""
+        maps, moments = self._feature_maps(params, images, statistics)
+        return tf.reduce_mean(maps, axis=[2, 3]), moments
+
+    def _feature_maps(self, params, images, statistics):
+        """(feature maps [T, B, H', W', F], batch moments by name, empty when `statistics` are given)."""
         num_tasks, batch = images.shape[0], images.shape[1]
         moments = {}
 
@@ -98,8 +108,8 @@ class ConvNet:
             return h
 
         h = self._body(params, tf.transpose(images[..., 0], [1, 2, 3, 0]), normalise)  # Tasks as channel groups.
-        features = tf.reshape(tf.reduce_mean(h, axis=[1, 2]), [batch, num_tasks, -1])
-        return tf.transpose(features, [1, 0, 2]), moments
+        maps = tf.reshape(h, [batch, h.shape[1], h.shape[2], num_tasks, -1])
+        return tf.transpose(maps, [3, 0, 1, 2, 4]), moments
 
     def _body(self, params, h, normalise):
         """The convolution blocks over grouped images h [B, 28, 28, T] -> [B, H', W', T*F]."""

@@ -215,6 +215,8 @@ CASES = {
     'reptile: Adam meta learning rate': ('reptile.py', [*RESULTS, '--meta_lr=0.1'],
                                          r'--meta_lr is not a flag of reptile.py', None),
     'reptile: negative inner batch': ('reptile.py', [*RESULTS, '--inner_batch_size=-1'], r'--inner_batch_size', None),
+    'relationnet: a ProtoNet flag': ('relationnet.py', [*RESULTS, '--train_n_way=20'],
+                                     r'--train_n_way is not a flag of relationnet.py', None),
     'protonet: an inner-loop flag': ('protonet.py', [*RESULTS, '--num_inner_steps=2'],
                                      r'Unknown command line flag .num_inner_steps.', None),
     'protonet: negative training ways': ('protonet.py', [*RESULTS, '--train_n_way=-1'], r'--train_n_way', None),

@@ -46,6 +46,22 @@ def _dot(a, b):
     return float(sum(tf.reduce_sum(a[k] * b[k]) for k in a))
 
 
+def _assert_gradient_matches_finite_differences(loss, params, absolute=1e-8, epsilon=1e-7):
+    """The tape gradient of `loss(params)` (float64 weights by name) against central finite
+    differences along three random directions."""
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        value = loss(params)
+    gradient = tape.gradient(value, params)
+    assert all(gradient[name] is not None for name in params)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        direction = {k: tf.constant(rng.normal(size=v.shape), tf.float64) for k, v in params.items()}
+        numeric = (float(loss({k: params[k] + epsilon * direction[k] for k in params}))
+                   - float(loss({k: params[k] - epsilon * direction[k] for k in params}))) / (2 * epsilon)
+        assert _dot(gradient, direction) == pytest.approx(numeric, rel=1e-5, abs=absolute)
+
+
 def test_second_order_meta_gradient_matches_float64_finite_differences():
     learner = _maml(inner_lr=0.4, num_inner_steps=2, first_order=False)
     params = _params(learner, tf.float64)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl.testing import flagsaver
 
 from fewshot import data, errors, network
-from test_maml import _dot, _episodes, _improvement, _params
+from test_maml import _assert_gradient_matches_finite_differences, _episodes, _improvement, _params
 import protonet
 
 
@@ -41,7 +41,7 @@ def test_logits_are_negative_squared_distances_to_the_prototypes():
     episodes = _episodes(2, n_way=3, k_shot=2, num_query=2)
     support, query = _embeddings(learner, episodes)
     labels = episodes.support_labels.numpy()
-    logits = learner.query_logits(learner.params, episodes, 3).numpy()
+    logits = learner.scores(learner.params, episodes, 3).numpy()
     assert logits.shape == (2, 6, 3)
     for task in range(2):
         for k in range(3):
@@ -59,7 +59,7 @@ def test_a_query_equal_to_a_support_image_is_classified_as_its_class():
                              tf.gather(one_shot.support_labels, order, axis=1))
     metrics = learner.evaluate(episodes)
     np.testing.assert_array_equal(metrics['query_post_accuracy'], 1.0)
-    logits = learner.query_logits(learner.params, episodes, 3).numpy()
+    logits = learner.scores(learner.params, episodes, 3).numpy()
     own = np.take_along_axis(logits, episodes.query_labels.numpy()[..., None], -1)
     np.testing.assert_allclose(own, 0, atol=1e-4)  # Its distance to its own (one-image) prototype.
     np.testing.assert_allclose(metrics['query_pre_accuracy'], 1 / 3)  # No prototypes: uniform.
@@ -71,19 +71,9 @@ def test_gradient_matches_float64_finite_differences():
     episodes = _episodes(1, dtype=np.float64)  # One task: TensorFlow has no float64 grouped convolution.
 
     def loss(weights):
-        logits = learner.query_logits(weights, episodes, 2)
+        logits = learner.scores(weights, episodes, 2)
         return tf.reduce_mean(network.task_losses(logits, episodes.query_labels))
-    with tf.GradientTape() as tape:
-        tape.watch(params)
-        value = loss(params)
-    gradient = tape.gradient(value, params)
-    rng = np.random.default_rng(3)
-    epsilon = 1e-7
-    for _ in range(3):
-        direction = {k: tf.constant(rng.normal(size=v.shape), tf.float64) for k, v in params.items()}
-        numeric = (float(loss({k: params[k] + epsilon * direction[k] for k in params}))
-                   - float(loss({k: params[k] - epsilon * direction[k] for k in params}))) / (2 * epsilon)
-        assert _dot(gradient, direction) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    _assert_gradient_matches_finite_differences(loss, params)
 
 
 def test_a_training_step_moves_the_body_and_reports_per_task_metrics():
