@@ -280,16 +280,16 @@ class MAML(learner.Learner):
         with tf.GradientTape() as tape:
             meta_loss, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps,
                                                                  **options)
-        self.apply(self.meta_gradients(tape, meta_loss, trajectory))
+        self.apply(self.meta_gradients(tape, meta_loss, trajectory, episodes))
         self.track(trajectory)
         return metrics
 
-    def meta_gradients(self, tape, meta_loss, trajectory):
+    def meta_gradients(self, tape, meta_loss, trajectory, episodes):
         """The direction the meta-optimizer descends, by name like `self.params`: MAML's is the
         gradient of the meta-loss, ∇θ L(θ), through the inner loop or not (first order). A learner
-        without a differentiable meta-loss (Reptile's θ − θ', iMAML's implicit gradient) computes
-        its own from the trajectory."""
-        del trajectory
+        without a differentiable meta-loss computes its own from the trajectory (Reptile's θ − θ')
+        and the meta-batch's `data.Episodes` (iMAML's implicit gradient)."""
+        del trajectory, episodes
         return tape.gradient(meta_loss, self.params)
 
     def feature_similarity(self, params, images, trajectory):

@@ -105,9 +105,9 @@ class Reptile(maml.MAML):
         return {name: params[name] - self.inner_lr * grads[name] / (tf.sqrt(moments[name] / correction) + ADAM_EPSILON)
                 for name in params}, moments
 
-    def meta_gradients(self, tape, meta_loss, trajectory):
+    def meta_gradients(self, tape, meta_loss, trajectory, episodes):
         """θ − mean_t θ'_t, which the meta-optimizer (SGD, learning rate ε) descends."""
-        del tape, meta_loss
+        del tape, meta_loss, episodes
         adapted = trajectory.params[-1]
         return {name: self.params[name] - tf.reduce_mean(adapted[name], axis=0) for name in self.params}
 
