@@ -97,7 +97,8 @@ class Reptile(maml.MAML):
         return {name: tf.zeros_like(value) for name, value in params.items()} if self.inner_optimizer == 'adam' else ()
 
     def inner_update(self, params, grads, step, context, state):
-        """SGD's θ' − α g, or Adam's with β1 = 0: v ← β2 v + (1 − β2) g², θ' − α g / (√(v / (1 − β2^s)) + ϵ)."""
+        """SGD's θ' − α g, or Adam's with β1 = 0 at step s (from 1):
+        v ← β2 v + (1 − β2) g²,  θ' − α g / (√(v / (1 − β2^s)) + ϵ)."""
         if self.inner_optimizer == 'sgd':
             return super().inner_update(params, grads, step, context, state)
         moments = {name: ADAM_BETA2 * state[name] + (1 - ADAM_BETA2) * tf.square(grads[name]) for name in params}

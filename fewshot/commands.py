@@ -120,5 +120,5 @@ def find(name, flag):
     command = getattr(module, 'COMMAND', None)
     if not isinstance(command, Command):
         raise errors.FlagError(f'{flag}: {name!r} is not a learner command (a script beside maml.py defining '
-                               'COMMAND = commands.Command(...), e.g. maml, anil, boil, meta_sgd, proto_maml, protonet)')
+                               'COMMAND = commands.Command(...), e.g. maml, anil, reptile, protonet, imaml)')
     return command

@@ -75,7 +75,8 @@ def markdown_table(rows):
              '| s / iteration | training | peak memory | support-feature similarity | evaluation batch norm |',
              '|---|---|---|---|---|---|---|---|---|---|---|']
     for row in rows:
-        lines.append(f'| {row["setting"]} | {row["backbone"]} | {row["algorithm"]} | {number(row["inner_steps"], ".0f")} '
+        lines.append(f'| {row["setting"]} | {row["backbone"]} | {row["algorithm"]} '
+                     f'| {number(row["inner_steps"], ".0f")} '
                      f'| {row["iterations"]:.0f} | {row["test_accuracy"]:.2%} ± {row["test_ci95"]:.2%} '
                      f'| {row["seconds_per_iteration"]:.3f} | {row["training_minutes"]:.1f} min '
                      f'| {row["peak_memory_gb"]:.2f} GB | {number(row["feature_similarity"], ".3f")} '

@@ -20,5 +20,5 @@ def test_every_command_imports_beside_every_other_in_one_process():
     result = subprocess.run([sys.executable, '-c', 'import sys\n' + script], capture_output=True, text=True,
                             cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1].split(',') == ['anil', 'boil', 'imaml', 'maml', 'meta_sgd', 'proto_maml',
-                                                                 'protonet', 'relationnet', 'reptile']
+    learners = result.stdout.strip().splitlines()[-1].split(',')
+    assert learners == ['anil', 'boil', 'imaml', 'maml', 'meta_sgd', 'proto_maml', 'protonet', 'relationnet', 'reptile']
