@@ -18,8 +18,8 @@ meta-optimizer's step size where that is Adam's); a learner script makes them it
 `flags.adopt_module_key_flags(learner)` or by declaring them, so that other commands refuse them.
 """
 
-from absl import flags
 import tensorflow as tf
+from absl import flags
 
 from fewshot import experiment, network, results
 
