@@ -216,7 +216,7 @@ CASES = {
                                          r'--meta_lr is not a flag of reptile.py', None),
     'reptile: negative inner batch': ('reptile.py', [*RESULTS, '--inner_batch_size=-1'], r'--inner_batch_size', None),
     'relationnet: a ProtoNet flag': ('relationnet.py', [*RESULTS, '--train_n_way=20'],
-                                     r'--train_n_way is not a flag of relationnet.py', None),
+                                     r'Unknown command line flag .train_n_way.', None),
     'imaml: an order it does not have': ('imaml.py', [*RESULTS, '--first_order'],
                                          r'--first_order is not a flag of imaml.py', None),
     'imaml: zero lambda': ('imaml.py', [*RESULTS, '--lam=0'], r'--lam', None),
