@@ -48,7 +48,8 @@ def keras_model(net):
     h = keras.layers.GlobalAveragePooling2D(name=f'{RELATION}mean')(keras.layers.ReLU(name=f'{RELATION}relu')(h))
     h = keras.layers.Dense(HIDDEN_UNITS, activation='relu', name=f'{RELATION}hidden')(h)
     score = keras.layers.Dense(1, activation='sigmoid', name=f'{RELATION}score')(h)
-    return keras.Model([embedding.inputs[0], pairs], [embedding.outputs[0], score], name='relation_network')
+    # Named as the embedding network, so that checkpoints key its weights as every learner's (conv1/kernel, ...).
+    return keras.Model([embedding.inputs[0], pairs], [embedding.outputs[0], score], name=embedding.name)
 
 
 class RelationNetwork(learner.MetricLearner):

@@ -57,7 +57,6 @@ class Reptile(maml.MAML):
     """θ moves toward the mean of the task-adapted weights (see the module docstring)."""
 
     learner_flags = OWN_MAML_FLAGS
-    fixed_on_resume = ('num_iterations',)  # ε anneals over them.
 
     def __init__(self, net, model, inner_lr, num_inner_steps, meta_optimizer, inner_optimizer='sgd',
                  inner_batch_size=0):
@@ -79,6 +78,11 @@ class Reptile(maml.MAML):
             FLAGS.meta_step_size, max(FLAGS.num_iterations, 1), FLAGS.final_meta_step_size)
         return cls(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, keras.optimizers.SGD(step_size),
                    FLAGS.inner_optimizer, FLAGS.inner_batch_size)
+
+    @classmethod
+    def fixed_on_resume(cls):
+        """--num_iterations, when ε anneals over them."""
+        return ('num_iterations',) if FLAGS.meta_step_size != FLAGS.final_meta_step_size else ()
 
     def inner_batch(self, images, labels, step):
         """Minibatch `step` of the support set [T, N*K, ...]: the next `inner_batch_size` examples,

@@ -93,7 +93,7 @@ def run(command, flag_module):
         build=build, training_stream=command.learner_class.training_stream, flag_modules=[flag_module],
         num_eval_inner_steps=command.learner_class.eval_inner_steps_from_flags(),
         extra={'batch_norm': command.learner_class.batch_norm},
-        fixed_on_resume=command.learner_class.fixed_on_resume)
+        fixed_on_resume=command.learner_class.fixed_on_resume())
     outcome.learner.save(outcome.folder.path)
     return outcome
 

@@ -41,8 +41,6 @@ class Learner:
     train_metrics = ('loss',)
     # The learner's own flags that tools set or name its runs after (MAML's: first_order, ...).
     learner_flags = ()
-    # Flags a resumed run must keep (see results.RunFolder), e.g. what a schedule spreads over.
-    fixed_on_resume = ()
     # How batch norm normalises in this learner's forward passes, recorded in hyperparameters.json.
     batch_norm = 'transductive (statistics of the batch being normalised)'
 
@@ -68,6 +66,12 @@ class Learner:
         """The learner of `net` as its command's flags say (first_order: for learners that have an
         order; the others ignore it)."""
         raise NotImplementedError
+
+    @classmethod
+    def fixed_on_resume(cls):
+        """Flags a resumed run must keep as the flags set them (see results.RunFolder), e.g. the
+        iterations a schedule spreads over."""
+        return ()
 
     @classmethod
     def eval_inner_steps_from_flags(cls):

@@ -153,6 +153,7 @@ LEARNER_SCRIPTS = sorted(os.path.basename(path) for path in glob.glob(os.path.jo
 COMMANDS = {**{script: ['--num_inner_steps=1'] if commands.find(script[:-3], 'script').takes('num_inner_steps')
                 else [] for script in LEARNER_SCRIPTS},
             'maml_plusplus.py': ['--num_inner_steps=1', '--cosine_annealing=false']}
+COMMANDS['reptile.py'].append('--final_meta_step_size=1')  # A constant ε: an annealed one fixes --num_iterations.
 
 
 def test_the_contract_covers_every_learner_command():
@@ -165,8 +166,8 @@ TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_b
 @pytest.mark.parametrize('script', list(COMMANDS))
 def test_each_command_trains_checkpoints_resumes_exactly_and_reports(script, synthetic_dir, tmp_path):
     """Stopped after 2 iterations and resumed to 4, a run equals an uninterrupted one, and the
-    report and the figures read its folder. (MAML++ without cosine annealing, whose schedule
-    depends on --num_iterations.)"""
+    report and the figures read its folder. (MAML++ without cosine annealing and Reptile without
+    annealing its step size: their schedules depend on --num_iterations.)"""
     def run(name, *flags):
         command = [sys.executable, f'{REPO}/{script}', f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache',
                    f'--results_dir={tmp_path}', f'--run_name={name}', *TINY, *COMMANDS[script], *flags]
