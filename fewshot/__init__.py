@@ -5,6 +5,10 @@
     data        Omniglot: reading, preprocessing, cache, character splits, the episode sampler
     mnist       MNIST for the initialization lab
     network     ConvNet and ResNet: a Keras model for storage, a pure forward over explicit weights
+    learner     Learner, what every learner shares (theta, meta-optimizer, compiled steps, state);
+                MetricLearner, a learner without an inner loop; --backbone and --meta_lr
+    commands    Command, what a learner script says about itself; run (a learner from the flags),
+                find (a learner script by name, the one place the package loads a command)
     training    the meta-training loop: validation, checkpoints, the finite-state guard, TensorBoard
     experiment  one run from flags: data -> learner -> training -> meta-test -> run folder
     results     the run folder: atomic writes, readers that name damage, checkpoints by name
@@ -12,5 +16,6 @@
     runs        for tools that train other commands: their flags, reuse and resume in child processes
     comparison  compare.py's table and figures from finished run folders (report.py reads them)
 
-The package never imports a command (the top-level scripts); commands import the package.
+The package never imports a command (the top-level scripts) but through `commands.find`, which loads
+a learner script by name as a plug-in; commands import the package.
 """
