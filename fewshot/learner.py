@@ -172,10 +172,9 @@ class MetricLearner(Learner):
         ('pre': with no support set every class scores the same, the uniform prediction)."""
         del num_steps  # Nothing adapts.
         scores = self.scores(self.params, episodes, self.net.n_way)
-        labels = episodes.query_labels
-        return {'query_pre_loss': self.losses(self.uniform_scores(scores), labels),
-                'query_post_loss': self.losses(scores, labels),
-                'query_pre_accuracy': network.task_accuracies(self.uniform_scores(scores), labels),
+        uniform, labels = self.uniform_scores(scores), episodes.query_labels
+        return {'query_pre_loss': self.losses(uniform, labels), 'query_post_loss': self.losses(scores, labels),
+                'query_pre_accuracy': network.task_accuracies(uniform, labels),
                 'query_post_accuracy': network.task_accuracies(scores, labels)}
 
     @staticmethod
