@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, data, errors, learner, network
+from fewshot import commands, config, data, errors, experiment, learner, network
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 flags.adopt_module_key_flags(learner)  # --backbone and --meta_lr.
@@ -52,10 +52,10 @@ class PrototypicalNetwork(learner.MetricLearner):
     @classmethod
     def training_stream(cls, splits):
         """Meta-training tasks of --train_n_way classes, otherwise shaped as the flags say."""
-        n_way = FLAGS.train_n_way or FLAGS.n_way
-        data.check_task_shape(len(splits.train), n_way, FLAGS.k_shot, FLAGS.num_query, 'meta-train',
-                              n_way_flag='--train_n_way' if FLAGS.train_n_way else '--n_way')
-        return data.EpisodeSampler(splits.train, n_way, FLAGS.k_shot, FLAGS.num_query, FLAGS.seed, 'meta-train')
+        if FLAGS.train_n_way:  # Checked here for a message naming the flag.
+            data.check_task_shape(len(splits.train), FLAGS.train_n_way, FLAGS.k_shot, FLAGS.num_query, 'meta-train',
+                                  n_way_flag='--train_n_way')
+        return experiment.episode_stream(splits, FLAGS.train_n_way)
 
     @staticmethod
     def distance_logits(queries, prototypes):

@@ -46,9 +46,9 @@ def tasks_checksum(batches):
     return digest.hexdigest()
 
 
-def episode_stream(splits):
-    """The meta-training task stream given by the flags."""
-    return data.EpisodeSampler(splits.train, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
+def episode_stream(splits, n_way=None):
+    """The meta-training task stream given by the flags, of `n_way` classes per task (default --n_way)."""
+    return data.EpisodeSampler(splits.train, n_way or FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
                                FLAGS.seed, 'meta-train')
 
 
