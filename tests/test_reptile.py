@@ -30,14 +30,16 @@ def _weights(learner):
     return {name: value.numpy().copy() for name, value in learner.params.items()}
 
 
-def test_one_sgd_step_with_unit_step_size_is_first_order_maml_on_the_support_set():
-    """With one inner SGD step of size α on the support set, θ'_t = θ − α g_t(θ) (g_t the gradient
-    of task t's support loss at θ), so with ε = 1 Reptile's meta-step is
+def test_one_sgd_step_with_unit_step_size_is_first_order_maml_on_the_task_examples():
+    """With one inner SGD step of size α on all of task t's examples (support and query sets),
+    θ'_t = θ − α g_t(θ) (g_t the gradient of the task's loss on them at θ), so with ε = 1 Reptile's
+    meta-step is
 
         θ ← θ + 1/T Σ_t (θ'_t − θ) = θ − α · 1/T Σ_t g_t(θ),
 
-    one SGD step of size α on the mean support loss: the step of first-order MAML with no inner
-    step (θ' = θ) whose query set is the support set, taken by SGD with learning rate ε·α = α."""
+    one SGD step of size α on the mean loss over the tasks' examples: the step of first-order MAML
+    with no inner step (θ' = θ) whose query set is all those examples, taken by SGD with learning
+    rate ε·α = α."""
     alpha = 0.1
     learner = _reptile(inner_lr=alpha, step_size=1.0)
     keras.utils.set_random_seed(0)
@@ -46,9 +48,9 @@ def test_one_sgd_step_with_unit_step_size_is_first_order_maml_on_the_support_set
     for name, value in reference.params.items():
         value.assign(start[name])
     episodes = _numpy(_episodes(2))
-    on_support = data.Episodes(*episodes[:2], *episodes[:2])
+    examples = _numpy(reptile.every_example(episodes, 2))
     learner.meta_train_step(episodes)
-    reference.meta_train_step(on_support)
+    reference.meta_train_step(data.Episodes(*examples[:2], *examples[:2]))
     for name in start:
         assert np.abs(learner.params[name].numpy() - start[name]).max() > 0
         np.testing.assert_allclose(learner.params[name].numpy(), reference.params[name].numpy(), rtol=1e-4, atol=1e-6)
@@ -79,13 +81,29 @@ def test_the_meta_direction_of_one_sgd_step_matches_float64_finite_differences()
 def test_theta_moves_toward_the_mean_adapted_weights_by_exactly_epsilon(step_size):
     learner = _reptile(num_inner_steps=3, step_size=step_size, inner_optimizer='adam', inner_batch_size=2)
     episodes = _episodes(3)
+    examples = reptile.every_example(episodes, 2)
     start = _weights(learner)
-    adapted = learner.inner_loop(network.tile(learner.params, 3), episodes.support_images,
-                                 episodes.support_labels, 3).params[-1]
+    adapted = learner.inner_loop(network.tile(learner.params, 3), examples.support_images,
+                                 examples.support_labels, 3).params[-1]
     learner.meta_train_step(_numpy(episodes))
     for name in start:
         expected = start[name] + step_size * (np.mean(adapted[name].numpy(), 0) - start[name])
         np.testing.assert_allclose(learner.params[name].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_training_adapts_on_support_and_query_examples_class_by_class():
+    """Each class's K support then Q query examples, class after class; the query set is kept."""
+    episodes = _episodes(2, n_way=3, k_shot=2, num_query=3)
+    examples = reptile.every_example(episodes, 3)
+    assert examples.support_images.shape == (2, 15, 28, 28, 1)
+    np.testing.assert_array_equal(examples.support_labels.numpy(), np.repeat(np.arange(3), 5)[None].repeat(2, 0))
+    support, query = episodes.support_images.numpy(), episodes.query_images.numpy()
+    for task in range(2):
+        for label in range(3):
+            joined = examples.support_images.numpy()[task, 5 * label:5 * label + 5]
+            np.testing.assert_array_equal(joined[:2], support[task, 2 * label:2 * label + 2])
+            np.testing.assert_array_equal(joined[2:], query[task, 3 * label:3 * label + 3])
+    assert examples.query_images is episodes.query_images and examples.query_labels is episodes.query_labels
 
 
 def test_inner_adam_with_zero_beta1_matches_its_formula():
@@ -101,7 +119,7 @@ def test_inner_adam_with_zero_beta1_matches_its_formula():
         np.testing.assert_allclose(params['w'].numpy(), expected, rtol=1e-5)
 
 
-def test_inner_minibatches_cycle_through_the_support_set_alternating_classes():
+def test_inner_minibatches_cycle_through_the_task_examples_alternating_classes():
     learner = _reptile(n_way=3, inner_batch_size=6)
     labels = tf.constant(np.repeat(np.arange(3, dtype=np.int32), 4)[None])  # 3-way 4-shot, class by class.
     images = tf.reshape(tf.range(12, dtype=tf.float32), [1, 12])  # Each example's own index.
