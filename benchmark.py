@@ -48,7 +48,7 @@ flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <
                          message='--orders: a list of first, second')
 PLUS_PLUS = ('maml++', 'maml++ with MSL')  # MAML++ held at one derivative order, without or with MSL.
 SETTING = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
-           'num_inner_steps', 'meta_lr')  # Shared flags that set what is timed.
+           'num_inner_steps', 'meta_lr', 'precision')  # Shared flags that set what is timed.
 for _name in SETTING:
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS

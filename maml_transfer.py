@@ -221,7 +221,8 @@ def load_maml_run(run_dir):
     """The FO-MAML learner and the flags of a finished maml.py run folder (see `check_maml_run`)."""
     hyper = check_maml_run(run_dir)
     model_path = os.path.join(run_dir, results.MODEL_FILE)
-    net = network.ConvNet(hyper['n_way'], hyper['num_filters'], max_pool=hyper['max_pool'])
+    net = network.ConvNet(hyper['n_way'], hyper['num_filters'], max_pool=hyper['max_pool'],
+                          precision=hyper.get('precision', 'float32'))  # Runs before --precision: float32.
     try:
         model = keras.models.load_model(model_path)
     except Exception as error:  # Keras raises many types for a damaged or foreign file.

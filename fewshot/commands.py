@@ -69,7 +69,7 @@ class Command(NamedTuple):
 
     def build(self, n_way, first_order):
         """(network, learner) as the flags say, with an `n_way`-way head and the given order."""
-        net = network.build(FLAGS.backbone, n_way, FLAGS.num_filters, FLAGS.max_pool)
+        net = network.build(FLAGS.backbone, n_way, FLAGS.num_filters, FLAGS.max_pool, FLAGS.precision)
         return net, self.learner_class.from_flags(net, first_order)
 
 

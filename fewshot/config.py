@@ -39,6 +39,10 @@ flags.DEFINE_integer('meta_batch_size', 32, 'Tasks per meta-iteration (T).', low
 flags.DEFINE_integer('num_filters', 64, 'Filters in each convolution block.', lower_bound=1)
 flags.DEFINE_boolean('max_pool', False, 'Stride-1 convolutions with 2x2 max-pooling instead of '
                      'stride-2 convolutions (the MAML paper uses strides for Omniglot).')
+flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'],
+                  "The network's convolutions in float32, or in bfloat16 (mixed precision: weights, batch-norm "
+                  'moments, losses, inner-loop updates and the meta-optimizer stay float32). bfloat16 is fast '
+                  'only on CPUs with native bfloat16 arithmetic (avx512_bf16 or AMX; python benchmark.py shows it).')
 
 # Schedule ----------------------------------------------------------------------
 flags.DEFINE_integer('num_iterations', 1000, 'Meta-training iterations.', lower_bound=0)

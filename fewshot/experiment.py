@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from fewshot import config, data, network, plotting, results, training
+from fewshot import config, data, machine, network, plotting, results, training
 
 FLAGS = config.FLAGS
 
@@ -54,7 +54,7 @@ def episode_stream(splits, n_way=None):
 
 def convnet(n_way=None):
     """The network given by the flags, with an `n_way`-output head (default --n_way)."""
-    return network.ConvNet(n_way or FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool)
+    return network.ConvNet(n_way or FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool, precision=FLAGS.precision)
 
 
 def save_model(model, path):
@@ -62,6 +62,13 @@ def save_model(model, path):
     behind if saving fails."""
     with results.replacing(path) as temporary:
         model.save(temporary)
+
+
+def log_precision():
+    """Says in the run log which precision runs, and whether this CPU computes bfloat16 natively."""
+    support = (f'has native bfloat16 ({", ".join(machine.bfloat16_flags())})' if machine.native_bfloat16()
+               else 'has no native bfloat16, so TensorFlow emulates it (slow)')
+    logging.info('Precision %s (--precision); %s %s', FLAGS.precision, machine.cpu_model(), support)
 
 
 class Outcome(NamedTuple):
@@ -112,6 +119,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
          'command': ' '.join(sys.argv), 'classes': {'train': len(splits.train),
                                                     'val': len(splits.val), 'test': len(splits.test)},
          **(extra or {})}, flag_defaults)
+    log_precision()
     keras.utils.set_random_seed(FLAGS.seed)
     learner = build(splits)
     schedule = schedule_for(splits) if schedule_for else training.Schedule(

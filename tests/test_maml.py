@@ -9,9 +9,10 @@ from fewshot import data, network
 import maml
 
 
-def _maml(inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0):
+def _maml(inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0,
+          precision='float32'):
     keras.utils.set_random_seed(seed)
-    net = network.ConvNet(n_way=n_way, num_filters=num_filters)
+    net = network.ConvNet(n_way=n_way, num_filters=num_filters, precision=precision)
     return maml.MAML(net, net.keras_model(), inner_lr, num_inner_steps, first_order,
                      keras.optimizers.Adam(1e-3))
 
@@ -89,6 +90,26 @@ def test_first_and_second_order_agree_without_inner_steps_and_differ_with_them()
             assert difference == 0.0
         else:
             assert difference > 1e-3 * scale
+
+
+@pytest.mark.parametrize('first_order', [True, False])
+def test_bfloat16_meta_gradient_points_where_the_float32_one_does(first_order):
+    """Mixed precision changes gradients by rounding only, but a gradient at initialisation is a
+    small difference of per-example terms, so bfloat16's 0.2% rounding is not small beside it.
+    Measured on this net: cosine similarity with float32's 0.99 without an inner step (as for
+    Keras' own mixed_bfloat16 policy on the same network) and 0.86 to 0.91 after one inner step
+    at lr 0.4, which adapts from already-rounded gradients. Asked: above 0.97 and 0.8."""
+    episodes = _episodes(2)
+    for num_steps, least in ((0, 0.97), (1, 0.8)):
+        gradients = {}
+        for precision in ('float32', 'bfloat16'):
+            learner = _maml(first_order=first_order, num_filters=8, precision=precision)
+            gradients[precision] = _meta_gradient(learner, _params(learner, tf.float32), episodes, num_steps,
+                                                  first_order)
+        full, mixed = gradients['float32'], gradients['bfloat16']
+        assert all(g.dtype == tf.float32 for g in mixed.values())
+        cosine = _dot(full, mixed) / np.sqrt(_dot(full, full) * _dot(mixed, mixed))
+        assert least < cosine < 1 - 1e-7, num_steps
 
 
 def test_zero_inner_learning_rate_leaves_weights_unchanged():

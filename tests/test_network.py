@@ -40,6 +40,24 @@ def test_forward_with_running_statistics_matches_keras_inference_mode(backbone):
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize('backbone', ['conv4', 'resnet'])
+def test_bfloat16_forward_agrees_with_float32_and_returns_float32(backbone):
+    """Tolerance: bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%), through up to
+    seven convolutions; 3% of the logits' scale holds with a wide margin (measured about 1%)."""
+    tf.keras.utils.set_random_seed(3)
+    full, mixed = (network.build(backbone, 3, 6, False, precision) for precision in ('float32', 'bfloat16'))
+    model = full.keras_model()
+    params = network.tile(network.parameters(model), 2)
+    images = tf.random.uniform([2, 9, 28, 28, 1])
+    logits, moments = full.forward_with_moments(params, images)
+    mixed_logits, mixed_moments = mixed.forward_with_moments(params, images)
+    assert mixed_logits.dtype == tf.float32 and all(m.dtype == tf.float32 for m in mixed_moments.values())
+    scale = float(tf.reduce_max(tf.abs(logits)))
+    np.testing.assert_allclose(mixed_logits, logits, atol=0.03 * scale)
+    np.testing.assert_allclose(mixed.forward(params, images, moments), logits, atol=0.03 * scale)
+    assert not np.array_equal(mixed_logits, logits)  # It did compute in bfloat16.
+
+
 def test_tasks_do_not_see_each_others_weights(net_and_model):
     net, model = net_and_model
     params = network.tile(network.parameters(model), 3)
