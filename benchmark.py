@@ -1,18 +1,23 @@
-"""Speed and memory of a meta-iteration (MAML, its family, MAML++) against this machine's lower bound.
+"""Speed and memory of a meta-iteration (MAML, its family, MAML++) against this machine's convolution peak.
 
     python benchmark.py                       # the paper's setting: T=32, 5-way 5-shot, 15 queries, 5 steps
     python benchmark.py --algorithms maml     # MAML only
     python benchmark.py --algorithms maml,anil,boil,meta_sgd,proto_maml   # the family, each beside MAML
+    python benchmark.py --precision bfloat16  # mixed precision (fast only with native bfloat16)
+    python benchmark.py --algorithms maml --orders second --tasks_per_chunk 8   # bounded memory
+    python benchmark.py --algorithms maml --profile                      # where the time goes
+    python benchmark.py --algorithms maml --peer ~/.cache/peers/l2l/bin/python   # beside learn2learn
 
-For each algorithm and derivative order it prints the median seconds per
-meta-iteration and the peak resident memory (each runs in its own process, so
-the peaks do not mix). MAML++ is timed with every fix on, without and with the
-multi-step loss (which adds a query pass per inner step while it is active),
-and its ratio to MAML of the same order is printed. It also measures the
-machine's convolution throughput on the same network (forward and backward of
-one large batch with shared weights, the most favourable case for the
-convolution kernels) and divides the convolution work of a meta-iteration by
-it: that is the lower bound the ratio is taken against.
+It prints the CPU (model, and whether it computes bfloat16 natively) and the measured peak of a
+large 64->64 convolution (forward and backward) in float32 and bfloat16. For each algorithm and
+derivative order it prints the median seconds per meta-iteration and the peak resident memory (each
+runs in its own process, so the peaks do not mix). MAML++ is timed with every fix on, without and
+with the multi-step loss (which adds a query pass per inner step while it is active), and its ratio
+to MAML of the same order is printed. MAML's convolution work divided by the convolution peak of
+the precision it ran in is the lower bound its ratio is taken against. --profile adds, for each,
+where a meta-iteration's operations spend their time. --peer times learn2learn's MAML on the same
+setting (../shared/peers/bench_learn2learn.py in another Python, a measurement aid that is never a
+dependency) right after ours, and prints the ratio.
 
 Convolution work of a first-order meta-iteration (per task; S support, Q query images;
 F = forward multiply-adds of one image, B = backward, i.e. input and weight gradients):
@@ -25,6 +30,7 @@ Timings use random images: the cost does not depend on the pixels.
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, data, errors, experiment, network, training
+from fewshot import commands, data, errors, experiment, machine, network, profiling, training
 from fewshot import runs  # noqa: F401  (defines --algorithms)
 import maml  # noqa: F401  (MAML's flags, which set what is timed)
 import maml_plusplus
@@ -44,11 +50,16 @@ flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 wa
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
 flags.declare_key_flag('algorithms')  # fewshot/runs.py's; here also maml++ and maml++ with MSL.
 flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in this process and print JSON.')
+flags.DEFINE_boolean('profile', False, "Also trace one meta-iteration of each and print where its operations' time goes.")
+flags.DEFINE_string('peer', '', 'A Python interpreter with learn2learn (see ../shared/peers/README.md): time its MAML '
+                    'on the same setting right after ours and print the ratio (only the default setting).')
+flags.DEFINE_string('peer_script', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'peers',
+                                                'bench_learn2learn.py'), "The peer's timing script (with --peer).")
 flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <= {'first', 'second'},
                          message='--orders: a list of first, second')
 PLUS_PLUS = ('maml++', 'maml++ with MSL')  # MAML++ held at one derivative order, without or with MSL.
 SETTING = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
-           'num_inner_steps', 'meta_lr', 'precision')  # Shared flags that set what is timed.
+           'num_inner_steps', 'meta_lr', 'precision', 'tasks_per_chunk')  # Shared flags that set what is timed.
 for _name in SETTING:
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -78,27 +89,26 @@ def meta_iteration_macs(net, first_order):
     return FLAGS.meta_batch_size * per_task
 
 
-def conv_throughput(net, batch=800, repeats=15):
-    """Measured multiply-adds per second of the network's forward + backward on one big batch."""
-    model = net.keras_model()
-    params = network.parameters(model)
-    images = tf.random.uniform([1, batch, net.image_size, net.image_size, 1])
-    labels = tf.zeros([1, batch], tf.int32)
+def conv_peak(dtype, batch=256, size=28, channels=64, repeats=10):
+    """Measured multiply-adds per second of a large 3x3 convolution, `channels` -> `channels`, stride 1
+    (forward, input gradient and weight gradient), shared weights: as fast as this network's
+    convolutions can be on this machine."""
+    images = tf.cast(tf.random.uniform([batch, size, size, channels]), dtype)
+    kernel = tf.cast(tf.random.normal([3, 3, channels, channels]), dtype)
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            tiled = network.tile(params, 1)
-            tape.watch(tiled)
-            loss = tf.reduce_sum(network.task_losses(net.forward(tiled, images), labels))
-        return tape.gradient(loss, tiled)
+            tape.watch([images, kernel])
+            output = tf.nn.conv2d(images, kernel, 1, 'SAME')
+        return tape.gradient(output, [images, kernel], output_gradients=output)
     step()
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         tf.nest.map_structure(lambda x: x.numpy(), step())
         seconds.append(time.perf_counter() - start)
-    return batch * (conv_macs(net, False) + conv_macs(net, True)) / statistics.median(seconds)
+    return 3 * batch * size * size * 9 * channels * channels / statistics.median(seconds)
 
 
 def build(algorithm, first_order):
@@ -106,14 +116,16 @@ def build(algorithm, first_order):
     without MSL."""
     keras.utils.set_random_seed(0)
     if algorithm not in PLUS_PLUS:
-        return commands.find(algorithm, '--algorithms').build(FLAGS.n_way, first_order)
-    net = experiment.convnet()
-    optimizer = keras.optimizers.Adam(FLAGS.meta_lr)
-    never = 10 ** 9  # A schedule switch that is never reached.
-    fixes = maml_plusplus.Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never,
-                                da=first_order, da_iterations=never)
-    return net, maml_plusplus.MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
-                                           optimizer, fixes)
+        net, learner = commands.find(algorithm, '--algorithms').build(FLAGS.n_way, first_order)
+    else:
+        net = experiment.convnet()
+        never = 10 ** 9  # A schedule switch that is never reached.
+        fixes = maml_plusplus.Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never,
+                                    da=first_order, da_iterations=never)
+        learner = maml_plusplus.MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
+                                             keras.optimizers.Adam(FLAGS.meta_lr), fixes)
+    learner.tasks_per_chunk = FLAGS.tasks_per_chunk
+    return net, learner
 
 
 def measure(what):
@@ -133,16 +145,60 @@ def measure(what):
         start = time.perf_counter()
         learner.meta_train_step(batch)
         seconds.append(time.perf_counter() - start)
-    return {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds),
-            'min_seconds': min(seconds), 'first_call_seconds': first_call,
-            'peak_rss_gb': training.peak_memory_gb(),
-            'macs': meta_iteration_macs(net, first_order)}
+    figures = {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds),
+               'min_seconds': min(seconds), 'first_call_seconds': first_call,
+               'peak_rss_gb': training.peak_memory_gb(), 'macs': meta_iteration_macs(net, first_order)}
+    if FLAGS.profile:
+        figures['profile'] = profile(net, learner, batches[-1])
+    return figures
+
+
+def profile(net, learner, batch):
+    """(wall seconds, seconds inside the compiled step, {category: operation seconds}) of one
+    meta-iteration on `batch` (see fewshot/profiling.py); convolution layers by output size."""
+    if learner.tasks_per_chunk:
+        raise errors.FlagError('--profile: profiles a meta-iteration computed at once; drop --tasks_per_chunk')
+    episodes = type(batch)(*(tf.convert_to_tensor(x) for x in batch))
+    options = learner.train_step_options()
+    graph = learner._train_step.get_concrete_function(episodes, **options).graph  # pylint: disable=protected-access
+    size, layers = net.image_size, {}
+    for block in range(1, net.num_blocks + 1):
+        size = (size + 1) // 2  # Stride 2 (or max-pooling after a stride-1 convolution, which --profile names too).
+        layers[(size, size)] = f'conv{block}'
+    return profiling.profile(lambda: learner.meta_train_step(batch), graph, layers)
+
+
+def peer(order):
+    """(median seconds, peak memory GB) of the peer's meta-iteration of `order` ('first' or 'second')."""
+    command = [os.path.expanduser(FLAGS.peer), FLAGS.peer_script, '--order', '1' if order == 'first' else '2',
+               '--iters', str(FLAGS.repeats)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:
+        raise errors.FlagError(f'--peer: {FLAGS.peer} cannot be run ({error.strerror})') from None
+    last = (result.stdout.strip().splitlines() or [''])[-1]
+    if result.returncode != 0 or not last.startswith('peer='):
+        reason = (result.stderr.strip().splitlines() or ['no message'])[-1]
+        raise errors.SetupError(f'--peer: the peer failed (exit status {result.returncode}): {reason}')
+    fields = dict(field.split('=', 1) for field in last.split())
+    return float(fields['s_per_iter_median']), float(fields['peak_rss_mb']) / 1e3
+
+
+def print_profile(figures):
+    wall, inside, categories = figures['profile']
+    total = sum(categories.values())
+    print(f'    profile: {wall:.3f} s per meta-iteration, {inside:.3f} s inside the compiled step '
+          f'({wall - inside:.3f} s Python, conversions and dispatch); operations, summed over '
+          f'threads: {total:.3f} s')
+    for category, seconds in sorted(categories.items(), key=lambda item: -item[1]):
+        if seconds >= 0.002 * total:
+            print(f'      {100 * seconds / total:5.1f}%  {seconds:.3f} s  {category}')
 
 
 def main(argv):
     del argv
-    if FLAGS.measure == 'throughput':
-        print(json.dumps(conv_throughput(experiment.convnet())))
+    if FLAGS.measure.startswith('peak:'):
+        print(json.dumps(conv_peak(FLAGS.measure.removeprefix('peak:'))))
         return
     if FLAGS.measure:
         print(json.dumps(measure(FLAGS.measure)))
@@ -151,7 +207,16 @@ def main(argv):
     for algorithm in FLAGS.algorithms:
         if algorithm not in PLUS_PLUS:
             commands.find(algorithm, '--algorithms')
-    passed = [FLAGS[name].serialize() for name in ('repeats', *SETTING)]  # What each measurement needs.
+    if FLAGS.peer:
+        changed = [name for name in SETTING if FLAGS[name].value != FLAGS[name].default and name != 'precision']
+        if changed or 'maml' not in FLAGS.algorithms:
+            raise errors.FlagError('--peer: the peer times MAML at the default setting only; '
+                                   f'{"drop " + ", ".join("--" + n for n in changed) if changed else "add maml to --algorithms"}')
+        if not os.path.isfile(FLAGS.peer_script):
+            raise errors.FlagError(f'--peer_script: {FLAGS.peer_script} does not exist (see ../shared/peers/README.md)')
+        if not shutil.which(os.path.expanduser(FLAGS.peer)):
+            raise errors.FlagError(f'--peer: {FLAGS.peer} is not a program (a Python with learn2learn is expected)')
+    passed = [FLAGS[name].serialize() for name in ('repeats', 'profile', *SETTING)]  # What each measurement needs.
 
     def in_subprocess(what):
         result = subprocess.run([sys.executable, __file__, f'--measure={what}', *passed],
@@ -160,12 +225,15 @@ def main(argv):
             reason = result.stderr.strip().splitlines()[-1:] or ['no message']
             raise errors.SetupError(f'measuring {what} failed (exit status {result.returncode}): {reason[0]}')
         return json.loads(result.stdout.strip().splitlines()[-1])
-    print(f'Meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way {FLAGS.k_shot}-shot, '
-          f'{FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, {FLAGS.num_filters} filters, '
-          f'{os.cpu_count()} CPUs, TensorFlow {tf.__version__}')
-    throughput = in_subprocess('throughput')
-    print(f'network throughput (forward + backward of 800 images, shared weights, convolutions counted): '
-          f'{2 * throughput / 1e9:.0f} GFLOP/s')
+    native = ', '.join(machine.bfloat16_flags()) or 'none: emulated, slow'
+    print(f'{machine.cpu_model()}, {os.cpu_count()} CPUs, native bfloat16: {native}; TensorFlow {tf.__version__}')
+    print(f'Meta-iteration, T={FLAGS.meta_batch_size} tasks'
+          f'{f" in chunks of {FLAGS.tasks_per_chunk}" if FLAGS.tasks_per_chunk else ""}, {FLAGS.n_way}-way '
+          f'{FLAGS.k_shot}-shot, {FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, '
+          f'{FLAGS.num_filters} filters, precision {FLAGS.precision}')
+    peaks = {dtype: in_subprocess(f'peak:{dtype}') for dtype in ('float32', 'bfloat16')}
+    print('convolution peak (3x3, 64 -> 64 channels, 256 images of 28x28, forward and backward): '
+          + ', '.join(f'{dtype} {2 * macs / 1e9:.0f} GFLOP/s' for dtype, macs in peaks.items()))
     maml_seconds = {}
     for order in FLAGS.orders:
         for algorithm in FLAGS.algorithms:
@@ -176,12 +244,19 @@ def main(argv):
                     f'{figures["first_call_seconds"]:.1f} s), peak memory {figures["peak_rss_gb"]:.2f} GB')
             if algorithm == 'maml':
                 maml_seconds[order] = seconds
-                bound = figures['macs'] / throughput
-                line += (f'; arithmetic lower bound {bound:.3f} s ({2 * figures["macs"] / 1e9:.0f} GFLOP), '
-                         f'ratio {seconds / bound:.2f}x')
+                bound = figures['macs'] / peaks[FLAGS.precision]
+                line += (f'; lower bound at the {FLAGS.precision} convolution peak {bound:.3f} s '
+                         f'({2 * figures["macs"] / 1e9:.0f} GFLOP), ratio {seconds / bound:.2f}x')
             elif order in maml_seconds:
                 line += f'; {seconds / maml_seconds[order]:.2f}x MAML of the same order'
             print(line, flush=True)
+            if FLAGS.profile:
+                print_profile(figures)
+            if FLAGS.peer and algorithm == 'maml':
+                peer_seconds, peer_memory = peer(order)
+                print(f'{"learn2learn":>15}, {order:>6} order: median {peer_seconds:.3f} s/iteration, peak memory '
+                      f'{peer_memory:.2f} GB (PyTorch, same setting, timed just after); this project is '
+                      f'{peer_seconds / seconds:.2f}x faster', flush=True)
 
 
 if __name__ == '__main__':

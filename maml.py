@@ -65,7 +65,8 @@ class MAML(learner.Learner):
     a step trains on), `forward` (which weights and statistics a step uses), `inner_loss` (what
     a step descends), `inner_state` and `inner_update` (the step rule), `query_forward` (how the
     query set is scored), `query_loss` (the meta-loss), `meta_gradients` (the direction of the
-    meta-step) and `save` (what else a run keeps).
+    meta-step), `measure` and `track` (state kept across meta-steps) and `save` (what else a run
+    keeps).
     """
 
     # What train_step reports, per task; the first is the meta-loss.
@@ -267,8 +268,8 @@ class MAML(learner.Learner):
     def outer_loop(self, episodes, num_steps, train, **options):
         """Evaluates the meta-objective on a meta-batch and, if `train`, takes one meta-step.
 
-        The meta-gradient ∇θ L(θ) is applied to θ by the meta-optimizer. Evaluation
-        (train=False) adapts first order, since no meta-gradient is needed.
+        The meta-gradient ∇θ L(θ) (`meta_gradient`) is applied to θ by the meta-optimizer.
+        Evaluation (train=False) adapts first order, since no meta-gradient is needed.
         options: further arguments of `meta_objective` (training only).
         Returns the per-task metrics of `meta_objective`.
         """
@@ -277,12 +278,17 @@ class MAML(learner.Learner):
                                                          training=False)
             return {**metrics, 'support_feature_similarity':
                     self.feature_similarity(self.params, episodes.support_images, trajectory)}
-        with tf.GradientTape() as tape:
-            meta_loss, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps,
-                                                                 **options)
-        self.apply(self.meta_gradients(tape, meta_loss, trajectory, episodes))
-        self.track(trajectory)
+        gradients, metrics, measured = self.meta_gradient(episodes, num_steps, **options)
+        self.update(gradients, measured)
         return metrics
+
+    def meta_gradient(self, episodes, num_steps=None, **options):
+        """(the meta-step's direction by name, per-task metrics, `measure(trajectory)`) of a meta-batch
+        adapted with `num_steps` inner steps (default `num_inner_steps`); θ untouched."""
+        with tf.GradientTape() as tape:
+            meta_loss, metrics, trajectory = self.meta_objective(
+                self.params, episodes, self.num_inner_steps if num_steps is None else num_steps, **options)
+        return self.meta_gradients(tape, meta_loss, trajectory, episodes), metrics, self.measure(trajectory)
 
     def meta_gradients(self, tape, meta_loss, trajectory, episodes):
         """The direction the meta-optimizer descends, by name like `self.params`: MAML's is the
@@ -311,9 +317,11 @@ class MAML(learner.Learner):
         num_tasks = next(iter(params.values())).shape[0]
         return {**network.tile(context, num_tasks), **params}
 
-    def track(self, trajectory):
-        """Updates state kept across meta-iterations from a training trajectory (MAML keeps none)."""
+    def measure(self, trajectory):
+        """What `track` keeps across meta-iterations from a training trajectory, as means over its
+        tasks (MAML keeps nothing: {}; MAML++ the batch-norm moments)."""
         del trajectory
+        return {}
 
     def train_step(self, episodes, **options):
         return self.outer_loop(episodes, self.num_inner_steps, train=True, **options)

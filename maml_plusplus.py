@@ -223,12 +223,16 @@ class MAMLPlusPlus(maml.MAML):
         """Batch norm's moments: the batch's own in training; at evaluation, --eval_batch_norm's."""
         return 'transductive' if training else self.fixes.eval_batch_norm
 
-    def track(self, trajectory):
-        """BNRS: running statistic[s] ← m · itself + (1 − m) · mean over tasks of the moments at s."""
+    def measure(self, trajectory):
+        """BNRS's measurement: by statistic, the mean over tasks of the support moments at each
+        step s, [S + 1, F]."""
+        return {name: tf.stack([tf.reduce_mean(moments[name], axis=0) for moments in trajectory.support_moments])
+                for name in self.statistics}
+
+    def track(self, measured):
+        """BNRS: running statistic[s] ← m · itself + (1 − m) · the measured mean moments at s."""
         for name, variable in self.statistics.items():
-            measured = tf.stack([tf.reduce_mean(moments[name], axis=0)
-                                 for moments in trajectory.support_moments])
-            variable.assign(STATISTICS_MOMENTUM * variable + (1 - STATISTICS_MOMENTUM) * measured)
+            variable.assign(STATISTICS_MOMENTUM * variable + (1 - STATISTICS_MOMENTUM) * measured[name])
 
     def schedule(self, iteration):
         """What DA and MSL ask for at meta-iteration `iteration` (1-based): (first_order, msl weights)."""

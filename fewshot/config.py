@@ -34,6 +34,13 @@ flags.DEFINE_integer('n_way', 5, 'Classes per task (N).', lower_bound=2)
 flags.DEFINE_integer('k_shot', 5, 'Support examples per class (K).', lower_bound=1)
 flags.DEFINE_integer('num_query', 15, 'Query examples per class (Q).', lower_bound=1)
 flags.DEFINE_integer('meta_batch_size', 32, 'Tasks per meta-iteration (T).', lower_bound=1)
+flags.DEFINE_integer('tasks_per_chunk', 0, 'Meta-learners: compute the meta-gradient over this many tasks at a '
+                     'time and average (the same meta-step in less memory, for second order and MAML++; '
+                     '0: the whole meta-batch at once).', lower_bound=0)
+flags.register_multi_flags_validator(
+    ['tasks_per_chunk', 'meta_batch_size'],
+    lambda values: values['tasks_per_chunk'] <= values['meta_batch_size'],
+    message='--tasks_per_chunk: at most --meta_batch_size (the tasks of one meta-iteration), or 0 for all of them')
 
 # Network -----------------------------------------------------------------------
 flags.DEFINE_integer('num_filters', 64, 'Filters in each convolution block.', lower_bound=1)

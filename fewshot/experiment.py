@@ -16,6 +16,9 @@ from absl import logging
 from fewshot import config, data, machine, network, plotting, results, training
 
 FLAGS = config.FLAGS
+# Flags read only after the run folder is known, when the learner is built: a resumed run takes
+# them from its hyperparameters.json unless the command line gives them.
+RESTORED_ON_RESUME = ('precision', 'tasks_per_chunk')
 
 
 def load_splits():
@@ -64,6 +67,16 @@ def save_model(model, path):
         model.save(temporary)
 
 
+def restore_flags(run_folder):
+    """On --resume, sets each flag of RESTORED_ON_RESUME that the command line leaves at its default
+    to the value the run recorded."""
+    recorded = run_folder.recorded_flags()
+    for name in RESTORED_ON_RESUME:
+        if name in recorded and FLAGS[name].using_default_value and FLAGS[name].value != recorded[name]:
+            FLAGS[name].value = recorded[name]
+            logging.info('--%s=%s as the run recorded it', name, recorded[name])
+
+
 def log_precision():
     """Says in the run log which precision runs, and whether this CPU computes bfloat16 natively."""
     support = (f'has native bfloat16 ({", ".join(machine.bfloat16_flags())})' if machine.native_bfloat16()
@@ -104,6 +117,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
                                    FLAGS.resume, FLAGS.overwrite, create=False,
                                    fixed_on_resume=fixed_on_resume)
+    restore_flags(run_folder)
     modules = [config] + list(flag_modules)
     flag_values, flag_defaults = config.flag_values(modules), config.flag_values(modules, 'default')
     run_folder.check_flags(flag_values, flag_defaults)
@@ -122,6 +136,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     log_precision()
     keras.utils.set_random_seed(FLAGS.seed)
     learner = build(splits)
+    if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
+        learner.tasks_per_chunk = FLAGS.tasks_per_chunk
     schedule = schedule_for(splits) if schedule_for else training.Schedule(
         num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
         val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)

@@ -4,10 +4,15 @@ meta-optimizer, compiled training and evaluation steps, and what a checkpoint ho
 A learner (MAML in maml.py, the Prototypical Network in protonet.py, ...) subclasses `Learner`
 and defines two pure steps over a meta-batch of T tasks (`data.Episodes` of tensors):
 
-    train_step(episodes, **options) -> per-task metrics [T] named as `train_metrics`, the
-        first its loss, after one meta-step on θ
+    meta_gradient(episodes, **options) -> (the direction the meta-step descends, by name like θ;
+        per-task metrics [T] named as `train_metrics`, the first its loss; `measured`, means
+        over tasks of what `track` keeps across meta-iterations), θ untouched
     test_step(episodes, num_steps) -> per-task metrics [T], at least 'query_pre_accuracy'
         (before the task's support set is used) and 'query_post_accuracy' (after), θ untouched
+
+The meta-step (`train_step`) applies the meta-gradient and tracks what was measured. Since both
+are means over the meta-batch's tasks, a meta-batch can be processed in chunks of tasks whose
+results are averaged (`tasks_per_chunk`): the same meta-step with the memory of one chunk.
 
 which `Learner` compiles and exposes as `training.train` expects them (`meta_train_step`,
 `evaluate`, `state_variables`). To be run by a command (fewshot/commands.py) it also says how
@@ -18,6 +23,7 @@ meta-optimizer's step size where that is Adam's); a learner script makes them it
 `flags.adopt_module_key_flags(learner)` or by declaring them, so that other commands refuse them.
 """
 
+import numpy as np
 import tensorflow as tf
 from absl import flags
 
@@ -57,8 +63,13 @@ class Learner:
         self.model = model
         self.meta_optimizer = meta_optimizer
         self.params = network.parameters(model) if params is None else params
+        # Tasks of a meta-batch whose meta-gradient is computed at once (0: the whole meta-batch);
+        # fewer bound the memory of the meta-step, which stays the same.
+        self.tasks_per_chunk = 0
         meta_optimizer.build(list(self.params.values()))
         self._train_step = tf.function(self.train_step)
+        self._meta_gradient = tf.function(self.meta_gradient)
+        self._update = tf.function(self.update)
         self._test_step = tf.function(self.test_step)
 
     @classmethod
@@ -83,9 +94,26 @@ class Learner:
         """The meta-training task stream as the flags say: `sample(iteration, T)` -> `data.Episodes`."""
         return experiment.episode_stream(splits)
 
+    def meta_gradient(self, episodes, **options):
+        """(meta-gradient by name like `params`, per-task `train_metrics` [T], `measured`) of a
+        meta-batch, without changing θ; the gradient and `measured` are means over its tasks."""
+        raise NotImplementedError
+
+    def update(self, gradients, measured):
+        """The meta-step: the meta-optimizer's step along `gradients`, then `track(measured)`."""
+        self.apply(gradients)
+        self.track(measured)
+
+    def track(self, measured):
+        """Updates state kept across meta-iterations from what `meta_gradient` measured (none here;
+        MAML++: batch norm's running statistics)."""
+        del measured
+
     def train_step(self, episodes, **options):
         """One meta-step on a meta-batch; returns the per-task `train_metrics`."""
-        raise NotImplementedError
+        gradients, metrics, measured = self.meta_gradient(episodes, **options)
+        self.update(gradients, measured)
+        return metrics
 
     def test_step(self, episodes, num_steps):
         """Adapts to each task with `num_steps` steps and scores its query set; per-task metrics."""
@@ -111,9 +139,26 @@ class Learner:
         del folder
 
     def meta_train_step(self, episodes):
-        """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy."""
-        metrics = self._train_step(_as_tensors(episodes), **self.train_step_options())
-        return {k: v.numpy() for k, v in metrics.items()}
+        """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy.
+
+        With `tasks_per_chunk` below the meta-batch's T tasks, the meta-gradient of each chunk is
+        computed in turn (one compiled call each, so that only one chunk's activations are alive)
+        and the mean over the T tasks, Σ_c (T_c / T) · chunk c's mean, takes the meta-step.
+        """
+        episodes, options = _as_tensors(episodes), self.train_step_options()
+        num_tasks = episodes.support_labels.shape[0]
+        if not self.tasks_per_chunk or self.tasks_per_chunk >= num_tasks:
+            return {k: v.numpy() for k, v in self._train_step(episodes, **options).items()}
+        total, metrics = None, []
+        for start in range(0, num_tasks, self.tasks_per_chunk):
+            chunk = type(episodes)(*(x[start:start + self.tasks_per_chunk] for x in episodes))
+            gradients, chunk_metrics, measured = self._meta_gradient(chunk, **options)
+            weighted = tf.nest.map_structure(lambda x: x * (chunk.support_labels.shape[0] / num_tasks),
+                                             (gradients, measured))
+            total = weighted if total is None else tf.nest.map_structure(tf.add, total, weighted)
+            metrics.append(chunk_metrics)
+        self._update(*total)
+        return {k: np.concatenate([m[k].numpy() for m in metrics]) for k in metrics[0]}
 
     def evaluate(self, episodes, num_steps=0):
         """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""
@@ -159,13 +204,13 @@ class MetricLearner(Learner):
         """The loss of each task [T] from its query scores [T, Q, N] and labels [T, Q]: cross-entropy."""
         return network.task_losses(scores, labels)
 
-    def train_step(self, episodes):
+    def meta_gradient(self, episodes):
         with tf.GradientTape() as tape:
             scores = self.scores(self.params, episodes, self.train_n_way)
             losses = self.losses(scores, episodes.query_labels)
             loss = tf.reduce_mean(losses)
-        self.apply(tape.gradient(loss, self.params))
-        return {'query_loss': losses, 'query_accuracy': network.task_accuracies(scores, episodes.query_labels)}
+        metrics = {'query_loss': losses, 'query_accuracy': network.task_accuracies(scores, episodes.query_labels)}
+        return tape.gradient(loss, self.params), metrics, {}
 
     def test_step(self, episodes, num_steps):
         """Per-task query loss and accuracy after seeing the support set ('post') and before it

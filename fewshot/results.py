@@ -40,9 +40,10 @@ METRICS_COLUMNS = ('iteration', 'seconds', 'val_pre_accuracy', 'val_pre_ci95', '
                    'val_post_ci95')
 # Flags that may change when a run is resumed. The data may move (other --data_dir), but
 # its checksum must not change. run_name may too: the folder is the same whether its name
-# was given (as stability.py does) or derived from the other flags.
+# was given (as stability.py does) or derived from the other flags. tasks_per_chunk changes
+# only the memory a meta-step takes (and the order of a sum), e.g. on another machine.
 RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress',
-                               'data_dir', 'cache_dir', 'results_dir', 'run_name'})
+                               'data_dir', 'cache_dir', 'results_dir', 'run_name', 'tasks_per_chunk'})
 
 
 @contextlib.contextmanager
@@ -352,6 +353,12 @@ class RunFolder:
         return os.path.join(self.path, name)
 
     # Hyperparameters -------------------------------------------------------
+
+    def recorded_flags(self):
+        """On resume, the flags the run recorded by name; {} for a new run."""
+        if not self.resume or not os.path.exists(self.file(HYPERPARAMETERS_FILE)):
+            return {}
+        return read_hyperparameters(self.path)['flags']
 
     def check_flags(self, flags, defaults=None):
         """On resume, RunError if the recorded flags differ from `flags` (other than the resumable changes).

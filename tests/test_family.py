@@ -167,7 +167,8 @@ TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_b
 def test_each_command_trains_checkpoints_resumes_exactly_and_reports(script, synthetic_dir, tmp_path):
     """Stopped after 2 iterations and resumed to 4, a run equals an uninterrupted one, and the
     report and the figures read its folder. (MAML++ without cosine annealing and Reptile without
-    annealing its step size: their schedules depend on --num_iterations.)"""
+    annealing its step size: their schedules depend on --num_iterations.) Both runs compute in
+    bfloat16, a task at a time: the resumed one without saying so, as its run recorded them."""
     def run(name, *flags):
         command = [sys.executable, f'{REPO}/{script}', f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache',
                    f'--results_dir={tmp_path}', f'--run_name={name}', *TINY, *COMMANDS[script], *flags]
@@ -175,9 +176,11 @@ def test_each_command_trains_checkpoints_resumes_exactly_and_reports(script, syn
         assert result.returncode == 0, result.stderr[-2000:]
         return os.path.join(tmp_path, name)
 
-    whole = run('whole', '--num_iterations=4')
-    run('parts', '--num_iterations=2')
+    mixed = ['--precision=bfloat16', '--tasks_per_chunk=1']
+    whole = run('whole', '--num_iterations=4', *mixed)
+    run('parts', '--num_iterations=2', *mixed)
     parts = run('parts', '--num_iterations=4', '--resume')
+    assert results.read_hyperparameters(parts)['flags']['precision'] == 'bfloat16'
     rows = [_without_time(results.read_metrics(os.path.join(f, results.METRICS_FILE))) for f in (whole, parts)]
     assert [row['iteration'] for row in rows[0]] == [0, 2, 4]
     np.testing.assert_equal(rows[1], rows[0])
