@@ -37,6 +37,12 @@ flags.DEFINE_integer('meta_batch_size', 32, 'Tasks per meta-iteration (T).', low
 flags.DEFINE_integer('tasks_per_chunk', 0, 'Meta-learners: compute the meta-gradient over this many tasks at a '
                      'time and average (the same meta-step in less memory, for second order and MAML++; '
                      '0: the whole meta-batch at once).', lower_bound=0)
+flags.DEFINE_float('memory_budget_gb', 0, 'Meta-learners: choose --tasks_per_chunk so that a meta-step stays within '
+                   'this much memory (GB, the whole process), from the memory a few tasks measure at the start '
+                   '(0: no budget).', lower_bound=0)
+flags.register_multi_flags_validator(
+    ['tasks_per_chunk', 'memory_budget_gb'], lambda values: not (values['tasks_per_chunk'] and values['memory_budget_gb']),
+    message='--tasks_per_chunk and --memory_budget_gb: give one of them (the budget chooses the chunk)')
 flags.register_multi_flags_validator(
     ['tasks_per_chunk', 'meta_batch_size'],
     lambda values: values['tasks_per_chunk'] <= values['meta_batch_size'],

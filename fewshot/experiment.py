@@ -14,11 +14,12 @@ import numpy as np
 from absl import logging
 
 from fewshot import config, data, machine, network, plotting, results, training
+from fewshot.errors import FlagError
 
 FLAGS = config.FLAGS
 # Flags read only after the run folder is known, when the learner is built: a resumed run takes
-# them from its hyperparameters.json unless the command line gives them.
-RESTORED_ON_RESUME = ('precision', 'tasks_per_chunk')
+# each group from its hyperparameters.json unless the command line gives one of the group.
+RESTORED_ON_RESUME = (('precision',), ('tasks_per_chunk', 'memory_budget_gb'))
 
 
 def load_splits():
@@ -68,13 +69,15 @@ def save_model(model, path):
 
 
 def restore_flags(run_folder):
-    """On --resume, sets each flag of RESTORED_ON_RESUME that the command line leaves at its default
-    to the value the run recorded."""
+    """On --resume, sets the flags of each group of RESTORED_ON_RESUME that the command line leaves
+    at their defaults to the values the run recorded."""
     recorded = run_folder.recorded_flags()
-    for name in RESTORED_ON_RESUME:
-        if name in recorded and FLAGS[name].using_default_value and FLAGS[name].value != recorded[name]:
-            FLAGS[name].value = recorded[name]
-            logging.info('--%s=%s as the run recorded it', name, recorded[name])
+    for group in RESTORED_ON_RESUME:
+        if all(FLAGS[name].using_default_value for name in group):
+            for name in group:
+                if name in recorded and FLAGS[name].value != recorded[name]:
+                    FLAGS[name].value = recorded[name]
+                    logging.info('--%s=%s as the run recorded it', name, recorded[name])
 
 
 def log_precision():
@@ -121,6 +124,9 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     modules = [config] + list(flag_modules)
     flag_values, flag_defaults = config.flag_values(modules), config.flag_values(modules, 'default')
     run_folder.check_flags(flag_values, flag_defaults)
+    if 0 < FLAGS.memory_budget_gb <= training.peak_memory_gb():
+        raise FlagError(f'--memory_budget_gb {FLAGS.memory_budget_gb:g}: this process already holds '
+                        f'{training.peak_memory_gb():.2f} GB before any data or learner')
     splits, checksum = load_splits()
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
@@ -138,6 +144,9 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     learner = build(splits)
     if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
         learner.tasks_per_chunk = FLAGS.tasks_per_chunk
+        if FLAGS.memory_budget_gb:
+            learner.tasks_per_chunk = learner.tasks_per_chunk_within(train_stream.sample(1, FLAGS.meta_batch_size),
+                                                                     FLAGS.memory_budget_gb)
     schedule = schedule_for(splits) if schedule_for else training.Schedule(
         num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
         val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)

@@ -25,9 +25,9 @@ meta-optimizer's step size where that is Adam's); a learner script makes them it
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
+from absl import flags, logging
 
-from fewshot import experiment, network, results
+from fewshot import errors, experiment, network, results, training
 
 flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
                   "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
@@ -159,6 +159,30 @@ class Learner:
             metrics.append(chunk_metrics)
         self._update(*total)
         return {k: np.concatenate([m[k].numpy() for m in metrics]) for k in metrics[0]}
+
+    def tasks_per_chunk_within(self, episodes, budget_gb, probe=4):
+        """The most tasks per chunk of the meta-batch `episodes` whose meta-step fits in `budget_gb` GB
+        for the whole process: the meta-gradient of `probe` of its tasks is computed once to measure
+        the memory a task takes (TensorFlow's allocator peak), and what the process already holds
+        (its peak so far) is set aside. SetupError if not even one task fits."""
+        episodes = _as_tensors(episodes)
+        num_tasks = episodes.support_labels.shape[0]
+        probe = min(probe, num_tasks)
+        tf.config.experimental.reset_memory_stats('CPU:0')
+        held = tf.config.experimental.get_memory_info('CPU:0')['current']
+        self._meta_gradient(type(episodes)(*(x[:probe] for x in episodes)), **self.train_step_options())
+        # Tiny networks allocate too little for the allocator to see: 1 kB at least.
+        per_task = max(tf.config.experimental.get_memory_info('CPU:0')['peak'] - held, 1e3) / probe / 1e9
+        available = budget_gb - training.peak_memory_gb()
+        if available < per_task:
+            raise errors.SetupError(f'--memory_budget_gb {budget_gb:g}: this process already holds '
+                                    f'{training.peak_memory_gb():.2f} GB and a task of the meta-step needs '
+                                    f'{per_task:.3f} GB more; give a larger budget')
+        chosen = min(num_tasks, int(available / per_task))
+        chosen = -(-num_tasks // -(-num_tasks // chosen))  # As many chunks, as even as they can be.
+        logging.info('--memory_budget_gb %g: a task takes %.3f GB (measured on %d), %.2f GB is held: %d of the '
+                     '%d tasks per chunk', budget_gb, per_task, probe, training.peak_memory_gb(), chosen, num_tasks)
+        return chosen
 
     def evaluate(self, episodes, num_steps=0):
         """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""

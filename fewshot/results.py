@@ -40,10 +40,11 @@ METRICS_COLUMNS = ('iteration', 'seconds', 'val_pre_accuracy', 'val_pre_ci95', '
                    'val_post_ci95')
 # Flags that may change when a run is resumed. The data may move (other --data_dir), but
 # its checksum must not change. run_name may too: the folder is the same whether its name
-# was given (as stability.py does) or derived from the other flags. tasks_per_chunk changes
-# only the memory a meta-step takes (and the order of a sum), e.g. on another machine.
-RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress',
-                               'data_dir', 'cache_dir', 'results_dir', 'run_name', 'tasks_per_chunk'})
+# was given (as stability.py does) or derived from the other flags. tasks_per_chunk and
+# memory_budget_gb change only the memory a meta-step takes (and the order of a sum), e.g. on
+# another machine.
+RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress', 'data_dir', 'cache_dir',
+                               'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb'})
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from fewshot import data, network
+from fewshot import data, errors, network, training
 from maml_plusplus import Fixes, MAMLPlusPlus
 from test_maml import _episodes
 import anil
@@ -79,3 +79,13 @@ def test_a_chunk_of_the_whole_meta_batch_is_the_unchunked_step():
     episodes = data.Episodes(*(np.array(x) for x in _episodes(2)))
     _, _, sizes = _stepped('FO-MAML', 2, episodes)
     assert sizes == []
+
+
+def test_a_memory_budget_chooses_the_most_tasks_per_chunk_that_fit():
+    """All tasks when the budget is ample; an error naming the flag when not one task fits."""
+    keras.utils.set_random_seed(0)
+    learner = _build('MAML', network.ConvNet(n_way=2, num_filters=32))
+    episodes = data.Episodes(*(np.array(x) for x in _episodes(5)))
+    assert learner.tasks_per_chunk_within(episodes, budget_gb=1000) == 5
+    with pytest.raises(errors.SetupError, match='--memory_budget_gb'):
+        learner.tasks_per_chunk_within(episodes, budget_gb=training.peak_memory_gb())
