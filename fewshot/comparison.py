@@ -42,9 +42,11 @@ def load_run(folder):
     flags = hyperparameters['flags']
     rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)
     setting, backbone = f'{flags["n_way"]}way{flags["k_shot"]}shot', flags.get('backbone', 'conv4')
+    precision = flags.get('precision', 'float32')  # Runs before --precision computed in float32.
     return {
         'group': group_name(setting, backbone), 'setting': setting, 'backbone': backbone,
-        'algorithm': hyperparameters.get('algorithm', '?'), 'folder': folder,
+        'algorithm': hyperparameters.get('algorithm', '?') + ('' if precision == 'float32' else f' ({precision})'),
+        'folder': folder,
         'batch_norm': hyperparameters.get('batch_norm', 'not recorded'),
         'inner_steps': flags.get('num_inner_steps', float('nan')), 'iterations': summary['iterations'],
         'test_accuracy': summary['test_post_accuracy'], 'test_ci95': summary['test_post_ci95'],

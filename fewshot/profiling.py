@@ -16,7 +16,7 @@ import tensorflow as tf
 
 CONVOLUTIONS = {'Conv2D': 'forward', 'Conv2DBackpropFilter': 'weight gradient',
                 'Conv2DBackpropInput': 'input gradient'}
-KINDS = (  # (category, operation types), first match wins; the rest is 'other'.
+KINDS = (  # (category, operation types), first match wins; the rest is 'other: <type>'.
     ('batch norm', ('FusedBatchNorm', 'FusedBatchNormV3', 'FusedBatchNormEx', 'FusedBatchNormGrad',
                     'FusedBatchNormGradV3', 'BatchNormWithGlobalNormalization')),
     ('transposes, tiles, slices, concatenations', ('Transpose', 'Tile', 'StridedSlice', 'StridedSliceGrad',
@@ -25,6 +25,10 @@ KINDS = (  # (category, operation types), first match wins; the rest is 'other'.
     ('head, losses, metrics (matmuls, softmax)', ('Einsum', 'BatchMatMulV2', 'MatMul',
                                                   'SparseSoftmaxCrossEntropyWithLogits', 'ArgMax', 'Equal')),
     ('meta-optimizer', ('ResourceApplyAdam', 'AssignAddVariableOp', 'AssignSubVariableOp', 'AssignVariableOp')),
+    # Second order differentiates TensorFlow's batch-norm gradient formula, written in these ops.
+    ('elementwise and reductions (second order: batch norm\'s gradient, differentiated)',
+     ('Mul', 'Sum', 'Mean', 'AddN', 'AddV2', 'Sub', 'Neg', 'SquaredDifference', 'RealDiv', 'Rsqrt', 'RsqrtGrad',
+      'Square', 'Sqrt', 'Pow', 'Reciprocal', 'BroadcastTo', 'Cast', 'Select', 'SelectV2', 'ZerosLike', 'Fill')),
 )
 
 
@@ -91,4 +95,4 @@ def _category(event_name, operations, layers):
     for category, kinds in KINDS:
         if kind in kinds:
             return category
-    return 'other'
+    return f'other: {kind}'
