@@ -268,7 +268,7 @@ class MAML(learner.Learner):
     def outer_loop(self, episodes, num_steps, train, **options):
         """Evaluates the meta-objective on a meta-batch and, if `train`, takes one meta-step.
 
-        The meta-gradient ∇θ L(θ) (`meta_gradient`) is applied to θ by the meta-optimizer.
+        The meta-gradient ∇θ L(θ) (`meta_direction`) is applied to θ by the meta-optimizer.
         Evaluation (train=False) adapts first order, since no meta-gradient is needed.
         options: further arguments of `meta_objective` (training only).
         Returns the per-task metrics of `meta_objective`.
@@ -278,13 +278,13 @@ class MAML(learner.Learner):
                                                          training=False)
             return {**metrics, 'support_feature_similarity':
                     self.feature_similarity(self.params, episodes.support_images, trajectory)}
-        gradients, metrics, measured = self.meta_gradient(episodes, num_steps, **options)
+        gradients, metrics, measured = self.meta_direction(episodes, num_steps, **options)
         self.update(gradients, measured)
         return metrics
 
-    def meta_gradient(self, episodes, num_steps=None, **options):
-        """(the meta-step's direction by name, per-task metrics, `measure(trajectory)`) of a meta-batch
-        adapted with `num_steps` inner steps (default `num_inner_steps`); θ untouched."""
+    def meta_direction(self, episodes, num_steps=None, **options):
+        """(the meta-step's direction, `meta_gradients`, by name; per-task metrics; `measure(trajectory)`)
+        of a meta-batch adapted with `num_steps` inner steps (default `num_inner_steps`); θ untouched."""
         with tf.GradientTape() as tape:
             meta_loss, metrics, trajectory = self.meta_objective(
                 self.params, episodes, self.num_inner_steps if num_steps is None else num_steps, **options)

@@ -90,9 +90,9 @@ class Reptile(maml.MAML):
         """--num_iterations, when ε anneals over them."""
         return ('num_iterations',) if FLAGS.meta_step_size != FLAGS.final_meta_step_size else ()
 
-    def meta_gradient(self, episodes, num_steps=None, **options):
+    def meta_direction(self, episodes, num_steps=None, **options):
         """The meta-step's direction with every task adapted on all its examples (`every_example`)."""
-        return super().meta_gradient(every_example(episodes, self.net.n_way), num_steps, **options)
+        return super().meta_direction(every_example(episodes, self.net.n_way), num_steps, **options)
 
     def inner_batch(self, images, labels, step):
         """Minibatch `step` of a task's examples [T, N*K, ...], class by class: the next

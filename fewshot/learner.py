@@ -4,19 +4,20 @@ meta-optimizer, compiled training and evaluation steps, and what a checkpoint ho
 A learner (MAML in maml.py, the Prototypical Network in protonet.py, ...) subclasses `Learner`
 and defines two pure steps over a meta-batch of T tasks (`data.Episodes` of tensors):
 
-    meta_gradient(episodes, **options) -> (the direction the meta-step descends, by name like θ;
-        per-task metrics [T] named as `train_metrics`, the first its loss; `measured`, means
-        over tasks of what `track` keeps across meta-iterations), θ untouched
+    meta_direction(episodes, **options) -> (the direction the meta-step descends, by name like θ:
+        the meta-gradient, or Reptile's θ − θ'; per-task metrics [T] named as `train_metrics`,
+        the first its loss; `measured`, means over tasks of what `track` keeps across
+        meta-iterations), θ untouched
     test_step(episodes, num_steps) -> per-task metrics [T], at least 'query_pre_accuracy'
         (before the task's support set is used) and 'query_post_accuracy' (after), θ untouched
-
-The meta-step (`train_step`) applies the meta-gradient and tracks what was measured. Since both
-are means over the meta-batch's tasks, a meta-batch can be processed in chunks of tasks whose
-results are averaged (`tasks_per_chunk`): the same meta-step with the memory of one chunk.
 
 which `Learner` compiles and exposes as `training.train` expects them (`meta_train_step`,
 `evaluate`, `state_variables`). To be run by a command (fewshot/commands.py) it also says how
 the flags build it (`from_flags`) and what it trains on (`training_stream`).
+
+The meta-step (`train_step`) applies the direction and tracks what was measured. Both are means
+over the meta-batch's tasks, so a meta-batch can be processed in chunks of tasks whose results
+are averaged (`tasks_per_chunk`): the same meta-step in the memory of one chunk.
 
 The flags defined here are those of every learner that `commands.run` builds (its network, and its
 meta-optimizer's step size where that is Adam's); a learner script makes them its own with
@@ -68,7 +69,7 @@ class Learner:
         self.tasks_per_chunk = 0
         meta_optimizer.build(list(self.params.values()))
         self._train_step = tf.function(self.train_step)
-        self._meta_gradient = tf.function(self.meta_gradient)
+        self._meta_direction = tf.function(self.meta_direction)
         self._update = tf.function(self.update)
         self._test_step = tf.function(self.test_step)
 
@@ -94,9 +95,10 @@ class Learner:
         """The meta-training task stream as the flags say: `sample(iteration, T)` -> `data.Episodes`."""
         return experiment.episode_stream(splits)
 
-    def meta_gradient(self, episodes, **options):
-        """(meta-gradient by name like `params`, per-task `train_metrics` [T], `measured`) of a
-        meta-batch, without changing θ; the gradient and `measured` are means over its tasks."""
+    def meta_direction(self, episodes, **options):
+        """(the direction the meta-step descends by name like `params`, per-task `train_metrics` [T],
+        `measured`) of a meta-batch, without changing θ; the direction and `measured` are means over
+        its tasks."""
         raise NotImplementedError
 
     def update(self, gradients, measured):
@@ -105,13 +107,13 @@ class Learner:
         self.track(measured)
 
     def track(self, measured):
-        """Updates state kept across meta-iterations from what `meta_gradient` measured (none here;
+        """Updates state kept across meta-iterations from what `meta_direction` measured (none here;
         MAML++: batch norm's running statistics)."""
         del measured
 
     def train_step(self, episodes, **options):
         """One meta-step on a meta-batch; returns the per-task `train_metrics`."""
-        gradients, metrics, measured = self.meta_gradient(episodes, **options)
+        gradients, metrics, measured = self.meta_direction(episodes, **options)
         self.update(gradients, measured)
         return metrics
 
@@ -141,7 +143,7 @@ class Learner:
     def meta_train_step(self, episodes):
         """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy.
 
-        With `tasks_per_chunk` below the meta-batch's T tasks, the meta-gradient of each chunk is
+        With `tasks_per_chunk` below the meta-batch's T tasks, the direction of each chunk is
         computed in turn (one compiled call each, so that only one chunk's activations are alive)
         and the mean over the T tasks, Σ_c (T_c / T) · chunk c's mean, takes the meta-step.
         """
@@ -152,7 +154,7 @@ class Learner:
         total, metrics = None, []
         for start in range(0, num_tasks, self.tasks_per_chunk):
             chunk = type(episodes)(*(x[start:start + self.tasks_per_chunk] for x in episodes))
-            gradients, chunk_metrics, measured = self._meta_gradient(chunk, **options)
+            gradients, chunk_metrics, measured = self._meta_direction(chunk, **options)
             weighted = tf.nest.map_structure(lambda x: x * (chunk.support_labels.shape[0] / num_tasks),
                                              (gradients, measured))
             total = weighted if total is None else tf.nest.map_structure(tf.add, total, weighted)
@@ -170,7 +172,7 @@ class Learner:
         probe = min(probe, num_tasks)
         tf.config.experimental.reset_memory_stats('CPU:0')
         held = tf.config.experimental.get_memory_info('CPU:0')['current']
-        self._meta_gradient(type(episodes)(*(x[:probe] for x in episodes)), **self.train_step_options())
+        self._meta_direction(type(episodes)(*(x[:probe] for x in episodes)), **self.train_step_options())
         # Tiny networks allocate too little for the allocator to see: 1 kB at least.
         per_task = max(tf.config.experimental.get_memory_info('CPU:0')['peak'] - held, 1e3) / probe / 1e9
         available = budget_gb - training.peak_memory_gb()
@@ -228,7 +230,7 @@ class MetricLearner(Learner):
         """The loss of each task [T] from its query scores [T, Q, N] and labels [T, Q]: cross-entropy."""
         return network.task_losses(scores, labels)
 
-    def meta_gradient(self, episodes):
+    def meta_direction(self, episodes):
         with tf.GradientTape() as tape:
             scores = self.scores(self.params, episodes, self.train_n_way)
             losses = self.losses(scores, episodes.query_labels)

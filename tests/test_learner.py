@@ -48,12 +48,12 @@ def _stepped(name, tasks_per_chunk, episodes):
     keras.utils.set_random_seed(0)
     learner = _build(name, network.ConvNet(n_way=2, num_filters=4))
     learner.tasks_per_chunk = tasks_per_chunk
-    sizes, compiled = [], learner._meta_gradient
+    sizes, compiled = [], learner._meta_direction
 
     def recorded(chunk, **options):
         sizes.append(chunk.support_labels.shape[0])
         return compiled(chunk, **options)
-    learner._meta_gradient = recorded
+    learner._meta_direction = recorded
     metrics = learner.meta_train_step(episodes)
     state = {name: value.numpy() for name, value in learner.state_variables().items()}
     return state, metrics, sizes
