@@ -216,7 +216,8 @@ def main(argv):
             raise errors.FlagError(f'--peer_script: {FLAGS.peer_script} does not exist (see ../shared/peers/README.md)')
         if not shutil.which(os.path.expanduser(FLAGS.peer)):
             raise errors.FlagError(f'--peer: {FLAGS.peer} is not a program (a Python with learn2learn is expected)')
-    passed = [FLAGS[name].serialize() for name in ('repeats', 'profile', *SETTING)]  # What each measurement needs.
+    # What each measurement needs (a flag without a value, --tasks_per_chunk's default, serializes to '').
+    passed = [flag for flag in (FLAGS[name].serialize() for name in ('repeats', 'profile', *SETTING)) if flag]
 
     def in_subprocess(what):
         result = subprocess.run([sys.executable, __file__, f'--measure={what}', *passed],

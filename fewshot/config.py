@@ -34,9 +34,9 @@ flags.DEFINE_integer('n_way', 5, 'Classes per task (N).', lower_bound=2)
 flags.DEFINE_integer('k_shot', 5, 'Support examples per class (K).', lower_bound=1)
 flags.DEFINE_integer('num_query', 15, 'Query examples per class (Q).', lower_bound=1)
 flags.DEFINE_integer('meta_batch_size', 32, 'Tasks per meta-iteration (T).', lower_bound=1)
-flags.DEFINE_integer('tasks_per_chunk', 0, 'Meta-learners: compute the meta-gradient over this many tasks at a '
+flags.DEFINE_integer('tasks_per_chunk', None, 'Meta-learners: compute the meta-gradient over this many tasks at a '
                      'time and average (the same meta-step in less memory, for second order and MAML++; '
-                     '0: the whole meta-batch at once).', lower_bound=0)
+                     'default: the whole meta-batch at once).', lower_bound=1)
 flags.DEFINE_float('memory_budget_gb', 0, 'Meta-learners: choose --tasks_per_chunk so that a meta-step stays within '
                    'this much memory (GB, the whole process), from the memory a few tasks measure at the start '
                    '(0: no budget).', lower_bound=0)
@@ -45,8 +45,8 @@ flags.register_multi_flags_validator(
     message='--tasks_per_chunk and --memory_budget_gb: give one of them (the budget chooses the chunk)')
 flags.register_multi_flags_validator(
     ['tasks_per_chunk', 'meta_batch_size'],
-    lambda values: values['tasks_per_chunk'] <= values['meta_batch_size'],
-    message='--tasks_per_chunk: at most --meta_batch_size (the tasks of one meta-iteration), or 0 for all of them')
+    lambda values: values['tasks_per_chunk'] is None or values['tasks_per_chunk'] <= values['meta_batch_size'],
+    message='--tasks_per_chunk: at most --meta_batch_size (the tasks of one meta-iteration)')
 
 # Network -----------------------------------------------------------------------
 flags.DEFINE_integer('num_filters', 64, 'Filters in each convolution block.', lower_bound=1)

@@ -64,9 +64,9 @@ class Learner:
         self.model = model
         self.meta_optimizer = meta_optimizer
         self.params = network.parameters(model) if params is None else params
-        # Tasks of a meta-batch whose meta-gradient is computed at once (0: the whole meta-batch);
+        # Tasks of a meta-batch whose direction is computed at once (None: the whole meta-batch);
         # fewer bound the memory of the meta-step, which stays the same.
-        self.tasks_per_chunk = 0
+        self.tasks_per_chunk = None
         meta_optimizer.build(list(self.params.values()))
         self._train_step = tf.function(self.train_step)
         self._meta_direction = tf.function(self.meta_direction)

@@ -178,6 +178,7 @@ CASES = {
                                               r'--memory_budget_gb 0.01: this process already holds', None),
     'maml: chunk and memory budget': ('maml.py', [*MAML, '--tasks_per_chunk=1', '--memory_budget_gb=4'],
                                       r'--tasks_per_chunk and --memory_budget_gb: give one of them', None),
+    'maml: zero tasks per chunk': ('maml.py', [*MAML, '--tasks_per_chunk=0'], r'--tasks_per_chunk=0: 0 is not', None),
     'maml++: negative chunk': ('maml_plusplus.py', [*MAML, '--tasks_per_chunk=-1'], r'--tasks_per_chunk', None),
     'maml: --resume with --overwrite': ('maml.py', [*RESUME, '--overwrite'],
                                         r'--resume and --overwrite', lambda w, s: _copy_run(w, s)),

@@ -64,7 +64,7 @@ def test_a_meta_step_in_chunks_of_tasks_equals_the_whole_meta_batch_at_once(name
     """Float32 (TensorFlow has no float64 gradient of a grouped convolution of several tasks):
     weights, optimizer state and running statistics equal to rounding, metrics task by task."""
     episodes = data.Episodes(*(np.array(x) for x in _episodes(5)))
-    whole, whole_metrics, whole_sizes = _stepped(name, 0, episodes)
+    whole, whole_metrics, whole_sizes = _stepped(name, None, episodes)
     chunked, chunked_metrics, sizes = _stepped(name, 2, episodes)
     assert whole_sizes == [] and sizes == [2, 2, 1]  # Uneven chunks weigh by their number of tasks.
     assert whole.keys() == chunked.keys()
