@@ -50,7 +50,8 @@ flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 wa
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
 flags.declare_key_flag('algorithms')  # fewshot/runs.py's; here also maml++ and maml++ with MSL.
 flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in this process and print JSON.')
-flags.DEFINE_boolean('profile', False, "Also trace one meta-iteration of each and print where its operations' time goes.")
+flags.DEFINE_boolean('profile', False,
+                     "Also trace one meta-iteration of each and print where its operations' time goes.")
 flags.DEFINE_string('peer', '', 'A Python interpreter with learn2learn (see ../shared/peers/README.md): time its MAML '
                     'on the same setting right after ours and print the ratio (only the default setting).')
 flags.DEFINE_string('peer_script', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'peers',
@@ -210,8 +211,8 @@ def main(argv):
     if FLAGS.peer:
         changed = [name for name in SETTING if FLAGS[name].value != FLAGS[name].default and name != 'precision']
         if changed or 'maml' not in FLAGS.algorithms:
-            raise errors.FlagError('--peer: the peer times MAML at the default setting only; '
-                                   f'{"drop " + ", ".join("--" + n for n in changed) if changed else "add maml to --algorithms"}')
+            fix = 'drop ' + ', '.join('--' + name for name in changed) if changed else 'add maml to --algorithms'
+            raise errors.FlagError(f'--peer: the peer times MAML at the default setting only; {fix}')
         if not os.path.isfile(FLAGS.peer_script):
             raise errors.FlagError(f'--peer_script: {FLAGS.peer_script} does not exist (see ../shared/peers/README.md)')
         if not shutil.which(os.path.expanduser(FLAGS.peer)):

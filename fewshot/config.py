@@ -41,7 +41,8 @@ flags.DEFINE_float('memory_budget_gb', 0, 'Meta-learners: choose --tasks_per_chu
                    'this much memory (GB, the whole process), from the memory a few tasks measure at the start '
                    '(0: no budget).', lower_bound=0)
 flags.register_multi_flags_validator(
-    ['tasks_per_chunk', 'memory_budget_gb'], lambda values: not (values['tasks_per_chunk'] and values['memory_budget_gb']),
+    ['tasks_per_chunk', 'memory_budget_gb'],
+    lambda values: not (values['tasks_per_chunk'] and values['memory_budget_gb']),
     message='--tasks_per_chunk and --memory_budget_gb: give one of them (the budget chooses the chunk)')
 flags.register_multi_flags_validator(
     ['tasks_per_chunk', 'meta_batch_size'],

@@ -107,7 +107,7 @@ class ConvNet:
             """Batch norm `layer` of grouped activations h [B, H, W, T*F]."""
             gamma, beta = _flat(params[f'{layer}/gamma']), _flat(params[f'{layer}/beta'])
             if statistics is not None:
-                mean, variance = _flat(statistics[f'{layer}/moving_mean']), _flat(statistics[f'{layer}/moving_variance'])
+                mean, variance = (_flat(statistics[f'{layer}/moving_{moment}']) for moment in ('mean', 'variance'))
                 return tf.nn.batch_normalization(h, *(tf.cast(x, h.dtype) for x in (mean, variance, beta, gamma)),
                                                  BATCH_NORM_EPSILON)
             h, mean, variance = batch_norm(h, gamma, beta)

@@ -38,7 +38,8 @@ def _xplane_pb2():
 
 
 def _op_type(name):
-    """'Conv2DBackpropFilter' from a trace event 'gradient_tape/Conv2DBackpropFilter_2:_MklNativeConv2DBackpropFilter'."""
+    """The operation type of a trace event, e.g. 'Conv2DBackpropFilter' from
+    'gradient_tape/Conv2DBackpropFilter_2:_MklNativeConv2DBackpropFilter'."""
     kind = name.rsplit(':', 1)[-1]
     for prefix in ('_MklNative', '_Mkl', '_Fused'):
         kind = kind.removeprefix(prefix)
