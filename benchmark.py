@@ -156,16 +156,18 @@ def measure(what):
 
 def profile(net, learner, batch):
     """(wall seconds, seconds inside the compiled step, {category: operation seconds}) of one
-    meta-iteration on `batch` (see fewshot/profiling.py); convolution layers by output size."""
-    if learner.tasks_per_chunk:
-        raise errors.FlagError('--profile: profiles a meta-iteration computed at once; drop --tasks_per_chunk')
+    meta-iteration on `batch` (see fewshot/profiling.py); convolutions named by block, from the size
+    of their output (a residual block's three convolutions share block i's name)."""
     episodes = type(batch)(*(tf.convert_to_tensor(x) for x in batch))
     options = learner.train_step_options()
     graph = learner._train_step.get_concrete_function(episodes, **options).graph  # pylint: disable=protected-access
     size, layers = net.image_size, {}
     for block in range(1, net.num_blocks + 1):
-        size = (size + 1) // 2  # Stride 2 (or max-pooling after a stride-1 convolution, which --profile names too).
+        if not net.max_pool:  # Stride 2; with max-pooling the convolution keeps the size, the pool halves it.
+            size = (size + 1) // 2
         layers[(size, size)] = f'conv{block}'
+        if net.max_pool:
+            size = (size + 1) // 2
     return profiling.profile(lambda: learner.meta_train_step(batch), graph, layers)
 
 
@@ -217,6 +219,8 @@ def main(argv):
             raise errors.FlagError(f'--peer_script: {FLAGS.peer_script} does not exist (see ../shared/peers/README.md)')
         if not shutil.which(os.path.expanduser(FLAGS.peer)):
             raise errors.FlagError(f'--peer: {FLAGS.peer} is not a program (a Python with learn2learn is expected)')
+    if FLAGS.profile and FLAGS.tasks_per_chunk:
+        raise errors.FlagError('--profile: profiles a meta-iteration computed at once; drop --tasks_per_chunk')
     # What each measurement needs (a flag without a value, --tasks_per_chunk's default, serializes to '').
     passed = [flag for flag in (FLAGS[name].serialize() for name in ('repeats', 'profile', *SETTING)) if flag]
 

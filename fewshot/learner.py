@@ -171,19 +171,18 @@ class Learner:
         num_tasks = episodes.support_labels.shape[0]
         probe = min(probe, num_tasks)
         tf.config.experimental.reset_memory_stats('CPU:0')
-        held = tf.config.experimental.get_memory_info('CPU:0')['current']
+        allocated = tf.config.experimental.get_memory_info('CPU:0')['current']
         self._meta_direction(type(episodes)(*(x[:probe] for x in episodes)), **self.train_step_options())
         # Tiny networks allocate too little for the allocator to see: 1 kB at least.
-        per_task = max(tf.config.experimental.get_memory_info('CPU:0')['peak'] - held, 1e3) / probe / 1e9
-        available = budget_gb - training.peak_memory_gb()
-        if available < per_task:
-            raise errors.SetupError(f'--memory_budget_gb {budget_gb:g}: this process already holds '
-                                    f'{training.peak_memory_gb():.2f} GB and a task of the meta-step needs '
-                                    f'{per_task:.3f} GB more; give a larger budget')
-        chosen = min(num_tasks, int(available / per_task))
+        per_task = max(tf.config.experimental.get_memory_info('CPU:0')['peak'] - allocated, 1e3) / probe / 1e9
+        held_gb = training.peak_memory_gb()
+        if budget_gb - held_gb < per_task:
+            raise errors.SetupError(f'--memory_budget_gb {budget_gb:g}: this process already holds {held_gb:.2f} GB '
+                                    f'and a task of the meta-step needs {per_task:.3f} GB more; give a larger budget')
+        chosen = min(num_tasks, int((budget_gb - held_gb) / per_task))
         chosen = -(-num_tasks // -(-num_tasks // chosen))  # As many chunks, as even as they can be.
         logging.info('--memory_budget_gb %g: a task takes %.3f GB (measured on %d), %.2f GB is held: %d of the '
-                     '%d tasks per chunk', budget_gb, per_task, probe, training.peak_memory_gb(), chosen, num_tasks)
+                     '%d tasks per chunk', budget_gb, per_task, probe, held_gb, chosen, num_tasks)
         return chosen
 
     def evaluate(self, episodes, num_steps=0):
