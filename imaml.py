@@ -26,6 +26,7 @@ adapts with the same regularised inner loop.
 
 import sys
 
+import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import tensorflow as tf
 from absl import flags

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 
+import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import matplotlib
 import numpy as np

@@ -26,6 +26,7 @@ learning-rate halving every 2000 episodes is not done.
 
 import sys
 
+import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import tensorflow as tf
 from absl import flags

@@ -18,4 +18,13 @@
 
 The package never imports a command (the top-level scripts) but through `commands.find`, which loads
 a learner script by name as a plug-in; commands import the package.
+
+Importing the package turns on TensorFlow's oneDNN CPU backend unless TF_ENABLE_ONEDNN_OPTS says
+otherwise: only oneDNN has a CPU gradient for the grouped convolutions of the task-batched network,
+and TensorFlow turns it on by itself only on CPUs with AVX-512 (not on an AVX2-only one). TensorFlow
+reads the switch once, as it loads, so a command imports this package before TensorFlow.
 """
+
+import os
+
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')

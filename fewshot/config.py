@@ -27,7 +27,12 @@ flags.DEFINE_integer('num_val_classes', 100, 'Meta-validation characters.', lowe
 flags.DEFINE_integer('split_seed', 1, 'Seed of the character split (kept apart from --seed so '
                      'that runs with different seeds share one split).', lower_bound=0, upper_bound=MAX_SEED)
 flags.DEFINE_boolean('rotations', False, 'Add 90/180/270-degree rotations of the meta-train '
-                     'characters as new classes (as in the MAML paper).')
+                     'characters as new classes (fixed; see --task_rotations for the MAML code\'s augmentation).')
+flags.DEFINE_enum('task_rotations', 'none', ['none', 'train', 'all'],
+                  'Show each class of a task under a random multiple of 90 degrees, the same for all its '
+                  "images, support and query, drawn anew per task: in meta-training tasks only ('train', as "
+                  "MAML++'s code does) or in meta-training, validation and test tasks ('all', as the MAML "
+                  "paper's code does).")
 
 # Tasks -------------------------------------------------------------------------
 flags.DEFINE_integer('n_way', 5, 'Classes per task (N).', lower_bound=2)

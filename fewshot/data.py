@@ -339,16 +339,22 @@ def check_task_shape(num_classes, n_way, k_shot, num_query, split_name, n_way_fl
                         f'(images per character), got {k_shot} + {num_query}')
 
 
-def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng):
+def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=False):
     """Draws `num_tasks` tasks from `images` [C, 20, 28, 28] with the generator `rng`.
 
     Classes of a task are distinct, and its support and query images are distinct
     drawings; the draw is vectorised (no per-image Python loop).
+    rotate: turn each class of each task by a random multiple of 90 degrees, the same for all
+      its images, support and query alike (`rotate_classes`); drawn after everything else,
+      so the tasks are otherwise those of rotate=False.
     """
     num_classes, per_class = images.shape[:2]
     classes = rng.random((num_tasks, num_classes)).argsort(axis=1)[:, :n_way]
     drawings = rng.random((num_tasks, n_way, per_class)).argsort(axis=2)[:, :, :k_shot + num_query]
-    picked = images[classes[:, :, None], drawings][..., None]  # [T, N, K+Q, 28, 28, 1]
+    picked = images[classes[:, :, None], drawings]  # [T, N, K+Q, 28, 28]
+    if rotate:
+        picked = rotate_classes(picked, rng.integers(0, 4, (num_tasks, n_way)))
+    picked = picked[..., None]
     labels = np.broadcast_to(np.arange(n_way, dtype=np.int32)[None, :, None],
                              (num_tasks, n_way, k_shot + num_query))
 
@@ -358,22 +364,38 @@ def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng):
                     flat(picked[:, :, k_shot:]), flat(labels[:, :, k_shot:]))
 
 
+def rotate_classes(images, quarter_turns):
+    """Turns the images of each class of each task by its own multiple of 90 degrees
+    (counter-clockwise). images [T, N, M, H, W] (M images of each class), quarter_turns [T, N]
+    in 0..3 -> [T, N, M, H, W].
+
+    The augmentation of the MAML paper's Omniglot code: a class under a rotation is in effect a
+    new character, drawn afresh in every task of every split.
+    """
+    turned = images.copy()
+    for turns in (1, 2, 3):
+        chosen = quarter_turns == turns
+        turned[chosen] = np.rot90(images[chosen], turns, axes=(-2, -1))
+    return turned
+
+
 class EpisodeSampler:
     """The task stream of one split: meta-batch `i` depends only on (seed, i).
 
     That makes a resumed run see exactly the tasks an uninterrupted run would.
+    rotate: each class of a task under a random multiple of 90 degrees (see `sample_episodes`).
     """
 
-    def __init__(self, images, n_way, k_shot, num_query, seed, split_name='train'):
+    def __init__(self, images, n_way, k_shot, num_query, seed, split_name='train', rotate=False):
         check_task_shape(len(images), n_way, k_shot, num_query, split_name)
         self.images = images
         self.n_way, self.k_shot, self.num_query = n_way, k_shot, num_query
-        self.seed = seed
+        self.seed, self.rotate = seed, rotate
 
     def sample(self, index, num_tasks):
         """Meta-batch number `index` of `num_tasks` tasks."""
         rng = np.random.default_rng([self.seed, index])
-        return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng)
+        return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng, self.rotate)
 
     def fixed_batches(self, num_tasks, batch_size):
         """`num_tasks` tasks in meta-batches of at most `batch_size`: a fixed evaluation set."""

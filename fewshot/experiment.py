@@ -37,7 +37,8 @@ def evaluation_batches(images, split_name, num_tasks, offset, n_way=None, k_shot
     n_way, k_shot, num_query: the task shape (default: the flags).
     """
     sampler = data.EpisodeSampler(images, n_way or FLAGS.n_way, k_shot or FLAGS.k_shot,
-                                  num_query or FLAGS.num_query, FLAGS.eval_seed + offset, split_name)
+                                  num_query or FLAGS.num_query, FLAGS.eval_seed + offset, split_name,
+                                  rotate=FLAGS.task_rotations == 'all')
     return sampler.fixed_batches(num_tasks, FLAGS.meta_batch_size)
 
 
@@ -53,7 +54,7 @@ def tasks_checksum(batches):
 def episode_stream(splits, n_way=None):
     """The meta-training task stream given by the flags, of `n_way` classes per task (default --n_way)."""
     return data.EpisodeSampler(splits.train, n_way or FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
-                               FLAGS.seed, 'meta-train')
+                               FLAGS.seed, 'meta-train', rotate=FLAGS.task_rotations != 'none')
 
 
 def convnet(n_way=None):

@@ -11,6 +11,7 @@ A learner is any object with
 """
 
 import dataclasses
+import datetime
 import math
 import resource
 import time
@@ -100,7 +101,20 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
         with writer.as_default(step=iteration):
             for name in ('val_pre_accuracy', 'val_post_accuracy'):
                 tf.summary.scalar(name, row[name])
+        log_progress(row)
         return row
+
+    def log_progress(row):
+        """A log line per validation with the time left at this session's pace: runs of hours are
+        often watched through their log rather than the progress bar."""
+        done = row['iteration'] - start
+        if done <= 0:
+            return
+        pace = (row['seconds'] - elapsed) / done
+        left = datetime.timedelta(seconds=round(pace * (schedule.num_iterations - row['iteration'])))
+        logging.info('Iteration %d of %d: validation accuracy %.2f%% +- %.2f%%; %.3f s per iteration, %s left',
+                     row['iteration'], schedule.num_iterations, 100 * row['val_post_accuracy'],
+                     100 * row['val_post_ci95'], pace, left)
 
     clock = time.perf_counter()
     last = rows[-1] if rows else validate(0, None)

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import fewshot  # noqa: E402,F401 (before any test imports TensorFlow: it sets up TensorFlow's CPU backend)
 
 # archive -> {alphabet: number of characters}; 20 drawings each, as in Omniglot.
 SYNTHETIC_LAYOUT = {
