@@ -80,6 +80,8 @@ def _parse_flags(argv, takes_arguments):
         if len(remaining) > 1 and not takes_arguments:
             raise FlagError(f'unexpected arguments: {" ".join(remaining[1:])} (flags are written --name=value)')
         check_used_flags(argv[0])
+    except flags.CantOpenFlagFileError as error:  # absl's message starts 'ERROR:: Unable to open flagfile'.
+        sys.exit(f'error: --flagfile: cannot be opened ({str(error).partition("flagfile: ")[2] or error})')
     except (flags.Error, FlagError) as error:
         sys.exit(f'error: {error}')
     return remaining

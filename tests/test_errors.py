@@ -148,6 +148,14 @@ def _lab_folder(sandbox, per_seed_text):
     _write(os.path.join(folder, 'per_seed.json'), per_seed_text)
 
 
+def _reference_folder(sandbox, papers=None):
+    """A copy of the repository's reference/ and README.md in the sandbox, papers.csv replaced if given."""
+    shutil.copytree(os.path.join(REPO, 'reference'), os.path.join(sandbox, 'reference'))
+    shutil.copy(os.path.join(REPO, 'README.md'), os.path.join(sandbox, 'README.md'))
+    if papers is not None:
+        _write(os.path.join(sandbox, 'reference', 'papers.csv'), papers)
+
+
 def _stability_folder(sandbox, runs_csv):
     _write(os.path.join(sandbox, 'results', 'stability', 'runs.csv'), runs_csv)
 
@@ -164,6 +172,7 @@ LAB = ['--mnist_dir={mnist}', '--cache_dir={cache}', '--results_dir={sandbox}/re
        '--scratch_epochs=1', '--finetune_epochs=1', '--maml_iterations=1', '--large_query=5']
 RESULTS = ['--results_dir={sandbox}/results']
 RESUME = [*MAML, '--run_name=run', '--resume', '--val_interval=2']  # As the copied run was trained.
+REFERENCE = ['--reference_dir={sandbox}/reference', '--readme={sandbox}/README.md']
 
 CASES = {
     # Flag values and pairs.
@@ -316,6 +325,22 @@ CASES = {
                                         '--zip_dir={sandbox}'], r'report.md does not exist', lambda w, s: _copy_run(w, s)),
     'lab: damaged per_seed.json': ('initialization_lab.py', [*LAB, '--redraw'], r'per_seed.json is damaged',
                                    lambda w, s: _lab_folder(s, '{"per_seed": [')),
+
+    # Protocols and reference results.
+    'maml: missing flag file': ('maml.py', [*MAML, '--flagfile={sandbox}/paper.flags'],
+                                r'--flagfile: cannot be opened .*paper.flags', None),
+    'reference: an unfinished run': ('reference.py', [*REFERENCE, '--add={sandbox}/results/run'],
+                                     r'--add .*run: the run has not finished',
+                                     lambda w, s: [_reference_folder(s), os.remove(f'{_copy_run(w, s)}/summary.json')]),
+    'reference: a run kept twice': ('reference.py', [*REFERENCE, '--add={sandbox}/results/run'],
+                                    r'reference/run already exists; pass --replace',
+                                    lambda w, s: [_reference_folder(s), _copy_run(w, s),
+                                                  shutil.copytree(f'{s}/results/run', f'{s}/reference/run')]),
+    'reference: a stale table': ('reference.py', [*REFERENCE, '--check'], r'its reference table differs',
+                                 lambda w, s: [_reference_folder(s), _copy_run(w, s),
+                                               shutil.copytree(f'{s}/results/run', f'{s}/reference/run')]),
+    'reference: damaged papers.csv': ('reference.py', REFERENCE, r'papers.csv, line 2: expected the columns',
+                                      lambda w, s: _reference_folder(s, 'algorithm,n_way\nMAML,five\n')),
 
     # Input data.
     'maml: no such data folder': ('maml.py', [*MAML, '--data_dir=/nonexistent/omniglot'],

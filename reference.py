@@ -1,0 +1,163 @@
+"""Reference results: runs under the papers' protocols, kept small in reference/, and their table.
+
+    python reference.py --add results/fomaml_paper_5way1shot   # keep a finished run, rewrite the tables
+    python reference.py                                        # rewrite the tables from reference/
+    python reference.py --check                                # fail if a committed table is stale
+
+A kept run is a folder reference/<run name>/ holding the run's small files (REFERENCE_FILES: no
+weights, checkpoints or logs). The table, one row per kept run beside the paper's number from
+reference/papers.csv, is written from those folders alone between two marker lines of
+reference/README.md and of README.md, never by hand.
+"""
+
+import csv
+import os
+import re
+
+from absl import flags
+
+from fewshot import errors, results
+
+flags.DEFINE_string('add', None, 'A finished run folder (e.g. results/fomaml_paper_5way1shot) to keep in '
+                    '--reference_dir; then the tables are rewritten.')
+flags.DEFINE_boolean('replace', False, 'With --add: replace a kept run of the same name.')
+flags.DEFINE_boolean('check', False, 'Write nothing; exit with an error if a table differs from what the kept '
+                     'runs give.')
+flags.DEFINE_string('reference_dir', 'reference', 'The kept runs, papers.csv and README.md with the table.')
+flags.DEFINE_string('readme', 'README.md', "The project's README, whose copy of the table is rewritten too.")
+FLAGS = flags.FLAGS
+
+REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png')
+PAPERS_FILE = 'papers.csv'
+PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
+BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'
+END = '<!-- end of reference results -->'
+FLAGFILE = re.compile(r'--flagfile[= ](\S+)')
+
+
+def keep(run_dir, reference_dir, replace=False):
+    """Copies the small files of the finished run `run_dir` into reference_dir/<its name>/."""
+    if results.read_summary(run_dir) is None:
+        raise errors.RunError(f'--add {run_dir}: the run has not finished (no {results.SUMMARY_FILE}); '
+                              'keep it once its meta-test is done')
+    results.read_hyperparameters(run_dir)
+    target = os.path.join(reference_dir, os.path.basename(os.path.normpath(run_dir)))
+    if os.path.lexists(target) and not replace:
+        raise errors.RunError(f'--add: {target} already exists; pass --replace to replace it')
+    os.makedirs(target, exist_ok=True)
+    for name in REFERENCE_FILES:
+        source = os.path.join(run_dir, name)
+        if os.path.isfile(source):
+            with open(source, 'rb') as f:
+                content = f.read()
+            results.atomic_write(os.path.join(target, name), lambda f: f.write(content))
+
+
+def read_papers(reference_dir):
+    """The papers' numbers by (algorithm, n_way, k_shot): dicts with accuracy, ci95 (None if the paper
+    gives none), iterations and source."""
+    path = os.path.join(reference_dir, PAPERS_FILE)
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            rows = list(csv.DictReader(f))
+    except OSError as error:
+        raise errors.RunError(errors.describe_os_error(error)) from None
+    papers = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            key = (row['algorithm'], int(row['n_way']), int(row['k_shot']))
+            papers[key] = {'accuracy': float(row['accuracy']), 'ci95': float(row['ci95']) if row['ci95'] else None,
+                           'iterations': int(row['iterations']), 'source': row['source']}
+        except (KeyError, TypeError, ValueError):
+            raise errors.RunError(f'{path}, line {line}: expected the columns {", ".join(PAPER_COLUMNS)}, '
+                                  'with numbers where numbers go') from None
+    return papers
+
+
+def kept_runs(reference_dir):
+    """(name, hyperparameters, summary) of every kept run, by name."""
+    runs = []
+    for name in sorted(os.listdir(reference_dir)):
+        path = os.path.join(reference_dir, name)
+        if os.path.isdir(path):
+            summary = results.read_summary(path)
+            if summary is None:
+                raise errors.RunError(f'{path}: no {results.SUMMARY_FILE}; a kept run must be finished')
+            runs.append((name, results.read_hyperparameters(path), summary))
+    return runs
+
+
+def row(name, hyperparameters, summary, papers):
+    """One line of the table (markdown) for a kept run."""
+    flags_ = hyperparameters['flags']
+    algorithm = hyperparameters.get('algorithm', '?')
+    setting = f"{flags_['n_way']}-way {flags_['k_shot']}-shot"
+    ours = f"{100 * summary['test_post_accuracy']:.2f} ± {100 * summary['test_post_ci95']:.2f}"
+    batch_norm = hyperparameters.get('batch_norm', '').split(' ')[0] or '?'
+    paper = papers.get((algorithm, flags_['n_way'], flags_['k_shot']))
+    command = hyperparameters.get('command', '?')
+    protocol = FLAGFILE.search(command)
+    protocol = os.path.splitext(os.path.basename(protocol[1]))[0] if protocol else 'own flags'
+    if paper:
+        paper_text = f"{paper['accuracy']:.2f}" + (f" ± {paper['ci95']:.2f}" if paper['ci95'] is not None else '')
+        gap = 100 * summary['test_post_accuracy'] - paper['accuracy']
+        within = paper['ci95'] is not None and abs(gap) <= paper['ci95']
+        gap_text = 'within its 95% CI' if within else f'{gap:+.2f} points'
+        iterations = f"{summary['iterations']:,} of {paper['iterations']:,}"
+        source = paper['source']
+    else:
+        paper_text = gap_text = source = '–'
+        iterations = f"{summary['iterations']:,}"
+    hours = summary['training_seconds'] / 3600
+    machine = hyperparameters.get('versions', {}).get('machine', '?')
+    cells = [algorithm, setting, f'`{protocol}`', f'{ours} ({batch_norm})', paper_text, gap_text, iterations,
+             f'{hours:.2f} h, {machine}', source, f'`python {command}`']
+    return '| ' + ' | '.join(cells) + ' |'
+
+
+def table(reference_dir):
+    """The markdown table of every kept run, with its marker lines."""
+    papers = read_papers(reference_dir)
+    header = ('| algorithm | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | ours − paper '
+              '| iterations run, of the paper\'s | training time, CPU | paper\'s source | command |')
+    lines = [BEGIN, header, '|' + '---|' * header.count(' | ') + '---|']
+    lines += [row(name, hyperparameters, summary, papers) for name, hyperparameters, summary in kept_runs(reference_dir)]
+    return '\n'.join(lines + [END])
+
+
+def with_table(path, new_table):
+    """The text of the markdown file `path` with the part between the marker lines replaced."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except OSError as error:
+        raise errors.RunError(errors.describe_os_error(error)) from None
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise errors.RunError(f'{path}: no table markers; the table goes between a line {BEGIN} and a line {END}')
+    return text[:start] + new_table + text[end + len(END):]
+
+
+def main(_):
+    if FLAGS.add:
+        if FLAGS.check:
+            raise errors.FlagError('--add and --check contradict each other: --check writes nothing')
+        read_papers(FLAGS.reference_dir)  # Before anything is copied: the table must be writable.
+        keep(FLAGS.add, FLAGS.reference_dir, FLAGS.replace)
+    new_table = table(FLAGS.reference_dir)
+    for path in (os.path.join(FLAGS.reference_dir, 'README.md'), FLAGS.readme):
+        text = with_table(path, new_table)
+        with open(path, encoding='utf-8') as f:
+            current = f.read()
+        if FLAGS.check:
+            if text != current:
+                raise errors.RunError(f'{path}: its reference table differs from what {FLAGS.reference_dir}/ gives; '
+                                      'run python reference.py and commit the result')
+        elif text != current:
+            results.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+            print(f'rewrote the table in {path}')
+    print(f'{len(kept_runs(FLAGS.reference_dir))} kept runs; the tables are up to date')
+
+
+if __name__ == '__main__':
+    errors.run(main)

@@ -1,0 +1,187 @@
+"""The papers' protocols (protocols/*.flags), rotation as augmentation, and the reference-results table."""
+
+import copy
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from conftest import REPO
+from fewshot import data, experiment
+import maml  # noqa: F401 (defines MAML's flags)
+import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
+import reference
+
+FLAGS = flags.FLAGS
+PROTOCOLS = os.path.join(REPO, 'protocols')
+
+# The papers' values, written out again (protocols/README.md says where each comes from).
+MAML_PAPER = dict(meta_lr=0.001, num_iterations=60000, num_test_tasks=600, split='random', num_train_classes=1100,
+                  num_val_classes=100, task_rotations='all', rotations=False, num_filters=64, max_pool=False,
+                  val_interval=500)
+FIVE_WAY = dict(n_way=5, meta_batch_size=32, inner_lr=0.4, num_inner_steps=1, num_eval_inner_steps=3)
+TWENTY_WAY = dict(n_way=20, meta_batch_size=16, inner_lr=0.1, num_inner_steps=5, num_eval_inner_steps=5)
+EXPECTED = {
+    f'{order}_paper_{n_way}way{k_shot}shot.flags': {**MAML_PAPER, **(FIVE_WAY if n_way == 5 else TWENTY_WAY),
+                                                   'k_shot': k_shot, 'num_query': k_shot,
+                                                   'first_order': order == 'fomaml'}
+    for order in ('maml', 'fomaml') for n_way in (5, 20) for k_shot in (1, 5)}
+EXPECTED['mamlpp_paper_5way1shot.flags'] = dict(
+    n_way=5, k_shot=1, num_query=1, meta_batch_size=8, inner_lr=0.1, num_inner_steps=5, num_eval_inner_steps=5,
+    da=False, msl=True, msl_iterations=5000, bnrs=True, bnwb=True, lslr=True, cosine_annealing=True, meta_lr=0.001,
+    min_meta_lr=1e-5, eval_batch_norm='transductive', num_filters=64, max_pool=True, split='random',
+    num_train_classes=1151, num_val_classes=50, task_rotations='train', rotations=False, num_iterations=50000,
+    num_test_tasks=600, val_interval=500)
+
+
+def _file_values(*argv):
+    """The flags a command line with flag files sets, by name, each parsed by its flag (validators
+    that tie flags of one command together are left to the commands: see the run test below)."""
+    values = {}
+    for argument in FLAGS.read_flags_from_files(list(argv), force_gnu=False):
+        name, _, text = argument.removeprefix('--').partition('=')
+        if not text and name not in FLAGS and name.startswith('no'):
+            name, text = name[2:], 'false'
+        flag = copy.deepcopy(FLAGS[name])
+        flag.parse(text or 'true')
+        values[name] = flag.value
+    return values
+
+
+def test_every_protocol_file_is_checked():
+    assert sorted(os.path.basename(path) for path in glob.glob(os.path.join(PROTOCOLS, '*.flags'))) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED))
+def test_a_protocol_file_sets_the_papers_values_and_nothing_else(name):
+    assert _file_values(f'--flagfile={os.path.join(PROTOCOLS, name)}') == EXPECTED[name]
+
+
+def test_a_flag_after_the_file_overrides_it():
+    with flagsaver.flagsaver():
+        FLAGS.unparse_flags()
+        FLAGS(['test', f'--flagfile={os.path.join(PROTOCOLS, "maml_paper_5way1shot.flags")}', '--num_iterations=2500',
+               '--num_eval_inner_steps=1'])  # (--num_eval_inner_steps: MAML++'s validator is defined here too.)
+        assert FLAGS.num_iterations == 2500 and FLAGS.inner_lr == 0.4 and FLAGS.task_rotations == 'all'
+
+
+def _lettered(num_classes, per_class=20, size=12):
+    """Images no rotation maps onto another: class c has a bar of length c + 2 in one corner, drawing d
+    a dot at row d; [C, per_class, size, size]."""
+    images = np.zeros((num_classes, per_class, size, size), np.float32)
+    for c in range(num_classes):
+        images[c, :, 0, :c % (size - 2) + 2] = 1
+        images[c, :, 1 + np.arange(per_class) % (size - 2), 1 + c % 3] = 0.5
+    return images
+
+
+def test_rotation_turns_every_image_of_a_class_of_a_task_alike():
+    images = _lettered(9)
+    plain = data.sample_episodes(images, 5, 2, 3, 40, np.random.default_rng(7))
+    turned = data.sample_episodes(images, 5, 2, 3, 40, np.random.default_rng(7), rotate=True)
+    # The same classes and drawings; each class turned by one multiple of 90 degrees, support and query alike.
+    for split in ('support', 'query'):
+        assert np.array_equal(getattr(plain, f'{split}_labels'), getattr(turned, f'{split}_labels'))
+    by_class = [np.concatenate([episodes.support_images[..., 0].reshape(40, 5, 2, 12, 12),
+                                episodes.query_images[..., 0].reshape(40, 5, 3, 12, 12)], axis=2)
+                for episodes in (plain, turned)]
+    turns = np.full((40, 5), -1)
+    for task in range(40):
+        for label in range(5):
+            before, after = by_class[0][task, label], by_class[1][task, label]
+            matches = [k for k in range(4) if np.array_equal(np.rot90(before, k, axes=(1, 2)), after)]
+            assert len(matches) == 1, (task, label)
+            turns[task, label] = matches[0]
+    # Drawn per class and per task, all four turns used.
+    assert set(np.unique(turns)) == {0, 1, 2, 3}
+    assert len({tuple(row) for row in turns}) > 30
+
+
+def test_rotation_is_deterministic_for_a_seed_and_changes_nothing_else_when_off():
+    images = _lettered(9)
+    sampler = data.EpisodeSampler(images, 5, 1, 1, seed=3, rotate=True)
+    first, again = sampler.sample(11, 8), sampler.sample(11, 8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first.support_images, data.EpisodeSampler(images, 5, 1, 1, seed=3).sample(11, 8)
+                              .support_images)
+    # Without rotation the stream is what it was before rotation existed: the same draw as sample_episodes.
+    plain = data.EpisodeSampler(images, 5, 1, 1, seed=3).sample(11, 8)
+    direct = data.sample_episodes(images, 5, 1, 1, 8, np.random.default_rng([3, 11]))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, direct))
+
+
+@pytest.mark.parametrize('mode, training_turns, evaluation_turns', [
+    ('none', False, False), ('train', True, False), ('all', True, True)])
+def test_which_tasks_turn(mode, training_turns, evaluation_turns):
+    images = _lettered(12)
+    splits = data.Splits(train=images, val=images, test=images)
+    with flagsaver.flagsaver():
+        FLAGS.unparse_flags()
+        FLAGS(['test', '--n_way=5', '--k_shot=1', '--num_query=1', '--meta_batch_size=4', '--seed=0',
+               '--eval_seed=0'])
+        plain_training = experiment.episode_stream(splits).sample(1, 4)
+        plain_evaluation = experiment.evaluation_batches(images, 'meta-test', 4, 1)[0]
+        FLAGS.task_rotations = mode
+        training = experiment.episode_stream(splits).sample(1, 4)
+        evaluation = experiment.evaluation_batches(images, 'meta-test', 4, 1)[0]
+    assert np.array_equal(training.query_images, plain_training.query_images) != training_turns
+    assert np.array_equal(evaluation.query_images, plain_evaluation.query_images) != evaluation_turns
+
+
+def test_the_committed_tables_are_what_the_kept_runs_give():
+    reference_dir = os.path.join(REPO, 'reference')
+    table = reference.table(reference_dir)
+    for path in (os.path.join(reference_dir, 'README.md'), os.path.join(REPO, 'README.md')):
+        with open(path, encoding='utf-8') as f:
+            assert reference.with_table(path, table) == f.read(), path
+    kept = reference.kept_runs(reference_dir)
+    for name, _, summary in kept:  # Each kept run's number is in the table as its summary.json says.
+        assert f"{100 * summary['test_post_accuracy']:.2f} ± {100 * summary['test_post_ci95']:.2f}" in table, name
+        assert sorted(os.listdir(os.path.join(reference_dir, name))) <= sorted(reference.REFERENCE_FILES)
+
+
+def _command(script, *argv):
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *argv], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+TINY = ['--num_filters=4', '--num_train_classes=9', '--num_val_classes=5', '--num_iterations=3', '--val_interval=2',
+        '--num_val_tasks=4', '--num_test_tasks=4', '--progress=false']
+
+
+@pytest.mark.parametrize('script, protocol', [('maml.py', 'fomaml_paper_5way1shot'),
+                                              ('maml_plusplus.py', 'mamlpp_paper_5way1shot')])
+def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_path, script, protocol):
+    """A few iterations of a protocol on synthetic data, then reference.py keeps the run and writes its row."""
+    out = str(tmp_path)
+    run = _command(script, f'--flagfile=protocols/{protocol}.flags', *TINY, f'--data_dir={synthetic_dir}',
+                   f'--cache_dir={out}/cache', f'--results_dir={out}/results', f'--run_name={protocol}')
+    assert run.returncode == 0, run.stderr[-2000:]
+    with open(os.path.join(out, 'results', protocol, 'hyperparameters.json')) as f:
+        recorded = json.load(f)['flags']
+    assert recorded['task_rotations'] == EXPECTED[f'{protocol}.flags']['task_rotations']
+    assert recorded['num_iterations'] == 3 and recorded['inner_lr'] == EXPECTED[f'{protocol}.flags']['inner_lr']
+
+    reference_dir = os.path.join(out, 'reference')
+    shutil.copytree(os.path.join(REPO, 'reference'), reference_dir)
+    shutil.copy(os.path.join(REPO, 'README.md'), os.path.join(out, 'README.md'))
+    keep = ['--reference_dir', reference_dir, '--readme', os.path.join(out, 'README.md')]
+    added = _command('reference.py', f'--add={out}/results/{protocol}', *keep)
+    assert added.returncode == 0, added.stderr[-2000:]
+    with open(os.path.join(reference_dir, 'README.md'), encoding='utf-8') as f:
+        table = f.read()
+    row = next(line for line in table.splitlines() if f'`{protocol}`' in line)
+    assert f'3 of {EXPECTED[f"{protocol}.flags"]["num_iterations"]:,}' in row
+    with open(os.path.join(out, 'README.md'), encoding='utf-8') as f:
+        assert row in f.read()
+    assert _command('reference.py', '--check', *keep).returncode == 0
+    assert sorted(os.listdir(os.path.join(reference_dir, protocol))) == sorted(reference.REFERENCE_FILES)
+    again = _command('reference.py', f'--add={out}/results/{protocol}', *keep)
+    assert again.returncode == 1 and 'pass --replace' in again.stderr
