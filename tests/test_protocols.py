@@ -33,12 +33,14 @@ EXPECTED = {
                                                    'k_shot': k_shot, 'num_query': k_shot,
                                                    'first_order': order == 'fomaml'}
     for order in ('maml', 'fomaml') for n_way in (5, 20) for k_shot in (1, 5)}
-EXPECTED['mamlpp_paper_5way1shot.flags'] = dict(
-    n_way=5, k_shot=1, num_query=1, meta_batch_size=8, inner_lr=0.1, num_inner_steps=5, num_eval_inner_steps=5,
-    da=False, msl=True, msl_iterations=5000, bnrs=True, bnwb=True, lslr=True, cosine_annealing=True, meta_lr=0.001,
-    min_meta_lr=1e-5, eval_batch_norm='transductive', num_filters=64, max_pool=True, split='random',
-    num_train_classes=1151, num_val_classes=50, task_rotations='train', rotations=False, num_iterations=50000,
-    num_test_tasks=600, val_interval=500)
+MAMLPP_PAPER = dict(
+    num_query=1, meta_batch_size=8, inner_lr=0.1, num_inner_steps=5, num_eval_inner_steps=5, da=False, msl=True,
+    msl_iterations=5000, bnrs=True, bnwb=True, lslr=True, cosine_annealing=True, meta_lr=0.001, min_meta_lr=1e-5,
+    eval_batch_norm='transductive', num_filters=64, max_pool=True, split='random', num_train_classes=1151,
+    num_val_classes=50, task_rotations='train', rotations=False, num_iterations=50000, num_test_tasks=600,
+    val_interval=500)
+EXPECTED.update({f'mamlpp_paper_{n_way}way{k_shot}shot.flags': {**MAMLPP_PAPER, 'n_way': n_way, 'k_shot': k_shot}
+                 for n_way in (5, 20) for k_shot in (1, 5)})
 
 
 def _file_values(*argv):
