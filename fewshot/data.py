@@ -369,8 +369,8 @@ def rotate_classes(images, quarter_turns):
     (counter-clockwise). images [T, N, M, H, W] (M images of each class), quarter_turns [T, N]
     in 0..3 -> [T, N, M, H, W].
 
-    The augmentation of the MAML paper's Omniglot code: a class under a rotation is in effect a
-    new character, drawn afresh in every task of every split.
+    The augmentation of the MAML and MAML++ codes for Omniglot: a character under a rotation is in
+    effect another character, and the rotation is drawn afresh in every task.
     """
     turned = images.copy()
     for turns in (1, 2, 3):
