@@ -21,6 +21,7 @@ This is the hand-written equivalent of mapping a single-task forward over tasks
 """
 
 import dataclasses
+import functools
 import os
 
 import keras
@@ -246,11 +247,40 @@ class SmallCNN:
 
 
 def grouped_conv2d(h, kernels, stride):
-    """Convolves channel group t of `h` [B, H, W, T*C] with kernels[t] [3, 3, C, F], in h's type."""
+    """Convolves channel group t of `h` [B, H, W, T*C] with kernels[t] [3, 3, C, F], in h's type.
+
+    One grouped convolution where TensorFlow can differentiate it on this CPU, else one convolution
+    per task (the same numbers, slower): see `grouped_gradient_available`.
+    """
+    kernels = tf.cast(kernels, h.dtype)
     num_tasks, height, width, channels, filters = kernels.shape
-    kernel = tf.reshape(tf.transpose(tf.cast(kernels, h.dtype), [1, 2, 3, 0, 4]),
-                        [height, width, channels, num_tasks * filters])
+    if num_tasks > 1 and not grouped_gradient_available(h.dtype):
+        groups = tf.split(h, num_tasks, axis=-1)
+        return tf.concat([tf.nn.conv2d(group, kernels[t], stride, 'SAME') for t, group in enumerate(groups)], -1)
+    kernel = tf.reshape(tf.transpose(kernels, [1, 2, 3, 0, 4]), [height, width, channels, num_tasks * filters])
     return tf.nn.conv2d(h, kernel, stride, 'SAME')
+
+
+@functools.cache
+def grouped_gradient_available(dtype):
+    """True if TensorFlow has the CPU gradient kernels of a grouped convolution in `dtype`.
+
+    Only oneDNN has them: for float32, and for bfloat16 only on AVX-512 CPUs (elsewhere TensorFlow
+    emulates bfloat16 with its own kernels); never for float64. Asked of the two kernels directly,
+    since a tape cannot record inside the init_scope that lets this run while a tf.function traces.
+    """
+    strides = [1, 1, 1, 1]
+    with tf.init_scope():
+        h, out = tf.ones([1, 4, 4, 2], dtype), tf.ones([1, 4, 4, 2], dtype)  # Two groups of one channel.
+        kernel = tf.ones([3, 3, 1, 2], dtype)
+        try:
+            tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(h), filter=kernel, out_backprop=out,
+                                           strides=strides, padding='SAME')
+            tf.raw_ops.Conv2DBackpropFilter(input=h, filter_sizes=tf.shape(kernel), out_backprop=out,
+                                            strides=strides, padding='SAME')
+        except tf.errors.OpError:
+            return False
+    return True
 
 
 def batch_norm(h, gamma, beta):
@@ -319,22 +349,14 @@ def task_accuracies(logits, labels):
 
 
 def check_grouped_convolutions():
-    """SetupError unless this TensorFlow can differentiate `grouped_conv2d` (T > 1 tasks) on CPU.
+    """SetupError unless TensorFlow can differentiate float32 grouped convolutions on this CPU.
 
-    On CPU only oneDNN provides the gradient of a grouped convolution; TensorFlow's start-up
-    banner invites users to turn oneDNN off with TF_ENABLE_ONEDNN_OPTS=0, and then training
-    would fail at the first meta-step. A two-task convolution of one image, checked eagerly.
+    Without them every meta-step would convolve task by task, about half as fast. TensorFlow's
+    start-up banner invites users to turn oneDNN off with TF_ENABLE_ONEDNN_OPTS=0, which removes them.
     """
-    kernels = tf.ones([2, 3, 3, 1, 2])  # Two tasks, one input channel each.
-    try:
-        with tf.GradientTape() as tape:
-            tape.watch(kernels)
-            output = grouped_conv2d(tf.ones([1, 4, 4, 2]), kernels, 1)
-        tape.gradient(output, kernels).numpy()
-    except tf.errors.OpError as error:
+    if not grouped_gradient_available(tf.float32):
         switch = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '')
         cause = (f'TF_ENABLE_ONEDNN_OPTS={switch} turns oneDNN off, and' if switch in ('0', 'false', 'False')
                  else 'in this TensorFlow build')
         raise SetupError(f'{cause} TensorFlow has no CPU gradient for grouped convolutions, which the '
-                         'task-batched network needs; unset TF_ENABLE_ONEDNN_OPTS (or set it to 1) '
-                         f'[{type(error).__name__}]') from None
+                         'task-batched network needs for its speed; unset TF_ENABLE_ONEDNN_OPTS (or set it to 1)')

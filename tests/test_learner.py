@@ -61,7 +61,7 @@ def _stepped(name, tasks_per_chunk, episodes):
 
 @pytest.mark.parametrize('name', LEARNERS)
 def test_a_meta_step_in_chunks_of_tasks_equals_the_whole_meta_batch_at_once(name):
-    """Float32 (TensorFlow has no float64 gradient of a grouped convolution of several tasks):
+    """Float32, the grouped convolutions training runs on:
     weights, optimizer state and running statistics equal to rounding, metrics task by task."""
     episodes = data.Episodes(*(np.array(x) for x in _episodes(5)))
     whole, whole_metrics, whole_sizes = _stepped(name, None, episodes)

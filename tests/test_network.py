@@ -72,6 +72,37 @@ def test_tasks_do_not_see_each_others_weights(net_and_model):
     assert np.abs(after[1] - before[1]).max() > 1e-3
 
 
+@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16, tf.float64])
+@pytest.mark.parametrize('grouped', [True, False])
+def test_grouped_convolution_is_each_tasks_own_convolution_with_its_gradient(dtype, grouped, monkeypatch):
+    """One grouped convolution (where TensorFlow can differentiate it) or one per task (elsewhere, e.g.
+    bfloat16 without AVX-512, float64): the per-task convolutions and their gradients, in float64."""
+    if not grouped:
+        monkeypatch.setattr(network, 'grouped_gradient_available', lambda dtype: False)
+    rng = np.random.default_rng(0)
+    h64 = tf.constant(rng.normal(size=[2, 7, 7, 3 * 4]))  # Three tasks of four channels.
+    kernels64 = tf.constant(rng.normal(size=[3, 3, 3, 4, 5]))
+    h64, kernels64 = (tf.cast(tf.cast(x, dtype), tf.float64) for x in (h64, kernels64))  # Representable.
+    upstream = tf.constant(rng.normal(size=[2, 4, 4, 3 * 5]))
+
+    def value_and_gradients(h, kernels, convolve):
+        with tf.GradientTape() as tape:
+            tape.watch([h, kernels])
+            output = convolve(h, kernels)
+            loss = tf.reduce_sum(tf.cast(output, tf.float64) * upstream)
+        return [tf.cast(x, tf.float64) for x in [output, *tape.gradient(loss, [h, kernels])]]
+
+    def task_by_task(h, kernels):
+        return tf.concat([tf.nn.conv2d(h[..., 4 * t:4 * (t + 1)], kernels[t], 2, 'SAME') for t in range(3)], -1)
+
+    expected = value_and_gradients(h64, kernels64, task_by_task)
+    actual = value_and_gradients(tf.cast(h64, dtype), tf.cast(kernels64, dtype),
+                                 lambda h, kernels: network.grouped_conv2d(h, kernels, 2))
+    tolerance = {tf.float32: 1e-5, tf.bfloat16: 2e-2, tf.float64: 1e-12}[dtype]
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, atol=tolerance * float(tf.reduce_max(tf.abs(e))))
+
+
 def test_parameters_are_named_by_layer(net_and_model):
     _, model = net_and_model
     names = list(network.parameters(model))

@@ -163,10 +163,11 @@ TINY = ['--num_filters=4', '--num_train_classes=9', '--num_val_classes=5', '--nu
 def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_path, script, protocol):
     """A few iterations of a protocol on synthetic data, then reference.py keeps the run and writes its row."""
     out = str(tmp_path)
+    name = f'tiny_{protocol}'  # Beside the committed run of the same protocol, not in its place.
     run = _command(script, f'--flagfile=protocols/{protocol}.flags', *TINY, f'--data_dir={synthetic_dir}',
-                   f'--cache_dir={out}/cache', f'--results_dir={out}/results', f'--run_name={protocol}')
+                   f'--cache_dir={out}/cache', f'--results_dir={out}/results', f'--run_name={name}')
     assert run.returncode == 0, run.stderr[-2000:]
-    with open(os.path.join(out, 'results', protocol, 'hyperparameters.json')) as f:
+    with open(os.path.join(out, 'results', name, 'hyperparameters.json')) as f:
         recorded = json.load(f)['flags']
     assert recorded['task_rotations'] == EXPECTED[f'{protocol}.flags']['task_rotations']
     assert recorded['num_iterations'] == 3 and recorded['inner_lr'] == EXPECTED[f'{protocol}.flags']['inner_lr']
@@ -175,15 +176,15 @@ def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_pa
     shutil.copytree(os.path.join(REPO, 'reference'), reference_dir)
     shutil.copy(os.path.join(REPO, 'README.md'), os.path.join(out, 'README.md'))
     keep = ['--reference_dir', reference_dir, '--readme', os.path.join(out, 'README.md')]
-    added = _command('reference.py', f'--add={out}/results/{protocol}', *keep)
+    added = _command('reference.py', f'--add={out}/results/{name}', *keep)
     assert added.returncode == 0, added.stderr[-2000:]
     with open(os.path.join(reference_dir, 'README.md'), encoding='utf-8') as f:
         table = f.read()
-    row = next(line for line in table.splitlines() if f'`{protocol}`' in line)
+    row = next(line for line in table.splitlines() if f'`{protocol}`' in line and name in line)
     assert f'3 of {EXPECTED[f"{protocol}.flags"]["num_iterations"]:,}' in row
     with open(os.path.join(out, 'README.md'), encoding='utf-8') as f:
         assert row in f.read()
     assert _command('reference.py', '--check', *keep).returncode == 0
-    assert sorted(os.listdir(os.path.join(reference_dir, protocol))) == sorted(reference.REFERENCE_FILES)
-    again = _command('reference.py', f'--add={out}/results/{protocol}', *keep)
+    assert sorted(os.listdir(os.path.join(reference_dir, name))) == sorted(reference.REFERENCE_FILES)
+    again = _command('reference.py', f'--add={out}/results/{name}', *keep)
     assert again.returncode == 1 and 'pass --replace' in again.stderr
