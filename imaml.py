@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, errors, network
+from fewshot import commands, config, errors
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -139,12 +139,12 @@ class IMAML(maml.MAML):
         del tape, meta_loss
 
         def support_loss(weights):
-            return tf.reduce_sum(network.task_losses(self.net.forward(weights, episodes.support_images),
-                                                     episodes.support_labels))
+            return tf.reduce_sum(self.net.task_losses(self.net.forward(weights, episodes.support_images),
+                                                      episodes.support_labels))
 
         def query_loss(weights):
-            return tf.reduce_mean(network.task_losses(self.net.forward(weights, episodes.query_images),
-                                                      episodes.query_labels))
+            return tf.reduce_mean(self.net.task_losses(self.net.forward(weights, episodes.query_images),
+                                                       episodes.query_labels))
         solution = implicit_gradient(support_loss, query_loss, trajectory.params[-1], self.lam, self.cg_steps)
         return {name: tf.reduce_sum(solution[name], axis=0) for name in self.params}
 

@@ -33,14 +33,15 @@ class Trajectory(NamedTuple):
     """What the inner loop did for a meta-batch of T tasks, step by step.
 
     params: [θ'_0, ..., θ'_S], each a dict name -> [T, *shape]; θ'_0 is the start.
-    support_accuracy: [S + 1] tensors [T], the support accuracy at each θ'_s (on the examples
-        step s trained on, see `inner_batch`; at θ'_S on the whole support set).
+    support_score: [S + 1] tensors [T], the network's score of the support set at each θ'_s
+        (its accuracy for a classifier; on the examples step s trained on, see `inner_batch`; at
+        θ'_S on the whole support set).
     support_moments: [S + 1] batch-norm moments of the support set at each θ'_s (dicts
         name -> [T, F], see `network.ConvNet.forward_with_moments`), or None where the
         learner does not keep them.
     """
     params: list
-    support_accuracy: list
+    support_score: list
     support_moments: list
 
 
@@ -70,16 +71,14 @@ class MAML(learner.Learner):
     keeps).
     """
 
-    # What train_step reports, per task; the first is the meta-loss.
-    train_metrics = ('query_post_loss', 'query_post_accuracy', 'query_pre_loss', 'query_pre_accuracy',
-                     'support_pre_accuracy', 'support_post_accuracy')
     learner_flags = LEARNER_FLAGS
 
     def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer,
                  params=None):
         """
         Args:
-          net: a `network.ConvNet`, whose `forward` is evaluated over explicit weights.
+          net: a `network.ConvNet` (or another network with `forward` over explicit weights and
+            `task_losses` and `task_scores`, e.g. `regression.MLP`).
           model: its Keras model, holding the meta-parameters θ.
           inner_lr: α, the inner-loop SGD learning rate.
           num_inner_steps: inner steps during meta-training.
@@ -118,7 +117,7 @@ class MAML(learner.Learner):
           A `Trajectory`; its params[-1] are the adapted weights.
         """
         first_order = self.first_order if first_order is None else first_order
-        weights, accuracies, moments = [params], [], []
+        weights, scores, moments = [params], [], []
         state = self.inner_state(params)
         for step in range(num_steps):
             step_images, step_labels = self.inner_batch(images, labels, step)
@@ -126,7 +125,7 @@ class MAML(learner.Learner):
                 tape.watch(params)
                 logits, step_moments = self.forward(params, step_images, step, context)
                 loss = self.inner_loss(logits, step_labels, params, weights[0])
-            accuracies.append(network.task_accuracies(logits, step_labels))
+            scores.append(self.net.task_scores(logits, step_labels))
             moments.append(step_moments)
             grads = tape.gradient(loss, params)
             if first_order:
@@ -134,9 +133,9 @@ class MAML(learner.Learner):
             params, state = self.inner_update(params, grads, step, context, state)
             weights.append(params)
         logits, step_moments = self.forward(params, images, num_steps, context)
-        accuracies.append(network.task_accuracies(logits, labels))
+        scores.append(self.net.task_scores(logits, labels))
         moments.append(step_moments)
-        return Trajectory(weights, accuracies, moments)
+        return Trajectory(weights, scores, moments)
 
     def inner_loss(self, logits, labels, params, start):
         """What the inner loop descends: Σ_t L_support_t(θ'_t), from support logits [T, B, N].
@@ -145,7 +144,7 @@ class MAML(learner.Learner):
         task weights θ'_t now and where the loop started (for a regulariser toward θ, as iMAML's).
         """
         del params, start
-        return tf.reduce_sum(network.task_losses(logits, labels))
+        return tf.reduce_sum(self.net.task_losses(logits, labels))
 
     def forward(self, params, images, step, context):
         """Logits [T, B, N] of images [T, B, 28, 28, 1] under task weights θ'_step.
@@ -185,15 +184,11 @@ class MAML(learner.Learner):
           training: False when evaluating (variants may then normalise differently).
           loss_options: further arguments of `query_loss` (MAML++: the multi-step loss weights).
         Returns:
-          (meta-loss scalar, dict of [T] tensors: query loss and accuracy before and
-          after adaptation, support accuracy before and after adaptation, the `Trajectory`).
+          (meta-loss scalar, dict of [T] tensors: query loss and score (accuracy) before and
+          after adaptation, support score before and after adaptation, the `Trajectory`).
         """
         first_order = self.first_order if first_order is None else first_order
-        weights, context = self.split(params, training)
-        support = self.represent(episodes.support_images, context)
-        query = self.represent(episodes.query_images, context)
-        start = self.initial_weights(weights, context, support, episodes.support_labels, first_order)
-        trajectory = self.inner_loop(start, support, episodes.support_labels, num_steps, first_order, context)
+        start, context, query, trajectory = self.adapt(params, episodes, num_steps, first_order, training)
 
         def query_logits(step, step_weights, step_context):
             return self.query_forward(step_weights, query, step, step_context, trajectory, training)
@@ -204,6 +199,23 @@ class MAML(learner.Learner):
         pre_logits = query_logits(0, *tf.nest.map_structure(tf.stop_gradient, (start, context)))
         metrics = self.metrics(pre_logits, post_logits, episodes.query_labels, trajectory)
         return meta_loss, metrics, trajectory
+
+    def adapt(self, params, episodes, num_steps, first_order, training):
+        """(θ'_0, the context, the query set as `represent` gives it, the `Trajectory`): every task
+        of `episodes` adapted on its support set with `num_steps` inner steps from θ = `params`."""
+        weights, context = self.split(params, training)
+        support = self.represent(episodes.support_images, context)
+        query = self.represent(episodes.query_images, context)
+        start = self.initial_weights(weights, context, support, episodes.support_labels, first_order)
+        trajectory = self.inner_loop(start, support, episodes.support_labels, num_steps, first_order, context)
+        return start, context, query, trajectory
+
+    def query_outputs(self, episodes, num_steps):
+        """The query outputs [T, Q, ...] after 0, 1, ..., `num_steps` inner steps, a list of S + 1:
+        one adaptation (first order, as in evaluation) scored at every step, θ untouched."""
+        _, context, query, trajectory = self.adapt(self.params, episodes, num_steps, True, training=False)
+        return [self.query_forward(trajectory.params[step], query, step, context, trajectory, False)
+                for step in range(num_steps + 1)]
 
     def split(self, params, training):
         """(the weights the inner loop adapts, the context it only reads); MAML adapts all of θ."""
@@ -252,18 +264,26 @@ class MAML(learner.Learner):
         query_logits: step s -> query logits [T, Q, N] under θ'_s.
         """
         logits = query_logits(num_steps)
-        return tf.reduce_mean(network.task_losses(logits, labels)), logits
+        return tf.reduce_mean(self.net.task_losses(logits, labels)), logits
 
-    @staticmethod
-    def metrics(pre_logits, post_logits, query_labels, trajectory):
-        """The per-task metrics [T] of `train_metrics` from query logits before and after adaptation."""
+    @property
+    def train_metrics(self):
+        """What train_step reports, per task; the first is the meta-loss. Scores are named by the
+        network (accuracy: query_post_accuracy; a regressor's mean squared error: query_post_mse)."""
+        score = self.net.score_name
+        return ('query_post_loss', f'query_post_{score}', 'query_pre_loss', f'query_pre_{score}',
+                f'support_pre_{score}', f'support_post_{score}')
+
+    def metrics(self, pre_logits, post_logits, query_labels, trajectory):
+        """The per-task metrics [T] of `train_metrics` from query outputs before and after adaptation."""
+        score = self.net.score_name
         return {
-            'query_pre_loss': network.task_losses(pre_logits, query_labels),
-            'query_post_loss': network.task_losses(post_logits, query_labels),
-            'query_pre_accuracy': network.task_accuracies(pre_logits, query_labels),
-            'query_post_accuracy': network.task_accuracies(post_logits, query_labels),
-            'support_pre_accuracy': trajectory.support_accuracy[0],
-            'support_post_accuracy': trajectory.support_accuracy[-1],
+            'query_pre_loss': self.net.task_losses(pre_logits, query_labels),
+            'query_post_loss': self.net.task_losses(post_logits, query_labels),
+            f'query_pre_{score}': self.net.task_scores(pre_logits, query_labels),
+            f'query_post_{score}': self.net.task_scores(post_logits, query_labels),
+            f'support_pre_{score}': trajectory.support_score[0],
+            f'support_post_{score}': trajectory.support_score[-1],
         }
 
     def outer_loop(self, episodes, num_steps, train, **options):

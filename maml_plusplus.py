@@ -217,7 +217,7 @@ class MAMLPlusPlus(maml.MAML):
         if msl_weights is None:
             return super().query_loss(query_logits, labels, num_steps)
         logits = [query_logits(step) for step in range(1, num_steps + 1)]
-        losses = tf.stack([tf.reduce_mean(network.task_losses(step_logits, labels)) for step_logits in logits])
+        losses = tf.stack([tf.reduce_mean(self.net.task_losses(step_logits, labels)) for step_logits in logits])
         return tf.reduce_sum(tf.cast(msl_weights, losses.dtype) * losses), logits[-1]
 
     def batch_norm_mode(self, training):

@@ -158,6 +158,7 @@ class PretrainedClassifier:
     of ordinary classification, and `evaluate` is `transfer_learn`.
     """
     train_metrics = ('loss', 'accuracy')
+    score_name = 'accuracy'
 
     def __init__(self, net, optimizer, adaptation, n_way):
         self.net, self.adaptation, self.n_way = net, adaptation, n_way

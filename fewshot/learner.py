@@ -54,7 +54,8 @@ class Learner:
     def __init__(self, net, model, meta_optimizer, params=None):
         """
         Args:
-          net: a `network.ConvNet` (or `ResNet`), whose forward is evaluated over explicit weights.
+          net: a `network.ConvNet` (or `ResNet`, or `regression.MLP`), whose forward is evaluated
+            over explicit weights and which scores a task (`score_name`).
           model: its Keras model, holding the meta-parameters θ.
           meta_optimizer: a Keras optimizer for θ.
           params: the meta-parameters by name (default: the model's trainable weights,
@@ -72,6 +73,11 @@ class Learner:
         self._meta_direction = tf.function(self.meta_direction)
         self._update = tf.function(self.update)
         self._test_step = tf.function(self.test_step)
+
+    @property
+    def score_name(self):
+        """What evaluation scores a task by: the network's 'accuracy' (a regressor's 'mse')."""
+        return self.net.score_name
 
     @classmethod
     def from_flags(cls, net, first_order):

@@ -41,6 +41,17 @@ class ConvNet:
     max_pool: bool = False
     image_size: int = 28
     precision: str = 'float32'  # Or 'bfloat16': the blocks' convolutions (see the module's docstring).
+    score_name = 'accuracy'  # What `task_scores` measures: the metrics' names end in it (query_post_accuracy).
+
+    @staticmethod
+    def task_losses(logits, labels):
+        """The loss a learner descends on each task: `task_losses` (cross-entropy) [T]."""
+        return task_losses(logits, labels)
+
+    @staticmethod
+    def task_scores(logits, labels):
+        """How well each task is solved: `task_accuracies` [T]."""
+        return task_accuracies(logits, labels)
 
     def keras_model(self):
         """The same network as a Keras model; its trainable weights are the meta-parameters."""

@@ -160,6 +160,51 @@ def plot_grouped_bars(values, path, title, ylabel):
     _save(figure, path)
 
 
+def plot_error_curves(curves, path, title, ylabel='mean squared error on the query points'):
+    """Error after each number of gradient steps, one line with its 95% CI band per learner
+    (the MAML paper's Figure 3): curves {label: (means [S+1], ci95 [S+1])} over steps 0..S."""
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    colors = plt.get_cmap('tab10')
+    for index, (label, (means, cis)) in enumerate(curves.items()):
+        means, cis, steps = np.asarray(means), np.asarray(cis), np.arange(len(means))
+        color = colors(index % 10)
+        axes.plot(steps, means, marker='o', markersize=3, linewidth=1.4, color=color,
+                  label=f'{label} (after 1 step {means[1]:.3f}, after {steps[-1]} {means[-1]:.3f})')
+        axes.fill_between(steps, means - cis, means + cis, color=color, alpha=0.2, linewidth=0)
+    axes.set(xlabel='gradient steps on the K support points', ylabel=ylabel, title=title, ylim=(0, None))
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(loc='upper right', fontsize=8)
+    _save(figure, path)
+
+
+def plot_function_fits(fits, path, title):
+    """Regression fits before and after adaptation (the MAML paper's Figure 2): one row per learner,
+    one column per task. fits {learner: [task dicts with 'x' [P] (a grid), 'truth' [P], 'support_x',
+    'support_y' [K] and 'predictions' {steps: [P]}]}."""
+    rows, columns = len(fits), max(len(tasks) for tasks in fits.values())
+    figure, grid = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), dpi=120, squeeze=False,
+                                sharex=True)
+    colors = plt.get_cmap('viridis')
+    for row, (learner, tasks) in enumerate(fits.items()):
+        for column, task in enumerate(tasks):
+            axes = grid[row][column]
+            axes.plot(task['x'], task['truth'], color='tab:red', linewidth=1.6, label='ground truth')
+            steps = sorted(task['predictions'])
+            for index, step in enumerate(steps):
+                axes.plot(task['x'], task['predictions'][step], linewidth=1.1,
+                          linestyle=':' if step == 0 else '-', color=colors(index / max(len(steps) - 1, 1)),
+                          label='before adaptation' if step == 0 else f'after {step} step{"s" if step > 1 else ""}')
+            axes.scatter(task['support_x'], task['support_y'], marker='^', s=22, color='black', zorder=3,
+                         label=f'the K = {len(task["support_x"])} points')
+            axes.grid(alpha=0.3)
+            if column == 0:
+                axes.set_ylabel(learner)
+    grid[0][0].legend(loc='lower left', fontsize=6)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
 def _zoomed_bottom(series):
     """A lower y-limit (a multiple of 5%) just below every value after the first evaluation, so
     that differences between methods near the top are visible; the initial point may fall below."""

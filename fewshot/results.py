@@ -36,8 +36,13 @@ MODEL_FILE = 'model.keras'
 INNER_LR_FILE = 'inner_learning_rates.csv'  # MAML++: learned inner learning rates per tensor and step.
 COMPARISON_TASKS_FILE = 'comparison_tasks.csv'  # Transfer vs FO-MAML, per meta-test task.
 # The columns every metrics.csv has; train_<metric> columns follow, by learner.
-METRICS_COLUMNS = ('iteration', 'seconds', 'val_pre_accuracy', 'val_pre_ci95', 'val_post_accuracy',
-                   'val_post_ci95')
+def metrics_columns(score):
+    """The columns every metrics.csv row has, for runs validated by `score` ('accuracy', 'mse')."""
+    return 'iteration', 'seconds', f'val_pre_{score}', 'val_pre_ci95', f'val_post_{score}', 'val_post_ci95'
+
+
+SCORES = ('accuracy', 'mse')  # Classification's, and a regressor's mean squared error.
+METRICS_COLUMNS = metrics_columns('accuracy')
 # Flags that may change when a run is resumed. The data may move (other --data_dir), but
 # its checksum must not change. run_name may too: the folder is the same whether its name
 # was given (as stability.py does) or derived from the other flags. tasks_per_chunk and
@@ -189,7 +194,9 @@ def read_hyperparameters(run_dir):
     if not os.path.isfile(path):
         raise RunError(f'{run_dir}: no {HYPERPARAMETERS_FILE}, so it is not a run folder')
     hyperparameters = _require(path, read_json(path), {'flags': dict})
-    _require(path, hyperparameters['flags'], {'n_way': int, 'k_shot': int})
+    recorded = hyperparameters['flags']
+    # Every run has K; classification runs have N too (sine.py's regression runs have none).
+    _require(path, recorded, {'k_shot': int, **({'n_way': int} if 'n_way' in recorded else {})})
     return hyperparameters
 
 
@@ -209,7 +216,7 @@ def read_metrics(path, required=False):
 
     A run killed while writing by other means than ours may leave a damaged line: the
     rows before it are returned, with a warning. A missing file gives [] (RunError if
-    `required`, also when no row is complete); a file without METRICS_COLUMNS, RunError.
+    `required`, also when no row is complete); a file without the `metrics_columns` of a score, RunError.
     """
     if not os.path.exists(path):
         if required:
@@ -219,7 +226,8 @@ def read_metrics(path, required=False):
     with _open_csv(path) as f:
         reader = csv.DictReader(f)
         columns = _columns(path, reader)
-        missing = [column for column in METRICS_COLUMNS if column not in columns]
+        score = next((score for score in SCORES if f'val_post_{score}' in columns), 'accuracy')
+        missing = [column for column in metrics_columns(score) if column not in columns]
         if missing and (required or columns):
             raise RunError(f'{path} is damaged: no column {", ".join(missing)} in its first line')
         if missing:

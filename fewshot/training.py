@@ -3,7 +3,8 @@
 A learner is any object with
     train_metrics: names of the metrics its training step returns; the first is its loss
     meta_train_step(batch) -> dict name -> NumPy array of values (per task, or per example)
-    evaluate(episodes, num_steps) -> per-task 'query_pre_accuracy' and 'query_post_accuracy'
+    score_name: what its evaluation scores a task by, 'accuracy' (or a regressor's 'mse')
+    evaluate(episodes, num_steps) -> per-task 'query_pre_<score_name>' and 'query_post_<score_name>'
         (and possibly more), adapting to each task without changing the learner
     state_variables() -> dict name -> every variable a checkpoint must hold, by a name that
         does not change between processes (see `results.named_variables`)
@@ -76,7 +77,8 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
     Returns:
       The metrics rows, one per validation.
     """
-    columns = list(results.METRICS_COLUMNS) + [f'train_{n}' for n in learner.train_metrics]
+    score = learner.score_name
+    columns = list(results.metrics_columns(score)) + [f'train_{n}' for n in learner.train_metrics]
     variables = learner.state_variables()
     start, rows = run.resume_point()
     run.restore_checkpoint(variables)
@@ -88,18 +90,18 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
 
     def validate(iteration, train_metrics):
         val = evaluate(learner, val_batches, schedule.num_eval_inner_steps)
-        pre, pre_ci = results.confidence_interval(val['query_pre_accuracy'])
-        post, post_ci = results.confidence_interval(val['query_post_accuracy'])
+        pre, pre_ci = results.confidence_interval(val[f'query_pre_{score}'])
+        post, post_ci = results.confidence_interval(val[f'query_post_{score}'])
         row = {'iteration': iteration, 'seconds': elapsed + time.perf_counter() - clock,
-               'val_pre_accuracy': pre, 'val_pre_ci95': pre_ci,
-               'val_post_accuracy': post, 'val_post_ci95': post_ci}
+               f'val_pre_{score}': pre, 'val_pre_ci95': pre_ci,
+               f'val_post_{score}': post, 'val_post_ci95': post_ci}
         for name in learner.train_metrics:
             row[f'train_{name}'] = float(np.mean(train_metrics[name])) if train_metrics else math.nan
         rows.append(row)
         run.write_metrics(rows, columns)
         run.save_checkpoint(variables, iteration)
         with writer.as_default(step=iteration):
-            for name in ('val_pre_accuracy', 'val_post_accuracy'):
+            for name in (f'val_pre_{score}', f'val_post_{score}'):
                 tf.summary.scalar(name, row[name])
         log_progress(row)
         return row
@@ -112,9 +114,10 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
             return
         pace = (row['seconds'] - elapsed) / done
         left = datetime.timedelta(seconds=round(pace * (schedule.num_iterations - row['iteration'])))
-        logging.info('Iteration %d of %d: validation accuracy %.2f%% +- %.2f%%; %.3f s per iteration, %s left',
-                     row['iteration'], schedule.num_iterations, 100 * row['val_post_accuracy'],
-                     100 * row['val_post_ci95'], pace, left)
+        value, ci = row[f'val_post_{score}'], row['val_post_ci95']
+        shown = f'{100 * value:.2f}% +- {100 * ci:.2f}%' if score == 'accuracy' else f'{value:.4g} +- {ci:.2g}'
+        logging.info('Iteration %d of %d: validation %s %s; %.3f s per iteration, %s left',
+                     row['iteration'], schedule.num_iterations, score, shown, pace, left)
 
     clock = time.perf_counter()
     last = rows[-1] if rows else validate(0, None)
@@ -147,7 +150,7 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
             last = validate(iteration, merged)
             interval = []
         bar.update(1)
-        bar.set_postfix(loss=f'{loss:.3f}', val=f'{last["val_post_accuracy"]:.3f}',
+        bar.set_postfix(loss=f'{loss:.3f}', val=f'{last[f"val_post_{score}"]:.3f}',
                         **{name: f'{means[name]:.3f}' for name in learner.train_metrics[1:2]})
     bar.close()
     writer.flush()

@@ -378,6 +378,15 @@ CASES = {
     'submit: zip folder under a file': ('submit.py', ['--name=a', '--student_number=1', '--zip_dir={sandbox}/notes.txt/z'],
                                         r'--zip_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
 
+    # Sine-wave regression.
+    'sine: unknown learner': ('sine.py', ['--learners=maml,nope', '--results_dir={sandbox}'],
+                              r'--learners: a comma-separated list of maml, fomaml', None),
+    'sine: hidden widths': ('sine.py', ['--hidden=40,x', '--results_dir={sandbox}'], r'--hidden: a comma-separated',
+                            None),
+    'sine: study exists': ('sine.py', ['--learners=anil,maml', '--results_dir={sandbox}'],
+                           r'sine_k10_seed0/maml already exists; pass --resume',
+                           lambda w, s: shutil.copytree(w['run'], f'{s}/sine_k10_seed0/maml')),
+
     # The environment.
     'maml: oneDNN off': ('maml.py', MAML, r'TF_ENABLE_ONEDNN_OPTS=0', None, {'env': {'TF_ENABLE_ONEDNN_OPTS': '0'}}),
     'benchmark: oneDNN off': ('benchmark.py', ['--repeats=1'], r'TF_ENABLE_ONEDNN_OPTS=0', None,

@@ -117,10 +117,10 @@ def test_zero_inner_learning_rate_leaves_weights_unchanged():
     episodes = _episodes(2)
     start = network.tile(learner.params, 2)
     trajectory = learner.inner_loop(start, episodes.support_images, episodes.support_labels, 3)
-    assert len(trajectory.params) == len(trajectory.support_accuracy) == 4
+    assert len(trajectory.params) == len(trajectory.support_score) == 4
     for name in start:
         np.testing.assert_array_equal(trajectory.params[-1][name], start[name])
-    np.testing.assert_array_equal(trajectory.support_accuracy[0], trajectory.support_accuracy[-1])
+    np.testing.assert_array_equal(trajectory.support_score[0], trajectory.support_score[-1])
 
 
 def test_inner_loop_fits_the_support_set():
@@ -128,7 +128,7 @@ def test_inner_loop_fits_the_support_set():
     episodes = _episodes(4, n_way=5, k_shot=3)
     start = network.tile(learner.params, 4)
     accuracy = learner.inner_loop(start, episodes.support_images, episodes.support_labels,
-                                  10).support_accuracy
+                                  10).support_score
     assert float(tf.reduce_mean(accuracy[-1])) > float(tf.reduce_mean(accuracy[0])) + 0.3
 
 

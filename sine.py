@@ -1,0 +1,227 @@
+"""Sine-wave regression, the MAML paper's first experiment (Finn, Abbeel & Levine, 2017, Section 5.1).
+
+    python sine.py                                         # every learner and the baseline, K = 10
+    python sine.py --k_shot 5 --learners maml,pretrained   # some of them, another K
+    python sine.py --resume                                # continue the runs of a stopped study
+
+A task is y = A sin(x − φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5]: K support points to
+adapt on and query points to be scored on, by mean squared error. The network is the paper's
+1-40-40-1 ReLU perceptron, and the learners are the family's own classes (maml.py, meta_sgd.py,
+anil.py), unchanged: only the network and the tasks differ from Omniglot. The paper's setting is
+the default: one inner step of 0.01, meta-batch 25, Adam 0.001, 70,000 meta-iterations.
+
+The baseline ('pretrained') is the paper's: one network trained on the query points of all tasks
+jointly (MAML with no inner step), then fine-tuned on each task's K points with a step size tuned
+on the validation tasks (the grid --baseline_lrs; the lowest validation error averaged over 1 to
+--num_curve_steps steps).
+
+Each learner is one run folder, results/<study>/<learner> (metrics.csv, checkpoints, TensorBoard,
+model.keras, summary.json with the test error after 0 to --num_curve_steps steps); the study folder
+(default sine_k<K>_seed<seed>) holds the comparison: sine_error_curves.png (the paper's Figure 3),
+sine_fits.png (its Figure 2) and sine_results.md / .csv. Every learner is tested on the same tasks.
+"""
+
+import json
+import os
+import sys
+
+import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import keras
+import numpy as np
+from absl import flags, logging
+
+from fewshot import config, data, errors, experiment, plotting, regression, results, training
+import anil
+import maml
+import meta_sgd
+
+# learner -> (class, first order, the name results give it); 'pretrained' is the baseline.
+LEARNERS = {'maml': (maml.MAML, False, 'MAML'), 'fomaml': (maml.MAML, True, 'FO-MAML'),
+            'meta_sgd': (meta_sgd.MetaSGD, False, 'Meta-SGD'), 'anil': (anil.ANIL, False, 'ANIL'),
+            'pretrained': (maml.MAML, True, 'pretrained, fine-tuned')}
+FIT_STEPS = (0, 1, 10)  # The paper's Figure 2: before adaptation, after 1 and after 10 steps.
+FITS_FILE = 'function_fits.json'
+
+flags.DEFINE_list('learners', list(LEARNERS), f'Learners to train and compare, of {", ".join(LEARNERS)}.')
+flags.register_validator('learners', lambda names: bool(names) and set(names) <= set(LEARNERS),
+                         message=f'--learners: a comma-separated list of {", ".join(LEARNERS)}')
+flags.DEFINE_list('hidden', ['40', '40'], 'Widths of the hidden layers (the paper: 40,40).')
+flags.register_validator('hidden', lambda widths: bool(widths) and all(w.isdigit() and int(w) > 0 for w in widths),
+                         message='--hidden: a comma-separated list of positive layer widths, e.g. 40,40')
+flags.DEFINE_integer('num_eval_points', 100, 'Query points of each validation and test task (training tasks '
+                     'have --num_query, as the paper\'s code: K).', lower_bound=1)
+flags.DEFINE_integer('num_curve_steps', 10, 'Gradient steps of the test curve (0, 1, ..., this many).',
+                     lower_bound=1)
+flags.DEFINE_list('baseline_lrs', ['0.001', '0.003', '0.01', '0.03', '0.1', '0.3'],
+                  "The pretrained baseline's fine-tuning step sizes to choose from on the validation tasks.")
+flags.register_validator('baseline_lrs', lambda rates: bool(rates) and all(_positive(r) for r in rates),
+                         message='--baseline_lrs: a comma-separated list of positive step sizes')
+flags.DEFINE_integer('num_figure_tasks', 3, 'Test tasks drawn in sine_fits.png.', lower_bound=1)
+for _name in ('inner_lr', 'num_inner_steps', 'meta_lr', 'k_shot', 'num_query', 'meta_batch_size', 'num_iterations',
+              'time_budget_minutes', 'val_interval', 'num_val_tasks', 'num_test_tasks', 'eval_seed', 'seed',
+              'results_dir', 'run_name', 'resume', 'overwrite', 'progress'):
+    flags.declare_key_flag(_name)  # The shared flags this command reads, meaning the same.
+FLAGS = flags.FLAGS
+PAPER_SETTING = {'k_shot': 10, 'num_query': 10, 'inner_lr': 0.01, 'num_inner_steps': 1, 'meta_batch_size': 25,
+                 'num_iterations': 70000, 'val_interval': 1000, 'num_val_tasks': 100}
+
+
+def _positive(text):
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+def build(name, inner_lr):
+    """The learner `name` of the flags' network, with inner step size `inner_lr`."""
+    learner_class, first_order, _ = LEARNERS[name]
+    net = regression.MLP(hidden=tuple(int(width) for width in FLAGS.hidden))
+    num_inner_steps = 0 if name == 'pretrained' else FLAGS.num_inner_steps
+    return learner_class(net, net.keras_model(), inner_lr, num_inner_steps, first_order,
+                         keras.optimizers.Adam(FLAGS.meta_lr))
+
+
+def error_curve(learner, batches, num_steps):
+    """(mean [S+1], 95% CI [S+1]) over the tasks of `batches` of the query error after 0..S steps."""
+    errors_by_step = [[] for _ in range(num_steps + 1)]
+    for batch in batches:
+        for step, outputs in enumerate(learner.query_outputs(batch, num_steps)):
+            errors_by_step[step].append(learner.net.task_losses(outputs, batch.query_labels).numpy())
+    pairs = [results.confidence_interval(np.concatenate(step)) for step in errors_by_step]
+    return [mean for mean, _ in pairs], [ci for _, ci in pairs]
+
+
+def tuned_baseline(learner, val_batches):
+    """The pretrained network fine-tuned with the step size of --baseline_lrs that gives the lowest
+    validation error averaged over 1..--num_curve_steps steps: (that learner, the step size)."""
+    chosen = None
+    for rate in sorted(float(r) for r in FLAGS.baseline_lrs):
+        tuned = maml.MAML(learner.net, learner.model, rate, 0, True, keras.optimizers.Adam())
+        with np.errstate(invalid='ignore', over='ignore'):  # A step size too large diverges: infinite error.
+            error = float(np.mean(error_curve(tuned, val_batches, FLAGS.num_curve_steps)[0][1:]))
+        logging.info('Baseline step size %g: validation error %.4f over 1..%d steps', rate, error,
+                     FLAGS.num_curve_steps)
+        if np.isfinite(error) and (chosen is None or error < chosen[0]):
+            chosen = (error, tuned, rate)
+    if chosen is None:
+        raise errors.TrainingError('--baseline_lrs: fine-tuning diverged at every step size; give smaller ones')
+    return chosen[1], chosen[2]
+
+
+def function_fits(learner, figure_tasks):
+    """What sine_fits.png draws for each figure task: its wave on a grid, its K points and the
+    predictions after FIT_STEPS steps."""
+    x_support, y_support, amplitude, phase = figure_tasks
+    grid = np.linspace(*regression.INPUT_RANGE, 200, dtype=np.float32)
+    truth = amplitude[:, None] * np.sin(grid[None] - phase[:, None])
+    num_tasks = len(amplitude)
+    episodes = data.Episodes(x_support, y_support, np.tile(grid[None, :, None], [num_tasks, 1, 1]),
+                                        truth[..., None].astype(np.float32))
+    outputs = learner.query_outputs(data.Episodes(*(np.asarray(x) for x in episodes)), max(FIT_STEPS))
+    return [{'x': grid.tolist(), 'truth': truth[t].tolist(), 'support_x': x_support[t, :, 0].tolist(),
+             'support_y': y_support[t, :, 0].tolist(),
+             'predictions': {step: outputs[step].numpy()[t, :, 0].tolist() for step in FIT_STEPS}}
+            for t in range(num_tasks)]
+
+
+def run_learner(name, study_dir, val_batches, test_batches, figure_tasks, checksum):
+    """Meta-trains (or resumes) the learner `name` in study_dir/name and tests it; its summary."""
+    folder = results.RunFolder(study_dir, name, FLAGS.resume, FLAGS.overwrite, create=False)
+    module = sys.modules[__name__]
+    flag_values, defaults = config.flag_values([module]), config.flag_values([module], 'default')
+    for recorded in (flag_values, defaults):
+        recorded.pop('learners')  # Which learners a study holds may grow; each run is one of them.
+    folder.check_flags(flag_values, defaults)
+    folder.create()
+    algorithm = LEARNERS[name][2]
+    folder.write_hyperparameters(flag_values, {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
+                                               'command': ' '.join(sys.argv)}, defaults)
+    keras.utils.set_random_seed(FLAGS.seed)
+    learner = build(name, FLAGS.inner_lr)
+    schedule = training.Schedule(FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval,
+                                 num_eval_inner_steps=learner.num_inner_steps,
+                                 time_budget_seconds=60 * FLAGS.time_budget_minutes or float('inf'))
+    logging.info('%s: meta-training in %s', algorithm, folder.path)
+    stream = regression.SineSampler(FLAGS.k_shot, FLAGS.num_query, FLAGS.seed)
+    rows = training.train(learner, stream, val_batches, folder, schedule, FLAGS.progress)
+    inner_lr = FLAGS.inner_lr
+    if name == 'pretrained':
+        learner, inner_lr = tuned_baseline(learner, val_batches)
+    means, cis = error_curve(learner, test_batches, FLAGS.num_curve_steps)
+    summary = {'algorithm': algorithm, 'iterations': int(rows[-1]['iteration']),
+               'training_seconds': rows[-1]['seconds'], 'k_shot': FLAGS.k_shot, 'test_tasks': FLAGS.num_test_tasks,
+               'inner_lr': inner_lr, 'test_mse_after_steps': means, 'test_ci95_after_steps': cis}
+    results.write_json(folder.file(results.SUMMARY_FILE), summary)
+    results.write_json(folder.file(FITS_FILE), function_fits(learner, figure_tasks))
+    experiment.save_model(learner.model, folder.file(results.MODEL_FILE))
+    print(f'{algorithm}: test error after 1 step {means[1]:.3f} ± {cis[1]:.3f}, after {FLAGS.num_curve_steps} '
+          f'{means[-1]:.3f} ± {cis[-1]:.3f} ({summary["iterations"]:,} iterations); results in {folder.path}')
+    return summary
+
+
+def write_comparison(study_dir, names):
+    """The study's figures and table, from the learners' run folders alone."""
+    summaries = {name: results.read_json(os.path.join(study_dir, name, results.SUMMARY_FILE)) for name in names}
+    label = {name: summary['algorithm'] for name, summary in summaries.items()}
+    k = next(iter(summaries.values()))['k_shot']
+    plotting.plot_error_curves({label[n]: (s['test_mse_after_steps'], s['test_ci95_after_steps'])
+                                for n, s in summaries.items()},
+                               os.path.join(study_dir, 'sine_error_curves.png'),
+                               f'Sine waves, K = {k}: test error after each gradient step')
+    fits = {}
+    for name in names:
+        with open(os.path.join(study_dir, name, FITS_FILE), encoding='utf-8') as f:
+            fits[label[name]] = [{**task, 'predictions': {int(s): p for s, p in task['predictions'].items()}}
+                                 for task in json.load(f)]
+    plotting.plot_function_fits(fits, os.path.join(study_dir, 'sine_fits.png'),
+                                f'Sine waves, K = {k}: before and after adaptation')
+    rows = [{'learner': label[n], 'iterations': s['iterations'], 'training_seconds': round(s['training_seconds'], 1),
+             'inner_lr': s['inner_lr'], **{f'mse_{step}_steps': s['test_mse_after_steps'][step] for step in (0, 1, -1)},
+             'ci95_1_step': s['test_ci95_after_steps'][1], 'ci95_last_step': s['test_ci95_after_steps'][-1]}
+            for n, s in summaries.items()]
+    results.write_csv(os.path.join(study_dir, 'sine_results.csv'), rows)
+    last = len(next(iter(summaries.values()))['test_mse_after_steps']) - 1
+    lines = [f'| learner | test MSE, 0 steps | 1 step | {last} steps | iterations | training time | step size |',
+             '|---|---|---|---|---|---|---|']
+    for n, s in summaries.items():
+        mse, ci = s['test_mse_after_steps'], s['test_ci95_after_steps']
+        lines.append(f'| {label[n]} | {mse[0]:.3f} ± {ci[0]:.3f} | {mse[1]:.3f} ± {ci[1]:.3f} | '
+                     f'{mse[-1]:.3f} ± {ci[-1]:.3f} | {s["iterations"]:,} | {s["training_seconds"] / 60:.1f} min | '
+                     f'{s["inner_lr"]:g} |')
+    tasks = next(iter(summaries.values()))['test_tasks']
+    results.atomic_write(os.path.join(study_dir, 'sine_results.md'), lambda f: f.write(
+        (f'Sine waves, K = {k}: mean squared error on {tasks} test tasks ({FLAGS.num_eval_points} query points '
+         'each) ± 95% CI, with the machine and flags in each learner\'s hyperparameters.json.\n\n'
+         + '\n'.join(lines) + '\n').encode()))
+
+
+def main(argv):
+    del argv
+    study = FLAGS.run_name or f'sine_k{FLAGS.k_shot}_seed{FLAGS.seed}'
+    if not results.is_run_name(study):
+        raise errors.FlagError(f'--run_name {study!r}: one folder name inside --results_dir, without / and '
+                               'not . or ..')
+    study_dir = os.path.join(FLAGS.results_dir, study)
+    for name in FLAGS.learners:  # Every folder rule is checked before anything trains.
+        results.RunFolder(study_dir, name, FLAGS.resume, FLAGS.overwrite, create=False)
+    # Validation and test tasks come from --eval_seed, apart from the training stream (--seed).
+    val_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed).fixed_batches(
+        FLAGS.num_val_tasks, FLAGS.meta_batch_size)
+    test_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed + 1).fixed_batches(
+        FLAGS.num_test_tasks, FLAGS.meta_batch_size)
+    checksum = experiment.tasks_checksum(val_batches + test_batches)
+    x, y, amplitude, phase = regression.sine_tasks(np.random.default_rng([FLAGS.eval_seed, 2]),
+                                                   FLAGS.num_figure_tasks, FLAGS.k_shot)
+    os.makedirs(study_dir, exist_ok=True)
+    for name in FLAGS.learners:
+        run_learner(name, study_dir, val_batches, test_batches, (x, y, amplitude, phase), checksum)
+    write_comparison(study_dir, FLAGS.learners)
+    print(f'Comparison of {", ".join(FLAGS.learners)}: {study_dir}/sine_results.md, sine_error_curves.png, '
+          'sine_fits.png')
+
+
+if __name__ == '__main__':
+    for _flag, _value in PAPER_SETTING.items():
+        FLAGS.set_default(_flag, _value)
+    errors.run(main)
