@@ -7,8 +7,13 @@
 A task is y = A sin(x − φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5]: K support points to
 adapt on and query points to be scored on, by mean squared error. The network is the paper's
 1-40-40-1 ReLU perceptron, and the learners are the family's own classes (maml.py, meta_sgd.py,
-anil.py), unchanged: only the network and the tasks differ from Omniglot. The paper's setting is
-the default: one inner step of 0.01, meta-batch 25, Adam 0.001, 70,000 meta-iterations.
+anil.py, reptile.py), unchanged: only the network and the tasks differ from Omniglot. The paper's
+setting is the default: one inner step of 0.01, meta-batch 25, Adam 0.001, 70,000 meta-iterations.
+Reptile has no such paper setting here; its flags follow the sine demo of its authors (SGD steps of
+0.02 on minibatches of K points) but with the meta-batch of the others, over which ε = 1 (annealed
+to 0) steps to the tasks' mean, as the batched Reptile of its paper (the demo: one task per
+meta-step and ε = 0.1; measured here at 1,000 iterations, K = 10: ε = 1 reached a test error of 0.45
+after 5 steps, ε = 0.1 2.0).
 
 The baseline ('pretrained') is the paper's: one network trained on the query points of all tasks
 jointly (MAML with no inner step), then fine-tuned on each task's K points with a step size tuned
@@ -34,11 +39,13 @@ from fewshot import config, data, errors, experiment, plotting, regression, resu
 import anil
 import maml
 import meta_sgd
+import reptile
 
 # learner -> (class, first order, the name results give it); 'pretrained' is the baseline.
 LEARNERS = {'maml': (maml.MAML, False, 'MAML'), 'fomaml': (maml.MAML, True, 'FO-MAML'),
             'meta_sgd': (meta_sgd.MetaSGD, False, 'Meta-SGD'), 'anil': (anil.ANIL, False, 'ANIL'),
-            'pretrained': (maml.MAML, True, 'pretrained, fine-tuned')}
+            'reptile': (reptile.Reptile, True, 'Reptile'), 'pretrained': (maml.MAML, True, 'pretrained, fine-tuned')}
+FIXED_ON_RESUME = {'reptile': ('num_iterations',)}  # Its ε anneals over them.
 FIT_STEPS = (0, 1, 10)  # The paper's Figure 2: before adaptation, after 1 and after 10 steps.
 FITS_FILE = 'function_fits.json'
 
@@ -56,6 +63,11 @@ flags.DEFINE_list('baseline_lrs', ['0.001', '0.003', '0.01', '0.03', '0.1', '0.3
                   "The pretrained baseline's fine-tuning step sizes to choose from on the validation tasks.")
 flags.register_validator('baseline_lrs', lambda rates: bool(rates) and all(_positive(r) for r in rates),
                          message='--baseline_lrs: a comma-separated list of positive step sizes')
+flags.DEFINE_float('reptile_inner_lr', 0.02, "Reptile's inner SGD step size (its sine demo's).", lower_bound=1e-12)
+flags.DEFINE_integer('reptile_inner_steps', 5, "Reptile's inner steps in training, on minibatches of K of a task's "
+                     'K + Q points, cyclically.', lower_bound=1)
+flags.DEFINE_float('reptile_meta_step_size', 1.0, "Reptile's outer step size ε, annealed linearly to 0 over "
+                   '--num_iterations.', lower_bound=0)
 flags.DEFINE_integer('num_figure_tasks', 3, 'Test tasks drawn in sine_fits.png.', lower_bound=1)
 for _name in ('inner_lr', 'num_inner_steps', 'meta_lr', 'k_shot', 'num_query', 'meta_batch_size', 'num_iterations',
               'time_budget_minutes', 'val_interval', 'num_val_tasks', 'num_test_tasks', 'eval_seed', 'seed',
@@ -74,9 +86,14 @@ def _positive(text):
 
 
 def build(name, inner_lr):
-    """The learner `name` of the flags' network, with inner step size `inner_lr`."""
+    """The learner `name` of the flags' network, with inner step size `inner_lr` (Reptile: its own flags)."""
     learner_class, first_order, _ = LEARNERS[name]
     net = regression.MLP(hidden=tuple(int(width) for width in FLAGS.hidden))
+    if name == 'reptile':
+        step_size = keras.optimizers.schedules.PolynomialDecay(FLAGS.reptile_meta_step_size,
+                                                               max(FLAGS.num_iterations, 1), 0.0)
+        return reptile.Reptile(net, net.keras_model(), FLAGS.reptile_inner_lr, FLAGS.reptile_inner_steps,
+                               keras.optimizers.SGD(step_size), 'sgd', FLAGS.k_shot)
     num_inner_steps = 0 if name == 'pretrained' else FLAGS.num_inner_steps
     return learner_class(net, net.keras_model(), inner_lr, num_inner_steps, first_order,
                          keras.optimizers.Adam(FLAGS.meta_lr))
@@ -127,7 +144,8 @@ def function_fits(learner, figure_tasks):
 
 def run_learner(name, study_dir, val_batches, test_batches, figure_tasks, checksum):
     """Meta-trains (or resumes) the learner `name` in study_dir/name and tests it; its summary."""
-    folder = results.RunFolder(study_dir, name, FLAGS.resume, FLAGS.overwrite, create=False)
+    folder = results.RunFolder(study_dir, name, FLAGS.resume, FLAGS.overwrite, create=False,
+                               fixed_on_resume=FIXED_ON_RESUME.get(name, ()))
     module = sys.modules[__name__]
     flag_values, defaults = config.flag_values([module]), config.flag_values([module], 'default')
     for recorded in (flag_values, defaults):
@@ -145,7 +163,7 @@ def run_learner(name, study_dir, val_batches, test_batches, figure_tasks, checks
     logging.info('%s: meta-training in %s', algorithm, folder.path)
     stream = regression.SineSampler(FLAGS.k_shot, FLAGS.num_query, FLAGS.seed)
     rows = training.train(learner, stream, val_batches, folder, schedule, FLAGS.progress)
-    inner_lr = FLAGS.inner_lr
+    inner_lr = learner.inner_lr
     if name == 'pretrained':
         learner, inner_lr = tuned_baseline(learner, val_batches)
     means, cis = error_curve(learner, test_batches, FLAGS.num_curve_steps)

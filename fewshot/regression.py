@@ -34,6 +34,7 @@ class MLP:
     inputs: int = 1
     outputs: int = 1
     score_name = 'mse'  # What `task_scores` measures: the metrics' names end in it (query_post_mse).
+    n_way = 1  # A task's examples are one group, not classes (what Reptile's minibatches cycle through).
 
     def keras_model(self):
         """The same network as a Keras model; its trainable weights are the meta-parameters."""

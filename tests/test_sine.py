@@ -30,7 +30,7 @@ def test_every_learner_is_trained_tested_and_compared(tmp_path):
     with open(os.path.join(study, 'sine_results.md'), encoding='utf-8') as f:
         table = f.read()
     summaries = {}
-    for name in ('maml', 'fomaml', 'meta_sgd', 'anil', 'pretrained'):
+    for name in ('maml', 'fomaml', 'meta_sgd', 'anil', 'reptile', 'pretrained'):
         summaries[name] = summary = results.read_json(os.path.join(study, name, results.SUMMARY_FILE))
         assert summary['iterations'] == 6 and summary['k_shot'] == 5 and summary['test_tasks'] == 10
         assert len(summary['test_mse_after_steps']) == len(summary['test_ci95_after_steps']) == 4
@@ -41,7 +41,8 @@ def test_every_learner_is_trained_tested_and_compared(tmp_path):
             fits = json.load(f)
         assert len(fits) == 2 and sorted(fits[0]['predictions']) == ['0', '1', '10']
     assert summaries['pretrained']['inner_lr'] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-    assert {s['inner_lr'] for n, s in summaries.items() if n != 'pretrained'} == {0.01}
+    assert {n: s['inner_lr'] for n, s in summaries.items() if n != 'pretrained'} == {
+        'maml': 0.01, 'fomaml': 0.01, 'meta_sgd': 0.01, 'anil': 0.01, 'reptile': 0.02}
     # One set of validation tasks and one initialisation (the seed) for all: alike before training.
     first = {name: results.read_metrics(os.path.join(study, name, 'metrics.csv'))[0]['val_pre_mse'] for name in summaries}
     assert len(set(first.values())) == 1, first
