@@ -32,15 +32,8 @@ from fewshot.errors import FlagError, SetupError
 BATCH_NORM_EPSILON = 1e-3
 
 
-@dataclasses.dataclass(frozen=True)
-class ConvNet:
-    """Architecture of the few-shot classifier; `forward` is a pure function of its weights."""
-    n_way: int
-    num_filters: int = 64
-    num_blocks: int = 4
-    max_pool: bool = False
-    image_size: int = 28
-    precision: str = 'float32'  # Or 'bfloat16': the blocks' convolutions (see the module's docstring).
+class Classifier:
+    """What a learner asks of a classifier besides its forward: the loss it descends and the score it reports."""
     score_name = 'accuracy'  # What `task_scores` measures: the metrics' names end in it (query_post_accuracy).
 
     @staticmethod
@@ -52,6 +45,17 @@ class ConvNet:
     def task_scores(logits, labels):
         """How well each task is solved: `task_accuracies` [T]."""
         return task_accuracies(logits, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNet(Classifier):
+    """Architecture of the few-shot classifier; `forward` is a pure function of its weights."""
+    n_way: int
+    num_filters: int = 64
+    num_blocks: int = 4
+    max_pool: bool = False
+    image_size: int = 28
+    precision: str = 'float32'  # Or 'bfloat16': the blocks' convolutions (see the module's docstring).
 
     def keras_model(self):
         """The same network as a Keras model; its trainable weights are the meta-parameters."""
@@ -225,7 +229,7 @@ def prototype_head(features, labels, n_way):
 
 
 @dataclasses.dataclass(frozen=True)
-class SmallCNN:
+class SmallCNN(Classifier):
     """The initialization lab's network: conv 32 -> max-pool -> conv 64 -> max-pool -> dense 128
     -> dense n_way, ReLU, no batch norm. `forward` takes per-task weights like `ConvNet.forward`."""
     n_way: int
