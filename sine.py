@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from absl import flags, logging
 
-from fewshot import config, data, errors, experiment, plotting, regression, results, training
+from fewshot import data, errors, experiment, plotting, regression, results, studies, training
 import anil
 import maml
 import meta_sgd
@@ -61,7 +61,7 @@ flags.DEFINE_integer('num_curve_steps', 10, 'Gradient steps of the test curve (0
                      lower_bound=1)
 flags.DEFINE_list('baseline_lrs', ['0.001', '0.003', '0.01', '0.03', '0.1', '0.3'],
                   "The pretrained baseline's fine-tuning step sizes to choose from on the validation tasks.")
-flags.register_validator('baseline_lrs', lambda rates: bool(rates) and all(_positive(r) for r in rates),
+flags.register_validator('baseline_lrs', studies.positive_numbers,
                          message='--baseline_lrs: a comma-separated list of positive step sizes')
 flags.DEFINE_float('reptile_inner_lr', 0.02, "Reptile's inner SGD step size (its sine demo's).", lower_bound=1e-12)
 flags.DEFINE_integer('reptile_inner_steps', 5, "Reptile's inner steps in training, on minibatches of K of a task's "
@@ -76,13 +76,6 @@ for _name in ('inner_lr', 'num_inner_steps', 'meta_lr', 'k_shot', 'num_query', '
 FLAGS = flags.FLAGS
 PAPER_SETTING = {'k_shot': 10, 'num_query': 10, 'inner_lr': 0.01, 'num_inner_steps': 1, 'meta_batch_size': 25,
                  'num_iterations': 70000, 'val_interval': 1000, 'num_val_tasks': 100}
-
-
-def _positive(text):
-    try:
-        return float(text) > 0
-    except ValueError:
-        return False
 
 
 def build(name, inner_lr):
@@ -144,17 +137,9 @@ def function_fits(learner, figure_tasks):
 
 def run_learner(name, study_dir, val_batches, test_batches, figure_tasks, checksum):
     """Meta-trains (or resumes) the learner `name` in study_dir/name and tests it; its summary."""
-    folder = results.RunFolder(study_dir, name, FLAGS.resume, FLAGS.overwrite, create=False,
-                               fixed_on_resume=FIXED_ON_RESUME.get(name, ()))
-    module = sys.modules[__name__]
-    flag_values, defaults = config.flag_values([module]), config.flag_values([module], 'default')
-    for recorded in (flag_values, defaults):
-        recorded.pop('learners')  # Which learners a study holds may grow; each run is one of them.
-    folder.check_flags(flag_values, defaults)
-    folder.create()
     algorithm = LEARNERS[name][2]
-    folder.write_hyperparameters(flag_values, {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
-                                               'command': ' '.join(sys.argv)}, defaults)
+    folder = studies.open_run(study_dir, name, sys.modules[__name__],
+                              {'algorithm': algorithm, 'data_checksum': checksum}, FIXED_ON_RESUME.get(name, ()))
     keras.utils.set_random_seed(FLAGS.seed)
     learner = build(name, FLAGS.inner_lr)
     schedule = training.Schedule(FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval,
@@ -180,13 +165,14 @@ def run_learner(name, study_dir, val_batches, test_batches, figure_tasks, checks
 
 def write_comparison(study_dir, names):
     """The study's figures and table, from the learners' run folders alone."""
-    summaries = {name: results.read_json(os.path.join(study_dir, name, results.SUMMARY_FILE)) for name in names}
+    summaries = studies.summaries(study_dir, names)
     label = {name: summary['algorithm'] for name, summary in summaries.items()}
     k = next(iter(summaries.values()))['k_shot']
-    plotting.plot_error_curves({label[n]: (s['test_mse_after_steps'], s['test_ci95_after_steps'])
-                                for n, s in summaries.items()},
-                               os.path.join(study_dir, 'sine_error_curves.png'),
-                               f'Sine waves, K = {k}: test error after each gradient step')
+    plotting.plot_step_curves({label[n]: (s['test_mse_after_steps'], s['test_ci95_after_steps'])
+                               for n, s in summaries.items()},
+                              os.path.join(study_dir, 'sine_error_curves.png'),
+                              f'Sine waves, K = {k}: test error after each gradient step',
+                              'mean squared error on the query points', 'gradient steps on the K support points')
     fits = {}
     for name in names:
         with open(os.path.join(study_dir, name, FITS_FILE), encoding='utf-8') as f:
@@ -200,29 +186,23 @@ def write_comparison(study_dir, names):
             for n, s in summaries.items()]
     results.write_csv(os.path.join(study_dir, 'sine_results.csv'), rows)
     last = len(next(iter(summaries.values()))['test_mse_after_steps']) - 1
-    lines = [f'| learner | test MSE, 0 steps | 1 step | {last} steps | iterations | training time | step size |',
-             '|---|---|---|---|---|---|---|']
+    table = []
     for n, s in summaries.items():
         mse, ci = s['test_mse_after_steps'], s['test_ci95_after_steps']
-        lines.append(f'| {label[n]} | {mse[0]:.3f} ± {ci[0]:.3f} | {mse[1]:.3f} ± {ci[1]:.3f} | '
-                     f'{mse[-1]:.3f} ± {ci[-1]:.3f} | {s["iterations"]:,} | {s["training_seconds"] / 60:.1f} min | '
-                     f'{s["inner_lr"]:g} |')
+        table.append([label[n], *(f'{mse[step]:.3f} ± {ci[step]:.3f}' for step in (0, 1, -1)), f'{s["iterations"]:,}',
+                      f'{s["training_seconds"] / 60:.1f} min', f'{s["inner_lr"]:g}'])
     tasks = next(iter(summaries.values()))['test_tasks']
-    results.atomic_write(os.path.join(study_dir, 'sine_results.md'), lambda f: f.write(
-        (f'Sine waves, K = {k}: mean squared error on {tasks} test tasks ({FLAGS.num_eval_points} query points '
-         'each) ± 95% CI, with the machine and flags in each learner\'s hyperparameters.json.\n\n'
-         + '\n'.join(lines) + '\n').encode()))
+    studies.write_table(os.path.join(study_dir, 'sine_results.md'),
+                        f'Sine waves, K = {k}: mean squared error on {tasks} test tasks ({FLAGS.num_eval_points} query '
+                        "points each) ± 95% CI, with the machine and flags in each learner's hyperparameters.json.",
+                        ['learner', 'test MSE, 0 steps', '1 step', f'{last} steps', 'iterations', 'training time',
+                         'step size'], table)
 
 
 def main(argv):
     del argv
-    study = FLAGS.run_name or f'sine_k{FLAGS.k_shot}_seed{FLAGS.seed}'
-    if not results.is_run_name(study):
-        raise errors.FlagError(f'--run_name {study!r}: one folder name inside --results_dir, without / and '
-                               'not . or ..')
-    study_dir = os.path.join(FLAGS.results_dir, study)
-    for name in FLAGS.learners:  # Every folder rule is checked before anything trains.
-        results.RunFolder(study_dir, name, FLAGS.resume, FLAGS.overwrite, create=False)
+    study_dir = studies.study_folder(FLAGS.run_name or f'sine_k{FLAGS.k_shot}_seed{FLAGS.seed}', FLAGS.learners,
+                                     FLAGS.resume, FLAGS.overwrite)
     # Validation and test tasks come from --eval_seed, apart from the training stream (--seed).
     val_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed).fixed_batches(
         FLAGS.num_val_tasks, FLAGS.meta_batch_size)
@@ -231,7 +211,6 @@ def main(argv):
     checksum = experiment.tasks_checksum(val_batches + test_batches)
     x, y, amplitude, phase = regression.sine_tasks(np.random.default_rng([FLAGS.eval_seed, 2]),
                                                    FLAGS.num_figure_tasks, FLAGS.k_shot)
-    os.makedirs(study_dir, exist_ok=True)
     for name in FLAGS.learners:
         run_learner(name, study_dir, val_batches, test_batches, (x, y, amplitude, phase), checksum)
     write_comparison(study_dir, FLAGS.learners)

@@ -4,6 +4,8 @@
     errors      the kinds of user error, and `errors.run`, through which every command's main runs
     data        Omniglot: reading, preprocessing, cache, character splits, the episode sampler
     mnist       MNIST for the initialization lab
+    regression  the sine-wave tasks and the MLP regressor over explicit weights
+    navigation  the 2D navigation environment, the Gaussian policy, policy-gradient surrogates
     network     ConvNet and ResNet: a Keras model for storage, a pure forward over explicit weights
     learner     Learner, what every learner shares (theta, meta-optimizer, compiled steps, state);
                 MetricLearner, a learner without an inner loop; --backbone and --meta_lr
@@ -15,6 +17,7 @@
     plotting    figures drawn from a run folder's logs alone
     runs        for tools that train other commands: their flags, reuse and resume in child processes
     comparison  compare.py's table and figures from finished run folders (report.py reads them)
+    studies     a study's folder of learner runs and its table (sine.py, navigation.py)
 
 The package never imports a command (the top-level scripts) but through `commands.find`, which loads
 a learner script by name as a plug-in; commands import the package.

@@ -154,14 +154,14 @@ class Learner:
         and the mean over the T tasks, Σ_c (T_c / T) · chunk c's mean, takes the meta-step.
         """
         episodes, options = _as_tensors(episodes), self.train_step_options()
-        num_tasks = episodes.support_labels.shape[0]
+        num_tasks = _num_tasks(episodes)
         if not self.tasks_per_chunk or self.tasks_per_chunk >= num_tasks:
             return {k: v.numpy() for k, v in self._train_step(episodes, **options).items()}
         total, metrics = None, []
         for start in range(0, num_tasks, self.tasks_per_chunk):
             chunk = type(episodes)(*(x[start:start + self.tasks_per_chunk] for x in episodes))
             gradients, chunk_metrics, measured = self._meta_direction(chunk, **options)
-            weighted = tf.nest.map_structure(lambda x: x * (chunk.support_labels.shape[0] / num_tasks),
+            weighted = tf.nest.map_structure(lambda x: x * (_num_tasks(chunk) / num_tasks),
                                              (gradients, measured))
             total = weighted if total is None else tf.nest.map_structure(tf.add, total, weighted)
             metrics.append(chunk_metrics)
@@ -257,6 +257,11 @@ class MetricLearner(Learner):
     def uniform_scores(scores):
         """Scores that prefer no class, shaped as `scores`."""
         return tf.zeros_like(scores)
+
+
+def _num_tasks(episodes):
+    """T of a meta-batch: every field of one (an `Episodes`, a navigation.py `Tasks`) has the tasks first."""
+    return episodes[0].shape[0]
 
 
 def _as_tensors(episodes):

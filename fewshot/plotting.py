@@ -160,21 +160,52 @@ def plot_grouped_bars(values, path, title, ylabel):
     _save(figure, path)
 
 
-def plot_error_curves(curves, path, title, ylabel='mean squared error on the query points'):
-    """Error after each number of gradient steps, one line with its 95% CI band per learner
-    (the MAML paper's Figure 3): curves {label: (means [S+1], ci95 [S+1])} over steps 0..S."""
+def plot_step_curves(curves, path, title, ylabel, xlabel, bottom=0.0, value_format='.3f'):
+    """A score after each number of gradient steps, one line with its 95% CI band per learner (the
+    MAML paper's Figures 3 and 4): curves {label: (means [S+1], ci95 [S+1])} over steps 0..S.
+    bottom: the y axis' lower limit (None: fitted to the curves, e.g. for negative returns)."""
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     colors = plt.get_cmap('tab10')
     for index, (label, (means, cis)) in enumerate(curves.items()):
         means, cis, steps = np.asarray(means), np.asarray(cis), np.arange(len(means))
         color = colors(index % 10)
         axes.plot(steps, means, marker='o', markersize=3, linewidth=1.4, color=color,
-                  label=f'{label} (after 1 step {means[1]:.3f}, after {steps[-1]} {means[-1]:.3f})')
+                  label=f'{label} (after 1 step {means[1]:{value_format}}, after {steps[-1]} '
+                        f'{means[-1]:{value_format}})')
         axes.fill_between(steps, means - cis, means + cis, color=color, alpha=0.2, linewidth=0)
-    axes.set(xlabel='gradient steps on the K support points', ylabel=ylabel, title=title, ylim=(0, None))
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axes.set_ylim(bottom=bottom)
     axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
-    axes.legend(loc='upper right', fontsize=8)
+    axes.legend(loc='best', fontsize=8)
+    _save(figure, path)
+
+
+def plot_trajectories(paths, path, title):
+    """Trajectories before and after adaptation (the MAML paper's Figure 4, right): one row per
+    learner, one column per goal. paths {learner: (positions [S+1, T, N, H+1, 2], goals [T, 2])},
+    positions of the trajectories sampled before each policy-gradient step s and after the last."""
+    rows, columns = len(paths), max(goals.shape[0] for _, goals in paths.values())
+    figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), dpi=120, squeeze=False)
+    colors = plt.get_cmap('viridis')
+    for row, (learner, (positions, goals)) in enumerate(paths.items()):
+        last = positions.shape[0] - 1
+        for task in range(goals.shape[0]):
+            axes = grid[row, task]
+            for step in (0, last):
+                for n, trajectory in enumerate(positions[step, task]):
+                    axes.plot(trajectory[:, 0], trajectory[:, 1], color=colors(0.85 * step / max(last, 1)),
+                              linewidth=1.0, alpha=0.8,
+                              label=(f'after {step} steps' if step else 'before adaptation') if n == 0 else None)
+            axes.plot(*goals[task], marker='*', markersize=12, color='crimson', linestyle='none', label='goal')
+            axes.plot(0, 0, marker='o', markersize=4, color='black', linestyle='none')
+            axes.set(xlim=(-0.6, 0.6), ylim=(-0.6, 0.6), aspect='equal')
+            axes.tick_params(labelsize=7)
+            axes.grid(alpha=0.3)
+            if task == 0:
+                axes.set_ylabel(learner, fontsize=8)
+        grid[row, 0].legend(loc='lower left', fontsize=6)
+    figure.suptitle(title)
     _save(figure, path)
 
 

@@ -37,11 +37,11 @@ INNER_LR_FILE = 'inner_learning_rates.csv'  # MAML++: learned inner learning rat
 COMPARISON_TASKS_FILE = 'comparison_tasks.csv'  # Transfer vs FO-MAML, per meta-test task.
 # The columns every metrics.csv has; train_<metric> columns follow, by learner.
 def metrics_columns(score):
-    """The columns every metrics.csv row has, for runs validated by `score` ('accuracy', 'mse')."""
+    """The columns every metrics.csv row has, for runs validated by `score` (one of SCORES)."""
     return 'iteration', 'seconds', f'val_pre_{score}', 'val_pre_ci95', f'val_post_{score}', 'val_post_ci95'
 
 
-SCORES = ('accuracy', 'mse')  # Classification's, and a regressor's mean squared error.
+SCORES = ('accuracy', 'mse', 'return')  # Classification's, a regressor's mean squared error, a policy's return.
 METRICS_COLUMNS = metrics_columns('accuracy')
 # Flags that may change when a run is resumed. The data may move (other --data_dir), but
 # its checksum must not change. run_name may too: the folder is the same whether its name
@@ -195,8 +195,8 @@ def read_hyperparameters(run_dir):
         raise RunError(f'{run_dir}: no {HYPERPARAMETERS_FILE}, so it is not a run folder')
     hyperparameters = _require(path, read_json(path), {'flags': dict})
     recorded = hyperparameters['flags']
-    # Every run has K; classification runs have N too (sine.py's regression runs have none).
-    _require(path, recorded, {'k_shot': int, **({'n_way': int} if 'n_way' in recorded else {})})
+    # Few-shot runs have K, classification runs N too (a regression run has no N, navigation.py's neither).
+    _require(path, recorded, {name: int for name in ('k_shot', 'n_way') if name in recorded})
     return hyperparameters
 
 

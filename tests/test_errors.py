@@ -387,6 +387,12 @@ CASES = {
                            r'sine_k10_seed0/maml already exists; pass --resume',
                            lambda w, s: shutil.copytree(w['run'], f'{s}/sine_k10_seed0/maml')),
 
+    # 2D navigation.
+    'navigation: unknown learner': ('navigation.py', ['--learners=maml,nope', '--results_dir={sandbox}'],
+                                    r'--learners: a comma-separated list of maml, pretrained, random', None),
+    'navigation: unknown estimator': ('navigation.py', ['--meta_gradient=dice', '--results_dir={sandbox}'],
+                                      r'--meta_gradient=dice: value should be one of <lvc\|unbiased\|', None),
+
     # The environment.
     'maml: oneDNN off': ('maml.py', MAML, r'TF_ENABLE_ONEDNN_OPTS=0', None, {'env': {'TF_ENABLE_ONEDNN_OPTS': '0'}}),
     'benchmark: oneDNN off': ('benchmark.py', ['--repeats=1'], r'TF_ENABLE_ONEDNN_OPTS=0', None,
