@@ -58,12 +58,6 @@ ESTIMATORS = {
     'no_sampling_term': "the MAML paper's code: the update's ∇² log π term only (biased; for comparison)",
 }
 
-flags.DEFINE_list('learners', list(LEARNERS), f'Learners to train and compare, of {", ".join(LEARNERS)}.')
-flags.register_validator('learners', lambda names: bool(names) and set(names) <= set(LEARNERS),
-                         message=f'--learners: a comma-separated list of {", ".join(LEARNERS)}')
-flags.DEFINE_list('hidden', ['100', '100'], "Widths of the policy's hidden layers (the paper: 100,100).")
-flags.register_validator('hidden', lambda widths: bool(widths) and all(w.isdigit() and int(w) > 0 for w in widths),
-                         message='--hidden: a comma-separated list of positive layer widths, e.g. 100,100')
 flags.DEFINE_integer('num_trajectories', 20, 'Trajectories per task for each policy-gradient step and for the '
                      'post-update return in training (the paper: 20).', lower_bound=2)
 flags.DEFINE_integer('num_eval_trajectories', 40, 'Trajectories per goal and step at validation and test (the '
@@ -71,25 +65,18 @@ flags.DEFINE_integer('num_eval_trajectories', 40, 'Trajectories per goal and ste
 flags.DEFINE_integer('horizon', 100, 'Steps per episode (the paper: 100).', lower_bound=1)
 flags.DEFINE_float('discount', 0.99, 'Discount of the rewards-to-go the policy gradients weigh actions by '
                    '(rllab\'s 0.99); returns are reported undiscounted.', lower_bound=0, upper_bound=1)
-flags.DEFINE_integer('num_curve_steps', 3, 'Policy-gradient steps of the test curve (0, 1, ..., this many; the '
-                     'paper: 3).', lower_bound=1)
-flags.DEFINE_list('baseline_lrs', ['0.01', '0.03', '0.1', '0.3', '1'],
-                  'Fine-tuning step sizes of the pretrained and random policies to choose from on the validation '
-                  'goals.')
-flags.register_validator('baseline_lrs', studies.positive_numbers,
-                         message='--baseline_lrs: a comma-separated list of positive step sizes')
 flags.DEFINE_enum('meta_gradient', 'lvc', list(ESTIMATORS), 'Estimator of the meta-gradient: '
                   + '; '.join(f'{name}: {what}' for name, what in ESTIMATORS.items()) + '.')
-flags.DEFINE_integer('num_figure_tasks', 4, 'Test goals drawn in navigation_trajectories.png.', lower_bound=1)
-for _name in ('inner_lr', 'num_inner_steps', 'meta_lr', 'meta_batch_size', 'num_iterations', 'time_budget_minutes',
-              'val_interval', 'num_val_tasks', 'num_test_tasks', 'eval_seed', 'seed', 'results_dir', 'run_name',
-              'resume', 'overwrite', 'progress'):
+for _name in studies.STUDY_FLAGS + ('inner_lr', 'num_inner_steps', 'meta_lr', 'meta_batch_size', 'num_iterations',
+                                    'time_budget_minutes', 'val_interval', 'num_val_tasks', 'num_test_tasks',
+                                    'eval_seed', 'seed', 'results_dir', 'run_name', 'resume', 'overwrite', 'progress'):
     flags.declare_key_flag(_name)  # The shared flags this command reads, meaning the same.
 FLAGS = flags.FLAGS
-# The paper's inner step and meta-batch; Adam's rate and the iterations measured here (README), since
-# the paper's outer step was TRPO's (100 iterations in its code); its 40 test goals.
-SETTING = {'inner_lr': 0.1, 'num_inner_steps': 1, 'meta_batch_size': 20, 'meta_lr': 0.003,
-           'num_iterations': 500, 'val_interval': 50, 'num_val_tasks': 20, 'num_test_tasks': 40}
+# The paper's policy, inner step, meta-batch, test goals and steps; Adam's rate and the iterations
+# measured here (README), since the paper's outer step was TRPO's (100 iterations in its code).
+SETTING = {'hidden': ['100', '100'], 'inner_lr': 0.1, 'num_inner_steps': 1, 'meta_batch_size': 20, 'meta_lr': 0.003,
+           'num_iterations': 500, 'val_interval': 50, 'num_val_tasks': 20, 'num_test_tasks': 40, 'num_curve_steps': 3,
+           'num_figure_tasks': 4, 'baseline_lrs': ['0.01', '0.03', '0.1', '0.3', '1']}
 
 
 class Tasks(NamedTuple):
@@ -309,8 +296,7 @@ def write_comparison(study_dir, names):
 
 def main(argv):
     del argv
-    study_dir = studies.study_folder(FLAGS.run_name or f'navigation_seed{FLAGS.seed}', FLAGS.learners, FLAGS.resume,
-                                     FLAGS.overwrite)
+    study_dir = studies.study_folder(FLAGS.run_name or f'navigation_seed{FLAGS.seed}', LEARNERS)
     # Validation and test goals come from --eval_seed, apart from the training stream (--seed).
     evaluation = lambda seed, count: GoalSampler(FLAGS.num_curve_steps, FLAGS.num_eval_trajectories,  # noqa: E731
                                                  FLAGS.horizon, seed).fixed_batches(count, FLAGS.meta_batch_size)
@@ -326,6 +312,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    for _flag, _value in SETTING.items():
-        FLAGS.set_default(_flag, _value)
+    studies.set_up(LEARNERS, SETTING)
     errors.run(main)

@@ -49,33 +49,24 @@ FIXED_ON_RESUME = {'reptile': ('num_iterations',)}  # Its ε anneals over them.
 FIT_STEPS = (0, 1, 10)  # The paper's Figure 2: before adaptation, after 1 and after 10 steps.
 FITS_FILE = 'function_fits.json'
 
-flags.DEFINE_list('learners', list(LEARNERS), f'Learners to train and compare, of {", ".join(LEARNERS)}.')
-flags.register_validator('learners', lambda names: bool(names) and set(names) <= set(LEARNERS),
-                         message=f'--learners: a comma-separated list of {", ".join(LEARNERS)}')
-flags.DEFINE_list('hidden', ['40', '40'], 'Widths of the hidden layers (the paper: 40,40).')
-flags.register_validator('hidden', lambda widths: bool(widths) and all(w.isdigit() and int(w) > 0 for w in widths),
-                         message='--hidden: a comma-separated list of positive layer widths, e.g. 40,40')
 flags.DEFINE_integer('num_eval_points', 100, 'Query points of each validation and test task (training tasks '
                      'have --num_query, as the paper\'s code: K).', lower_bound=1)
-flags.DEFINE_integer('num_curve_steps', 10, 'Gradient steps of the test curve (0, 1, ..., this many).',
-                     lower_bound=1)
-flags.DEFINE_list('baseline_lrs', ['0.001', '0.003', '0.01', '0.03', '0.1', '0.3'],
-                  "The pretrained baseline's fine-tuning step sizes to choose from on the validation tasks.")
-flags.register_validator('baseline_lrs', studies.positive_numbers,
-                         message='--baseline_lrs: a comma-separated list of positive step sizes')
 flags.DEFINE_float('reptile_inner_lr', 0.02, "Reptile's inner SGD step size (its sine demo's).", lower_bound=1e-12)
 flags.DEFINE_integer('reptile_inner_steps', 5, "Reptile's inner steps in training, on minibatches of K of a task's "
                      'K + Q points, cyclically.', lower_bound=1)
 flags.DEFINE_float('reptile_meta_step_size', 1.0, "Reptile's outer step size ε, annealed linearly to 0 over "
                    '--num_iterations.', lower_bound=0)
-flags.DEFINE_integer('num_figure_tasks', 3, 'Test tasks drawn in sine_fits.png.', lower_bound=1)
-for _name in ('inner_lr', 'num_inner_steps', 'meta_lr', 'k_shot', 'num_query', 'meta_batch_size', 'num_iterations',
-              'time_budget_minutes', 'val_interval', 'num_val_tasks', 'num_test_tasks', 'eval_seed', 'seed',
-              'results_dir', 'run_name', 'resume', 'overwrite', 'progress'):
+for _name in studies.STUDY_FLAGS + ('inner_lr', 'num_inner_steps', 'meta_lr', 'k_shot', 'num_query', 'meta_batch_size',
+                                    'num_iterations', 'time_budget_minutes', 'val_interval', 'num_val_tasks',
+                                    'num_test_tasks', 'eval_seed', 'seed', 'results_dir', 'run_name', 'resume',
+                                    'overwrite', 'progress'):
     flags.declare_key_flag(_name)  # The shared flags this command reads, meaning the same.
 FLAGS = flags.FLAGS
-PAPER_SETTING = {'k_shot': 10, 'num_query': 10, 'inner_lr': 0.01, 'num_inner_steps': 1, 'meta_batch_size': 25,
-                 'num_iterations': 70000, 'val_interval': 1000, 'num_val_tasks': 100}
+# The paper's setting, with this command's defaults of the shared study flags.
+SETTING = {'k_shot': 10, 'num_query': 10, 'inner_lr': 0.01, 'num_inner_steps': 1, 'meta_batch_size': 25,
+           'num_iterations': 70000, 'val_interval': 1000, 'num_val_tasks': 100, 'hidden': ['40', '40'],
+           'num_curve_steps': 10, 'num_figure_tasks': 3,
+           'baseline_lrs': ['0.001', '0.003', '0.01', '0.03', '0.1', '0.3']}
 
 
 def build(name, inner_lr):
@@ -201,8 +192,7 @@ def write_comparison(study_dir, names):
 
 def main(argv):
     del argv
-    study_dir = studies.study_folder(FLAGS.run_name or f'sine_k{FLAGS.k_shot}_seed{FLAGS.seed}', FLAGS.learners,
-                                     FLAGS.resume, FLAGS.overwrite)
+    study_dir = studies.study_folder(FLAGS.run_name or f'sine_k{FLAGS.k_shot}_seed{FLAGS.seed}', LEARNERS)
     # Validation and test tasks come from --eval_seed, apart from the training stream (--seed).
     val_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed).fixed_batches(
         FLAGS.num_val_tasks, FLAGS.meta_batch_size)
@@ -219,6 +209,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    for _flag, _value in PAPER_SETTING.items():
-        FLAGS.set_default(_flag, _value)
+    studies.set_up(LEARNERS, SETTING)
     errors.run(main)

@@ -9,7 +9,20 @@ trains.
 import os
 import sys
 
+from absl import flags
+
 from fewshot import config, errors, results
+
+
+flags.DEFINE_list('learners', [], "Learners to train and compare (the command's help lists them; default: all).")
+flags.DEFINE_list('hidden', ['40', '40'], "Widths of the network's hidden layers.")
+flags.register_validator('hidden', lambda widths: bool(widths) and all(w.isdigit() and int(w) > 0 for w in widths),
+                         message='--hidden: a comma-separated list of positive layer widths, e.g. 40,40')
+flags.DEFINE_integer('num_curve_steps', 10, 'Adaptation steps of the test curve (0, 1, ..., this many).', lower_bound=1)
+flags.DEFINE_list('baseline_lrs', ['0.001', '0.003', '0.01', '0.03', '0.1', '0.3'],
+                  "The baselines' fine-tuning step sizes, one chosen on the validation tasks.")
+flags.DEFINE_integer('num_figure_tasks', 3, 'Test tasks drawn in the figure of adaptation.', lower_bound=1)
+STUDY_FLAGS = ('learners', 'hidden', 'num_curve_steps', 'baseline_lrs', 'num_figure_tasks')
 
 
 def _positive(text):
@@ -19,19 +32,30 @@ def _positive(text):
         return False
 
 
-def positive_numbers(texts):
-    """True if `texts` (a list flag's values) is a non-empty list of positive numbers."""
-    return bool(texts) and all(_positive(text) for text in texts)
+flags.register_validator('baseline_lrs', lambda rates: bool(rates) and all(_positive(r) for r in rates),
+                         message='--baseline_lrs: a comma-separated list of positive step sizes')
 
 
-def study_folder(name, learners, resume, overwrite):
-    """results_dir/name after checking that every learner's run folder in it can be used as asked."""
+def set_up(learners, defaults):
+    """For a study command, before its flags are parsed: --learners is one or more of `learners`
+    (all by default), and `defaults` (flag name -> value) replace the shared flags' defaults."""
+    flags.FLAGS['learners'].help = f'Learners to train and compare, of {", ".join(learners)}.'
+    for name, value in {'learners': list(learners), **defaults}.items():
+        flags.FLAGS.set_default(name, value)
+
+
+def study_folder(name, learners):
+    """results_dir/name after checking --learners against `learners` and that every chosen learner's
+    run folder in it can be used as --resume and --overwrite ask."""
+    chosen = config.FLAGS.learners
+    if not chosen or not set(chosen) <= set(learners):
+        raise errors.FlagError(f'--learners: a comma-separated list of {", ".join(learners)}')
     if not results.is_run_name(name):
         raise errors.FlagError(f'--run_name {name!r}: one folder name inside --results_dir, without / and '
                                'not . or ..')
     path = os.path.join(config.FLAGS.results_dir, name)
-    for learner in learners:
-        results.RunFolder(path, learner, resume, overwrite, create=False)
+    for learner in chosen:
+        results.RunFolder(path, learner, config.FLAGS.resume, config.FLAGS.overwrite, create=False)
     os.makedirs(path, exist_ok=True)
     return path
 
