@@ -72,6 +72,7 @@ for _name in studies.STUDY_FLAGS + ('inner_lr', 'num_inner_steps', 'meta_lr', 'm
                                     'eval_seed', 'seed', 'results_dir', 'run_name', 'resume', 'overwrite', 'progress'):
     flags.declare_key_flag(_name)  # The shared flags this command reads, meaning the same.
 FLAGS = flags.FLAGS
+FIGURE_TRAJECTORIES = 3  # Per goal and step in navigation_trajectories.png.
 # The paper's policy, inner step, meta-batch, test goals and steps; Adam's rate and the iterations
 # measured here (README), since the paper's outer step was TRPO's (100 iterations in its code).
 SETTING = {'hidden': ['100', '100'], 'inner_lr': 0.1, 'num_inner_steps': 1, 'meta_batch_size': 20, 'meta_lr': 0.003,
@@ -250,7 +251,9 @@ def run_learner(name, study_dir, val_batches, test_batches, figure_tasks):
                'eval_inner_lr': step_size, 'test_return_after_steps': means, 'test_ci95_after_steps': cis}
     results.write_json(folder.file(results.SUMMARY_FILE), summary)
     paths = learner.trajectories(figure_tasks, FLAGS.num_curve_steps)
-    results.atomic_write(folder.file('trajectories.npz'), lambda f: np.savez(f, paths=paths, goals=figure_tasks.goals))
+    # Adapted as at test, on --num_eval_trajectories; FIGURE_TRAJECTORIES of them are drawn.
+    results.atomic_write(folder.file('trajectories.npz'), lambda f: np.savez(
+        f, paths=paths[:, :, :FIGURE_TRAJECTORIES], goals=figure_tasks.goals))
     experiment.save_model(learner.model, folder.file(results.MODEL_FILE))
     learner.save(folder.path)
     print(f'{algorithm}: test return after 0 steps {means[0]:.2f} ± {cis[0]:.2f}, after 1 {means[1]:.2f} ± '
@@ -302,8 +305,8 @@ def main(argv):
                                                  FLAGS.horizon, seed).fixed_batches(count, FLAGS.meta_batch_size)
     val_batches = evaluation(FLAGS.eval_seed, FLAGS.num_val_tasks)
     test_batches = evaluation(FLAGS.eval_seed + 1, FLAGS.num_test_tasks)
-    figure_tasks = GoalSampler(FLAGS.num_curve_steps, 3, FLAGS.horizon, FLAGS.eval_seed + 2).sample(
-        0, FLAGS.num_figure_tasks)
+    figure_tasks = GoalSampler(FLAGS.num_curve_steps, FLAGS.num_eval_trajectories, FLAGS.horizon,
+                               FLAGS.eval_seed + 2).sample(0, FLAGS.num_figure_tasks)
     for name in FLAGS.learners:
         run_learner(name, study_dir, val_batches, test_batches, figure_tasks)
     write_comparison(study_dir, FLAGS.learners)
