@@ -163,7 +163,8 @@ def write_comparison(study_dir, names):
                                for n, s in summaries.items()},
                               os.path.join(study_dir, 'sine_error_curves.png'),
                               f'Sine waves, K = {k}: test error after each gradient step',
-                              'mean squared error on the query points', 'gradient steps on the K support points')
+                              'mean squared error on the query points', 'gradient steps on the K support points',
+                              top=1.2 * max(s['test_mse_after_steps'][0] for s in summaries.values()))
     fits = {}
     for name in names:
         with open(os.path.join(study_dir, name, FITS_FILE), encoding='utf-8') as f:
@@ -180,8 +181,10 @@ def write_comparison(study_dir, names):
     table = []
     for n, s in summaries.items():
         mse, ci = s['test_mse_after_steps'], s['test_ci95_after_steps']
-        table.append([label[n], *(f'{mse[step]:.3f} ± {ci[step]:.3f}' for step in (0, 1, -1)), f'{s["iterations"]:,}',
-                      f'{s["training_seconds"] / 60:.1f} min', f'{s["inner_lr"]:g}'])
+        # A learned step (Meta-SGD's) repeated past the steps it was trained for can overflow.
+        cells = [f'{mse[step]:.3f} ± {ci[step]:.3f}' if np.isfinite(mse[step]) else 'diverged' for step in (0, 1, -1)]
+        table.append([label[n], *cells, f'{s["iterations"]:,}', f'{s["training_seconds"] / 60:.1f} min',
+                      f'{s["inner_lr"]:g}'])
     tasks = next(iter(summaries.values()))['test_tasks']
     studies.write_table(os.path.join(study_dir, 'sine_results.md'),
                         f'Sine waves, K = {k}: mean squared error on {tasks} test tasks ({FLAGS.num_eval_points} query '

@@ -160,21 +160,22 @@ def plot_grouped_bars(values, path, title, ylabel):
     _save(figure, path)
 
 
-def plot_step_curves(curves, path, title, ylabel, xlabel, bottom=0.0, value_format='.3f'):
+def plot_step_curves(curves, path, title, ylabel, xlabel, bottom=0.0, top=None, value_format='.3f'):
     """A score after each number of gradient steps, one line with its 95% CI band per learner (the
     MAML paper's Figures 3 and 4): curves {label: (means [S+1], ci95 [S+1])} over steps 0..S.
-    bottom: the y axis' lower limit (None: fitted to the curves, e.g. for negative returns)."""
+    bottom, top: the y axis' limits (None: fitted to the curves); a `top` keeps one diverging curve
+    from flattening the others (the legend says 'diverged' where a value is not finite)."""
+    shown = lambda value: f'{value:{value_format}}' if np.isfinite(value) else 'diverged'  # noqa: E731
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     colors = plt.get_cmap('tab10')
     for index, (label, (means, cis)) in enumerate(curves.items()):
         means, cis, steps = np.asarray(means), np.asarray(cis), np.arange(len(means))
         color = colors(index % 10)
         axes.plot(steps, means, marker='o', markersize=3, linewidth=1.4, color=color,
-                  label=f'{label} (after 1 step {means[1]:{value_format}}, after {steps[-1]} '
-                        f'{means[-1]:{value_format}})')
+                  label=f'{label} (after 1 step {shown(means[1])}, after {steps[-1]} {shown(means[-1])})')
         axes.fill_between(steps, means - cis, means + cis, color=color, alpha=0.2, linewidth=0)
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    axes.set_ylim(bottom=bottom)
+    axes.set_ylim(bottom=bottom, top=top)
     axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(loc='best', fontsize=8)
