@@ -154,6 +154,7 @@ COMMANDS = {**{script: ['--num_inner_steps=1'] if commands.find(script[:-3], 'sc
                 else [] for script in LEARNER_SCRIPTS},
             'maml_plusplus.py': ['--num_inner_steps=1', '--cosine_annealing=false']}
 COMMANDS['reptile.py'].append('--final_meta_step_size=1')  # A constant ε: an annealed one fixes --num_iterations.
+COMMANDS['reptile.py'].append('--num_eval_inner_steps=2')  # Its default 50 steps cost a minute, proving nothing more.
 
 
 def test_the_contract_covers_every_learner_command():
