@@ -6,6 +6,7 @@
     python benchmark.py --precision bfloat16  # mixed precision (fast only with native bfloat16)
     python benchmark.py --algorithms maml --orders second --tasks_per_chunk 8   # bounded memory
     python benchmark.py --algorithms maml --profile                      # where the time goes
+    python benchmark.py --algorithms maml --strategy mirrored --cpu_replicas 2   # the meta-batch on 2 replicas
     python benchmark.py --algorithms maml --peer ~/.cache/peers/l2l/bin/python   # beside learn2learn
 
 It prints the CPU (model, and whether it computes bfloat16 natively) and the measured peak of a
@@ -42,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, data, errors, experiment, machine, network, profiling, training
+from fewshot import commands, data, distribution, errors, experiment, machine, network, profiling, training
 from fewshot import runs  # noqa: F401  (defines --algorithms)
 import maml  # noqa: F401  (MAML's flags, which set what is timed)
 import maml_plusplus
@@ -62,7 +63,8 @@ flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <
                          message='--orders: a list of first, second')
 PLUS_PLUS = ('maml++', 'maml++ with MSL')  # MAML++ held at one derivative order, without or with MSL.
 SETTING = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
-           'num_inner_steps', 'meta_lr', 'precision', 'tasks_per_chunk')  # Shared flags that set what is timed.
+           'num_inner_steps', 'meta_lr', 'precision', 'tasks_per_chunk',
+           'strategy', 'cpu_replicas')  # Shared flags that set what is timed.
 for _name in SETTING:
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -135,7 +137,10 @@ def measure(what):
     """Times meta-iterations of one "algorithm:order" in this process; returns a dict of figures."""
     algorithm, order = what.split(':')
     first_order = order == 'first'
-    net, learner = build(algorithm, first_order)
+    cluster = distribution.cluster_from_flags()  # First: TensorFlow must not have started yet.
+    cluster.check_meta_batch(FLAGS.meta_batch_size)
+    with cluster.scope():
+        net, learner = build(algorithm, first_order)
     images = np.random.default_rng(0).random((200, 20, 28, 28)).astype(np.float32)
     sampler = data.EpisodeSampler(images, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, seed=0)
     batches = [sampler.sample(i, FLAGS.meta_batch_size) for i in range(FLAGS.repeats + 2)]
@@ -150,7 +155,8 @@ def measure(what):
         seconds.append(time.perf_counter() - start)
     figures = {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds),
                'min_seconds': min(seconds), 'first_call_seconds': first_call,
-               'peak_rss_gb': training.peak_memory_gb(), 'macs': meta_iteration_macs(net, first_order)}
+               'peak_rss_gb': training.peak_memory_gb(), 'macs': meta_iteration_macs(net, first_order),
+               'replicas': cluster.num_replicas}
     if FLAGS.profile:
         figures['profile'] = profile(net, learner, batches[-1])
     return figures
@@ -221,8 +227,9 @@ def main(argv):
             raise errors.FlagError(f'--peer_script: {FLAGS.peer_script} does not exist (see ../shared/peers/README.md)')
         if not shutil.which(os.path.expanduser(FLAGS.peer)):
             raise errors.FlagError(f'--peer: {FLAGS.peer} is not a program (a Python with learn2learn is expected)')
-    if FLAGS.profile and FLAGS.tasks_per_chunk:
-        raise errors.FlagError('--profile: profiles a meta-iteration computed at once; drop --tasks_per_chunk')
+    if FLAGS.profile and (FLAGS.tasks_per_chunk or FLAGS.strategy != 'default'):
+        raise errors.FlagError('--profile: profiles a meta-iteration computed at once in one process; drop '
+                               '--tasks_per_chunk and --strategy')
     # What each measurement needs (a flag without a value, --tasks_per_chunk's default, serializes to '').
     passed = [flag for flag in (FLAGS[name].serialize() for name in ('repeats', 'profile', *SETTING)) if flag]
 
@@ -249,7 +256,11 @@ def main(argv):
             seconds = figures['median_seconds']
             line = (f'{algorithm:>15}, {order:>6} order: median {seconds:.3f} s/iteration '
                     f'(min {figures["min_seconds"]:.3f}, first call with tracing '
-                    f'{figures["first_call_seconds"]:.1f} s), peak memory {figures["peak_rss_gb"]:.2f} GB')
+                    f'{figures["first_call_seconds"]:.1f} s), {FLAGS.meta_batch_size / seconds:.1f} tasks/s, '
+                    f'peak memory {figures["peak_rss_gb"]:.2f} GB')
+            if FLAGS.strategy != 'default':
+                line += f'; --strategy {FLAGS.strategy}, {figures["replicas"]} replicas'
+
             if algorithm == 'maml':
                 maml_seconds[order] = seconds
                 bound = figures['macs'] / peaks[FLAGS.precision]

@@ -31,10 +31,11 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, errors
+from fewshot import commands, config, distribution, errors
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 OWN_MAML_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'meta_lr', 'backbone')  # Not the order.
 for _name in OWN_MAML_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.

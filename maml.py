@@ -13,9 +13,10 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, errors, learner, network
+from fewshot import commands, config, distribution, errors, learner, network
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 flags.adopt_module_key_flags(learner)  # --backbone and --meta_lr.
 
 flags.DEFINE_float('inner_lr', 0.4, 'Inner-loop SGD learning rate (alpha).', lower_bound=1e-12)

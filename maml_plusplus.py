@@ -39,10 +39,11 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import config, errors, experiment, network, plotting, results
+from fewshot import config, distribution, errors, experiment, network, plotting, results
 import maml
 
 flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 for _name in ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'meta_lr'):
     flags.declare_key_flag(_name)  # MAML's flags that mean the same here.
 flags.DEFINE_boolean('msl', True, 'Multi-step loss (MSL).')

@@ -20,10 +20,11 @@ import keras
 import numpy as np
 from absl import flags
 
-from fewshot import commands, config, errors, network, plotting, results
+from fewshot import commands, config, distribution, errors, network, plotting, results
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 

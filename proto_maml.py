@@ -23,10 +23,11 @@ import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, errors, network
+from fewshot import commands, config, distribution, errors, network
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 

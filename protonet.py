@@ -31,9 +31,10 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, data, errors, experiment, learner, network
+from fewshot import commands, config, data, distribution, errors, experiment, learner, network
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 flags.adopt_module_key_flags(learner)  # --backbone and --meta_lr.
 flags.DEFINE_integer('train_n_way', 0, 'Classes per meta-training task (0: --n_way). The paper trains '
                      'Omniglot 60-way for 5-way testing: about 12 times the images per task here.', lower_bound=0)

@@ -28,9 +28,10 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, errors, learner, network
+from fewshot import commands, config, distribution, errors, learner, network
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 flags.adopt_module_key_flags(learner)  # --backbone and --meta_lr.
 FLAGS = flags.FLAGS
 

@@ -40,10 +40,11 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, data, errors
+from fewshot import commands, config, data, distribution, errors
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
+flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 OWN_MAML_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'backbone')  # Not the order, nor Adam's β.
 for _name in OWN_MAML_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here (--inner_lr: the inner optimizer's).

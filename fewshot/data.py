@@ -329,6 +329,16 @@ class Episodes(NamedTuple):
     query_labels: np.ndarray
 
 
+def num_tasks(batch):
+    """T of a meta-batch: every field of one (an `Episodes`, a navigation.py `Tasks`) has the tasks first."""
+    return batch[0].shape[0]
+
+
+def task_slice(batch, start, stop):
+    """The tasks [start, stop) of a meta-batch, of the same type."""
+    return type(batch)(*(x[start:stop] for x in batch))
+
+
 def check_task_shape(num_classes, n_way, k_shot, num_query, split_name, n_way_flag='--n_way'):
     """Raises DataError unless a split of `num_classes` characters can make such tasks
     (n_way_flag: the flag that chose `n_way`, for the message)."""

@@ -4,16 +4,19 @@ Every experiment script (maml.py, maml_plusplus.py, ...) defines its own flags
 and a function building its learner, and hands both to `run`.
 """
 
+import atexit
 import dataclasses
 import hashlib
+import shutil
 import sys
+import tempfile
 from typing import NamedTuple
 
 import keras
 import numpy as np
 from absl import logging
 
-from fewshot import config, data, machine, network, plotting, results, training
+from fewshot import config, data, distribution, machine, network, plotting, results, training
 from fewshot.errors import FlagError
 
 FLAGS = config.FLAGS
@@ -88,6 +91,20 @@ def log_precision():
     logging.info('Precision %s (--precision); %s %s', FLAGS.precision, machine.cpu_model(), support)
 
 
+def _results_dir_and_resume(cluster):
+    """(results folder, resume, overwrite) for this process's `RunFolder`: the flags' on the chief.
+
+    Every other process of a cluster runs the same code but writes into a temporary folder of its
+    own, removed when it exits: the chief's folder is the run's, and there the other processes write
+    nothing (they may not even share its file system).
+    """
+    if cluster.is_chief:
+        return FLAGS.results_dir, FLAGS.resume, FLAGS.overwrite
+    folder = tempfile.mkdtemp(prefix='fewshot-worker-')
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder, False, False
+
+
 class Outcome(NamedTuple):
     """What `run` produced: the summary (also in summary.json), the trained learner, the splits
     and the run folder, for scripts that do more afterwards."""
@@ -116,11 +133,13 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     Returns:
       An `Outcome`.
     """
+    cluster = distribution.cluster_from_flags()  # First: TensorFlow must not have started yet.
     # Everything that can be checked is checked before the data is loaded and the folder made.
+    cluster.check_meta_batch(FLAGS.meta_batch_size)
     network.check_grouped_convolutions()
-    run_folder = results.RunFolder(FLAGS.results_dir, FLAGS.run_name or default_run_name,
-                                   FLAGS.resume, FLAGS.overwrite, create=False,
-                                   fixed_on_resume=fixed_on_resume)
+    results_dir, resume, overwrite = _results_dir_and_resume(cluster)
+    run_folder = results.RunFolder(results_dir, FLAGS.run_name or default_run_name, resume, overwrite,
+                                   create=False, fixed_on_resume=fixed_on_resume)
     restore_flags(run_folder)
     modules = [config] + list(flag_modules)
     flag_values, flag_defaults = config.flag_values(modules), config.flag_values(modules, 'default')
@@ -129,6 +148,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         raise FlagError(f'--memory_budget_gb {FLAGS.memory_budget_gb:g}: this process already holds '
                         f'{training.peak_memory_gb():.2f} GB before any data or learner')
     splits, checksum = load_splits()
+    cluster.check_same({**{name: value for name, value in flag_values.items() if name not in distribution.LOCAL_FLAGS},
+                        'data (its checksum)': checksum})
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
     train_stream = training_stream(splits)
@@ -142,7 +163,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
          **(extra or {})}, flag_defaults)
     log_precision()
     keras.utils.set_random_seed(FLAGS.seed)
-    learner = build(splits)
+    with cluster.scope():
+        learner = build(splits)
     if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
         learner.tasks_per_chunk = FLAGS.tasks_per_chunk
         if FLAGS.memory_budget_gb:
@@ -153,7 +175,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
     if FLAGS.time_budget_minutes:
         schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
-    rows = training.train(learner, train_stream, val_batches, run_folder, schedule, FLAGS.progress)
+    rows = training.train(learner, train_stream, val_batches, run_folder, schedule,
+                          FLAGS.progress and cluster.is_chief, cluster)
 
     logging.info('Meta-testing on %d tasks', FLAGS.num_test_tasks)
     test = training.evaluate(learner, test_batches, num_eval_inner_steps)
@@ -170,6 +193,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
     save_model(learner.model, run_folder.file(results.MODEL_FILE))
     plotting.plot_run(run_folder.path)
+    if not cluster.is_chief:
+        return Outcome(summary, learner, splits, run_folder)
     print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '
           f'± {summary["test_post_ci95"]:.2%} over {FLAGS.num_test_tasks} tasks '
           f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')

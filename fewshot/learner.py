@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from fewshot import errors, experiment, network, results, training
+from fewshot import data, distribution, errors, experiment, network, results, training
 
 flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
                   "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
@@ -69,6 +69,9 @@ class Learner:
         # fewer bound the memory of the meta-step, which stays the same.
         self.tasks_per_chunk = None
         meta_optimizer.build(list(self.params.values()))
+        # Built inside a tf.distribute strategy's scope, the meta-batch is split across its replicas.
+        self.replicated = distribution.Replicated(self, tf.distribute.get_strategy()) \
+            if tf.distribute.has_strategy() else None
         self._train_step = tf.function(self.train_step)
         self._meta_direction = tf.function(self.meta_direction)
         self._update = tf.function(self.update)
@@ -151,17 +154,20 @@ class Learner:
 
         With `tasks_per_chunk` below the meta-batch's T tasks, the direction of each chunk is
         computed in turn (one compiled call each, so that only one chunk's activations are alive)
-        and the mean over the T tasks, Σ_c (T_c / T) · chunk c's mean, takes the meta-step.
+        and the mean over the T tasks, Σ_c (T_c / T) · chunk c's mean, takes the meta-step. Across
+        the replicas of a tf.distribute strategy the tasks are split the same way (distribution.py).
         """
         episodes, options = _as_tensors(episodes), self.train_step_options()
-        num_tasks = _num_tasks(episodes)
+        if self.replicated:
+            return self.replicated.meta_train_step(episodes, options)
+        num_tasks = data.num_tasks(episodes)
         if not self.tasks_per_chunk or self.tasks_per_chunk >= num_tasks:
             return {k: v.numpy() for k, v in self._train_step(episodes, **options).items()}
         total, metrics = None, []
         for start in range(0, num_tasks, self.tasks_per_chunk):
-            chunk = type(episodes)(*(x[start:start + self.tasks_per_chunk] for x in episodes))
+            chunk = data.task_slice(episodes, start, start + self.tasks_per_chunk)
             gradients, chunk_metrics, measured = self._meta_direction(chunk, **options)
-            weighted = tf.nest.map_structure(lambda x: x * (_num_tasks(chunk) / num_tasks),
+            weighted = tf.nest.map_structure(lambda x: x * (data.num_tasks(chunk) / num_tasks),
                                              (gradients, measured))
             total = weighted if total is None else tf.nest.map_structure(tf.add, total, weighted)
             metrics.append(chunk_metrics)
@@ -193,6 +199,8 @@ class Learner:
 
     def evaluate(self, episodes, num_steps=0):
         """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""
+        if self.replicated:
+            return self.replicated.evaluate(_as_tensors(episodes), num_steps)
         return {k: v.numpy() for k, v in self._test_step(_as_tensors(episodes), num_steps).items()}
 
 
@@ -257,11 +265,6 @@ class MetricLearner(Learner):
     def uniform_scores(scores):
         """Scores that prefer no class, shaped as `scores`."""
         return tf.zeros_like(scores)
-
-
-def _num_tasks(episodes):
-    """T of a meta-batch: every field of one (an `Episodes`, a navigation.py `Tasks`) has the tasks first."""
-    return episodes[0].shape[0]
 
 
 def _as_tensors(episodes):

@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from fewshot import results
+from fewshot import distribution, results
 from fewshot.errors import TrainingError
 
 
@@ -65,7 +65,20 @@ def finiteness_check(variables):
     return lambda: bool(all_finite())
 
 
-def train(learner, train_sampler, val_batches, run, schedule, progress=True):
+def chief_resume_point(cluster, start, rows, columns):
+    """(start, rows) of `RunFolder.resume_point` as the chief read them, on every process of `cluster`:
+    another process has no run folder, and learns the iteration and the last row (for the time
+    budget) from the chief."""
+    if cluster.num_workers == 1:
+        return start, rows
+    last = [float(rows[-1].get(column, math.nan)) if rows else math.nan for column in columns]
+    start, has_rows, last = cluster.broadcast([np.int64(start), np.int64(bool(rows)), np.array(last)])
+    if cluster.is_chief:
+        return int(start), rows
+    return int(start), ([dict(zip(columns, last.tolist()))] if has_rows else [])
+
+
+def train(learner, train_sampler, val_batches, run, schedule, progress=True, cluster=distribution.Cluster()):
     """Meta-trains `learner`, resuming from the run's checkpoint if there is one.
 
     Meta-batch i is `train_sampler.sample(i, T)`, so a resumed run sees the same
@@ -73,6 +86,10 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
     validation tasks are evaluated, a row is added to metrics.csv (with the mean
     of each training metric since the previous row, as train_<name>) and the
     state is checkpointed (metrics first: a run killed in between redoes that row).
+
+    On a `distribution.Cluster` of several processes, each runs this loop in step with the others
+    (every meta-step and evaluation is a collective operation) and starts where the chief's run
+    folder says, from the chief's weights; only the chief's `run` is the run's folder.
 
     Returns:
       The metrics rows, one per validation.
@@ -82,6 +99,8 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
     variables = learner.state_variables()
     start, rows = run.resume_point()
     run.restore_checkpoint(variables)
+    start, rows = chief_resume_point(cluster, start, rows, columns)
+    cluster.broadcast_variables(variables)
     state_is_finite = finiteness_check(list(variables.values()))
     if start:
         logging.info('Resuming %s from iteration %d', run.path, start)
@@ -92,7 +111,9 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True):
         val = evaluate(learner, val_batches, schedule.num_eval_inner_steps)
         pre, pre_ci = results.confidence_interval(val[f'query_pre_{score}'])
         post, post_ci = results.confidence_interval(val[f'query_post_{score}'])
-        row = {'iteration': iteration, 'seconds': elapsed + time.perf_counter() - clock,
+        # The chief's clock: every process must make the same time-budget decision.
+        seconds, = cluster.broadcast([elapsed + time.perf_counter() - clock])
+        row = {'iteration': iteration, 'seconds': float(seconds),
                f'val_pre_{score}': pre, 'val_pre_ci95': pre_ci,
                f'val_post_{score}': post, 'val_post_ci95': post_ci}
         for name in learner.train_metrics:

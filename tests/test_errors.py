@@ -393,6 +393,18 @@ CASES = {
     'navigation: unknown estimator': ('navigation.py', ['--meta_gradient=dice', '--results_dir={sandbox}'],
                                       r'--meta_gradient=dice: value should be one of <lvc\|unbiased\|', None),
 
+    # Distribution (tf.distribute). TINY's meta-batch is 2 tasks.
+    'maml: replicas do not divide the meta-batch': ('maml.py', [*MAML, '--strategy=mirrored', '--cpu_replicas=3'],
+                                                    r'--meta_batch_size 2: the 3 replicas of --strategy mirrored '
+                                                    r'must divide it', None),
+    'maml: multi_worker without TF_CONFIG': ('maml.py', [*MAML, '--strategy=multi_worker'],
+                                             r'--strategy multi_worker: the TF_CONFIG environment variable is not '
+                                             r'set', None, {'env': {'TF_CONFIG': ''}}),
+    'protonet: malformed TF_CONFIG': ('protonet.py', [*NO_INNER_LOOP, '--strategy=multi_worker'],
+                                      r'TF_CONFIG is not a cluster description for --strategy multi_worker: '
+                                      r'.*\[1\]', None,
+                                      {'env': {'TF_CONFIG': '{"cluster": [1]'}}),
+
     # The environment.
     'maml: oneDNN off': ('maml.py', MAML, r'TF_ENABLE_ONEDNN_OPTS=0', None, {'env': {'TF_ENABLE_ONEDNN_OPTS': '0'}}),
     'benchmark: oneDNN off': ('benchmark.py', ['--repeats=1'], r'TF_ENABLE_ONEDNN_OPTS=0', None,
