@@ -12,6 +12,8 @@
     commands    Command, what a learner script says about itself; run (a learner from the flags),
                 find (a learner script by name, the one place the package loads a command)
     training    the meta-training loop: validation, checkpoints, the finite-state guard, TensorBoard
+    distribution  --strategy: a meta-batch's tasks across the replicas of a tf.distribute strategy,
+                the processes of a cluster kept in step (the chief writes the run folder)
     experiment  one run from flags: data -> learner -> training -> meta-test -> run folder
     results     the run folder: atomic writes, readers that name damage, checkpoints by name
     plotting    figures drawn from a run folder's logs alone

@@ -158,8 +158,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         flag_values,
         {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
          'task_checksums': {'val': tasks_checksum(val_batches), 'test': tasks_checksum(test_batches)},
-         'command': ' '.join(sys.argv), 'classes': {'train': len(splits.train),
-                                                    'val': len(splits.val), 'test': len(splits.test)},
+         'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
+         'classes': {'train': len(splits.train), 'val': len(splits.val), 'test': len(splits.test)},
          **(extra or {})}, flag_defaults)
     log_precision()
     keras.utils.set_random_seed(FLAGS.seed)

@@ -47,9 +47,11 @@ METRICS_COLUMNS = metrics_columns('accuracy')
 # its checksum must not change. run_name may too: the folder is the same whether its name
 # was given (as stability.py does) or derived from the other flags. tasks_per_chunk and
 # memory_budget_gb change only the memory a meta-step takes (and the order of a sum), e.g. on
-# another machine.
+# another machine; strategy and cpu_replicas only where its tasks are computed (a run outgrowing
+# one machine continues on a cluster).
 RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress', 'data_dir', 'cache_dir',
-                               'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb'})
+                               'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb',
+                               'strategy', 'cpu_replicas'})
 
 
 @contextlib.contextmanager
