@@ -3,6 +3,7 @@
 import io
 import os
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -93,3 +94,17 @@ def real_omniglot(real_omniglot_dir, tmp_path_factory):
     # The project's own cache folder: built once, shared with the scripts (and git-ignored).
     cache = os.environ.get('OMNIGLOT_TEST_CACHE') or os.path.join(REPO, 'data')
     return data.load_omniglot(real_omniglot_dir, cache)
+
+
+def wait_for_checkpoint(process, checkpoint, iteration, timeout=240):
+    """Waits until the run of `process` has checkpointed `iteration` or later in the file `checkpoint`,
+    or has ended, or `timeout` seconds have passed (the caller checks which)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        try:
+            with np.load(checkpoint) as saved:
+                if int(saved['iteration']) >= iteration:
+                    return
+        except (OSError, ValueError, KeyError, EOFError):  # Not written yet, or being replaced.
+            pass
+        time.sleep(0.05)

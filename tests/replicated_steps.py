@@ -22,6 +22,7 @@ tf.config.set_logical_device_configuration(tf.config.list_physical_devices('CPU'
 from maml_plusplus import Fixes  # noqa: E402
 from test_maml import _episodes, _maml  # noqa: E402
 from test_maml_plusplus import _learner as _maml_plusplus  # noqa: E402
+from test_protonet import _protonet  # noqa: E402
 
 LEARNERS = {
     'FO-MAML': lambda: _maml(first_order=True, num_inner_steps=1),
@@ -30,6 +31,7 @@ LEARNERS = {
     # second order; the multi-step loss and the running batch-norm statistics (what `measured`
     # carries across the replicas) throughout.
     'MAML++': lambda: _maml_plusplus(Fixes(da_iterations=1)),
+    'ProtoNet': lambda: _protonet(n_way=2),  # A learner of another shape: no inner loop.
 }
 
 

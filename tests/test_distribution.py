@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from conftest import wait_for_checkpoint
 from fewshot import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,15 +22,16 @@ TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_b
 
 
 def test_replicas_take_the_one_process_meta_step():
-    """MirroredStrategy over two logical CPU devices, for MAML at first and second order and MAML++
-    (its first meta-step first order, the others second order): the state (weights, MAML++'s
-    running statistics, the optimizer's) after the first and the tenth meta-step, and the per-task
-    metrics of each and of an evaluation of five tasks, equal one process's within float32 tolerance."""
+    """MirroredStrategy over two logical CPU devices, for MAML at first and second order, MAML++
+    (its first meta-step first order, the others second order) and the Prototypical Network: the
+    state (weights, MAML++'s running statistics, the optimizer's) after the first and the tenth
+    meta-step, and the per-task metrics of each and of an evaluation of five tasks, equal one
+    process's within float32 tolerance."""
     result = subprocess.run([sys.executable, os.path.join(HERE, 'replicated_steps.py')], capture_output=True,
                             text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert sorted(report) == ['FO-MAML', 'MAML', 'MAML++']
+    assert sorted(report) == ['FO-MAML', 'MAML', 'MAML++', 'ProtoNet']
     for learner, runs in report.items():
         assert runs['replicas'] == 2, learner
         for when, single, replicated in zip(('first', 'tenth'), runs['single'], runs['replicated']):
@@ -65,10 +67,10 @@ def _maml(synthetic_dir, results_dir, cache_dir, *flags):
 
 
 def _start_cluster(command, tmp_path, attempt):
-    """Two worker processes of `command` on 127.0.0.1: (chief, worker). The worker is given results
-    and temporary folders of its own, which must stay empty."""
+    """Two worker processes of `command` on 127.0.0.1, the chief first, each (process, its stderr file).
+    The worker is given results and temporary folders of its own."""
     hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
-    processes = []
+    started = []
     for index in range(2):
         env = {**os.environ, 'TF_CONFIG': json.dumps({'cluster': {'worker': hosts},
                                                       'task': {'type': 'worker', 'index': index}})}
@@ -78,24 +80,24 @@ def _start_cluster(command, tmp_path, attempt):
             env['TMPDIR'] = str(tmp_path / f'worker_tmp{attempt}')
             argv = [f'--results_dir={tmp_path}/worker_results' if a.startswith('--results_dir=') else a
                     for a in argv]
-        processes.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
-    return processes
+        # A file, not a pipe: a pipe nobody reads while the run goes on could fill and stop it.
+        log = tmp_path / f'stderr{attempt}_{index}'
+        with open(log, 'w') as stderr:
+            started.append((subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr), log))
+    return started
 
 
-def _finish(processes, timeout=300):
-    """(return code, stderr) of each process; none outlives the test."""
-    outcomes = []
+def _finish(started, timeout=300):
+    """(return code, stderr) of each process of `_start_cluster`; none outlives the test."""
     try:
-        for process in processes:
-            _, stderr = process.communicate(timeout=timeout)
-            outcomes.append((process.returncode, stderr))
+        for process, _ in started:
+            process.wait(timeout=timeout)
     finally:
-        for process in processes:
+        for process, _ in started:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    return outcomes
+    return [(process.returncode, log.read_text()) for process, log in started]
 
 
 def _metrics(path):
@@ -111,20 +113,13 @@ def test_two_workers_train_as_one_process_stop_together_and_resume(synthetic_dir
 
     # A cluster of two, its worker killed after a checkpoint past the start.
     command = _maml(synthetic_dir, tmp_path / 'cluster', cache, '--num_iterations=40', '--strategy=multi_worker')
-    chief, worker = _start_cluster(command, tmp_path, 0)
+    cluster = _start_cluster(command, tmp_path, 0)
+    (chief, _), (worker, _) = cluster
     checkpoint = tmp_path / 'cluster' / 'run' / results.CHECKPOINT_FILE
-    deadline = time.time() + 240
-    while time.time() < deadline and chief.poll() is None:
-        try:
-            with np.load(checkpoint) as saved:
-                if int(saved['iteration']) >= 10:
-                    break
-        except (OSError, ValueError, KeyError, EOFError):
-            pass
-        time.sleep(0.05)
+    wait_for_checkpoint(chief, checkpoint, 10)
     worker.send_signal(signal.SIGKILL)
     killed_at = time.time()
-    (status, stderr), _ = _finish([chief, worker], timeout=120)
+    (status, stderr), _ = _finish(cluster, timeout=120)
     assert time.time() - killed_at < 60, 'the chief took more than a minute to notice'
     with np.load(checkpoint) as saved:
         stopped_at = int(saved['iteration'])

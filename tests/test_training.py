@@ -5,12 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 
+from conftest import wait_for_checkpoint
 from fewshot import data, errors, network, results, training
 import maml
 
@@ -192,15 +192,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(synthetic_dir, tmp_path):
                             '--val_interval=5')
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(out, 'killed', results.CHECKPOINT_FILE)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        try:
-            with np.load(checkpoint) as saved:
-                if int(saved['iteration']) >= 10:
-                    break
-        except (OSError, ValueError, KeyError, EOFError):
-            pass
-        time.sleep(0.05)
+    wait_for_checkpoint(process, checkpoint, 10)
     process.send_signal(signal.SIGKILL)
     process.wait()
     with np.load(checkpoint) as saved:
