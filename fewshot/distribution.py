@@ -145,7 +145,7 @@ class Cluster:
         """`function(strategy, *args)`, compiled, run by every process; TrainingError if another process
         of the cluster is lost meanwhile."""
         try:
-            return _compiled(function)(self.strategy, *args)
+            return _compiled_call(function, self.strategy, *args)
         except LOST_PEER_ERRORS as error:
             raise lost_peer(error) from None
 
@@ -163,11 +163,8 @@ def lost_peer(error):
 
 @tf.function
 def _compiled_call(function, strategy, *args):
+    """`function(strategy, *args)` as one compiled function, traced once per function and argument shapes."""
     return function(strategy, *args)
-
-
-def _compiled(function):
-    return lambda strategy, *args: _compiled_call(function, strategy, *args)
 
 
 def _broadcast_sum(strategy, per_replica):
