@@ -260,7 +260,6 @@ def main(argv):
                     f'peak memory {figures["peak_rss_gb"]:.2f} GB')
             if FLAGS.strategy != 'default':
                 line += f'; --strategy {FLAGS.strategy}, {figures["replicas"]} replicas'
-
             if algorithm == 'maml':
                 maml_seconds[order] = seconds
                 bound = figures['macs'] / peaks[FLAGS.precision]

@@ -65,8 +65,8 @@ def read_tf_config():
         raise FlagError(f'--strategy multi_worker: the TF_CONFIG environment variable is not set; give each '
                         f'process the cluster and its own place in it, {example}')
     try:
-        config = json.loads(text)
-        cluster, task = config['cluster'], config['task']
+        parsed = json.loads(text)
+        cluster, task = parsed['cluster'], parsed['task']
         task_type, index = task['type'], task['index']
         hosts = cluster[task_type]
         valid = (all(isinstance(h, list) and all(isinstance(a, str) for a in h) for h in cluster.values())

@@ -193,10 +193,9 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
     save_model(learner.model, run_folder.file(results.MODEL_FILE))
     plotting.plot_run(run_folder.path)
-    if not cluster.is_chief:
-        return Outcome(summary, learner, splits, run_folder)
-    print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '
-          f'± {summary["test_post_ci95"]:.2%} over {FLAGS.num_test_tasks} tasks '
-          f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')
+    if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
+        print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '
+              f'± {summary["test_post_ci95"]:.2%} over {FLAGS.num_test_tasks} tasks '
+              f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')
     return Outcome(summary, learner, splits, run_folder)
 
