@@ -236,6 +236,17 @@ def load_maml_run(run_dir):
     return learner, hyper
 
 
+def same_tasks_note(run_dir, checksum, num_tasks):
+    """What the comparison's tasks are beside those `run_dir` was meta-tested on (by checksum)."""
+    recorded = results.read_hyperparameters(run_dir).get('task_checksums', {}).get('test')
+    if recorded == checksum:
+        return (f'{run_dir}: re-scored on its own {num_tasks} meta-test tasks (checksum {checksum[:12]}), '
+                'the tasks the transfer model is scored on')
+    return (f'note: {run_dir} was meta-tested on other tasks than these {num_tasks} (another --num_test_tasks, '
+            'or drawn by an older version); here FO-MAML and transfer are both scored on the same '
+            f'{num_tasks} tasks (checksum {checksum[:12]}), so its number here differs from its summary.json')
+
+
 def compare(transfer, splits, folder, maml_runs):
     """Scores each FO-MAML run and the transfer model on the same meta-test tasks; writes
     comparison.csv and comparison.png to `folder` and returns the table rows.
@@ -247,6 +258,8 @@ def compare(transfer, splits, folder, maml_runs):
         setting = f'{hyper["n_way"]}-way {hyper["k_shot"]}-shot'
         batches = experiment.evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1,
                                                 hyper['n_way'], hyper['k_shot'], hyper['num_query'])
+        checksum = data.tasks_checksum(batches)
+        print(same_tasks_note(run_dir, checksum, FLAGS.num_test_tasks), flush=True)
         maml_steps = hyper['num_eval_inner_steps'] or hyper['num_inner_steps']
         scores = {
             'FO-MAML': training.evaluate(learner, batches, maml_steps)['query_post_accuracy'],
@@ -258,7 +271,8 @@ def compare(transfer, splits, folder, maml_runs):
         for method, accuracies in scores.items():
             mean, ci = results.confidence_interval(accuracies)
             rows.append({'setting': setting, 'method': method, 'test_accuracy': mean, 'ci95': ci,
-                         'tasks': len(accuracies), 'run': run_dir if method == 'FO-MAML' else folder.path})
+                         'tasks': len(accuracies), 'tasks_checksum': checksum,
+                         'run': run_dir if method == 'FO-MAML' else folder.path})
     results.write_csv(folder.file('comparison.csv'), rows)
     # Per-task accuracies too, so the figure can be redrawn without evaluating again.
     results.write_csv(folder.file(results.COMPARISON_TASKS_FILE), [

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from fewshot import errors, experiment, navigation, network, plotting, results, studies, training
+from fewshot import data, errors, experiment, navigation, network, plotting, results, studies, training
 from fewshot.learner import Learner
 import maml  # noqa: F401 (defines --inner_lr and --num_inner_steps, which this command shares)
 
@@ -91,9 +91,8 @@ class Tasks(NamedTuple):
     noise: np.ndarray
 
 
-class GoalSampler:
-    """Meta-batch `index` depends only on (seed, index), as the other task streams, so a resumed run
-    sees the same goals and draws as an uninterrupted one."""
+class GoalSampler(data.TaskStream):
+    """The navigation task stream: goals and the rollouts' draws (see `data.TaskStream`)."""
 
     def __init__(self, num_steps, num_trajectories, horizon, seed):
         self.num_steps, self.num_trajectories, self.horizon, self.seed = num_steps, num_trajectories, horizon, seed
@@ -103,10 +102,6 @@ class GoalSampler:
         goals = navigation.sample_goals(rng, num_tasks)
         noise = rng.standard_normal((num_tasks, self.num_steps + 1, self.num_trajectories, self.horizon, 2))
         return Tasks(goals, noise.astype(np.float32))
-
-    def fixed_batches(self, num_tasks, batch_size):
-        sizes = [min(batch_size, num_tasks - start) for start in range(0, num_tasks, batch_size)]
-        return [self.sample(index, size) for index, size in enumerate(sizes)]
 
 
 class PolicyMAML(Learner):
@@ -234,7 +229,7 @@ def run_learner(name, study_dir, val_batches, test_batches, figure_tasks):
     """Meta-trains (or resumes) the learner `name` in study_dir/name and tests it; its summary."""
     algorithm = LEARNERS[name]
     folder = studies.open_run(study_dir, name, sys.modules[__name__], {
-        'algorithm': algorithm, 'data_checksum': experiment.tasks_checksum(val_batches + test_batches)})
+        'algorithm': algorithm, 'data_checksum': data.tasks_checksum(val_batches + test_batches)})
     keras.utils.set_random_seed(FLAGS.seed)
     learner = build(name)
     num_iterations = 0 if name == 'random' else FLAGS.num_iterations

@@ -201,7 +201,7 @@ def main(argv):
         FLAGS.num_val_tasks, FLAGS.meta_batch_size)
     test_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed + 1).fixed_batches(
         FLAGS.num_test_tasks, FLAGS.meta_batch_size)
-    checksum = experiment.tasks_checksum(val_batches + test_batches)
+    checksum = data.tasks_checksum(val_batches + test_batches)
     x, y, amplitude, phase = regression.sine_tasks(np.random.default_rng([FLAGS.eval_seed, 2]),
                                                    FLAGS.num_figure_tasks, FLAGS.k_shot)
     for name in FLAGS.learners:

@@ -389,10 +389,44 @@ def rotate_classes(images, quarter_turns):
     return turned
 
 
-class EpisodeSampler:
-    """The task stream of one split: meta-batch `i` depends only on (seed, i).
+class TaskStream:
+    """A task source whose meta-batch `index` depends only on (seed, index), so that a resumed run sees
+    exactly the tasks an uninterrupted run would. A subclass defines `sample(index, num_tasks)`,
+    returning a NamedTuple of arrays with the tasks first (`Episodes`, a navigation.py `Tasks`).
+    """
 
-    That makes a resumed run see exactly the tasks an uninterrupted run would.
+    def sample(self, index, num_tasks):
+        raise NotImplementedError
+
+    def fixed_batches(self, num_tasks, batch_size):
+        """A fixed evaluation set of `num_tasks` tasks, in meta-batches of at most `batch_size`.
+
+        Task j is the one task of `sample(j, 1)`: it depends on (seed, j) alone, never on the batch
+        size, so every run and tool given the same seed evaluates on the same tasks (`tasks_checksum`).
+        """
+        tasks = [self.sample(j, 1) for j in range(num_tasks)]
+        return [concatenate_tasks(tasks[start:start + batch_size]) for start in range(0, num_tasks, batch_size)]
+
+
+def concatenate_tasks(batches):
+    """One meta-batch of the tasks of `batches` (meta-batches of one type), in order."""
+    return type(batches[0])(*(np.concatenate(fields) for fields in zip(*batches)))
+
+
+def tasks_checksum(batches):
+    """sha256 of the tasks of a list of meta-batches, task by task: equal checksums mean the same tasks
+    in the same order, array for array, however they are grouped into meta-batches."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for task in range(num_tasks(batch)):
+            for field in batch:
+                digest.update(np.ascontiguousarray(field[task]).tobytes())
+    return digest.hexdigest()
+
+
+class EpisodeSampler(TaskStream):
+    """The task stream of one split (see `TaskStream`).
+
     rotate: each class of a task under a random multiple of 90 degrees (see `sample_episodes`).
     """
 
@@ -406,11 +440,6 @@ class EpisodeSampler:
         """Meta-batch number `index` of `num_tasks` tasks."""
         rng = np.random.default_rng([self.seed, index])
         return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng, self.rotate)
-
-    def fixed_batches(self, num_tasks, batch_size):
-        """`num_tasks` tasks in meta-batches of at most `batch_size`: a fixed evaluation set."""
-        return [self.sample(start, min(batch_size, num_tasks - start))
-                for start in range(0, num_tasks, batch_size)]
 
 
 class ImageStream:

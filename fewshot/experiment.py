@@ -6,7 +6,6 @@ and a function building its learner, and hands both to `run`.
 
 import atexit
 import dataclasses
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -43,15 +42,6 @@ def evaluation_batches(images, split_name, num_tasks, offset, n_way=None, k_shot
                                   num_query or FLAGS.num_query, FLAGS.eval_seed + offset, split_name,
                                   rotate=FLAGS.task_rotations == 'all')
     return sampler.fixed_batches(num_tasks, FLAGS.meta_batch_size)
-
-
-def tasks_checksum(batches):
-    """sha256 of a list of `data.Episodes`: equal checksums mean the same tasks, image for image."""
-    digest = hashlib.sha256()
-    for batch in batches:
-        for array in batch:
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def episode_stream(splits, n_way=None):
@@ -157,7 +147,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     run_folder.write_hyperparameters(
         flag_values,
         {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
-         'task_checksums': {'val': tasks_checksum(val_batches), 'test': tasks_checksum(test_batches)},
+         'task_checksums': {'val': data.tasks_checksum(val_batches), 'test': data.tasks_checksum(test_batches)},
          'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
          'classes': {'train': len(splits.train), 'val': len(splits.val), 'test': len(splits.test)},
          **(extra or {})}, flag_defaults)

@@ -74,9 +74,8 @@ def sine_tasks(rng, num_tasks, num_points):
     return x.astype(np.float32), y.astype(np.float32), amplitude, phase
 
 
-class SineSampler:
-    """The sine-wave task stream: meta-batch `index` depends only on (seed, index), as the image
-    tasks' `data.EpisodeSampler`, so a resumed run sees the same tasks as an uninterrupted one.
+class SineSampler(data.TaskStream):
+    """The sine-wave task stream (see `data.TaskStream`).
 
     Each task has `k_shot` support points and `num_query` query points, all drawn uniformly from
     the input range (the paper's code draws 2K points and splits them K and K).
@@ -90,8 +89,3 @@ class SineSampler:
         x, y, _, _ = sine_tasks(np.random.default_rng([self.seed, index]), num_tasks, self.k_shot + self.num_query)
         k = self.k_shot
         return data.Episodes(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
-
-    def fixed_batches(self, num_tasks, batch_size):
-        """`num_tasks` tasks in meta-batches of at most `batch_size`: a fixed evaluation set."""
-        sizes = [min(batch_size, num_tasks - start) for start in range(0, num_tasks, batch_size)]
-        return [self.sample(index, size) for index, size in enumerate(sizes)]

@@ -390,9 +390,15 @@ class RunFolder:
         path = self.file(HYPERPARAMETERS_FILE)
         if self.resume and os.path.exists(path):
             self.check_flags(flags, defaults)
-            if read_json(path).get('data_checksum') != extra.get('data_checksum'):
+            recorded = read_json(path)
+            if recorded.get('data_checksum') != extra.get('data_checksum'):
                 raise RunError(f'{self.path} was started with other data (its checksum differs); '
                                'resume it with the same data or start a new --run_name')
+            if recorded.get('task_checksums', extra.get('task_checksums')) != extra.get('task_checksums'):
+                # Runs before evaluation task j depended on (seed, j) alone drew them by meta-batch.
+                logging.warning('%s recorded other validation or test tasks than this version draws from the '
+                                'same flags (an older version drew them by meta-batch); the metrics rows '
+                                'from here on and the meta-test are on the tasks recorded now', self.path)
         write_json(path, {'flags': flags, **extra, 'versions': library_versions()})
 
     # Metrics ---------------------------------------------------------------

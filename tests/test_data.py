@@ -200,6 +200,41 @@ def test_episodes_depend_only_on_seed_and_index():
     assert [len(b.support_images) for b in batches] == [4, 4, 2]
 
 
+def _streams():
+    from fewshot import regression
+    images = np.random.default_rng(1).random((30, 20, 28, 28)).astype(np.float32)
+    return {'omniglot': lambda seed: data.EpisodeSampler(images, 5, 1, 5, seed=seed, rotate=True),
+            'sine': lambda seed: regression.SineSampler(k_shot=5, num_query=10, seed=seed)}
+
+
+@pytest.mark.parametrize('source', ['omniglot', 'sine'])
+def test_evaluation_tasks_do_not_depend_on_the_batch_size(source):
+    """Task j of a fixed evaluation set depends on (seed, j) alone: 16 tasks drawn in batches of 4, 5, 16
+    and 32 are the same tasks in the same order (the old sampler seeded each batch by its position, so
+    batches of 4 and 32 shared no task)."""
+    stream = _streams()[source]
+    by_size = {size: stream(3).fixed_batches(16, size) for size in (4, 5, 16, 32)}
+    assert [data.num_tasks(b) for b in by_size[5]] == [5, 5, 5, 1]
+    checksums = {size: data.tasks_checksum(batches) for size, batches in by_size.items()}
+    assert len(set(checksums.values())) == 1, checksums
+    whole = by_size[16][0]
+    for field, concatenated in zip(whole, data.concatenate_tasks(by_size[4])):
+        np.testing.assert_array_equal(field, concatenated)
+    # The first 10 tasks of a larger set are the tasks of a set of 10; another seed gives other tasks.
+    assert data.tasks_checksum(stream(3).fixed_batches(10, 3)) == \
+        data.tasks_checksum([data.task_slice(whole, 0, 10)])
+    assert data.tasks_checksum(stream(4).fixed_batches(16, 16)) != checksums[16]
+
+
+def test_tasks_checksum_tells_tasks_apart_not_their_grouping():
+    batch = _streams()['omniglot'](0).sample(0, 6)
+    grouped = [data.task_slice(batch, 0, 2), data.task_slice(batch, 2, 6)]
+    assert data.tasks_checksum(grouped) == data.tasks_checksum([batch])
+    swapped = data.concatenate_tasks([data.task_slice(batch, 1, 2), data.task_slice(batch, 0, 1),
+                                      data.task_slice(batch, 2, 6)])
+    assert data.tasks_checksum([swapped]) != data.tasks_checksum([batch])
+
+
 @pytest.mark.parametrize('n_way, k_shot, num_query, message', [
     (31, 1, 1, '--n_way 31 exceeds the 30 classes'),
     (5, 6, 15, r'--k_shot \+ --num_query must be at most 20'),

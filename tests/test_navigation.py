@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from fewshot import navigation as nav
-from fewshot import network, results, training
+from fewshot import data, network, results, training
 import navigation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,6 +267,12 @@ def test_navigation_trains_tests_and_compares_every_learner(tmp_path):
         assert summary['eval_inner_lr'] == 0.1 if name == 'maml' else summary['eval_inner_lr'] in (0.1, 0.3)
         with np.load(os.path.join(study, name, 'trajectories.npz')) as saved:
             assert saved['paths'].shape == (3, 2, 3, 9, 2) and saved['goals'].shape == (2, 2)
+
+
+def test_evaluation_goals_do_not_depend_on_the_batch_size():
+    sampler = navigation.GoalSampler(1, 3, 6, seed=9)
+    checksums = {size: data.tasks_checksum(sampler.fixed_batches(10, size)) for size in (1, 3, 10, 40)}
+    assert len(set(checksums.values())) == 1
 
 
 def test_a_resumed_run_equals_one_straight_through(tmp_path):
