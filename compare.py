@@ -8,11 +8,13 @@
 
 Each algorithm is a learner command beside maml.py (anil is anil.py; a new learner's script is
 comparable as soon as it defines its `commands.Command`). For every backbone, setting and algorithm
-it trains that command with --seed, in the run folder the command itself would choose
-(anil_fo_5way5shot_5steps_seed0, ...; with --budget_minutes M, ..._budgetMmin), so a run made
-by hand is reused; a finished run is reused and a stopped one resumed, so the command can be
-stopped and started again. Every run is validated and meta-tested on the same fixed tasks
-(--eval_seed), which is checked. Equal iterations (--num_iterations) is the default; with
+it trains that command with --seed in a folder of its own, <results_dir>/compare/runs/, under the
+name the command itself would choose (anil_fo_5way5shot_5steps_seed0, ...; with --budget_minutes M,
+..._budgetMmin), so it never takes the folder of a run started by hand. A finished run is reused
+only if its command confirms it was trained with the same flags (it says "reusing ..."; a run
+trained otherwise is one error line naming the flag), and a stopped one is resumed, so the command
+can be stopped and started again. Every run is validated and meta-tested on the same fixed tasks
+(--eval_seed), which is checked by the tasks' checksums. Equal iterations (--num_iterations) is the default; with
 --budget_minutes every run trains until its training time passes the budget (at the next
 validation), --num_iterations being the most it trains. Wall-clock budgets depend on the machine
 and its load: compare only runs trained on one machine, one at a time.
@@ -52,7 +54,7 @@ class PlannedRun:
         name = command.run_name(n_way, k_shot, FLAGS.seed, backbone, FLAGS.first_order)
         if FLAGS.budget_minutes:
             name += f'_budget{FLAGS.budget_minutes:g}min'
-        self.folder = os.path.join(FLAGS.results_dir, name)
+        self.folder = runs.tool_folder(FLAGS.results_dir, 'compare', name)
         self.arguments = [f'--seed={FLAGS.seed}', f'--n_way={n_way}', f'--k_shot={k_shot}',
                           f'--num_iterations={FLAGS.num_iterations}', f'--backbone={backbone}',
                           f'--time_budget_minutes={FLAGS.budget_minutes}']
@@ -61,11 +63,19 @@ class PlannedRun:
 
     def finished(self):
         """True if the run finished (as many iterations as asked, unless under a time budget)."""
-        return runs.finished(self.folder, None if FLAGS.budget_minutes else FLAGS.num_iterations)
+        return runs.finished(self.folder, self.num_iterations())
+
+    def num_iterations(self):
+        return None if FLAGS.budget_minutes else FLAGS.num_iterations
+
+    def what(self):
+        return f'{self.command.name} {self.setting} {self.backbone}'
 
     def train(self, passed_flags):
-        runs.train(f'{self.command.name}.py', self.folder, [*self.arguments, *passed_flags],
-                   f'{self.command.name} {self.setting} {self.backbone}', 'compare.py')
+        """Reuses the finished run if it was trained with these flags (RunError if otherwise), or trains it."""
+        arguments, script = [*self.arguments, *passed_flags], f'{self.command.name}.py'
+        if not runs.reusable(script, self.folder, arguments, self.what(), 'compare.py', self.num_iterations()):
+            runs.train(script, self.folder, arguments, self.what(), 'compare.py')
 
 
 def plan():
@@ -90,15 +100,13 @@ def main(argv):
                                 'compare.py')
         results.check_writable(FLAGS.results_dir, '--results_dir')
         for run in planned:
-            if not run.finished():
-                run.train(passed_flags)
+            run.train(passed_flags)
     elif passed_flags:
         raise errors.FlagError(f'flags after -- ({" ".join(passed_flags)}) are for training; '
                                'with --train=false nothing is trained')
     missing = [run.folder for run in planned if not run.finished()]
     if missing:
-        raise results.RunError(f'unfinished or missing runs: {", ".join(missing)}; '
-                               'run python compare.py (with --train) to train them')
+        raise runs.missing_runs_error(missing, 'compare.py')
     rows = comparison.write([comparison.load_run(run.folder) for run in planned], output_dir)
     print(comparison.markdown_table(rows))
     print(f'table and figures in {output_dir}')

@@ -65,7 +65,7 @@ def find_runs(results_dir, folders=()):
     found = [folder for folder in list(folders) or figures.find_folders(results_dir)
              if not figures.is_lab_folder(folder)]
     runs = [load_run(folder) for folder in found if not figures.is_stability_folder(folder)]
-    if not runs:
+    if not runs and not os.path.isdir(os.path.join(results_dir, 'compare')):
         raise results.RunError(f'no run folders found under {results_dir} (a run folder has '
                                f'{results.HYPERPARAMETERS_FILE}); run maml.py first')
     stability_dirs = [folder for folder in found if figures.is_stability_folder(folder)]

@@ -7,9 +7,10 @@
                                                            # (not those that name the run folders)
 
 For every setting and seed it runs `maml.py` and `maml_plusplus.py` at their defaults
-(each in its own run folder under --results_dir, named as the scripts name them); a
-finished run is reused and a stopped one resumed, so the command can be stopped and
-started again. Then it writes to --output_dir (default <results_dir>/stability), per setting:
+(each in its own run folder under <results_dir>/stability/runs/, named as the scripts name
+them, apart from the runs a user starts by hand); a finished run is reused only if its script
+confirms it was trained with the same flags, and a stopped one is resumed, so the command can
+be stopped and started again. Then it writes to --output_dir (default <results_dir>/stability), per setting:
     val_maml_<setting>.png      MAML's validation accuracy over training, every seed
     val_maml++_<setting>.png    the same for MAML++
     val_overlay_<setting>.png   both methods, mean ± std over seeds
@@ -70,19 +71,22 @@ def check_script_flags(script_flags):
 
 
 def run_folder(results_dir, method, setting, seed):
-    return os.path.join(results_dir, METHODS[method][1].format(setting=setting, seed=seed))
+    return runs.tool_folder(results_dir, 'stability', METHODS[method][1].format(setting=setting, seed=seed))
 
 
 def train(method, setting, seed, script_flags=()):
-    """Runs (or resumes) one method's script for one setting and seed, in a child process.
+    """Reuses (if trained with these flags), resumes or runs one method's script for one setting and
+    seed, in a child process.
 
     script_flags: further flags for the script, none of RESERVED_FLAGS (`check_script_flags`).
     """
     n_way, k_shot = runs.parse_setting(setting)
-    runs.train(METHODS[method][0], run_folder(FLAGS.results_dir, method, setting, seed),
-               [f'--seed={seed}', f'--n_way={n_way}', f'--k_shot={k_shot}',
-                f'--num_iterations={FLAGS.num_iterations}', *script_flags],
-               f'{method} {setting} seed {seed}', 'stability.py')
+    script, folder = METHODS[method][0], run_folder(FLAGS.results_dir, method, setting, seed)
+    arguments = [f'--seed={seed}', f'--n_way={n_way}', f'--k_shot={k_shot}',
+                 f'--num_iterations={FLAGS.num_iterations}', *script_flags]
+    what = f'{method} {setting} seed {seed}'
+    if not runs.reusable(script, folder, arguments, what, 'stability.py', FLAGS.num_iterations):
+        runs.train(script, folder, arguments, what, 'stability.py')
 
 
 def load_run(folder):
@@ -175,17 +179,16 @@ def compare(results_dir, output_dir, settings, seeds):
     missing = [folder for folder in folders.values()
                if not os.path.exists(os.path.join(folder, results.SUMMARY_FILE))]
     if missing:
-        raise results.RunError(f'unfinished or missing runs: {", ".join(missing)}; '
-                               'run python stability.py (with --train) to train them')
-    runs = load_runs(folders)
+        raise runs.missing_runs_error(missing, 'stability.py')
+    loaded = load_runs(folders)
     os.makedirs(output_dir, exist_ok=True)
-    draw(runs, output_dir)
+    draw(loaded, output_dir)
     table = [{'setting': setting, 'method': method,
-              **stability_figures({seed: runs[method, setting, seed] for seed in seeds})}
+              **stability_figures({seed: loaded[method, setting, seed] for seed in seeds})}
              for setting in settings for method in METHODS]
     per_run = [{'setting': setting, 'method': method, 'seed': seed, 'final_val': run['val'][-1],
                 'test': run['test'], 'test_ci95': run['test_ci95'], 'training_minutes': run['seconds'] / 60,
-                'folder': folders[method, setting, seed]} for (method, setting, seed), run in runs.items()]
+                'folder': folders[method, setting, seed]} for (method, setting, seed), run in loaded.items()]
     results.write_csv(os.path.join(output_dir, 'stability.csv'), table)
     results.write_csv(os.path.join(output_dir, RUNS_FILE), per_run)
     results.atomic_write(os.path.join(output_dir, 'stability.md'),
@@ -212,9 +215,7 @@ def main(argv):
         for setting in FLAGS.settings:
             for seed in seeds:
                 for method in METHODS:
-                    folder = run_folder(FLAGS.results_dir, method, setting, seed)
-                    if not runs.finished(folder, FLAGS.num_iterations):
-                        train(method, setting, seed, script_flags)
+                    train(method, setting, seed, script_flags)
     elif script_flags:
         raise errors.FlagError(f'flags after -- ({" ".join(script_flags)}) are for training; '
                                'with --train=false nothing is trained')

@@ -87,6 +87,9 @@ flags.DEFINE_boolean('resume', False, 'Continue the run in --run_name from its l
 flags.DEFINE_boolean('overwrite', False, 'Delete an existing run folder of the same name first (only '
                      'a run folder this project wrote; anything else is left alone).')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
+flags.DEFINE_boolean('check_reuse', False, 'With --resume: only check that the run folder was made by this command '
+                     'with these flags (every flag that changes what is computed), print one line and exit; '
+                     'compare.py and stability.py ask this before they reuse a finished run.')
 
 FLAGS = flags.FLAGS
 

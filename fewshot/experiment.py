@@ -134,6 +134,12 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     modules = [config] + list(flag_modules)
     flag_values, flag_defaults = config.flag_values(modules), config.flag_values(modules, 'default')
     run_folder.check_flags(flag_values, flag_defaults)
+    run_folder.check_algorithm(algorithm)
+    if FLAGS.check_reuse:
+        if not FLAGS.resume:
+            raise FlagError('--check_reuse: give --resume and the --run_name of the run folder to check')
+        print(f'{run_folder.path}: a run of {algorithm} with these flags')
+        sys.exit(0)
     if 0 < FLAGS.memory_budget_gb <= training.peak_memory_gb():
         raise FlagError(f'--memory_budget_gb {FLAGS.memory_budget_gb:g}: this process already holds '
                         f'{training.peak_memory_gb():.2f} GB before any data or learner')

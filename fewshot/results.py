@@ -51,7 +51,7 @@ METRICS_COLUMNS = metrics_columns('accuracy')
 # one machine continues on a cluster).
 RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress', 'data_dir', 'cache_dir',
                                'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb',
-                               'strategy', 'cpu_replicas'})
+                               'strategy', 'cpu_replicas', 'check_reuse'})
 
 
 @contextlib.contextmanager
@@ -384,6 +384,16 @@ class RunFolder:
         if changed:
             raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
                            'resume it with the same flags or start a new --run_name')
+
+    def check_algorithm(self, algorithm):
+        """On resume, RunError unless the run was made by `algorithm`: a run folder belongs to the command
+        and learner that made it (ANIL resuming a FO-MAML run would continue other weights silently)."""
+        if not self.resume or not os.path.exists(self.file(HYPERPARAMETERS_FILE)):
+            return
+        recorded = read_hyperparameters(self.path).get('algorithm')
+        if recorded != algorithm:
+            raise RunError(f'{self.path} is a run of {recorded}, not of {algorithm}: a run folder is continued '
+                           'only by the command and learner that made it; choose another --run_name')
 
     def write_hyperparameters(self, flags, extra, defaults=None):
         """Records the flags (and `extra` facts) or, on resume, checks they did not change (`check_flags`)."""

@@ -3,7 +3,10 @@
 
 A child is a command at the top of the repository, given its flags explicitly; its run
 folder's name says what trained in it, so flags that name the folder are the tool's own
-and may not be passed on after `--`.
+and may not be passed on after `--`. A tool keeps its runs in a folder of its own
+(<results_dir>/<tool>/runs/), never in the folders a user's own runs go to, and reuses a
+finished run only if the child, asked with --check_reuse, confirms that it was trained by the
+same command with the same flags.
 """
 
 import os
@@ -65,6 +68,23 @@ def check_passed_flags(passed, reserved, scripts, tool):
                                    f'{reason[-1][len("error: "):] if reason else checked.stderr.strip()[-300:]}')
 
 
+def tool_folder(results_dir, tool, run_name):
+    """Where the tool `tool` (e.g. 'compare') keeps its run `run_name`: <results_dir>/<tool>/runs/<run_name>."""
+    return os.path.join(results_dir, tool, 'runs', run_name)
+
+
+def missing_runs_error(folders, tool):
+    """The RunError for runs a tool needs but does not have finished; it names a run an older version kept
+    directly under the results folder, where it is no longer looked for."""
+    older = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(folder))), os.path.basename(folder))
+             for folder in folders]
+    moved = [f'{old} -> {new}' for old, new in zip(older, folders) if results.read_summary(old) is not None]
+    hint = (f'; runs an older version kept elsewhere are reused only where {tool} keeps them now: move '
+            f'{", ".join(moved)}' if moved else '')
+    return results.RunError(f'unfinished or missing runs: {", ".join(folders)}; run python {tool} (with --train) '
+                            f'to train them{hint}')
+
+
 def finished(folder, num_iterations=None):
     """True if `folder` holds a finished run; RunError if it finished other than `num_iterations`
     iterations (None: any number)."""
@@ -77,14 +97,38 @@ def finished(folder, num_iterations=None):
     return True
 
 
+def reusable(script, folder, arguments, what, tool, num_iterations=None):
+    """True, saying so, if `folder` holds a finished run of `script` trained with `arguments` (and
+    `num_iterations`, None: any); False if it holds no finished run; RunError naming what differs
+    otherwise (another learner, another value of a flag that changes what is computed).
+
+    The child itself judges, as it would on --resume (`experiment.run`'s --check_reuse), so every
+    flag counts, defaults included, not only those passed here.
+    """
+    if not finished(folder, num_iterations):
+        return False
+    checked = subprocess.run(_command(script, folder, arguments) + ['--resume', '--check_reuse'],
+                             capture_output=True, text=True)
+    if checked.returncode != 0:
+        reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
+        raise results.RunError(f'{folder} cannot be reused for {what}: '
+                               f'{reason[-1][len("error: "):] if reason else checked.stderr.strip()[-300:]}')
+    print(f'{tool}: reusing {folder} ({what}: finished, the same command and flags)', flush=True)
+    return True
+
+
+def _command(script, folder, arguments):
+    return [sys.executable, os.path.join(REPO, script), *arguments,
+            f'--results_dir={os.path.dirname(folder) or "."}', f'--run_name={os.path.basename(folder)}']
+
+
 def train(script, folder, arguments, what, tool):
     """Runs (or, if `folder` exists, resumes) `script` into `folder` in a child process.
 
     arguments: the child's flags, but for --results_dir, --run_name and --resume.
     what: the run in words, for messages; tool: the command training it.
     """
-    command = [sys.executable, os.path.join(REPO, script), *arguments,
-               f'--results_dir={os.path.dirname(folder) or "."}', f'--run_name={os.path.basename(folder)}']
+    command = _command(script, folder, arguments)
     if os.path.exists(folder):
         command.append('--resume')
     print(f'{tool}: training {what} -> {folder}', flush=True)

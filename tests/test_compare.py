@@ -18,13 +18,17 @@ PASSED = ['--num_filters=4', '--num_query=2', '--meta_batch_size=2', '--num_val_
           '--val_interval=2']
 
 
-def _compare(synthetic_dir, tmp_path, *flags):
+def _compare(synthetic_dir, tmp_path, *flags, passed=(), status=0):
     result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), '--settings=3way1shot',
                              '--num_iterations=2', f'--results_dir={tmp_path}/results', *flags, '--',
-                             f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache', *PASSED],
+                             f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache', *PASSED, *passed],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    assert result.returncode == status, result.stderr[-2000:]
+    return result.stdout if status == 0 else result.stderr
+
+
+def _runs(tmp_path, *names):
+    return [os.path.join(tmp_path, 'results', 'compare', 'runs', name) for name in names]
 
 
 def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp_path):
@@ -32,12 +36,12 @@ def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp
     learners = '--algorithms=maml,anil,protonet'
     first = _compare(synthetic_dir, tmp_path, learners)
     assert first.count('compare.py: training') == 3
-    folders = [os.path.join(tmp_path, 'results', name) for name in
-               ('maml_fo_3way1shot_5steps_seed0', 'anil_fo_3way1shot_5steps_seed0', 'protonet_3way1shot_seed0')]
+    folders = _runs(tmp_path, 'maml_fo_3way1shot_5steps_seed0', 'anil_fo_3way1shot_5steps_seed0',
+                    'protonet_3way1shot_seed0')
     stamps = [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
 
     second = _compare(synthetic_dir, tmp_path, learners)
-    assert 'compare.py: training' not in second
+    assert 'compare.py: training' not in second and second.count('compare.py: reusing') == 3
     assert stamps == [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
 
     output = os.path.join(tmp_path, 'results', 'compare')
@@ -59,8 +63,20 @@ def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp
 
 def test_an_equal_time_budget_stops_every_run_before_its_iterations(synthetic_dir, tmp_path):
     _compare(synthetic_dir, tmp_path, '--algorithms=maml', '--budget_minutes=1e-5', '--num_iterations=50')
-    summary = results.read_summary(os.path.join(tmp_path, 'results', 'maml_fo_3way1shot_5steps_seed0_budget1e-05min'))
+    summary = results.read_summary(_runs(tmp_path, 'maml_fo_3way1shot_5steps_seed0_budget1e-05min')[0])
     assert summary['iterations'] < 50
+
+
+def test_a_run_trained_with_other_flags_is_not_reused(synthetic_dir, tmp_path):
+    """A finished run is reused only if its command confirms every flag that changes what is computed,
+    not only the iterations (an older compare.py reused a 4-filter run when asked for 8 filters); and
+    compare.py never trains into the folder a user's own `python maml.py` run would take."""
+    _compare(synthetic_dir, tmp_path, '--algorithms=maml')
+    error = _compare(synthetic_dir, tmp_path, '--algorithms=maml', passed=['--num_filters=8'], status=1)
+    last = error.strip().splitlines()[-1]
+    assert last.startswith('error: ') and 'cannot be reused' in last and 'num_filters' in last, error[-2000:]
+    assert 'Traceback' not in error
+    assert not os.path.exists(os.path.join(tmp_path, 'results', 'maml_fo_3way1shot_5steps_seed0'))
 
 
 def test_tabulating_names_the_runs_that_are_missing(tmp_path):

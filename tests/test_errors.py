@@ -266,6 +266,14 @@ CASES = {
                                         r'--resume: .*nothing does not exist', None),
     'maml: --resume of nothing': ('maml.py', [*MAML, '--run_name=nothing', '--resume'],
                                   r'--resume: .*nothing does not exist', None),
+    # A run folder belongs to the command and learner that made it (an older version let ANIL continue a
+    # FO-MAML run, BOIL an ANIL run, MAML a BOIL run).
+    'anil: resume a FO-MAML run': ('anil.py', RESUME, r'is a run of FO-MAML, not of FO-ANIL',
+                                   lambda w, s: _copy_run(w, s)),
+    'boil: resume an ANIL run': ('boil.py', RESUME, r'is a run of FO-ANIL, not of FO-BOIL',
+                                 lambda w, s: _copy_run(w, s, algorithm='FO-ANIL')),
+    'maml: resume a BOIL run': ('maml.py', RESUME, r'is a run of FO-BOIL, not of FO-MAML',
+                                lambda w, s: _copy_run(w, s, algorithm='FO-BOIL')),
     'maml: resume with other settings': ('maml.py', [*RESUME, '--inner_lr=0.1'],
                                          r'other settings \(inner_lr', lambda w, s: _copy_run(w, s)),
     'lab: existing folder': ('initialization_lab.py', LAB, r'initialization_lab already exists; pass --overwrite',
@@ -300,7 +308,7 @@ CASES = {
         'stability.py', [*RESULTS, '--output_dir={sandbox}/results/stability', '--train=false', '--seeds=0',
                          '--settings=5way5shot', '--num_iterations=4'],
         r'summary.json is damaged',
-        lambda w, s: [_write(f'{_copy_run(w, s, name)}/summary.json', '{"iterations": 4}')
+        lambda w, s: [_write(f'{_copy_run(w, s, "stability/runs/" + name)}/summary.json', '{"iterations": 4}')
                       for name in ('maml_fo_5way5shot_5steps_seed0', 'maml++_5way5shot_5steps_seed0')]),
     'figures: damaged metrics.csv': ('figures.py', ['{sandbox}/results/run'], r'metrics.csv is damaged',
                                      lambda w, s: _write(f'{_copy_run(w, s)}/metrics.csv', '\x00\x01garbage')),
