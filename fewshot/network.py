@@ -180,6 +180,9 @@ class ResNet(ConvNet):
         return keras.Model(inputs, keras.layers.Dense(self.n_way, name='head')(h), name='resnet')
 
     def _keras_conv_bn(self, h, suffix, size, stride, relu):
+        if size == 1 and stride > 1:  # As `grouped_conv2d`: subsample, then a stride-1 1x1 convolution.
+            h = keras.layers.MaxPooling2D(1, strides=stride, padding='same', name=f'subsample{suffix}')(h)
+            stride = 1
         h = keras.layers.Conv2D(self.num_filters, size, strides=stride, padding='same', use_bias=False,
                                 name=f'conv{suffix}')(h)
         h = keras.layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, name=f'bn{suffix}')(h)
@@ -269,6 +272,11 @@ def grouped_conv2d(h, kernels, stride):
     """
     kernels = tf.cast(kernels, h.dtype)
     num_tasks, height, width, channels, filters = kernels.shape
+    if height == width == 1 and stride > 1:
+        # The same function (SAME padding adds nothing for a 1x1 kernel): oneDNN's float32 kernel
+        # gradient of a strided 1x1 convolution is wrong on some CPUs (tens of units off on an AVX2
+        # AMD EPYC, TensorFlow 2.21, even-sized inputs), and its stride-1 kernel is not.
+        h, stride = h[:, ::stride, ::stride, :], 1
     if num_tasks > 1 and not grouped_gradient_available(h.dtype):
         groups = tf.split(h, num_tasks, axis=-1)
         return tf.concat([tf.nn.conv2d(group, kernels[t], stride, 'SAME') for t, group in enumerate(groups)], -1)
@@ -331,6 +339,35 @@ def composed_batch_norm(h, gamma, beta):
 def _flat(x):
     """[T, C] -> [T*C], matching the channel layout of grouped activations."""
     return tf.reshape(x, [-1])
+
+
+@keras.saving.register_keras_serializable(package='fewshot')
+class TransductiveBatchNormalization(keras.layers.BatchNormalization):
+    """Batch norm that normalises every batch by its own moments, in inference as in training.
+
+    What the transductive learners do (`batch_norm`): a task's query set is normalised with its own
+    mean and variance. A model.keras of such a learner uses this layer, so that
+    `keras.models.load_model` gives a model that predicts as the learner did (give a task's whole
+    query set as one batch); its moving statistics are kept but never used. Loading it needs
+    `import fewshot` first, which registers the layer with Keras.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        del training, mask
+        axes = [axis for axis in range(len(inputs.shape)) if axis != self.axis % len(inputs.shape)]
+        mean, variance = keras.ops.moments(inputs, axes=axes)
+        return keras.ops.batch_normalization(inputs, mean, variance, axis=self.axis, offset=self.beta,
+                                             scale=self.gamma, epsilon=self.epsilon)
+
+
+def with_transductive_batch_norm(model):
+    """A copy of `model` (same weights) whose BatchNormalization layers are `TransductiveBatchNormalization`."""
+    def clone(layer):
+        kind = TransductiveBatchNormalization if isinstance(layer, keras.layers.BatchNormalization) else type(layer)
+        return kind.from_config(layer.get_config())
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def parameters(model):

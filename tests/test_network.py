@@ -103,6 +103,27 @@ def test_grouped_convolution_is_each_tasks_own_convolution_with_its_gradient(dty
         np.testing.assert_allclose(a, e, atol=tolerance * float(tf.reduce_max(tf.abs(e))))
 
 
+@pytest.mark.parametrize('size, kernel, stride, num_tasks', [(14, 1, 2, 1), (14, 1, 2, 2), (8, 1, 2, 1),
+                                                             (7, 1, 2, 1), (14, 3, 2, 2)])
+def test_strided_convolution_gradients_in_float32_equal_float64(size, kernel, stride, num_tasks):
+    """The ResNet's 1x1 stride-2 shortcut: oneDNN's float32 kernel gradient of it was tens of units off
+    on an AVX2 AMD EPYC (TensorFlow 2.21) for even-sized inputs, so the ResNet learners stepped along
+    wrong meta-gradients there; `grouped_conv2d` subsamples first. float64 runs TensorFlow's own kernels."""
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(6, size, size, 3 * num_tasks))
+    kernels = rng.normal(size=(num_tasks, kernel, kernel, 3, 4))
+    upstream = rng.normal(size=(6, -(-size // stride), -(-size // stride), 4 * num_tasks))
+
+    def gradients(dtype):
+        x, k = tf.constant(h, dtype), tf.constant(kernels, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            loss = tf.reduce_sum(network.grouped_conv2d(x, k, stride) * tf.constant(upstream, dtype))
+        return [g.numpy().astype(np.float64) for g in tape.gradient(loss, [x, k])]
+    for single, double in zip(gradients(tf.float32), gradients(tf.float64)):
+        np.testing.assert_allclose(single, double, atol=1e-4 * np.abs(double).max())
+
+
 def test_parameters_are_named_by_layer(net_and_model):
     _, model = net_and_model
     names = list(network.parameters(model))
