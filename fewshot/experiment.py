@@ -55,9 +55,17 @@ def convnet(n_way=None):
     return network.ConvNet(n_way or FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool, precision=FLAGS.precision)
 
 
-def save_model(model, path):
+def save_model(model, path, batch_norm=''):
     """Saves a Keras model atomically (Keras insists on the .keras suffix); nothing is left
-    behind if saving fails."""
+    behind if saving fails.
+
+    batch_norm: the learner's batch-norm mode (`Learner.batch_norm`); a transductive learner's model
+      is saved with `network.TransductiveBatchNormalization`, so that the loaded model normalises as
+      the learner did, in Keras' inference mode too (a plain BatchNormalization would use moving
+      statistics the learner never set).
+    """
+    if batch_norm.startswith('transductive'):
+        model = network.with_transductive_batch_norm(model)
     with results.replacing(path) as temporary:
         model.save(temporary)
 
@@ -187,7 +195,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     for name in test.keys() - {'query_pre_accuracy', 'query_post_accuracy'}:
         summary[f'test_{name}'] = float(np.mean(test[name]))  # Whatever else the learner measures.
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
-    save_model(learner.model, run_folder.file(results.MODEL_FILE))
+    save_model(learner.model, run_folder.file(results.MODEL_FILE), (extra or {}).get('batch_norm', ''))
     plotting.plot_run(run_folder.path)
     if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
         print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '

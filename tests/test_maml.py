@@ -179,3 +179,36 @@ def _improvement(learner, omniglot, k_shot, num_query, meta_batch_size, iteratio
     for iteration in range(iterations):
         learner.meta_train_step(sampler.sample(iteration, meta_batch_size))
     return initial, val_accuracy()
+
+
+@pytest.mark.parametrize('backbone', ['conv4', 'resnet'])
+def test_a_saved_model_adapts_and_predicts_as_the_learner_in_keras_inference_mode(backbone, tmp_path):
+    """model.keras of a transductive learner, loaded with keras.models.load_model, fine-tuned with Keras
+    (SGD at the inner rate, the support set as one batch) and asked in inference mode, gives the
+    learner's adapted logits. The plain Keras model an older version saved used batch-norm moving
+    statistics the learner never set (0 and 1) in inference mode: its predictions were far off."""
+    from fewshot import experiment
+    keras.utils.set_random_seed(0)
+    net = network.build(backbone, 3, 4, False)
+    learner = maml.MAML(net, net.keras_model(), 0.4, 1, True, keras.optimizers.Adam(1e-3))
+    episodes = _episodes(1, n_way=3, k_shot=2, num_query=4)
+    for _ in range(3):  # Meta-trained a little, so that θ is no longer the initialisation.
+        learner.meta_train_step(_episodes(4, n_way=3, k_shot=2, num_query=4, seed=5))
+    steps = 3
+    adapted = learner.inner_loop(network.tile(learner.params, 1), episodes.support_images,
+                                 episodes.support_labels, steps, first_order=True).params[-1]
+    expected = net.forward(adapted, episodes.query_images)[0].numpy()
+
+    def keras_adapted(path, batch_norm):
+        experiment.save_model(learner.model, str(path), batch_norm)
+        model = keras.models.load_model(str(path))
+        model.compile(keras.optimizers.SGD(0.4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        support = episodes.support_images[0].numpy(), episodes.support_labels[0].numpy()
+        model.fit(*support, batch_size=len(support[0]), epochs=steps, shuffle=False, verbose=0)
+        query = episodes.query_images[0].numpy()
+        return model.predict(query, batch_size=len(query), verbose=0)
+
+    np.testing.assert_allclose(keras_adapted(tmp_path / 'model.keras', maml.MAML.batch_norm), expected,
+                               atol=1e-4, rtol=1e-4)
+    plain = keras_adapted(tmp_path / 'plain.keras', '')  # What an older version saved.
+    assert np.max(np.abs(plain - expected)) > 0.1
