@@ -34,9 +34,9 @@ from absl import flags
 from fewshot import config, errors, plotting, results, runs
 
 RUNS_FILE = 'runs.csv'  # One row per run of a comparison: what figures.py redraws from.
-METHODS = {  # method -> (script, run-folder name as the script derives it from its defaults)
-    'MAML': ('maml.py', 'maml_fo_{setting}_5steps_seed{seed}'),
-    'MAML++': ('maml_plusplus.py', 'maml++_{setting}_5steps_seed{seed}'),
+METHODS = {  # method -> (script, run-folder name as the script derives it from its flags)
+    'FO-MAML': ('maml.py', 'maml_fo_{setting}_5steps_seed{seed}'),
+    'MAML++': ('maml_plusplus.py', 'maml++_{setting}_5steps{evaluation}_seed{seed}'),
 }
 
 # Flags stability.py sets for every run, or that the scripts derive the run folder's name
@@ -46,6 +46,11 @@ RESERVED_FLAGS = frozenset({'seed', 'n_way', 'k_shot', 'num_iterations', 'result
                             'msl', 'da', 'bnrs', 'bnwb', 'lslr', 'eval_batch_norm'})
 
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds; every method trains once per seed and setting.')
+flags.DEFINE_enum('eval_batch_norm', 'transductive', ['transductive', 'support', 'running'],
+                  "MAML++'s batch norm at validation and test (maml_plusplus.py --eval_batch_norm). The default, "
+                  "'transductive', is how FO-MAML (maml.py) always evaluates, so the two are compared alike; "
+                  "'support' and 'running' are MAML++'s non-transductive modes, and the table then says the "
+                  'two were evaluated differently.')
 for _name in ('settings', 'train', 'output_dir'):
     flags.declare_key_flag(_name)  # The tools' flags (fewshot/runs.py): the assignment's setting and a harder one.
 for _name in ('num_iterations', 'results_dir'):
@@ -70,8 +75,10 @@ def check_script_flags(script_flags):
                             'stability.py')
 
 
-def run_folder(results_dir, method, setting, seed):
-    return runs.tool_folder(results_dir, 'stability', METHODS[method][1].format(setting=setting, seed=seed))
+def run_folder(results_dir, method, setting, seed, eval_batch_norm='transductive'):
+    evaluation = '' if eval_batch_norm == 'support' else f'_eval-{eval_batch_norm}'  # As maml_plusplus.py names it.
+    return runs.tool_folder(results_dir, 'stability',
+                            METHODS[method][1].format(setting=setting, seed=seed, evaluation=evaluation))
 
 
 def train(method, setting, seed, script_flags=()):
@@ -81,9 +88,11 @@ def train(method, setting, seed, script_flags=()):
     script_flags: further flags for the script, none of RESERVED_FLAGS (`check_script_flags`).
     """
     n_way, k_shot = runs.parse_setting(setting)
-    script, folder = METHODS[method][0], run_folder(FLAGS.results_dir, method, setting, seed)
+    script, folder = METHODS[method][0], run_folder(FLAGS.results_dir, method, setting, seed, FLAGS.eval_batch_norm)
     arguments = [f'--seed={seed}', f'--n_way={n_way}', f'--k_shot={k_shot}',
                  f'--num_iterations={FLAGS.num_iterations}', *script_flags]
+    if method == 'MAML++':
+        arguments.append(f'--eval_batch_norm={FLAGS.eval_batch_norm}')
     what = f'{method} {setting} seed {seed}'
     if not runs.reusable(script, folder, arguments, what, 'stability.py', FLAGS.num_iterations):
         runs.train(script, folder, arguments, what, 'stability.py')
@@ -118,13 +127,13 @@ def stability_figures(runs):
     return {
         'seeds': len(runs),
         'final_val_mean': float(finals.mean()),
-        'final_val_std': float(finals.std(ddof=1)) if len(finals) > 1 else float('nan'),
+        'final_val_std': results.std_over_seeds(finals),
         'mean_abs_change': float(np.mean([c.mean() for c in changes])),
         'mean_abs_change_second_half': float(np.mean([c.mean() for c in second_half])),
         'largest_drop': max(drops),
         'test_mean': float(tests.mean()),
         'test_ci95_mean': float(np.mean([run['test_ci95'] for run in runs.values()])),
-        'test_std': float(tests.std(ddof=1)) if len(tests) > 1 else float('nan'),
+        'test_std': results.std_over_seeds(tests),
         'training_minutes_mean': float(np.mean([run['seconds'] for run in runs.values()]) / 60),
         'batch_norm': '; '.join(sorted({run['batch_norm'] for run in runs.values()})),
     }
@@ -155,26 +164,27 @@ def load_runs(folders):
 def draw(runs, output_dir, suffix='.png'):
     """The per-seed figure of each method and the mean ± std overlay, per setting; returns the paths."""
     written = []
+    methods = list(dict.fromkeys(method for method, _, _ in runs))  # Older comparisons called FO-MAML 'MAML'.
     for setting in dict.fromkeys(setting for _, setting, _ in runs):
         curves = {method: {seed: (run['iterations'], run['val'])
                            for (m, s, seed), run in runs.items() if (m, s) == (method, setting)}
-                  for method in METHODS}
-        seeds = len(curves['MAML'])
+                  for method in methods}
+        seeds = len(next(iter(curves.values())))
         for method, per_seed in curves.items():
             written.append(os.path.join(output_dir, f'val_{method.lower()}_{setting}{suffix}'))
             plotting.plot_seed_curves(per_seed, written[-1],
                                       f'{method}, {setting}: validation accuracy, {len(per_seed)} seeds')
         written.append(os.path.join(output_dir, f'val_overlay_{setting}{suffix}'))
-        plotting.plot_mean_std(curves, written[-1], f'MAML vs MAML++, {setting}: mean ± std over {seeds} seeds')
+        plotting.plot_mean_std(curves, written[-1], f'{" vs ".join(methods)}, {setting}: mean ± std over {seeds} seeds')
     return written
 
 
-def compare(results_dir, output_dir, settings, seeds):
+def compare(results_dir, output_dir, settings, seeds, eval_batch_norm='transductive'):
     """Draws the figures and writes the tables from finished runs; returns the table rows.
 
     RunError naming every run that is missing or unfinished.
     """
-    folders = {(method, setting, seed): run_folder(results_dir, method, setting, seed)
+    folders = {(method, setting, seed): run_folder(results_dir, method, setting, seed, eval_batch_norm)
                for setting in settings for method in METHODS for seed in seeds}
     missing = [folder for folder in folders.values()
                if not os.path.exists(os.path.join(folder, results.SUMMARY_FILE))]
@@ -219,7 +229,7 @@ def main(argv):
     elif script_flags:
         raise errors.FlagError(f'flags after -- ({" ".join(script_flags)}) are for training; '
                                'with --train=false nothing is trained')
-    table = compare(FLAGS.results_dir, output_dir, FLAGS.settings, seeds)
+    table = compare(FLAGS.results_dir, output_dir, FLAGS.settings, seeds, FLAGS.eval_batch_norm)
     print(markdown_table(table))
     print(f'figures and tables in {output_dir}')
 

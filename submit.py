@@ -1,18 +1,26 @@
 """The submission zip: {Name}_{StudentNumber}_Assignment2.zip with the code, the report and the results.
 
-    python report.py && python submit.py --name 송재현 --student_number 2020-12345
+    python report.py --name 송재현 --student_number 2020-12345
+    python submit.py --name 송재현 --student_number 2020-12345
 
 The zip holds one folder of the same name with
-    the code        the project's files tracked by git (README.md and requirements.txt among them)
+    the code        the assignment's commands (HANDIN_COMMANDS and the commands they import), the
+                    fewshot/ package they need, README.md, requirements.txt and LICENSE; not the
+                    project's tests, reference runs, docs or CI
     the report      report.md and report.pdf (written by report.py)
     the results     of every run folder under --results_dir: final weights (model.keras,
                     per_step_parameters.npz), figures, hyperparameters.json, metrics.csv,
                     summary.json and the other tables a run writes
 and leaves out datasets, caches, checkpoints, TensorBoard logs, virtual environments and
-__pycache__. It prints the listing and the total size, then re-opens the zip and checks
-every entry against its source. An existing zip is replaced only with --force.
+__pycache__. In a git checkout it names every file git does not track that it leaves out; it
+works outside one too. No file in the zip carries an absolute path of this machine: in the
+results' text files (.json, .csv, .md) a path inside the project becomes relative to it and any
+other absolute path keeps only its last part (…/omniglot). It prints the listing and the total
+size, then re-opens the zip and checks every entry against what was meant to go in. An existing
+zip is replaced only with --force.
 """
 
+import ast
 import hashlib
 import os
 import re
@@ -22,15 +30,23 @@ import zipfile
 from absl import flags
 
 from fewshot import config, errors, results  # config defines --results_dir
+import report  # Defines --name and --student_number, which the report's first page shows too.
 
-flags.declare_key_flag('results_dir')  # config's: the run folders to include.
-flags.DEFINE_string('name', None, 'Your name, as it should appear in the zip\'s name (any script).')
-flags.DEFINE_string('student_number', None, 'Your student number, e.g. 2020-12345.')
+for _name in ('results_dir', 'name', 'student_number'):
+    flags.declare_key_flag(_name)  # config's run folders to include; report's name and number.
 flags.DEFINE_string('report', 'report.md', 'The report written by report.py (its .pdf must be beside it).')
 flags.DEFINE_string('zip_dir', '.', 'Where to write the zip.')
 flags.DEFINE_boolean('force', False, 'Replace an existing zip of the same name.')
 FLAGS = flags.FLAGS
 
+# The assignment's commands; the zip holds them, the commands they import, and the package.
+HANDIN_COMMANDS = ('maml.py', 'maml_plusplus.py', 'maml_transfer.py', 'stability.py', 'initialization_lab.py',
+                   'figures.py', 'report.py', 'submit.py')
+PROJECT_FILES = ('README.md', 'requirements.txt', 'LICENSE')
+PACKAGE = 'fewshot'
+TEXT_SUFFIXES = ('.json', '.csv', '.md')  # Results files whose text may hold this machine's paths.
+# An absolute path: / not inside a word, a relative path or a URL, then at least one character of a name.
+ABSOLUTE_PATH = re.compile(r'(?<![\w/:.~-])/[^\s"\',;|()<>\[\]]+|\b[A-Za-z]:\\\\[^\s"\',;|()<>]+')
 # What a run folder contributes: final weights, figures and tables; never checkpoints or logs.
 RESULT_SUFFIXES = ('.json', '.csv', '.md', '.png', '.pdf', '.svg', '.keras', '.npz')
 EXCLUDED_FILES = {results.CHECKPOINT_FILE}
@@ -47,14 +63,63 @@ def zip_name(name, student_number):
     return f'{name}_{student_number}_Assignment2.zip'
 
 
+def imported_commands(repo, script):
+    """The commands at the top of `repo` that `script` imports (import maml, from maml import ...)."""
+    with open(os.path.join(repo, script), encoding='utf-8') as f:
+        tree = ast.parse(f.read(), script)
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+    return {f'{name}.py' for name in names if os.path.isfile(os.path.join(repo, f'{name}.py'))}
+
+
 def code_files(repo):
-    """The project's files tracked by git, relative to `repo`."""
+    """The hand-in's code, relative to `repo`: HANDIN_COMMANDS, every command they import (transitively),
+    the package's Python files and PROJECT_FILES that exist. Needs no git."""
+    commands, pending = set(), [script for script in HANDIN_COMMANDS if os.path.isfile(os.path.join(repo, script))]
+    while pending:
+        script = pending.pop()
+        if script not in commands:
+            commands.add(script)
+            pending += imported_commands(repo, script)
+    package = [os.path.relpath(os.path.join(folder, file), repo).replace(os.sep, '/')
+               for folder, subfolders, files in os.walk(os.path.join(repo, PACKAGE))
+               for file in files if file.endswith('.py') and '__pycache__' not in folder]
+    return sorted(commands | set(package) | {name for name in PROJECT_FILES if os.path.isfile(os.path.join(repo, name))})
+
+
+def untracked_left_out(repo, entries):
+    """The files of the git checkout `repo` that git does not track and the zip leaves out (None outside
+    a git checkout)."""
     try:
-        listed = subprocess.run(['git', 'ls-files', '-z'], cwd=repo, capture_output=True, check=True)
+        listed = subprocess.run(['git', 'ls-files', '-z', '--others', '--exclude-standard'], cwd=repo,
+                                capture_output=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        raise results.RunError(f'{repo} is not a git checkout (git ls-files failed); the code is what '
-                               'git tracks') from None
-    return sorted(path for path in listed.stdout.decode().split('\0') if path)
+        return None
+    return sorted(path for path in listed.stdout.decode().split('\0') if path and path not in entries)
+
+
+def without_machine_paths(text, bases):
+    """`text` with every absolute path made relative to the first of `bases` (absolute folders: the
+    project's, the results folder's parent) it lies in, else cut to …/<its last part>: a hand-in carries
+    no path of the student's machine."""
+    def replace(match):
+        path = match.group(0)
+        for base in bases:
+            inside = os.path.relpath(path, base) if os.path.isabs(path) else '..'
+            if not inside.startswith('..'):
+                return inside.replace(os.sep, '/')
+        return '…/' + re.split(r'[\\/]', path.rstrip('/\\'))[-1]
+    return ABSOLUTE_PATH.sub(replace, text)
+
+
+def entry_bytes(inside, source, bases):
+    """What the zip holds for `source`: its bytes, or, for a results text file, its text without this
+    machine's paths (`without_machine_paths`)."""
+    with open(source, 'rb') as f:
+        content = f.read()
+    if inside.endswith(TEXT_SUFFIXES) and inside not in PROJECT_FILES:
+        return without_machine_paths(content.decode('utf-8', errors='replace'), bases).encode()
+    return content
 
 
 def result_files(results_dir):
@@ -93,19 +158,22 @@ def _sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def write_zip(path, folder, entries, force=False):
-    """Writes the zip atomically and checks every entry against its source; returns the listing."""
+def write_zip(path, folder, entries, force=False, bases=()):
+    """Writes the zip atomically and checks every entry against what was meant to go in (`entry_bytes`,
+    bases: the folders paths are made relative to); returns the listing."""
     if os.path.exists(path) and not force:
         raise results.RunError(f'{path} already exists; pass --force to replace it')
     with results.replacing(path) as temporary:
-        return _write_and_check(temporary, folder, entries)
+        return _write_and_check(temporary, folder, entries, [os.path.abspath(base) for base in bases])
 
 
-def _write_and_check(temporary, folder, entries):
-    """Writes the zip to `temporary`, re-opens it and compares every entry with its source."""
+def _write_and_check(temporary, folder, entries, bases):
+    """Writes the zip to `temporary`, re-opens it and compares every entry with what was meant to go in."""
+    meant = {inside: entry_bytes(inside, source, bases) for inside, source in entries.items()}
     with zipfile.ZipFile(temporary, 'w', zipfile.ZIP_DEFLATED) as archive:
         for inside, source in sorted(entries.items()):
-            archive.write(source, f'{folder}/{inside}')
+            info = zipfile.ZipInfo.from_file(source, f'{folder}/{inside}')
+            archive.writestr(info, meant[inside], compress_type=zipfile.ZIP_DEFLATED)
     with zipfile.ZipFile(temporary) as archive:  # Re-open what was written and check it.
         damaged = archive.testzip()
         if damaged:
@@ -115,9 +183,8 @@ def _write_and_check(temporary, folder, entries):
         if {name for name, _ in listing} != expected:
             raise results.RunError(f'{temporary}: the entries differ from what was added')
         for inside, source in entries.items():
-            with open(source, 'rb') as f:
-                if _sha256(archive.read(f'{folder}/{inside}')) != _sha256(f.read()):
-                    raise results.RunError(f'{temporary}: {inside} differs from {source}')
+            if _sha256(archive.read(f'{folder}/{inside}')) != _sha256(meant[inside]):
+                raise results.RunError(f'{temporary}: {inside} differs from {source}')
     return listing
 
 
@@ -125,12 +192,19 @@ def main(argv):
     del argv
     name = zip_name(FLAGS.name, FLAGS.student_number)
     results.check_writable(FLAGS.zip_dir, '--zip_dir')
-    entries = contents(os.path.dirname(os.path.abspath(__file__)), FLAGS.results_dir, FLAGS.report)
+    repo = os.path.dirname(os.path.abspath(__file__))
+    entries = contents(repo, FLAGS.results_dir, FLAGS.report)
     os.makedirs(FLAGS.zip_dir, exist_ok=True)
     path = os.path.join(FLAGS.zip_dir, name)
-    listing = write_zip(path, name[:-len('.zip')], entries, FLAGS.force)
+    listing = write_zip(path, name[:-len('.zip')], entries, FLAGS.force,
+                        bases=(repo, os.path.dirname(os.path.abspath(FLAGS.results_dir))))
     for entry, size in listing:
         print(f'{size:>12,d}  {entry}')
+    left_out = untracked_left_out(repo, entries)
+    if left_out is None:
+        print(f'{repo} is not a git checkout: the zip holds the hand-in\'s files as listed; nothing else was looked at')
+    elif left_out:
+        print(f'left out, not tracked by git and not part of the hand-in: {", ".join(left_out)}')
     total = sum(size for _, size in listing)
     print(f'{len(listing)} files, {total / 1e6:.1f} MB uncompressed, {os.path.getsize(path) / 1e6:.1f} MB '
           f'zipped: {path} (every entry re-read and checked)')

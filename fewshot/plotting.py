@@ -108,7 +108,7 @@ def plot_seed_curves(curves, path, title):
 
 
 def plot_mean_std(curves_by_method, path, title):
-    """Validation accuracy of several methods: mean over seeds with a ± std band.
+    """Validation accuracy of several methods: mean over seeds with a ± std band (`results.std_over_seeds`).
 
     curves_by_method: {method: {seed: (iterations, accuracies)}}; only iterations every
     seed of a method reached are averaged.
@@ -119,7 +119,7 @@ def plot_mean_std(curves_by_method, path, title):
         common = sorted(set.intersection(*(set(iterations.tolist()) for iterations, _ in curves.values())))
         stacked = np.array([[dict(zip(iterations.tolist(), accuracy))[i] for i in common]
                             for iterations, accuracy in curves.values()])
-        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+        mean, std = stacked.mean(axis=0), results.std_over_seeds(stacked)
         axes.plot(common, mean, color=color, marker='o', markersize=2.5,
                   label=f'{method} (final {mean[-1]:.1%} ± {std[-1]:.1%}, {len(curves)} seeds)')
         axes.fill_between(common, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)

@@ -140,6 +140,16 @@ def library_versions():
     return versions
 
 
+def std_over_seeds(values, axis=0):
+    """The sample standard deviation (n − 1) of per-seed values along `axis`, NaN for one seed: the one
+    definition behind every '± std over seeds' a table or figure shows."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[axis] < 2:
+        return np.full(np.delete(values.shape, axis), np.nan) if values.ndim > 1 else float('nan')
+    spread = values.std(axis=axis, ddof=1)
+    return float(spread) if np.ndim(spread) == 0 else spread
+
+
 def confidence_interval(values):
     """Mean and 95% confidence half-width (normal approximation) of per-task values."""
     values = np.asarray(values, dtype=np.float64)

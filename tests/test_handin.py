@@ -64,12 +64,10 @@ def results_dir(tmp_path):
     results.write_csv(os.path.join(transfer, results.COMPARISON_TASKS_FILE), [
         {'setting': '5-way 5-shot', 'method': method, 'task': task, 'accuracy': 0.9 + 0.01 * task}
         for method in ('FO-MAML', 'transfer') for task in range(5)])
-    for method, seeds in {'MAML': [0.90, 0.93, 0.96], 'MAML++': [0.97, 0.975, 0.98]}.items():
+    for method, seeds in {'FO-MAML': [0.90, 0.93, 0.96], 'MAML++': [0.97, 0.975, 0.98]}.items():
         for seed, final in enumerate(seeds):
-            folder = stability.run_folder(str(out), method, '5way5shot', seed)
-            if not os.path.exists(folder):
-                make_run(folder, 'FO-MAML' if method == 'MAML' else 'MAML++', [0.3, final - 0.1, final],
-                         final - 0.005, seed=seed)
+            make_run(stability.run_folder(str(out), method, '5way5shot', seed), method, [0.3, final - 0.1, final],
+                     final - 0.005, seed=seed)
     stability.compare(str(out), str(out / 'stability'), ['5way5shot'], [0, 1, 2])
     for folder in figures.find_folders(str(out)):
         figures.redraw(folder)
@@ -88,7 +86,7 @@ def test_redrawing_from_the_same_logs_gives_the_same_figures(results_dir):
     assert first == again
     stability_figures = figures.redraw(str(results_dir / 'stability'))
     assert sorted(os.path.basename(p) for p in stability_figures) == [
-        'val_maml++_5way5shot.png', 'val_maml_5way5shot.png', 'val_overlay_5way5shot.png']
+        'val_fo-maml_5way5shot.png', 'val_maml++_5way5shot.png', 'val_overlay_5way5shot.png']
     assert [os.path.basename(p) for p in figures.redraw(str(results_dir / 'transfer_5way5shot_seed0'), '.svg')] \
         == ['val_accuracy.svg', 'comparison.svg']
 
@@ -135,7 +133,7 @@ def test_the_reports_numbers_are_the_run_folders_numbers(results_dir):
         assert f'{100 * row["largest_drop"]:.2f}%' in text
     test_mean = {row['method']: row['test_mean'] for row in stability_rows}
     assert (f'On meta-test MAML++ was more accurate: {100 * test_mean["MAML++"]:.2f}% vs '
-            f'{100 * test_mean["MAML"]:.2f}% (mean over seeds)') in text
+            f'{100 * test_mean["FO-MAML"]:.2f}% (mean over seeds)') in text
     assert '98.31% ± 0.15%' in text and '93.58% ± 0.47%' in text  # From comparison.csv.
     assert 'per-step running statistics (non-transductive)' in text  # The batch-norm mode.
     assert 'No expected run is missing.' in text
@@ -147,12 +145,30 @@ def test_the_reports_numbers_are_the_run_folders_numbers(results_dir):
         assert f.read(5) == b'%PDF-'
 
 
+def test_the_report_names_the_student_counts_the_tasks_and_marks_its_drafts(results_dir):
+    runs, stability_dir = report.find_runs(str(results_dir))
+    unnamed = report.to_markdown(report.build_report(runs, stability_dir, str(results_dir.parent)))
+    assert 'Name: (not given: python report.py --name ...)' in unnamed
+    text = report.to_markdown(report.build_report(runs, stability_dir, str(results_dir.parent),
+                                                  name='Kim Minji', student_number='2020-12345'))
+    assert 'Name: Kim Minji. Student number: 2020-12345.' in text
+    # The test-task count is each run's own, not a fixed "(600 tasks)".
+    assert '(600 tasks)' not in text and '| test tasks |' in text.replace('acc. | test tasks', '| test tasks')
+    transfer = runs[[run['name'] for run in runs].index('transfer_5way5shot_seed0')]
+    assert f'| {transfer["summary"]["test_tasks"]} |' in text
+    # Differences are in points; every generated analysis paragraph says it is a draft.
+    assert 'transfer learning is ahead by 0.28 points' in text and 'ahead by 0.28%' not in text
+    analyses = [line for line in text.splitlines() if 'ahead by' in line or 'more stable by' in line
+                or 'not more stable by' in line]
+    assert analyses and all(line.startswith(report.DRAFT) for line in analyses)
+
+
 def test_a_meta_test_difference_within_a_runs_confidence_interval_is_not_called_a_gain():
     maml = {'test_mean': 0.9796, 'test_ci95_mean': 0.0018, 'batch_norm': 'transductive'}
     close = report.accuracy_sentence(maml, {'test_mean': 0.9804, 'test_ci95_mean': 0.0017,
                                             'batch_norm': 'transductive'})
     assert close.startswith('On meta-test the two were about as accurate: 98.04% vs 97.96%')
-    assert close.endswith('+0.08 points, within the 95% confidence half-width of a single run (0.18%).')
+    assert close.endswith('+0.08 points, within the 95% confidence half-width of a single run (0.18 points).')
     worse = report.accuracy_sentence(maml, {'test_mean': 0.9750, 'test_ci95_mean': 0.0017,
                                             'batch_norm': 'support-set moments'})
     assert worse.startswith('On meta-test MAML++ was less accurate') and '-0.46 points' in worse
@@ -214,7 +230,18 @@ def test_zip_holds_code_report_and_results_only_and_round_trips_non_ascii_names(
         assert all(info.flag_bits & 0x800 for info in archive.infolist())  # UTF-8 names.
     assert names == [name for name, _ in listing] and all(n.startswith(folder + '/') for n in names)
     inside = {name[len(folder) + 1:] for name in names}
-    assert {'maml.py', 'maml_plusplus.py', 'requirements.txt', 'README.md', 'report.md', 'report.pdf'} <= inside
+    assert {'maml.py', 'maml_plusplus.py', 'maml_transfer.py', 'stability.py', 'figures.py', 'report.py',
+            'submit.py', 'fewshot/__init__.py', 'fewshot/experiment.py', 'requirements.txt', 'README.md',
+            'report.md', 'report.pdf'} <= inside
+    # The hand-in, not the project: no tests, reference runs, docs, CI or unrelated commands.
+    assert not any(name.startswith(('tests/', 'reference/', 'docs/', '.ci/', 'protocols/')) for name in inside)
+    assert not inside & {'benchmark.py', 'reference.py', 'navigation.py', 'pytest.ini'}
+    # No file carries an absolute path of this machine (hyperparameters.json held --data_dir=/somewhere).
+    with zipfile.ZipFile(path) as archive:
+        for name in names:
+            content = archive.read(name)
+            assert str(tmp_path).encode() not in content and REPO.encode() not in content, name
+            assert b'/somewhere' not in content or b'\xe2\x80\xa6/somewhere' in content, name
     assert {'results/maml_fo_5way5shot_5steps_seed0/model.keras',
             'results/maml_fo_5way5shot_5steps_seed0/val_accuracy.png',
             'results/maml_fo_5way5shot_5steps_seed0/hyperparameters.json',
@@ -236,8 +263,35 @@ def test_submit_command_prints_the_listing_and_refuses_to_overwrite(results_dir,
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stderr
     assert 'Kim_2020-12345_Assignment2/report.pdf' in first.stdout and 'every entry re-read' in first.stdout
+    assert 'left out, not tracked by git' not in first.stdout or 'tests/' not in first.stdout
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 1 and 'already exists; pass --force' in again.stderr
     missing = subprocess.run(command[:-2] + [f'--report={tmp_path / "none.md"}', '--force'],
                              capture_output=True, text=True, cwd=REPO)
     assert missing.returncode == 1 and 'run python report.py first' in missing.stderr
+
+
+def test_submit_works_outside_a_git_checkout_and_names_untracked_files_it_leaves_out(results_dir, tmp_path):
+    """A student's copy without .git still zips; in a checkout, an untracked file of theirs is named."""
+    runs, stability_dir = report.find_runs(str(results_dir))
+    report_path, _ = report.write_report(runs, stability_dir, str(tmp_path / 'report.md'))
+    copy = tmp_path / 'copy'
+    files = submit.code_files(REPO)
+    for name in files:
+        os.makedirs(copy / os.path.dirname(name), exist_ok=True)
+        with open(os.path.join(REPO, name), 'rb') as source, open(copy / name, 'wb') as target:
+            target.write(source.read())
+    command = [sys.executable, str(copy / 'submit.py'), '--name=Kim', '--student_number=1',
+               f'--results_dir={results_dir}', f'--report={report_path}', f'--zip_dir={tmp_path / "out"}']
+    outside = subprocess.run(command, capture_output=True, text=True, cwd=copy)
+    assert outside.returncode == 0, outside.stderr[-2000:]
+    assert 'is not a git checkout' in outside.stdout
+    with zipfile.ZipFile(tmp_path / 'out' / 'Kim_1_Assignment2.zip') as archive:
+        assert {f'Kim_1_Assignment2/{name}' for name in files} <= set(archive.namelist())
+
+    subprocess.run(['git', 'init', '-q'], cwd=copy, check=True)
+    subprocess.run(['git', 'add', *files], cwd=copy, check=True)
+    (copy / 'my_notes.py').write_text('# not part of the hand-in\n')
+    inside = subprocess.run(command + ['--force'], capture_output=True, text=True, cwd=copy)
+    assert inside.returncode == 0, inside.stderr[-2000:]
+    assert 'left out, not tracked by git and not part of the hand-in: my_notes.py' in inside.stdout

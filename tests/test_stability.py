@@ -1,4 +1,4 @@
-"""The MAML vs MAML++ stability comparison: its figures from known curves, and the whole command."""
+"""The FO-MAML vs MAML++ stability comparison: its figures from known curves, and the whole command."""
 
 import json
 import os
@@ -28,7 +28,7 @@ def _fake_run(folder, accuracies, test, batch_norm='transductive'):
 
 
 CURVES = {  # method -> seed -> validation accuracy at iterations 0, 50, 100, 150, 200
-    'MAML': {0: [0.2, 0.6, 0.9, 0.7, 0.8], 1: [0.2, 0.7, 0.8, 0.85, 0.9]},
+    'FO-MAML': {0: [0.2, 0.6, 0.9, 0.7, 0.8], 1: [0.2, 0.7, 0.8, 0.85, 0.9]},
     'MAML++': {0: [0.2, 0.8, 0.9, 0.95, 0.96], 1: [0.2, 0.85, 0.9, 0.94, 0.96]},
 }
 
@@ -41,7 +41,7 @@ def test_stability_figures_and_files_from_known_curves(tmp_path):
     out = str(tmp_path / 'stability')
     table = stability.compare(str(tmp_path), out, ['5way5shot'], [0, 1])
     maml, plus = table
-    assert (maml['method'], plus['method']) == ('MAML', 'MAML++')
+    assert (maml['method'], plus['method']) == ('FO-MAML', 'MAML++')
     assert maml['final_val_std'] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert plus['final_val_std'] == pytest.approx(0.0)
     # Seed 0 changes by .4 .3 .2 .1, seed 1 by .5 .1 .05 .05: means .25 and .175.
@@ -50,7 +50,7 @@ def test_stability_figures_and_files_from_known_curves(tmp_path):
     assert maml['mean_abs_change_second_half'] == pytest.approx((0.15 + 0.05) / 2)
     assert maml['largest_drop'] == pytest.approx(0.2) and plus['largest_drop'] == 0.0
     assert maml['test_mean'] == pytest.approx(0.84)
-    for name in ('val_maml_5way5shot.png', 'val_maml++_5way5shot.png', 'val_overlay_5way5shot.png',
+    for name in ('val_fo-maml_5way5shot.png', 'val_maml++_5way5shot.png', 'val_overlay_5way5shot.png',
                  'stability.csv', 'stability.md', 'runs.csv'):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     markdown = open(os.path.join(out, 'stability.md')).read()
@@ -58,13 +58,14 @@ def test_stability_figures_and_files_from_known_curves(tmp_path):
 
 
 def test_missing_runs_are_named(tmp_path):
-    _fake_run(stability.run_folder(str(tmp_path), 'MAML', '5way5shot', 0), [0.2, 0.9], test=0.9)
-    with pytest.raises(results.RunError, match=r'unfinished or missing runs: .*maml\+\+_5way5shot_5steps_seed0'):
+    _fake_run(stability.run_folder(str(tmp_path), 'FO-MAML', '5way5shot', 0), [0.2, 0.9], test=0.9)
+    with pytest.raises(results.RunError, match=r'unfinished or missing runs: .*stability/runs/'
+                                               r'maml\+\+_5way5shot_5steps_eval-transductive_seed0'):
         stability.compare(str(tmp_path), str(tmp_path / 'out'), ['5way5shot'], [0])
 
 
 def test_a_run_finished_with_other_iterations_is_not_reused(tmp_path):
-    folder = stability.run_folder(str(tmp_path), 'MAML', '5way5shot', 0)
+    folder = stability.run_folder(str(tmp_path), 'FO-MAML', '5way5shot', 0)
     _fake_run(folder, [0.2, 0.9], test=0.9)
     assert runs.finished(folder, 50)
     with pytest.raises(results.RunError, match='finished 50 iterations, not 1000'):
@@ -101,11 +102,14 @@ def test_the_command_trains_both_methods_for_every_seed_then_compares(synthetic_
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / 'stability' / 'runs.csv') as f:
         assert sum(1 for _ in f) == 1 + 2 * 2  # Header, two methods x two seeds.
-    for method in ('MAML', 'MAML++'):
+    for method in ('FO-MAML', 'MAML++'):
         for seed in (0, 1):
-            summary = json.load(open(os.path.join(stability.run_folder(str(tmp_path), method, '3way1shot', seed),
-                                                  results.SUMMARY_FILE)))
-            assert summary['iterations'] == 4
-    # Run again: every run is finished, so nothing trains and the tables are rewritten.
+            folder = stability.run_folder(str(tmp_path), method, '3way1shot', seed)
+            assert results.read_summary(folder)['iterations'] == 4
+            # Both evaluated alike by default: FO-MAML's transductive batch norm.
+            assert results.read_hyperparameters(folder)['batch_norm'].startswith('transductive')
+    assert not os.path.exists(tmp_path / 'maml_fo_3way1shot_5steps_seed0')  # Never a user's own run folder.
+    # Run again: every run is finished with the same flags, so it is reused and the tables are rewritten.
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert again.returncode == 0 and 'stability: training' not in again.stdout
+    assert again.returncode == 0 and 'stability.py: training' not in again.stdout, again.stderr[-2000:]
+    assert again.stdout.count('stability.py: reusing') == 4
