@@ -275,6 +275,10 @@ class MAMLPlusPlus(maml.MAML):
                      for step, rate in enumerate(rates)]
         return rows
 
+    def summaries(self):
+        return {**super().summaries(), **{f'inner_lr/{row["parameter"]}/step{row["step"]}': row['inner_lr']
+                                          for row in self.inner_learning_rates()}}
+
     def save(self, folder):
         """Writes the learned inner learning rates (CSV and plot) and every per-step array (npz)."""
         rows = self.inner_learning_rates()

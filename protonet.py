@@ -36,8 +36,12 @@ from fewshot import commands, config, data, distribution, errors, experiment, le
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
 flags.adopt_module_key_flags(learner)  # --backbone and --meta_lr.
-flags.DEFINE_integer('train_n_way', 0, 'Classes per meta-training task (0: --n_way). The paper trains '
-                     'Omniglot 60-way for 5-way testing: about 12 times the images per task here.', lower_bound=0)
+flags.DEFINE_integer('train_n_way', 0, 'Classes per meta-training task (0: --n_way; else at least 2, as a '
+                     'one-way task has nothing to tell apart). The paper trains Omniglot 60-way for 5-way testing: '
+                     'about 12 times the images per task here.', lower_bound=0)
+flags.register_validator('train_n_way', lambda value: value != 1,
+                         message='--train_n_way: 0 (the test\'s --n_way) or at least 2; a one-way task has nothing '
+                                 'to tell apart')
 FLAGS = flags.FLAGS
 
 

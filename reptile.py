@@ -55,7 +55,12 @@ flags.DEFINE_integer('inner_batch_size', 10, 'Examples per inner step (0: all of
                      lower_bound=0)
 flags.DEFINE_float('meta_step_size', 1.0, 'ε, the outer step size toward the adapted weights, at the first '
                    'meta-iteration.', lower_bound=0)
-flags.DEFINE_float('final_meta_step_size', 0.0, 'ε at the last meta-iteration (linear in between).', lower_bound=0)
+flags.DEFINE_float('final_meta_step_size', 0.0, 'ε at the last meta-iteration (linear in between; at most '
+                   '--meta_step_size: the schedule anneals).', lower_bound=0)
+flags.register_multi_flags_validator(
+    ['meta_step_size', 'final_meta_step_size'],
+    lambda values: not values['final_meta_step_size'] > values['meta_step_size'],  # NaN: the finiteness check's.
+    message='--final_meta_step_size: at most --meta_step_size (ε anneals from --meta_step_size down to it)')
 FLAGS = flags.FLAGS
 
 ADAM_BETA2, ADAM_EPSILON = 0.999, 1e-8

@@ -70,9 +70,10 @@ flags.DEFINE_float('time_budget_minutes', 0, 'Stop meta-training at the first va
                    '--budget_minutes sets it to compare methods at equal wall-clock time.', lower_bound=0)
 flags.DEFINE_integer('val_interval', 50, 'Validate, log and checkpoint every this many iterations.',
                      lower_bound=1)
-flags.DEFINE_integer('num_val_tasks', 160, 'Fixed meta-validation tasks per validation.',
-                     lower_bound=1)
-flags.DEFINE_integer('num_test_tasks', 600, 'Meta-test tasks for the final evaluation.', lower_bound=1)
+flags.DEFINE_integer('num_val_tasks', 160, 'Fixed meta-validation tasks per validation (at least 2: the 95% '
+                     'confidence interval needs two).', lower_bound=2)
+flags.DEFINE_integer('num_test_tasks', 600, 'Meta-test tasks for the final evaluation (at least 2: the 95% '
+                     'confidence interval needs two).', lower_bound=2)
 flags.DEFINE_integer('eval_seed', 2024, 'Seed of the fixed validation and test tasks (shared by '
                      'all scripts, so every method is scored on the same tasks).', lower_bound=0,
                      upper_bound=MAX_SEED - 1)  # The test tasks use --eval_seed + 1.

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -73,11 +74,29 @@ def read_tf_config():
                  and isinstance(index, int) and 0 <= index < len(hosts) and set(cluster) <= {'chief', 'worker'})
     except (ValueError, KeyError, TypeError, AttributeError):
         valid = False
-    if not valid:
+    if not valid or len(cluster.get('chief', [])) > 1:
         raise FlagError(f'TF_CONFIG is not a cluster description for --strategy multi_worker: {text[:200]!r}; '
                         f'expected a "cluster" of "worker" (and at most one "chief") addresses and this '
                         f'process\'s "task" in it, {example}')
+    for address in (address for hosts in cluster.values() for address in hosts):
+        host, _, port = address.rpartition(':')
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise FlagError(f'TF_CONFIG: {address!r} is not an address host:port with a port from 1 to 65535')
+    check_port_free(cluster[task_type][index])
     return cluster, task_type, index
+
+
+def check_port_free(address):
+    """FlagError if this process's own address's port is taken on this machine: TensorFlow would fail
+    deep inside its server, or wait for ever."""
+    port = int(address.rpartition(':')[2])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # A restarted run's old connections may linger.
+        try:
+            probe.bind(('', port))
+        except OSError as error:
+            raise FlagError(f'TF_CONFIG: this process\'s address {address} cannot be served: port {port} '
+                            f'({error.strerror}); choose a free port') from None
 
 
 class Cluster:

@@ -16,6 +16,7 @@ permission) as one line on stderr and exits with status 1. Anything else is a bu
 its traceback.
 """
 
+import math
 import os
 import sys
 
@@ -80,11 +81,23 @@ def _parse_flags(argv, takes_arguments):
         if len(remaining) > 1 and not takes_arguments:
             raise FlagError(f'unexpected arguments: {" ".join(remaining[1:])} (flags are written --name=value)')
         check_used_flags(argv[0])
+        check_finite_flags()
     except flags.CantOpenFlagFileError as error:  # absl's message starts 'ERROR:: Unable to open flagfile'.
         sys.exit(f'error: --flagfile: cannot be opened ({str(error).partition("flagfile: ")[2] or error})')
+    except UnicodeDecodeError:  # absl reads a flag file as text.
+        sys.exit('error: --flagfile: not a text file of flags (one --name=value a line, as in protocols/)')
     except (flags.Error, FlagError) as error:
         sys.exit(f'error: {error}')
     return remaining
+
+
+def check_finite_flags():
+    """FlagError for a float flag given NaN or an infinity: no range check catches them (NaN compares
+    false with everything), and they would run silently or fail deep inside."""
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        if flag.present and flag.flag_type() == 'float' and flag.value is not None and not math.isfinite(flag.value):
+            raise FlagError(f'--{flag.name} {flag.value}: must be a finite number')
 
 
 def check_used_flags(main_module):

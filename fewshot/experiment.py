@@ -157,6 +157,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
     train_stream = training_stream(splits)
+    # Peak memory from here on: the data's preprocessing (several GB the first time) is not the run's.
+    memory_after = 'data loading' if training.reset_peak_memory() else 'process start'
     run_folder.create()
     run_folder.write_hyperparameters(
         flag_values,
@@ -188,7 +190,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
                'val_post_accuracy': rows[-1]['val_post_accuracy'],
                'val_post_ci95': rows[-1]['val_post_ci95'], 'test_tasks': FLAGS.num_test_tasks,
                # Of the process that finished the run (a resumed run's earlier processes are not seen).
-               'peak_memory_gb': training.peak_memory_gb()}
+               'peak_memory_gb': training.peak_memory_gb(), 'peak_memory_since': memory_after}
     for when in ('pre', 'post'):
         mean, ci = results.confidence_interval(test[f'query_{when}_accuracy'])
         summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci

@@ -342,6 +342,8 @@ class RunFolder:
             raise RunError('--resume and --overwrite contradict each other: continue the run, or replace it')
         self.path = os.path.join(results_dir, run_name)
         self.resume, self.overwrite = resume, overwrite
+        # A folder this run makes (or replaces) holds nothing of the user's: `discard` may remove it.
+        self.fresh = not os.path.lexists(self.path) or overwrite or not os.listdir(self.path)
         self.resumable_changes = RESUMABLE_CHANGES - set(fixed_on_resume)
         exists = os.path.lexists(self.path)
         if exists and not os.path.isdir(self.path) or os.path.islink(self.path):
@@ -360,6 +362,9 @@ class RunFolder:
         check_writable(self.path if exists else results_dir, '--results_dir')
         if resume and not empty:
             self.resume_point()  # Fails now, not after loading the data, if it cannot be resumed.
+            logs = self.file('tensorboard')
+            if os.path.lexists(logs) and not os.path.isdir(logs):
+                raise RunError(f'{logs} is not a folder, and the run writes its TensorBoard logs there: move it away')
         if create:
             self.create()
 
@@ -372,6 +377,13 @@ class RunFolder:
 
     def file(self, name):
         return os.path.join(self.path, name)
+
+    def discard(self):
+        """Removes the folder if this run made it (`fresh`); True if it did."""
+        if self.fresh and os.path.isdir(self.path):
+            shutil.rmtree(self.path)
+            return True
+        return False
 
     # Hyperparameters -------------------------------------------------------
 
@@ -457,6 +469,10 @@ class RunFolder:
                 iteration = int(checkpoint['iteration'])
         except Exception as error:  # A foreign or damaged file raises many types.
             raise RunError(f'{path} cannot be read ({error}); start the run again with --overwrite') from None
+        foreign = [key for key, array in arrays.items() if array.dtype.kind not in 'fiub']
+        if foreign:
+            raise RunError(f'{path} holds arrays that are not real numbers ({", ".join(foreign[:3])}: '
+                           f'{arrays[foreign[0]].dtype}) and cannot be resumed; start the run again with --overwrite')
         bad = [key for key, array in arrays.items() if not _finite(array)]
         if bad:
             raise RunError(f'{path} holds NaN or infinite values ({len(bad)} of its arrays) and cannot be '
@@ -487,6 +503,9 @@ class RunFolder:
             if tuple(variable.shape) != arrays[name].shape:
                 raise RunError(f'{path} does not match this model ({name}: '
                                f'{arrays[name].shape} vs {tuple(variable.shape)})')
+            if (arrays[name].dtype.kind == 'f') != np.dtype(variable.dtype).kind.startswith('f'):
+                raise RunError(f'{path} does not match this model ({name}: {arrays[name].dtype} values for a '
+                               f'{np.dtype(variable.dtype)} variable)')
         for name, variable in variables.items():
             variable.assign(arrays[name])
         return iteration

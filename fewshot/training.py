@@ -8,18 +8,21 @@ A learner is any object with
         (and possibly more), adapting to each task without changing the learner
     state_variables() -> dict name -> every variable a checkpoint must hold, by a name that
         does not change between processes (see `results.named_variables`)
+    summaries() -> dict tag -> scalar for TensorBoard at each validation (optional; `learner.Learner`'s)
 `maml.MAML` is one; a pretrained classifier scored by transfer is another.
 """
 
 import dataclasses
 import datetime
 import math
+import os
 import resource
 import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorboard.plugins.hparams import api as hparams
 from tqdm import tqdm
 
 from fewshot import distribution, results
@@ -27,8 +30,25 @@ from fewshot.errors import TrainingError
 
 
 def peak_memory_gb():
-    """The peak resident memory of this process so far, in GB (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    """The peak resident memory of this process, in GB: since `reset_peak_memory` where Linux allows
+    it (VmHWM), else since the process started."""
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1e6  # kB.
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def reset_peak_memory():
+    """Starts `peak_memory_gb` afresh from the memory held now (so that, after the data is loaded, it
+    measures training and not preprocessing); False where the system cannot (then it keeps counting
+    from the start)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # Linux: reset the peak resident set size to the current one.
+        return True
+    except OSError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +98,18 @@ def chief_resume_point(cluster, start, rows, columns):
     return int(start), ([dict(zip(columns, last.tolist()))] if has_rows else [])
 
 
+def tensorboard_writer(run, start):
+    """The run's TensorBoard writer; a new run also records its flags (hyperparameters.json) as hparams."""
+    writer = tf.summary.create_file_writer(run.file('tensorboard'))
+    recorded = run.file(results.HYPERPARAMETERS_FILE)
+    if not start and os.path.exists(recorded):
+        flags = results.read_hyperparameters(run.path)['flags']
+        with writer.as_default():
+            hparams.hparams({name: value if isinstance(value, (bool, int, float, str)) else str(value)
+                             for name, value in flags.items() if value is not None})
+    return writer
+
+
 def train(learner, train_sampler, val_batches, run, schedule, progress=True, cluster=distribution.Cluster()):
     """Meta-trains `learner`, resuming from the run's checkpoint if there is one.
 
@@ -105,7 +137,7 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
     if start:
         logging.info('Resuming %s from iteration %d', run.path, start)
     elapsed = rows[-1]['seconds'] if rows else 0.0
-    writer = tf.summary.create_file_writer(run.file('tensorboard'))
+    writer = tensorboard_writer(run, start)
 
     def validate(iteration, train_metrics):
         val = evaluate(learner, val_batches, schedule.num_eval_inner_steps)
@@ -123,7 +155,9 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
         run.save_checkpoint(variables, iteration)
         with writer.as_default(step=iteration):
             for name in (f'val_pre_{score}', f'val_post_{score}'):
-                tf.summary.scalar(name, row[name])
+                tf.summary.scalar(f'validation/{name}', row[name])
+            for tag, value in getattr(learner, 'summaries', dict)().items():
+                tf.summary.scalar(tag, value)
         log_progress(row)
         return row
 
@@ -150,7 +184,9 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
             logging.info('Time budget of %.1f minutes spent at iteration %d', schedule.time_budget_seconds / 60,
                          iteration - 1)
             break
+        began = time.perf_counter()
         metrics = learner.meta_train_step(train_sampler.sample(iteration, schedule.meta_batch_size))
+        step_seconds = time.perf_counter() - began
         means = {name: float(np.mean(values)) for name, values in metrics.items()}
         loss = means[learner.train_metrics[0]]
         # NaN weights can give a finite loss (a ReLU passes NaN as 0 on some kernels): check both.
@@ -158,6 +194,10 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
         if broken or not state_is_finite():
             what = (f'the training metrics {", ".join(broken)}' if broken
                     else 'the weights or the optimizer state')
+            if not start and last['iteration'] == 0 and run.discard():  # Only the initial weights were saved.
+                raise TrainingError(f'{what} became NaN or infinite at iteration {iteration}; stopped there, '
+                                    f'before anything worth resuming, so the new run folder {run.path} was '
+                                    'removed. Try smaller learning rates.')
             raise TrainingError(
                 f'{what} became NaN or infinite at iteration {iteration}; stopped there, and the last '
                 f'finite checkpoint (iteration {int(last["iteration"])}) is kept in {run.path}. '
@@ -166,6 +206,7 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
         with writer.as_default(step=iteration):
             for name, value in means.items():
                 tf.summary.scalar(f'train/{name}', value)
+            tf.summary.scalar('seconds_per_iteration', step_seconds)  # The task draw and the meta-step.
         if iteration % schedule.val_interval == 0 or iteration == schedule.num_iterations:
             merged = {name: np.concatenate([m[name] for m in interval]) for name in metrics}
             last = validate(iteration, merged)

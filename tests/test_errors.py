@@ -135,6 +135,19 @@ def _nan_checkpoint(folder):
     np.savez(path, **arrays)
 
 
+def _retype_checkpoint(folder, dtype):
+    path = os.path.join(folder, results.CHECKPOINT_FILE)
+    with np.load(path) as checkpoint:
+        arrays = {key: checkpoint[key] for key in checkpoint.files}
+    arrays['model/conv1/kernel'] = arrays['model/conv1/kernel'].astype(dtype)
+    np.savez(path, **arrays)
+
+
+def _tensorboard_file(folder):
+    shutil.rmtree(os.path.join(folder, 'tensorboard'))
+    _write(os.path.join(folder, 'tensorboard'), 'not a folder')
+
+
 def _not_a_zip(world, sandbox):
     folder = shutil.copytree(world['omniglot'], os.path.join(sandbox, 'omniglot'))
     _write(os.path.join(folder, 'images_evaluation.zip'), 'PK\x03\x04 cut short')
@@ -237,6 +250,20 @@ CASES = {
     'reptile: Adam meta learning rate': ('reptile.py', [*RESULTS, '--meta_lr=0.1'],
                                          r'--meta_lr is not a flag of reptile.py', None),
     'reptile: negative inner batch': ('reptile.py', [*RESULTS, '--inner_batch_size=-1'], r'--inner_batch_size', None),
+    'reptile: ε schedule that grows': ('reptile.py', [*RESULTS, '--meta_step_size=0.1', '--final_meta_step_size=5'],
+                                       r'--final_meta_step_size: at most --meta_step_size', None),
+    'protonet: one-way training tasks': ('protonet.py', [*RESULTS, '--train_n_way=1'],
+                                         r'--train_n_way: 0 .* or at least 2', None),
+    # Non-finite floats: no range check catches NaN, and an infinity ran or failed deep inside.
+    'maml: NaN memory budget': ('maml.py', [*MAML, '--memory_budget_gb=nan'],
+                                r'--memory_budget_gb nan: must be a finite number', None),
+    'maml: infinite memory budget': ('maml.py', [*MAML, '--memory_budget_gb=inf'],
+                                     r'--memory_budget_gb inf: must be a finite number', None),
+    'maml: NaN time budget': ('maml.py', [*MAML, '--time_budget_minutes=nan'],
+                              r'--time_budget_minutes nan: must be a finite number', None),
+    'reptile: NaN step size': ('reptile.py', [*RESULTS, '--meta_step_size=nan'],
+                               r'--meta_step_size nan: must be a finite number', None),
+    'maml: one test task': ('maml.py', [*MAML, '--num_test_tasks=1'], r'--num_test_tasks', None),
     'relationnet: a ProtoNet flag': ('relationnet.py', [*RESULTS, '--train_n_way=20'],
                                      r'Unknown command line flag .train_n_way.', None),
     'imaml: an order it does not have': ('imaml.py', [*RESULTS, '--first_order'],
@@ -286,6 +313,12 @@ CASES = {
     'maml: resume, damaged checkpoint': (
         'maml.py', RESUME, r'checkpoint.npz cannot be read',
         lambda w, s: _write(f'{_copy_run(w, s)}/checkpoint.npz', 'PK')),
+    'maml: resume, checkpoint of strings': ('maml.py', RESUME, r'holds arrays that are not real numbers',
+                                            lambda w, s: _retype_checkpoint(_copy_run(w, s), 'U8')),
+    'maml: resume, complex checkpoint': ('maml.py', RESUME, r'holds arrays that are not real numbers',
+                                         lambda w, s: _retype_checkpoint(_copy_run(w, s), np.complex64)),
+    'maml: resume, tensorboard is a file': ('maml.py', RESUME, r'tensorboard is not a folder',
+                                            lambda w, s: _tensorboard_file(_copy_run(w, s))),
     'maml: resume, NaN checkpoint': ('maml.py', RESUME,
                                      r'checkpoint.npz holds NaN or infinite values',
                                      lambda w, s: _nan_checkpoint(_copy_run(w, s))),
@@ -335,6 +368,9 @@ CASES = {
                                    lambda w, s: _lab_folder(s, '{"per_seed": [')),
 
     # Protocols and reference results.
+    'maml: binary flag file': ('maml.py', [*MAML, '--flagfile={sandbox}/paper.flags'],
+                               r'--flagfile: not a text file of flags',
+                               lambda w, s: open(os.path.join(s, 'paper.flags'), 'wb').write(b'\xff\xfe\x00\x81PK')),
     'maml: missing flag file': ('maml.py', [*MAML, '--flagfile={sandbox}/paper.flags'],
                                 r'--flagfile: cannot be opened .*paper.flags', None),
     'reference: an unfinished run': ('reference.py', [*REFERENCE, '--add={sandbox}/results/run'],
@@ -408,6 +444,20 @@ CASES = {
     'maml: multi_worker without TF_CONFIG': ('maml.py', [*MAML, '--strategy=multi_worker'],
                                              r'--strategy multi_worker: the TF_CONFIG environment variable is not '
                                              r'set', None, {'env': {'TF_CONFIG': ''}}),
+    'maml: TF_CONFIG address without a port': ('maml.py', [*MAML, '--strategy=multi_worker'],
+                                                r"TF_CONFIG: 'localhost' is not an address host:port", None,
+                                                {'env': {'TF_CONFIG': '{"cluster": {"worker": ["localhost"]}, '
+                                                                      '"task": {"type": "worker", "index": 0}}'}}),
+    'maml: TF_CONFIG port out of range': ('maml.py', [*MAML, '--strategy=multi_worker'],
+                                          r'TF_CONFIG: .localhost:70000. is not an address host:port with a port '
+                                          r'from 1 to 65535', None,
+                                          {'env': {'TF_CONFIG': '{"cluster": {"worker": ["localhost:70000"]}, '
+                                                                '"task": {"type": "worker", "index": 0}}'}}),
+    'maml: TF_CONFIG with two chiefs': ('maml.py', [*MAML, '--strategy=multi_worker'],
+                                        r'TF_CONFIG is not a cluster description', None,
+                                        {'env': {'TF_CONFIG': '{"cluster": {"chief": ["localhost:2001", '
+                                                              '"localhost:2002"], "worker": ["localhost:2003"]}, '
+                                                              '"task": {"type": "chief", "index": 0}}'}}),
     'protonet: malformed TF_CONFIG': ('protonet.py', [*NO_INNER_LOOP, '--strategy=multi_worker'],
                                       r'TF_CONFIG is not a cluster description for --strategy multi_worker: '
                                       r'.*\[1\]', None,
@@ -502,8 +552,13 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(world, tmp_path, sc
     result = run_command(script, [*MAML, '--run_name=diverged', '--num_iterations=6', '--val_interval=2', *flags],
                          world, str(tmp_path))
     assert result.returncode != 0, 'the diverged run finished'
-    assert re.search(r'NaN or infinite at iteration \d+; stopped there', result.stderr), result.stderr[-2000:]
+    stopped = re.search(r'NaN or infinite at iteration (\d+); stopped there', result.stderr)
+    assert stopped, result.stderr[-2000:]
     folder = tmp_path / 'results' / 'diverged'
+    if int(stopped[1]) <= 2:  # Before the first checkpoint past the initial weights: nothing is kept.
+        assert 'the new run folder' in result.stderr and 'was removed' in result.stderr
+        assert not folder.exists()
+        return
     assert not (folder / results.MODEL_FILE).exists() and not (folder / results.SUMMARY_FILE).exists()
     with np.load(folder / results.CHECKPOINT_FILE) as checkpoint:
         assert all(np.isfinite(checkpoint[key]).all() for key in checkpoint.files)
@@ -523,3 +578,32 @@ def test_resume_without_the_metrics_of_the_checkpoint_is_refused(world, tmp_path
     assert re.search(r'checkpoint.npz is at iteration 4 but .*metrics.csv has no row', result.stderr), \
         result.stderr[-2000:]
     assert open(os.path.join(folder, results.CHECKPOINT_FILE), 'rb').read() == checkpoint
+
+
+def test_a_tf_config_port_in_use_is_one_error_line(world, tmp_path):
+    """TensorFlow failed deep inside its server (a traceback) when this process's port was taken."""
+    import json
+    import socket
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = {'cluster': {'worker': [f'localhost:{port}']}, 'task': {'type': 'worker', 'index': 0}}
+        result = run_command('maml.py', [*MAML, '--strategy=multi_worker'], world, str(tmp_path),
+                             env={'TF_CONFIG': json.dumps(config)})
+    assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+    assert _error_lines(result.stderr) == [result.stderr.strip().splitlines()[-1]]
+    assert f'port {port}' in result.stderr and 'choose a free port' in result.stderr
+
+
+def test_a_checkpoint_with_integer_weights_is_refused(world, tmp_path):
+    """Integer arrays where the model has float weights were restored silently (rounded weights)."""
+    import keras
+    folder = _copy_run(world, str(tmp_path))
+    with np.load(os.path.join(folder, results.CHECKPOINT_FILE)) as checkpoint:  # The model's variables.
+        variables = {key: keras.Variable(np.zeros_like(checkpoint[key])) for key in checkpoint.files
+                     if key != 'iteration'}
+    _retype_checkpoint(folder, np.int32)
+    run = results.RunFolder(os.path.dirname(folder), os.path.basename(folder), resume=True)
+    with pytest.raises(results.RunError, match=r'model/conv1/kernel: int32 values for a float32 variable'):
+        run.restore_checkpoint(variables)
