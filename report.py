@@ -65,8 +65,11 @@ def load_run(folder):
 
 def find_runs(results_dir, folders=()):
     """The runs to report on and the stability folder (or None). The MNIST lab is not part of it."""
+    # The user's own runs: not those the tools keep in <tool>/runs/, studies, comparisons or the lab.
     found = [folder for folder in list(folders) or figures.find_folders(results_dir)
-             if not figures.is_lab_folder(folder)]
+             if folders or os.path.dirname(os.path.normpath(folder)) == os.path.normpath(results_dir)]
+    found = [folder for folder in found if figures.is_run_folder(folder) or figures.is_stability_folder(folder)]
+    found = [folder for folder in found if not figures.is_lab_folder(folder)]
     runs = [load_run(folder) for folder in found if not figures.is_stability_folder(folder)]
     if not runs and not os.path.isdir(os.path.join(results_dir, 'compare')):
         raise results.RunError(f'no run folders found under {results_dir} (a run folder has '

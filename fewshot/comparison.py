@@ -86,13 +86,13 @@ def markdown_table(rows):
     return '\n'.join(lines) + '\n'
 
 
-def draw(runs, output_dir):
-    """The figures of the comparison (see the module docstring); returns the paths written."""
+def draw(runs, output_dir, suffix='.png'):
+    """The figures of the comparison (see the module docstring), as `suffix` files; returns the paths written."""
     written = []
     for group in dict.fromkeys(run['group'] for run in runs):
         members = [run for run in runs if run['group'] == group]
-        for axis, name, label in ((0, f'val_{group}.png', 'meta-iteration'),
-                                  (1, f'val_time_{group}.png', 'training time (minutes)')):
+        for axis, name, label in ((0, f'val_{group}{suffix}', 'meta-iteration'),
+                                  (1, f'val_time_{group}{suffix}', 'training time (minutes)')):
             curves = {run['algorithm']: (run['curve'][axis], run['curve'][2]) for run in members}
             written.append(os.path.join(output_dir, name))
             plotting.plot_curves(curves, written[-1], f'{group}: validation accuracy after adaptation', label)
@@ -100,7 +100,7 @@ def draw(runs, output_dir):
     for run in runs:
         if run['feature_similarity'] == run['feature_similarity']:  # Learners that adapt features.
             similarity[run['group']][run['algorithm']] = run['feature_similarity']
-    written.append(os.path.join(output_dir, 'feature_change.png'))
+    written.append(os.path.join(output_dir, f'feature_change{suffix}'))
     plotting.plot_grouped_bars(
         similarity, written[-1], 'Feature change during adaptation (meta-test support sets)',
         'mean cosine similarity of penultimate features,\nbefore vs after adaptation')

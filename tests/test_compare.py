@@ -60,6 +60,19 @@ def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp
     text = report.to_markdown(report.build_report(runs, stability_dir, str(tmp_path), output))
     assert '4. The learners side by side' in text and 'FO-ANIL' in text
 
+    # figures.py redraws the comparison's figures and its runs' (kept in compare/runs/), and names a study
+    # whose own figures it cannot draw.
+    study = os.path.join(tmp_path, 'results', 'sine_k10_seed0')
+    os.makedirs(study)
+    open(os.path.join(study, 'sine_results.md'), 'w').write('a table\n')
+    redrawn = subprocess.run([sys.executable, os.path.join(REPO, 'figures.py'),
+                              f'--results_dir={tmp_path}/results'], capture_output=True, text=True, cwd=REPO)
+    assert redrawn.returncode == 0, redrawn.stderr[-2000:]
+    printed = set(redrawn.stdout.split())
+    assert {os.path.join(output, 'val_3way1shot.png'), os.path.join(output, 'feature_change.png')} <= printed
+    assert {os.path.join(folder, 'val_accuracy.png') for folder in folders} <= printed
+    assert f'{study}: a sine.py study' in redrawn.stdout
+
 
 def test_an_equal_time_budget_stops_every_run_before_its_iterations(synthetic_dir, tmp_path):
     _compare(synthetic_dir, tmp_path, '--algorithms=maml', '--budget_minutes=1e-5', '--num_iterations=50')
