@@ -3,20 +3,33 @@
     python reference.py --add results/fomaml_paper_5way1shot   # keep a finished run, rewrite the tables
     python reference.py                                        # rewrite the tables from reference/
     python reference.py --check                                # fail if a committed table is stale
+    python reference.py --continue fomaml_paper_5way1shot --minutes 60   # a full-protocol run, one sitting more
 
 A kept run is a folder reference/<run name>/ holding the run's small files (REFERENCE_FILES: no
 weights, checkpoints or logs). The table, one row per kept run beside the paper's number from
 reference/papers.csv, is written from those folders alone between two marker lines of
 reference/README.md and of README.md, never by hand.
+
+A run in progress keeps its whole state in reference/running/<protocol>/ (RUNNING_FILES: its
+checkpoint, metrics and hyperparameters, about 1.4 MB at 64 filters), so that any machine continues
+it: --continue copies the state into --results_dir, resumes the protocol's command there at the
+lowest priority (its own session, autogroup and nice 19: `nice` alone does not lower a process
+below other sessions' here), stops it at the first checkpoint after --minutes, and copies the state
+back; a run that finishes is kept (as --add) and its state removed.
 """
 
 import csv
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 from absl import flags
 
-from fewshot import errors, results
+from fewshot import config, errors, results  # config defines --results_dir
 
 flags.DEFINE_string('add', None, 'A finished run folder (e.g. results/fomaml_paper_5way1shot) to keep in '
                     '--reference_dir; then the tables are rewritten.')
@@ -25,9 +38,18 @@ flags.DEFINE_boolean('check', False, 'Write nothing; exit with an error if a tab
                      'runs give.')
 flags.DEFINE_string('reference_dir', 'reference', 'The kept runs, papers.csv and README.md with the table.')
 flags.DEFINE_string('readme', 'README.md', "The project's README, whose copy of the table is rewritten too.")
+flags.DEFINE_string('continue', None, 'A protocol (protocols/<name>.flags) whose full run to start or continue from '
+                    '--reference_dir/running/<name>/ for --minutes, at the lowest priority; its state is written back.')
+flags.DEFINE_float('minutes', 60, 'With --continue: stop at the first checkpoint after this many minutes.',
+                   lower_bound=0)
+flags.DEFINE_string('protocols_dir', 'protocols', 'With --continue: where the protocols\' flag files are.')
+flags.declare_key_flag('results_dir')  # config's: where --continue runs.
 FLAGS = flags.FLAGS
 
 REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png')
+RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows of the table.
+RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
+COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py'}  # Protocol prefix -> command.
 PAPERS_FILE = 'papers.csv'
 PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
 BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'
@@ -79,7 +101,7 @@ def kept_runs(reference_dir):
     runs = []
     for name in sorted(os.listdir(reference_dir)):
         path = os.path.join(reference_dir, name)
-        if os.path.isdir(path):
+        if os.path.isdir(path) and name != RUNNING:
             summary = results.read_summary(path)
             if summary is None:
                 raise errors.RunError(f'{path}: no {results.SUMMARY_FILE}; a kept run must be finished')
@@ -138,7 +160,80 @@ def with_table(path, new_table):
     return text[:start] + new_table + text[end + len(END):]
 
 
+def copy_files(source, target, names):
+    """Copies the files `names` that exist in `source` into `target` (made if needed), each atomically."""
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+        if os.path.isfile(os.path.join(source, name)):
+            with open(os.path.join(source, name), 'rb') as f:
+                content = f.read()
+            results.atomic_write(os.path.join(target, name), lambda f: f.write(content))
+
+
+def lowest_priority():
+    """In the child, before it runs: its own autogroup at the lowest weight, and nice 19."""
+    try:
+        with open('/proc/self/autogroup', 'w') as f:
+            f.write('19')
+    except OSError:
+        pass  # No autogroups here: nice alone lowers it.
+    os.nice(19)
+
+
+def checkpoint_iteration(folder):
+    path = os.path.join(folder, results.CHECKPOINT_FILE)
+    return results.RunFolder(os.path.dirname(folder), os.path.basename(folder), resume=True).resume_point()[0] \
+        if os.path.exists(path) else 0
+
+
+def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
+    """One sitting of the full-protocol run `name` (see the module docstring); returns its iteration."""
+    flagfile = os.path.join(protocols_dir, f'{name}.flags')
+    script = COMMANDS.get(name.split('_')[0])
+    if not os.path.isfile(flagfile) or script is None:
+        raise errors.FlagError(f'--continue {name}: no protocol {flagfile} of a command this tool runs '
+                               f'({", ".join(f"{prefix}_*" for prefix in COMMANDS)})')
+    state, folder = os.path.join(reference_dir, RUNNING, name), os.path.join(results_dir, name)
+    if os.path.isdir(state) and checkpoint_iteration(state) > (checkpoint_iteration(folder)
+                                                              if os.path.isdir(folder) else -1):
+        copy_files(state, folder, RUNNING_FILES)  # The committed state is further than this machine's.
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script),
+               f'--flagfile={flagfile}', f'--run_name={name}', f'--results_dir={results_dir}', '--progress=false']
+    if os.path.isdir(folder):
+        command.append('--resume')
+    print(f'reference.py: {name} from iteration {checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
+          f'for {minutes:g} minutes at the lowest priority: {" ".join(command)}', flush=True)
+    child = subprocess.Popen(command, preexec_fn=lowest_priority, start_new_session=True)
+    deadline, stamp = time.time() + 60 * minutes, None
+    checkpoint = os.path.join(folder, results.CHECKPOINT_FILE)
+    while child.poll() is None:
+        time.sleep(1)
+        if time.time() >= deadline:
+            if stamp is None:  # The checkpoint when time ran out: stop at the next one.
+                stamp = os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else 0
+            if os.path.exists(checkpoint) and os.path.getmtime(checkpoint) > stamp:
+                time.sleep(2)  # The checkpoint is renamed into place last: the row and state are whole.
+                child.send_signal(signal.SIGINT)
+                child.wait()
+    if results.read_summary(folder) is not None:
+        keep(folder, reference_dir, replace=True)
+        shutil.rmtree(state, ignore_errors=True)
+        print(f'reference.py: {name} finished; kept in {reference_dir}/{name}')
+        return results.read_summary(folder)['iterations']
+    if not os.path.exists(checkpoint):
+        raise errors.RunError(f'{name} stopped (exit status {child.returncode}) before its first checkpoint; '
+                              'nothing to keep')
+    copy_files(folder, state, RUNNING_FILES)
+    iteration = checkpoint_iteration(state)
+    print(f'reference.py: {name} at iteration {iteration}; its state is in {state} (commit it to continue '
+          'elsewhere)')
+    return iteration
+
+
 def main(_):
+    if FLAGS['continue'].value:
+        continue_run(FLAGS['continue'].value, FLAGS.minutes, FLAGS.reference_dir, FLAGS.results_dir,
+                     FLAGS.protocols_dir)
     if FLAGS.add:
         if FLAGS.check:
             raise errors.FlagError('--add and --check contradict each other: --check writes nothing')

@@ -154,8 +154,8 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
         run.write_metrics(rows, columns)
         run.save_checkpoint(variables, iteration)
         with writer.as_default(step=iteration):
-            for name in (f'val_pre_{score}', f'val_post_{score}'):
-                tf.summary.scalar(f'validation/{name}', row[name])
+            for when in ('pre', 'post'):
+                tf.summary.scalar(f'validation/{when}_{score}', row[f'val_{when}_{score}'])
             for tag, value in getattr(learner, 'summaries', dict)().items():
                 tf.summary.scalar(tag, value)
         log_progress(row)

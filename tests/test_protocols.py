@@ -14,7 +14,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO
-from fewshot import data, experiment
+from fewshot import data, experiment, results
 import maml  # noqa: F401 (defines MAML's flags)
 import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
 import reference
@@ -188,3 +188,40 @@ def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_pa
     assert sorted(os.listdir(os.path.join(reference_dir, name))) == sorted(reference.REFERENCE_FILES)
     again = _command('reference.py', f'--add={out}/results/{name}', *keep)
     assert again.returncode == 1 and 'pass --replace' in again.stderr
+
+
+def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_state(synthetic_dir, tmp_path):
+    """reference.py --continue: a sitting stops at the first checkpoint after --minutes and writes the
+    run's state to reference/running/<protocol>/; a later sitting on a machine without the run folder
+    continues from that state; the sitting that finishes keeps the run as a row of the table."""
+    protocols, reference_dir = tmp_path / 'protocols', str(tmp_path / 'reference')
+    protocols.mkdir()
+    (protocols / 'fomaml_tiny.flags').write_text('\n'.join([
+        '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2', '--num_filters=4',
+        '--num_train_classes=9', '--num_val_classes=5', '--num_val_tasks=4', '--num_test_tasks=4',
+        '--num_iterations=300', '--val_interval=20', f'--data_dir={synthetic_dir}',
+        f'--cache_dir={tmp_path}/cache']) + '\n')
+    shutil.copytree(os.path.join(REPO, 'reference'), reference_dir)
+    shutil.copy(os.path.join(REPO, 'README.md'), tmp_path / 'README.md')
+    state = os.path.join(reference_dir, reference.RUNNING, 'fomaml_tiny')
+
+    def sitting(minutes):
+        result = _command('reference.py', '--continue=fomaml_tiny', f'--minutes={minutes}',
+                          f'--protocols_dir={protocols}', f'--results_dir={tmp_path}/results',
+                          f'--reference_dir={reference_dir}', f'--readme={tmp_path}/README.md')
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    sitting(0)
+    first = reference.checkpoint_iteration(state)
+    assert 0 <= first < 300 and sorted(os.listdir(state)) == sorted(reference.RUNNING_FILES)
+    shutil.rmtree(tmp_path / 'results')  # Another machine: only the committed state is there.
+    assert f'fomaml_tiny from iteration {first} ' in sitting(0)
+    assert reference.checkpoint_iteration(state) > first
+    rows = [row['iteration'] for row in results.read_metrics(os.path.join(state, 'metrics.csv'), required=True)]
+    assert rows == list(range(0, rows[-1] + 1, 20))  # One row per validation, none lost or repeated.
+    assert 'finished' in sitting(60)
+    assert not os.path.exists(state)
+    kept = {name: summary for name, _, summary in reference.kept_runs(reference_dir)}
+    assert kept['fomaml_tiny']['iterations'] == 300
+    assert 'fomaml_tiny' in open(tmp_path / 'README.md', encoding='utf-8').read()

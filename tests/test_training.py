@@ -273,3 +273,23 @@ def test_checkpoints_restore_by_name_and_old_positional_ones_once_by_position(tm
              **{f'v{i:04d}': v.numpy() for i, v in enumerate(list(state.values())[:-1])})
     with pytest.raises(results.RunError, match='does not match this model'):
         folder.restore_checkpoint(_learner(seed=3).state_variables())
+
+
+def test_tensorboard_has_every_curve_once_and_the_flags(tmp_path):
+    """Training metrics, seconds per iteration, the meta learning rate and validation accuracy, each tag
+    written once per step, and the run's flags as hparams."""
+    import tensorflow as tf
+    train, val = _task_sources()
+    folder = _run_folder(str(tmp_path), 'run')
+    training.train(_learner(seed=0), train, val, folder, SCHEDULE, progress=False)
+    seen, plugins = {}, set()
+    for path in os.listdir(folder.file('tensorboard')):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder.file('tensorboard'), path)):
+            for value in event.summary.value:
+                plugins.add(value.metadata.plugin_data.plugin_name)
+                seen.setdefault(value.tag, []).append(event.step)
+    for tag, steps in seen.items():
+        assert len(steps) == len(set(steps)), f'{tag} written twice at one step'
+    assert seen['seconds_per_iteration'] == seen['train/query_post_loss'] == list(range(1, 8))
+    assert seen['validation/post_accuracy'] == seen['meta_learning_rate'] == [0, 2, 4, 6, 7]
+    assert 'hparams' in plugins
