@@ -204,7 +204,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
     print(f'reference.py: {name} from iteration {checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
           f'for {minutes:g} minutes at the lowest priority: {" ".join(command)}', flush=True)
     child = subprocess.Popen(command, preexec_fn=lowest_priority, start_new_session=True)
-    deadline, stamp = time.time() + 60 * minutes, None
+    deadline, stamp, stopped = time.time() + 60 * minutes, None, False
     checkpoint = os.path.join(folder, results.CHECKPOINT_FILE)
     while child.poll() is None:
         time.sleep(1)
@@ -215,6 +215,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
                 time.sleep(2)  # The checkpoint is renamed into place last: the row and state are whole.
                 child.send_signal(signal.SIGINT)
                 child.wait()
+                stopped = True
     if results.read_summary(folder) is not None:
         keep(folder, reference_dir, replace=True)
         shutil.rmtree(state, ignore_errors=True)
@@ -225,6 +226,9 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
                               'nothing to keep')
     copy_files(folder, state, RUNNING_FILES)
     iteration = checkpoint_iteration(state)
+    if not stopped:
+        raise errors.RunError(f'{name} stopped by itself (exit status {child.returncode}; its message is above) '
+                              f'at iteration {iteration}; its state is kept in {state}')
     print(f'reference.py: {name} at iteration {iteration}; its state is in {state} (commit it to continue '
           'elsewhere)')
     return iteration
