@@ -46,7 +46,7 @@ RESERVED_FLAGS = frozenset({'seed', 'n_way', 'k_shot', 'num_iterations', 'result
                             'msl', 'da', 'bnrs', 'bnwb', 'lslr', 'eval_batch_norm'})
 
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds; every method trains once per seed and setting.')
-flags.DEFINE_enum('eval_batch_norm', 'transductive', ['transductive', 'support', 'running'],
+flags.DEFINE_enum('maml_plusplus_eval_batch_norm', 'transductive', ['transductive', 'support', 'running'],
                   "MAML++'s batch norm at validation and test (maml_plusplus.py --eval_batch_norm). The default, "
                   "'transductive', is how FO-MAML (maml.py) always evaluates, so the two are compared alike; "
                   "'support' and 'running' are MAML++'s non-transductive modes, and the table then says the "
@@ -88,11 +88,12 @@ def train(method, setting, seed, script_flags=()):
     script_flags: further flags for the script, none of RESERVED_FLAGS (`check_script_flags`).
     """
     n_way, k_shot = runs.parse_setting(setting)
-    script, folder = METHODS[method][0], run_folder(FLAGS.results_dir, method, setting, seed, FLAGS.eval_batch_norm)
+    evaluation = FLAGS.maml_plusplus_eval_batch_norm
+    script, folder = METHODS[method][0], run_folder(FLAGS.results_dir, method, setting, seed, evaluation)
     arguments = [f'--seed={seed}', f'--n_way={n_way}', f'--k_shot={k_shot}',
                  f'--num_iterations={FLAGS.num_iterations}', *script_flags]
     if method == 'MAML++':
-        arguments.append(f'--eval_batch_norm={FLAGS.eval_batch_norm}')
+        arguments.append(f'--eval_batch_norm={evaluation}')
     what = f'{method} {setting} seed {seed}'
     if not runs.reusable(script, folder, arguments, what, 'stability.py', FLAGS.num_iterations):
         runs.train(script, folder, arguments, what, 'stability.py')
@@ -229,7 +230,7 @@ def main(argv):
     elif script_flags:
         raise errors.FlagError(f'flags after -- ({" ".join(script_flags)}) are for training; '
                                'with --train=false nothing is trained')
-    table = compare(FLAGS.results_dir, output_dir, FLAGS.settings, seeds, FLAGS.eval_batch_norm)
+    table = compare(FLAGS.results_dir, output_dir, FLAGS.settings, seeds, FLAGS.maml_plusplus_eval_batch_norm)
     print(markdown_table(table))
     print(f'figures and tables in {output_dir}')
 
