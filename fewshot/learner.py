@@ -152,7 +152,8 @@ class Learner:
     def summaries(self):
         """Scalars for TensorBoard at each validation besides the metrics, by tag (the meta learning
         rate here; MAML++ adds its learned inner learning rates)."""
-        return {'meta_learning_rate': float(self.meta_optimizer.learning_rate)}
+        # A tensor first: under a tf.distribute strategy the rate is a mirrored variable.
+        return {'meta_learning_rate': float(tf.convert_to_tensor(self.meta_optimizer.learning_rate))}
 
     def meta_train_step(self, episodes):
         """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy.

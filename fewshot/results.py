@@ -503,9 +503,10 @@ class RunFolder:
             if tuple(variable.shape) != arrays[name].shape:
                 raise RunError(f'{path} does not match this model ({name}: '
                                f'{arrays[name].shape} vs {tuple(variable.shape)})')
-            if (arrays[name].dtype.kind == 'f') != np.dtype(variable.dtype).kind.startswith('f'):
+            dtype = np.dtype(getattr(variable.dtype, 'as_numpy_dtype', variable.dtype))  # tf.Variable or Keras'.
+            if (arrays[name].dtype.kind == 'f') != (dtype.kind == 'f'):
                 raise RunError(f'{path} does not match this model ({name}: {arrays[name].dtype} values for a '
-                               f'{np.dtype(variable.dtype)} variable)')
+                               f'{dtype} variable)')
         for name, variable in variables.items():
             variable.assign(arrays[name])
         return iteration

@@ -342,7 +342,7 @@ CASES = {
                          '--settings=5way5shot', '--num_iterations=4'],
         r'summary.json is damaged',
         lambda w, s: [_write(f'{_copy_run(w, s, "stability/runs/" + name)}/summary.json', '{"iterations": 4}')
-                      for name in ('maml_fo_5way5shot_5steps_seed0', 'maml++_5way5shot_5steps_seed0')]),
+                      for name in ('maml_fo_5way5shot_5steps_seed0', 'maml++_5way5shot_5steps_eval-transductive_seed0')]),
     'figures: damaged metrics.csv': ('figures.py', ['{sandbox}/results/run'], r'metrics.csv is damaged',
                                      lambda w, s: _write(f'{_copy_run(w, s)}/metrics.csv', '\x00\x01garbage')),
     'figures: damaged hyperparameters.json': (
