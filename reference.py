@@ -171,7 +171,9 @@ def copy_files(source, target, names):
 
 
 def lowest_priority():
-    """In the child, before it runs: its own autogroup at the lowest weight, and nice 19."""
+    """In the child, before it runs: its own autogroup at the lowest weight, and nice 19; SIGINT, which
+    stops it, at its default (a shell's background job inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         with open('/proc/self/autogroup', 'w') as f:
             f.write('19')
