@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import numpy as np
 import tensorflow as tf

@@ -25,7 +25,7 @@ import os
 
 from absl import flags
 
-from fewshot import comparison, config, errors, plotting, results  # config defines --results_dir
+from fewshot import comparison, config, errors, plotting, results  # noqa: F401  config defines --results_dir
 import stability
 
 flags.declare_key_flag('results_dir')  # config's: where to look when no folder is given.
@@ -55,7 +55,8 @@ def study_command(folder):
 
 
 def is_run_folder(folder):
-    return os.path.exists(os.path.join(folder, results.HYPERPARAMETERS_FILE))
+    """A run folder, or a link to one (figures are drawn wherever a link points)."""
+    return results.is_run_folder(os.path.realpath(folder))
 
 
 def subfolders(folder):

@@ -26,7 +26,7 @@ adapts with the same regularised inner loop.
 
 import sys
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import tensorflow as tf
 from absl import flags

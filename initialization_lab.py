@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import matplotlib
 import numpy as np

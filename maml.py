@@ -8,7 +8,7 @@
 import sys
 from typing import NamedTuple
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import tensorflow as tf
 from absl import flags

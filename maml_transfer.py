@@ -17,7 +17,7 @@ import functools
 import os
 import sys
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import numpy as np
 import tensorflow as tf

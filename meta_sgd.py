@@ -15,7 +15,7 @@ The other flags are MAML's (see maml.py).
 import os
 import sys
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import numpy as np
 from absl import flags

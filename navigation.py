@@ -38,7 +38,7 @@ import os
 import sys
 from typing import NamedTuple
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import numpy as np
 import tensorflow as tf

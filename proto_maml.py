@@ -19,7 +19,7 @@ The flags are MAML's (see maml.py).
 
 import sys
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import tensorflow as tf
 from absl import flags
 

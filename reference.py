@@ -29,7 +29,7 @@ import time
 
 from absl import flags
 
-from fewshot import config, errors, results  # config defines --results_dir
+from fewshot import config, errors, results  # noqa: F401  config defines --results_dir
 
 flags.DEFINE_string('add', None, 'A finished run folder (e.g. results/fomaml_paper_5way1shot) to keep in '
                     '--reference_dir; then the tables are rewritten.')
@@ -143,7 +143,8 @@ def table(reference_dir):
     header = ('| algorithm | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | ours − paper '
               '| iterations run, of the paper\'s | training time, CPU | paper\'s source | command |')
     lines = [BEGIN, header, '|' + '---|' * header.count(' | ') + '---|']
-    lines += [row(name, hyperparameters, summary, papers) for name, hyperparameters, summary in kept_runs(reference_dir)]
+    lines += [row(name, hyperparameters, summary, papers)
+              for name, hyperparameters, summary in kept_runs(reference_dir)]
     return '\n'.join(lines + [END])
 
 

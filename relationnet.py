@@ -23,7 +23,7 @@ norm normalises each task's support and query images together, and each task's p
 
 import sys
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import tensorflow as tf
 from absl import flags

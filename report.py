@@ -22,7 +22,7 @@ from absl import flags
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-from fewshot import comparison, config, errors, results  # config defines --results_dir
+from fewshot import comparison, config, errors, results  # noqa: F401  config defines --results_dir
 import figures
 import stability
 
@@ -191,7 +191,8 @@ def evaluation_caveat(maml, plus):
     """A warning when the two methods' accuracies were measured with different batch norm, else ''."""
     if maml['batch_norm'] == plus['batch_norm']:
         return ''
-    return (f' The two were not evaluated alike: batch norm used {maml["batch_norm"]} for {maml.get("method", "MAML")} and '
+    return (f' The two were not evaluated alike: batch norm used {maml["batch_norm"]} '
+            f'for {maml.get("method", "MAML")} and '
             f'{plus["batch_norm"]} for MAML++, so their accuracies differ by that too.')
 
 
@@ -303,7 +304,8 @@ def transfer_section(runs, start):
     if not os.path.exists(comparison):
         return blocks + [('paragraph', 'Missing: the comparison with FO-MAML '
                                        f'({EXPECTED["transfer", MAIN_SETTING]}).')]
-    rows = results.read_csv(comparison, columns=('setting', 'method', 'run'), numbers=('test_accuracy', 'ci95', 'tasks'))
+    rows = results.read_csv(comparison, columns=('setting', 'method', 'run'),
+                            numbers=('test_accuracy', 'ci95', 'tasks'))
     blocks += [('table', ['setting', 'method', 'meta-test accuracy ± 95% CI', 'tasks', 'run'],
                 [[row['setting'], row['method'], accuracy(row['test_accuracy'], row['ci95']), str(row['tasks']),
                   os.path.basename(str(row['run']))] for row in rows]),
@@ -338,7 +340,8 @@ def family_section(compare_dir, start):
         blocks.append(('paragraph', f'{group}: {best["algorithm"]} was the most accurate on meta-test '
                        f'({accuracy(best["test_accuracy"], best["test_ci95"])})'
                        + (f', within the confidence intervals of {", ".join(tied)}' if tied else '')
-                       + f'; {fastest["algorithm"]} the fastest per iteration ({fastest["seconds_per_iteration"]:.3f} s).'))
+                       + f'; {fastest["algorithm"]} the fastest per iteration '
+                         f'({fastest["seconds_per_iteration"]:.3f} s).'))
         for name, caption in ((f'val_{group}.png', 'validation accuracy against meta-iterations'),
                               (f'val_time_{group}.png', 'validation accuracy against training time')):
             blocks.append(('image', relative(os.path.join(compare_dir, name), start), f'{group}: {caption}.'))
@@ -364,7 +367,8 @@ def build_report(runs, stability_dir, start, compare_dir=None, name=None, studen
                       'a starting point, not the analysis the assignment asks of you. Read each against the '
                       'figures, check it, and rewrite it in your own words before handing the report in.'),
         ('paragraph', f'Generated on {datetime.date.today().isoformat()} by report.py from {len(runs)} run '
-                      f'folders ({len(finished)} finished). Machine: {results.machine()}, {platform.system()} {platform.release()}; {"; ".join(sorted(versions))}. '
+                      f'folders ({len(finished)} finished). Machine: {results.machine()}, '
+                      f'{platform.system()} {platform.release()}; {"; ".join(sorted(versions))}. '
                       'Every number below is read from the run folders. Training times are those of the '
                       'meta-training loop (validation included), as recorded by each run.'),
         ('heading', 2, 'Runs used'), runs_table(runs),

@@ -34,7 +34,7 @@ training metrics score the query set after adaptation on it (evaluation's do not
 
 import sys
 
-import fewshot  # First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
 import numpy as np
 import tensorflow as tf

@@ -29,8 +29,8 @@ import zipfile
 
 from absl import flags
 
-from fewshot import config, errors, results  # config defines --results_dir
-import report  # Defines --name and --student_number, which the report's first page shows too.
+from fewshot import config, errors, results  # noqa: F401  config defines --results_dir
+import report  # noqa: F401  Defines --name and --student_number, which the report's first page shows too.
 
 for _name in ('results_dir', 'name', 'student_number'):
     flags.declare_key_flag(_name)  # config's run folders to include; report's name and number.
@@ -84,7 +84,8 @@ def code_files(repo):
     package = [os.path.relpath(os.path.join(folder, file), repo).replace(os.sep, '/')
                for folder, subfolders, files in os.walk(os.path.join(repo, PACKAGE))
                for file in files if file.endswith('.py') and '__pycache__' not in folder]
-    return sorted(commands | set(package) | {name for name in PROJECT_FILES if os.path.isfile(os.path.join(repo, name))})
+    project = {name for name in PROJECT_FILES if os.path.isfile(os.path.join(repo, name))}
+    return sorted(commands | set(package) | project)
 
 
 def untracked_left_out(repo, entries):
@@ -138,10 +139,10 @@ def result_files(results_dir):
     return chosen
 
 
-def contents(repo, results_dir, report):
+def contents(repo, results_dir, report_path):
     """{path inside the zip (below its folder): source path} for everything handed in."""
-    pdf = os.path.splitext(report)[0] + '.pdf'
-    for path in (report, pdf):
+    pdf = os.path.splitext(report_path)[0] + '.pdf'
+    for path in (report_path, pdf):
         if not os.path.isfile(path):
             raise results.RunError(f'{path} does not exist; run python report.py first')
     entries = {path: os.path.join(repo, path) for path in code_files(repo)}
@@ -149,7 +150,7 @@ def contents(repo, results_dir, report):
     base = os.path.dirname(os.path.abspath(results_dir))
     for source in result_files(results_dir):
         entries[os.path.relpath(os.path.abspath(source), base).replace(os.sep, '/')] = source
-    entries[os.path.basename(report)] = report
+    entries[os.path.basename(report_path)] = report_path
     entries[os.path.basename(pdf)] = pdf
     return entries
 

@@ -342,7 +342,8 @@ CASES = {
                          '--settings=5way5shot', '--num_iterations=4'],
         r'summary.json is damaged',
         lambda w, s: [_write(f'{_copy_run(w, s, "stability/runs/" + name)}/summary.json', '{"iterations": 4}')
-                      for name in ('maml_fo_5way5shot_5steps_seed0', 'maml++_5way5shot_5steps_eval-transductive_seed0')]),
+                      for name in ('maml_fo_5way5shot_5steps_seed0',
+                                   'maml++_5way5shot_5steps_eval-transductive_seed0')]),
     'figures: damaged metrics.csv': ('figures.py', ['{sandbox}/results/run'], r'metrics.csv is damaged',
                                      lambda w, s: _write(f'{_copy_run(w, s)}/metrics.csv', '\x00\x01garbage')),
     'figures: damaged hyperparameters.json': (
@@ -363,7 +364,8 @@ CASES = {
     'report: no runs': ('report.py', [*RESULTS, '--output={sandbox}/report.md'],
                         r'--results_dir .*results: folder does not exist', None),
     'submit: no report': ('submit.py', ['--name=a', '--student_number=1', *RESULTS, '--report={sandbox}/report.md',
-                                        '--zip_dir={sandbox}'], r'report.md does not exist', lambda w, s: _copy_run(w, s)),
+                                        '--zip_dir={sandbox}'], r'report.md does not exist',
+                          lambda w, s: _copy_run(w, s)),
     'lab: damaged per_seed.json': ('initialization_lab.py', [*LAB, '--redraw'], r'per_seed.json is damaged',
                                    lambda w, s: _lab_folder(s, '{"per_seed": [')),
 
@@ -415,11 +417,13 @@ CASES = {
     'compare: output under a file': ('compare.py', [*RESULTS, '--output_dir={sandbox}/notes.txt/out'],
                                      r'--output_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
     'stability: output under a file': ('stability.py', [*RESULTS, '--output_dir={sandbox}/notes.txt/out'],
-                                       r'--output_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
+                                       r'--output_dir .*notes.txt is a file',
+                                       lambda w, s: _write(f'{s}/notes.txt', '')),
     'report: output under a file': ('report.py', [*RESULTS, '--output={sandbox}/notes.txt/report.md'],
                                     r'--output .*notes.txt is a file',
                                     lambda w, s: [_copy_run(w, s), _write(f'{s}/notes.txt', '')]),
-    'submit: zip folder under a file': ('submit.py', ['--name=a', '--student_number=1', '--zip_dir={sandbox}/notes.txt/z'],
+    'submit: zip folder under a file': ('submit.py',
+                                        ['--name=a', '--student_number=1', '--zip_dir={sandbox}/notes.txt/z'],
                                         r'--zip_dir .*notes.txt is a file', lambda w, s: _write(f'{s}/notes.txt', '')),
 
     # Sine-wave regression.

@@ -44,7 +44,8 @@ def test_every_learner_is_trained_tested_and_compared(tmp_path):
     assert {n: s['inner_lr'] for n, s in summaries.items() if n != 'pretrained'} == {
         'maml': 0.01, 'fomaml': 0.01, 'meta_sgd': 0.01, 'anil': 0.01, 'reptile': 0.02}
     # One set of validation tasks and one initialisation (the seed) for all: alike before training.
-    first = {name: results.read_metrics(os.path.join(study, name, 'metrics.csv'))[0]['val_pre_mse'] for name in summaries}
+    first = {name: results.read_metrics(os.path.join(study, name, 'metrics.csv'))[0]['val_pre_mse']
+             for name in summaries}
     assert len(set(first.values())) == 1, first
 
 

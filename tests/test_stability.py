@@ -1,6 +1,5 @@
 """The FO-MAML vs MAML++ stability comparison: its figures from known curves, and the whole command."""
 
-import json
 import os
 import subprocess
 import sys
