@@ -3,50 +3,25 @@
     python anil.py                                         # first order, 5-way 5-shot Omniglot
     python anil.py --first_order=false                     # second order
 
-ANIL is MAML whose inner loop adapts only the head; the body θ_b is meta-learned in the outer
-loop alone. Since the body does not change during adaptation, the features of a task's support
-and query sets are computed once, not once per inner step: that is ANIL's speed.
-
-    θ'_h ← θ'_h − α ∇_h L_support(θ'_h; φ(x; θ_b)),   θ'_h = θ_h initially,
-    L(θ_b, θ_h) = 1/T Σ_t L_query_t(θ'_{t,h}; φ(x; θ_b)).
-
-The flags are MAML's (see maml.py).
+The learner is `ANIL` (fewshot/learners/anil.py); the flags are MAML's (see maml.py).
 """
 
 import sys
 
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 from absl import flags
 
-from fewshot import commands, config, distribution, errors, network
+from fewshot import cli
+from fewshot.cli import commands, config, strategy
+from fewshot.learners.anil import ANIL
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
+flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
-HEAD = 'head/'
-
-
-class ANIL(maml.MAML):
-    """MAML adapting only the head, over body features computed once per set (see the module docstring)."""
-
-    def split(self, params, training):
-        """The head adapts; the body is context."""
-        del training
-        return self.partition(params, lambda name: name.startswith(HEAD))
-
-    def represent(self, images, body):
-        """The body's features [T, B, F] of images [T, B, 28, 28, 1] (batch norm on each task's batch)."""
-        return self.net.features(network.tile(body, images.shape[0]), images)
-
-    def forward(self, params, features, step, context):
-        """Logits [T, B, N] of the head θ'_h on features [T, B, F]."""
-        del step, context
-        return network.head(params['head/kernel'], params['head/bias'], features), None
-
-
-COMMAND = commands.Command('anil', ANIL, 'FO-ANIL')
+COMMAND = maml.command('anil', ANIL, 'FO-ANIL')
 
 if __name__ == '__main__':
-    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
+    cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -43,15 +43,15 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, data, distribution, errors, experiment, machine, network, profiling, training
-from fewshot import runs  # noqa: F401  (defines --algorithms)
+from fewshot import cli, data, errors, machine, network, profiling, training
+from fewshot.cli import commands, experiment, runs, strategy  # noqa: F401  runs: defines --algorithms
 import maml  # noqa: F401  (MAML's flags, which set what is timed)
 import maml_plusplus
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones), and timed runs of '
                      'the convolution peak (after one).', lower_bound=1)
 flags.DEFINE_list('orders', ['first', 'second'], 'Derivative orders to measure: first, second.')
-flags.declare_key_flag('algorithms')  # fewshot/runs.py's; here also maml++ and maml++ with MSL.
+flags.declare_key_flag('algorithms')  # fewshot/cli/runs.py's; here also maml++ and maml++ with MSL.
 flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in this process and print JSON.')
 flags.DEFINE_boolean('profile', False,
                      "Also trace one meta-iteration of each and print where its operations' time goes.")
@@ -137,7 +137,7 @@ def measure(what):
     """Times meta-iterations of one "algorithm:order" in this process; returns a dict of figures."""
     algorithm, order = what.split(':')
     first_order = order == 'first'
-    cluster = distribution.cluster_from_flags()  # First: TensorFlow must not have started yet.
+    cluster = strategy.cluster_from_flags()  # First: TensorFlow must not have started yet.
     cluster.check_meta_batch(FLAGS.meta_batch_size)
     with cluster.scope():
         net, learner = build(algorithm, first_order)
@@ -280,4 +280,4 @@ def main(argv):
 if __name__ == '__main__':
     # What is timed unless --algorithms says otherwise; the learners of `runs` are named there too.
     FLAGS.set_default('algorithms', ['maml', *PLUS_PLUS])
-    errors.run(main)
+    cli.run(main)

@@ -3,46 +3,25 @@
     python boil.py                                         # first order, 5-way 5-shot Omniglot
     python boil.py --first_order=false                     # second order
 
-BOIL is MAML whose inner loop adapts only the body; the head θ_h is frozen during adaptation
-and meta-learned in the outer loop alone. With a head that cannot move, a task is fitted by
-changing its representation (the paper's "representation change" rather than reuse):
-
-    θ'_b ← θ'_b − α ∇_b L_support(θ'_b, θ_h),   θ'_b = θ_b initially,
-    L(θ_b, θ_h) = 1/T Σ_t L_query_t(θ'_{t,b}, θ_h).
-
-The flags are MAML's (see maml.py).
+The learner is `BOIL` (fewshot/learners/boil.py); the flags are MAML's (see maml.py).
 """
 
 import sys
 
+import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 from absl import flags
 
-from fewshot import commands, config, distribution, errors, network
+from fewshot import cli
+from fewshot.cli import commands, config, strategy
+from fewshot.learners.boil import BOIL
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
+flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
-HEAD = 'head/'
-
-
-class BOIL(maml.MAML):
-    """MAML adapting only the body; the head is read, not adapted, by the inner loop."""
-
-    def split(self, params, training):
-        """The body adapts; the head is context."""
-        del training
-        return self.partition(params, lambda name: not name.startswith(HEAD))
-
-    def forward(self, params, images, step, head):
-        """Logits [T, B, N] of images [T, B, 28, 28, 1] under the adapted body and the shared head."""
-        del step
-        return self.net.forward({**params, **network.tile(head, images.shape[0])}, images), None
-
-
-COMMAND = commands.Command('boil', BOIL, 'FO-BOIL')
+COMMAND = maml.command('boil', BOIL, 'FO-BOIL')
 
 if __name__ == '__main__':
-    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
+    cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -27,14 +27,15 @@ import os
 
 from absl import flags
 
-from fewshot import commands, comparison, errors, network, results, runs
+from fewshot import cli, comparison, errors, network, results
+from fewshot.cli import commands, runs
 import maml  # noqa: F401 (defines --first_order, which compare.py passes to the learners that have an order)
 
 flags.DEFINE_list('backbones', ['conv4'], 'Networks to train every learner with (maml.py --backbone).')
 flags.DEFINE_float('budget_minutes', 0, 'Equal training time instead of equal iterations: every run trains '
                    'for this many minutes (0: every run trains --num_iterations).', lower_bound=0)
 for _name in ('algorithms', 'settings', 'train', 'output_dir'):
-    flags.declare_key_flag(_name)  # The tools' flags (fewshot/runs.py).
+    flags.declare_key_flag(_name)  # The tools' flags (fewshot/cli/runs.py).
 for _name in ('seed', 'num_iterations', 'results_dir', 'first_order'):
     flags.declare_key_flag(_name)  # The same for every run.
 FLAGS = flags.FLAGS
@@ -114,4 +115,4 @@ def main(argv):
 
 if __name__ == '__main__':
     FLAGS.set_default('settings', ['5way1shot', '5way5shot'])
-    errors.run(main, takes_arguments=True)
+    cli.run(main, takes_arguments=True)

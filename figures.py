@@ -25,7 +25,8 @@ import os
 
 from absl import flags
 
-from fewshot import comparison, config, errors, plotting, results  # noqa: F401  config defines --results_dir
+from fewshot import cli, comparison, plotting, results
+from fewshot.cli import config  # noqa: F401  config defines --results_dir
 import stability
 
 flags.declare_key_flag('results_dir')  # config's: where to look when no folder is given.
@@ -159,4 +160,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    errors.run(main, takes_arguments=True)
+    cli.run(main, takes_arguments=True)

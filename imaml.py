@@ -4,153 +4,41 @@ Gradients", NeurIPS 2019).
     python imaml.py                                        # 5-way 5-shot Omniglot
     python imaml.py --lam 1 --cg_steps 10
 
-Every task solves a problem regularised toward θ, approximately, with `num_inner_steps` steps of
-gradient descent from θ:
-
-    φ_t ≈ argmin_φ  L_support_t(φ) + λ/2 ‖φ − θ‖².
-
-At its solution dφ_t/dθ = (I + H_t/λ)⁻¹ with H_t = ∇² L_support_t(φ_t), whatever path led
-there, so the meta-gradient needs no differentiation through the inner steps:
-
-    ∇θ L(θ) = 1/T Σ_t (I + H_t/λ)⁻¹ ∇ L_query_t(φ_t),
-
-each task's linear system solved by `cg_steps` steps of conjugate gradient over Hessian-vector
-products at φ_t. Nothing of the inner loop is kept for differentiation, so memory does not grow
-with the inner steps; each CG step costs one Hessian-vector product on the support set.
-
-The defaults are the paper's code's Omniglot ones: λ = 2, 16 inner steps of learning rate 0.1,
-5 CG steps, Adam with meta learning rate 1e-3, 32 tasks per meta-batch. That code also damps the
-system (it solves ((1 + c) I + H/(λ + d)) x = g); here it is the paper's (I + H/λ) x = g. Evaluation
-adapts with the same regularised inner loop.
+The learner is `IMAML` (fewshot/learners/imaml.py, whose docstring gives the algorithm); the
+defaults are the paper's code's Omniglot ones.
 """
 
 import sys
 
 import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
-import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, distribution, errors
+from fewshot import cli
+from fewshot.cli import commands, config, strategy
+from fewshot.learners.imaml import IMAML, conjugate_gradient, implicit_gradient  # noqa: F401  (visible from imaml)
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
+flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 OWN_MAML_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'meta_lr', 'backbone')  # Not the order.
 for _name in OWN_MAML_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
-
 flags.DEFINE_float('lam', 2.0, 'λ, the strength of the inner problem\'s pull toward θ.', lower_bound=1e-12)
 flags.DEFINE_integer('cg_steps', 5, 'Conjugate-gradient steps solving (I + H/λ) x = ∇L_query per task.',
                      lower_bound=1)
 FLAGS = flags.FLAGS
 
 
-def task_dot(a, b):
-    """Σ over every weight of a ∘ b, per task: dicts name -> [T, ...] -> [T]."""
-    return tf.add_n([tf.reduce_sum(tf.reshape(a[name] * b[name], [a[name].shape[0], -1]), axis=1) for name in a])
+def build_learner(net, first_order):
+    """iMAML as the flags say, meta-trained by Adam."""
+    del first_order  # The implicit gradient is exact at the inner solution: there is no order to choose.
+    return IMAML(net, inner_lr=FLAGS.inner_lr, num_inner_steps=FLAGS.num_inner_steps,
+                 meta_optimizer=keras.optimizers.Adam(FLAGS.meta_lr), lam=FLAGS.lam, cg_steps=FLAGS.cg_steps)
 
 
-def _scaled(scale, vector):
-    """scale [T] times every task's slice of `vector` (dict name -> [T, ...])."""
-    return {name: tf.reshape(scale, [-1] + [1] * (len(value.shape) - 1)) * value for name, value in vector.items()}
-
-
-def conjugate_gradient(apply, b, num_steps):
-    """x ≈ A⁻¹ b for every task, after `num_steps` steps of conjugate gradient from x = 0.
-
-    apply: v -> A v for a symmetric positive-definite A acting on each task's slice alone;
-    b, v, x: dicts name -> [T, ...]. A task whose residual reaches 0 stays where it is.
-    """
-    x = tf.nest.map_structure(tf.zeros_like, b)
-    residual, direction = b, b
-    residual_norm = task_dot(residual, residual)
-    for _ in range(num_steps):
-        applied = apply(direction)
-        step = tf.math.divide_no_nan(residual_norm, task_dot(direction, applied))
-        x = {name: x[name] + value for name, value in _scaled(step, direction).items()}
-        residual = {name: residual[name] - value for name, value in _scaled(step, applied).items()}
-        new_norm = task_dot(residual, residual)
-        momentum = _scaled(tf.math.divide_no_nan(new_norm, residual_norm), direction)
-        direction = {name: residual[name] + momentum[name] for name in residual}
-        residual_norm = new_norm
-    return x
-
-
-def implicit_gradient(support_loss, query_loss, adapted, lam, cg_steps):
-    """Every task's (I + H_t/λ)⁻¹ ∇_φ query_loss, by conjugate gradient.
-
-    support_loss, query_loss: functions of task weights (dict name -> [T, ...]) to a scalar that
-      is a sum (or mean) of per-task terms, so that each task's derivatives are in its own slice.
-    adapted: φ, the task weights [T, ...] by name, where H_t = ∇² support_loss is taken.
-    Returns the solutions x_t by name, [T, ...].
-    """
-    with tf.GradientTape() as tape:
-        tape.watch(adapted)
-        target = query_loss(adapted)
-    query_gradient = tape.gradient(target, adapted)
-    with tf.GradientTape(persistent=True) as outer:
-        outer.watch(adapted)
-        with tf.GradientTape() as inner:
-            inner.watch(adapted)
-            loss = support_loss(adapted)
-        gradient = inner.gradient(loss, adapted)
-
-    def apply(vector):  # (I + H/λ) v, H v as the derivative of the gradient along v.
-        hessian_vector = outer.gradient(gradient, adapted, output_gradients=vector)
-        return {name: vector[name] + hessian_vector[name] / lam for name in vector}
-    return conjugate_gradient(apply, query_gradient, cg_steps)
-
-
-class IMAML(maml.MAML):
-    """MAML with a regularised inner problem and the implicit meta-gradient (see the module docstring)."""
-
-    learner_flags = OWN_MAML_FLAGS
-
-    def __init__(self, net, model, inner_lr, num_inner_steps, meta_optimizer, lam, cg_steps):
-        """
-        Args:
-          net, model, inner_lr, num_inner_steps, meta_optimizer: as for `maml.MAML`.
-          lam: λ, the pull of the inner problem toward θ.
-          cg_steps: conjugate-gradient steps per meta-gradient.
-        """
-        super().__init__(net, model, inner_lr, num_inner_steps, True, meta_optimizer)
-        self.lam = lam
-        self.cg_steps = cg_steps
-
-    @classmethod
-    def from_flags(cls, net, first_order):
-        del first_order  # The implicit gradient is exact at the inner solution: there is no order to choose.
-        return cls(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
-                   keras.optimizers.Adam(FLAGS.meta_lr), FLAGS.lam, FLAGS.cg_steps)
-
-    def initial_weights(self, weights, context, support, labels, first_order):
-        """θ for every task, as a constant: the meta-gradient does not flow through the inner loop,
-        so nothing of it is recorded for differentiation."""
-        return tf.nest.map_structure(tf.stop_gradient,
-                                     super().initial_weights(weights, context, support, labels, first_order))
-
-    def inner_loss(self, logits, labels, params, start):
-        """Σ_t L_support_t(φ_t) + λ/2 ‖φ_t − θ‖²."""
-        distance = tf.add_n([tf.reduce_sum(tf.square(params[name] - start[name])) for name in params])
-        return super().inner_loss(logits, labels, params, start) + self.lam / 2 * distance
-
-    def meta_gradients(self, tape, meta_loss, trajectory, episodes):
-        """1/T Σ_t (I + H_t/λ)⁻¹ ∇ L_query_t(φ_t) (`implicit_gradient`), φ the inner loop's last weights."""
-        del tape, meta_loss
-
-        def support_loss(weights):
-            return tf.reduce_sum(self.net.task_losses(self.net.forward(weights, episodes.support_images),
-                                                      episodes.support_labels))
-
-        def query_loss(weights):
-            return tf.reduce_mean(self.net.task_losses(self.net.forward(weights, episodes.query_images),
-                                                       episodes.query_labels))
-        solution = implicit_gradient(support_loss, query_loss, trajectory.params[-1], self.lam, self.cg_steps)
-        return {name: tf.reduce_sum(solution[name], axis=0) for name in self.params}
-
-
-COMMAND = commands.Command('imaml', IMAML, 'iMAML', defaults={'inner_lr': 0.1, 'num_inner_steps': 16})
+COMMAND = commands.Command('imaml', IMAML, 'iMAML', build_learner, OWN_MAML_FLAGS,
+                           defaults={'inner_lr': 0.1, 'num_inner_steps': 16}, eval_inner_steps=maml.eval_inner_steps)
 
 if __name__ == '__main__':
-    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
+    cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

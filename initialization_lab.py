@@ -30,7 +30,8 @@ import tensorflow as tf
 from absl import flags, logging
 from tqdm import tqdm
 
-from fewshot import config, data, errors, mnist, network, plotting, results
+from fewshot import cli, data, mnist, network, plotting, results
+from fewshot.cli import config
 import maml
 
 TASKS = {'A': (0, 1), 'B': (2, 3), 'C': (4, 5), 'D': (6, 7), 'E': (8, 9)}
@@ -304,4 +305,4 @@ def read_record(path):
 
 
 if __name__ == '__main__':
-    errors.run(main)
+    cli.run(main)

@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fewshot import config, data, errors, experiment, network, plotting, results, training
+from fewshot import cli, data, errors, network, plotting, results, training
+from fewshot.cli import config, experiment
 import maml
 
 flags.adopt_module_key_flags(config)
@@ -285,6 +286,8 @@ def compare(transfer, splits, folder, maml_runs):
 
 def main(argv):
     del argv
+    if FLAGS.dataset != 'omniglot':  # Its pretraining reads Omniglot's arrays of 20 images a class.
+        raise errors.FlagError('--dataset: maml_transfer.py pretrains on Omniglot only, for now')
     adaptation = Adaptation(FLAGS.adapt_steps, FLAGS.adapt_lr, FLAGS.adapt_optimizer, FLAGS.head_init,
                             FLAGS.finetune_all, FLAGS.batch_statistics, FLAGS.eval_seed)
 
@@ -317,4 +320,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    errors.run(main)
+    cli.run(main)

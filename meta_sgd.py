@@ -3,77 +3,26 @@
     python meta_sgd.py                                     # one inner step, first order, 5-way 5-shot
     python meta_sgd.py --first_order=false                 # second order, as in the paper
 
-The inner step is θ' = θ − α ∘ ∇ L_support(θ), with α a tensor of the same shape as θ (one rate
-per weight, initialised at --inner_lr), and (θ, α) are meta-learned together. As in the paper,
-adaptation is a single inner step by default (--num_inner_steps 1 here). The learned rates are
-saved with the run (meta_sgd_learning_rates.npz) and their distribution per weight tensor is
-plotted (meta_sgd_learning_rates.png).
-
-The other flags are MAML's (see maml.py).
+The learner is `MetaSGD` (fewshot/learners/meta_sgd.py); the flags are MAML's (see maml.py), with
+one inner step by default, as in the paper.
 """
 
-import os
 import sys
 
 import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
-import keras
-import numpy as np
 from absl import flags
 
-from fewshot import commands, config, distribution, errors, network, plotting, results
+from fewshot import cli
+from fewshot.cli import commands, config, strategy
+from fewshot.learners.meta_sgd import RATES_FILE, MetaSGD  # noqa: F401  RATES_FILE: what a run keeps.
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
+flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
-RATES = 'inner_lr/'  # The learned rate of weight tensor `name` is RATES + name, of the same shape.
-RATES_FILE = 'meta_sgd_learning_rates.npz'
-
-
-class MetaSGD(maml.MAML):
-    """MAML with a learned learning rate per weight; the rates are meta-parameters the inner loop reads."""
-
-    def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer):
-        params = network.parameters(model)
-        for name in list(params):
-            params[RATES + name] = keras.Variable(np.full(params[name].shape, inner_lr, np.float32),
-                                                  name=f'meta_sgd_lr_{name.replace("/", "_")}')
-        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, params=params)
-
-    def split(self, params, training):
-        """The network's weights adapt; the learning rates are context."""
-        del training
-        return self.partition(params, lambda name: not name.startswith(RATES))
-
-    def inner_update(self, params, grads, step, rates, state):
-        """θ'_{s+1} = θ'_s − α ∘ g, elementwise (every task [T, ...] with the same α [...])."""
-        del step
-        return {name: params[name] - rates[RATES + name] * grads[name] for name in params}, state
-
-    def state_variables(self):
-        """By name: the model's weights, the learning rates, the optimizer's state."""
-        return {**results.named_variables('model', self.model),
-                **{name: value for name, value in self.params.items() if name.startswith(RATES)},
-                **results.named_variables('optimizer', self.meta_optimizer)}
-
-    def learning_rates(self):
-        """{weight tensor name: its learned rates (NumPy, same shape)}."""
-        return {name[len(RATES):]: value.numpy() for name, value in self.params.items()
-                if name.startswith(RATES)}
-
-    def save(self, folder):
-        """Writes the learned rates (npz) and the distribution of each tensor's rates (png)."""
-        rates = self.learning_rates()
-        results.atomic_write(os.path.join(folder, RATES_FILE), lambda f: np.savez(f, **rates))
-        plotting.plot_distributions(rates, os.path.join(folder, 'meta_sgd_learning_rates.png'),
-                                    'Meta-SGD: learned inner learning rates per weight tensor',
-                                    'inner learning rate')
-
-
-COMMAND = commands.Command('meta_sgd', MetaSGD, 'FO-Meta-SGD',
-                       defaults={'num_inner_steps': 1})  # The paper's single inner step.
+COMMAND = maml.command('meta_sgd', MetaSGD, 'FO-Meta-SGD', defaults={'num_inner_steps': 1})  # The paper's one step.
 
 if __name__ == '__main__':
-    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
+    cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

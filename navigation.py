@@ -44,7 +44,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from fewshot import data, errors, experiment, navigation, network, plotting, results, studies, training
+from fewshot import cli, data, errors, navigation, network, plotting, results, training
+from fewshot.cli import studies
 from fewshot.learner import Learner
 import maml  # noqa: F401 (defines --inner_lr and --num_inner_steps, which this command shares)
 
@@ -249,7 +250,7 @@ def run_learner(name, study_dir, val_batches, test_batches, figure_tasks):
     # Adapted as at test, on --num_eval_trajectories; FIGURE_TRAJECTORIES of them are drawn.
     results.atomic_write(folder.file('trajectories.npz'), lambda f: np.savez(
         f, paths=paths[:, :, :FIGURE_TRAJECTORIES], goals=figure_tasks.goals))
-    experiment.save_model(learner.model, folder.file(results.MODEL_FILE))
+    network.save_model(learner.model, folder.file(results.MODEL_FILE))
     learner.save(folder.path)
     print(f'{algorithm}: test return after 0 steps {means[0]:.2f} ± {cis[0]:.2f}, after 1 {means[1]:.2f} ± '
           f'{cis[1]:.2f}, after {FLAGS.num_curve_steps} {means[-1]:.2f} ± {cis[-1]:.2f} '
@@ -311,4 +312,4 @@ def main(argv):
 
 if __name__ == '__main__':
     studies.set_up(LEARNERS, SETTING)
-    errors.run(main)
+    cli.run(main)

@@ -3,53 +3,25 @@
     python proto_maml.py                                   # first order, 5-way 5-shot Omniglot
     python proto_maml.py --first_order=false               # second order, through the initial head too
 
-Every task's head is initialised from its support set, as the Prototypical Network's
-equivalent linear layer: with c_k the mean body feature of class k's support images,
-
-    W_k = 2 c_k,   b_k = −‖c_k‖²,
-
-then the whole network (body and that head) is adapted like MAML. The meta-parameters are the
-body's alone: the head is a function of them and of the support set. Second order differentiates
-through that initialisation; first order treats the initial head as a constant, as it treats the
-inner-loop gradients. The run's model.keras holds the body; its head is unused (every task makes
-its own).
-
-The flags are MAML's (see maml.py).
+The learner is `ProtoMAML` (fewshot/learners/proto_maml.py); the flags are MAML's (see maml.py).
 """
 
 import sys
 
 import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
-import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, distribution, errors, network
+from fewshot import cli
+from fewshot.cli import commands, config, strategy
+from fewshot.learners.proto_maml import ProtoMAML
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
+flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 for _name in maml.LEARNER_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
-
-class ProtoMAML(maml.MAML):
-    """MAML with a head computed from each task's support prototypes (see the module docstring)."""
-
-    def __init__(self, net, model, inner_lr, num_inner_steps, first_order, meta_optimizer):
-        body = {name: value for name, value in network.parameters(model).items() if not name.startswith('head/')}
-        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, params=body)
-
-    def initial_weights(self, weights, context, support, labels, first_order):
-        """θ'_0: the body θ for every task, and the prototype head of its support set under θ."""
-        del context
-        start = network.tile(weights, support.shape[0])
-        head = network.prototype_head(self.net.features(start, support), labels, self.net.n_way)
-        if first_order:
-            head = tf.nest.map_structure(tf.stop_gradient, head)
-        return {**start, **head}
-
-
-COMMAND = commands.Command('proto_maml', ProtoMAML, 'FO-Proto-MAML')
+COMMAND = maml.command('proto_maml', ProtoMAML, 'FO-Proto-MAML')
 
 if __name__ == '__main__':
-    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
+    cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

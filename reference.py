@@ -29,7 +29,8 @@ import time
 
 from absl import flags
 
-from fewshot import config, errors, results  # noqa: F401  config defines --results_dir
+from fewshot import cli, errors, results
+from fewshot.cli import config  # noqa: F401  config defines --results_dir
 
 flags.DEFINE_string('add', None, 'A finished run folder (e.g. results/fomaml_paper_5way1shot) to keep in '
                     '--reference_dir; then the tables are rewritten.')
@@ -262,4 +263,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-    errors.run(main)
+    cli.run(main)

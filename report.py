@@ -22,7 +22,8 @@ from absl import flags
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-from fewshot import comparison, config, errors, results  # noqa: F401  config defines --results_dir
+from fewshot import cli, comparison, errors, results
+from fewshot.cli import config  # noqa: F401  config defines --results_dir
 import figures
 import stability
 
@@ -476,4 +477,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    errors.run(main)
+    cli.run(main)

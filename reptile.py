@@ -3,48 +3,24 @@
     python reptile.py                                      # 5-way 5-shot Omniglot, Adam in the inner loop
     python reptile.py --inner_optimizer sgd --inner_lr 0.1 # plain SGD inner steps
 
-Reptile has no query loss to differentiate. Every task's weights take k steps of an ordinary
-optimizer on minibatches of its examples, starting from θ, and the meta-step moves θ toward
-where the tasks went:
-
-    θ'_t = U^k_t(θ)   (k steps of Adam or SGD on task t),   θ ← θ + ε · 1/T Σ_t (θ'_t − θ),
-
-with ε annealed linearly from --meta_step_size to --final_meta_step_size over --num_iterations.
-Here that is the meta-optimizer SGD with learning rate ε descending θ − mean_t θ'_t, so the
-checkpoint and resume machinery are MAML's. All tasks of a meta-batch adapt at once on the
-task-grouped network, as MAML's do. In meta-training a task's examples are its support and query
-sets together (`every_example`): nothing is held out, since no loss is scored after adaptation,
-and the steps need distinct minibatches: to second order, what Reptile's update learns about
-adapting is the inner product of gradients on different minibatches, which the same minibatch at
-every step leaves as joint training on it (measured at 5-way 1-shot, where the support set is one
-minibatch: 42% after 5 minutes of training on it alone, against FO-MAML's 92%). Evaluation
-adapts the same way on the support set (--num_eval_inner_steps) and scores the query set with
-its own batch moments: transductive, as recorded in hyperparameters.json (the paper reports
-both; its transductive Omniglot numbers are the higher).
-
-The defaults are the paper's Omniglot ones where this machine allows: Adam with β1 = 0 and
-learning rate 1e-3 in the inner loop, 5 inner steps in training and 50 at evaluation, inner
-minibatches of 10, ε from 1 to 0. Unlike the paper, a training task has --k_shot + --num_query
-examples per class (the paper's Omniglot runs train on 10, its "train shots"), the inner Adam state
-starts afresh for every task (the paper's persists across tasks), and a meta-batch is the shared
---meta_batch_size (the paper: 5). Minibatches cycle through a task's examples in an order that
-alternates classes, so a minibatch of a multiple of N examples holds every class equally. The
-training metrics score the query set after adaptation on it (evaluation's do not).
+The learner is `Reptile` (fewshot/learners/reptile.py, whose docstring gives the algorithm and how
+it departs from the paper); ε anneals linearly from --meta_step_size to --final_meta_step_size over
+--num_iterations. The defaults are the paper's Omniglot ones where this machine allows.
 """
 
 import sys
 
 import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
-import numpy as np
-import tensorflow as tf
 from absl import flags
 
-from fewshot import commands, config, data, distribution, errors
+from fewshot import cli
+from fewshot.cli import commands, config, strategy
+from fewshot.learners.reptile import Reptile, every_example  # noqa: F401  (visible from reptile)
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(distribution)  # --strategy and --cpu_replicas.
+flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 OWN_MAML_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'backbone')  # Not the order, nor Adam's β.
 for _name in OWN_MAML_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here (--inner_lr: the inner optimizer's).
@@ -63,93 +39,25 @@ flags.register_multi_flags_validator(
     message='--final_meta_step_size: at most --meta_step_size (ε anneals from --meta_step_size down to it)')
 FLAGS = flags.FLAGS
 
-ADAM_BETA2, ADAM_EPSILON = 0.999, 1e-8
+
+def build_learner(net, first_order):
+    """Reptile as the flags say; ε is the learning rate of the meta-optimizer, SGD."""
+    del first_order  # Reptile has no order: nothing is differentiated through the inner loop.
+    step_size = keras.optimizers.schedules.PolynomialDecay(
+        FLAGS.meta_step_size, max(FLAGS.num_iterations, 1), FLAGS.final_meta_step_size)
+    return Reptile(net, inner_lr=FLAGS.inner_lr, num_inner_steps=FLAGS.num_inner_steps,
+                   meta_optimizer=keras.optimizers.SGD(step_size), inner_optimizer=FLAGS.inner_optimizer,
+                   inner_batch_size=FLAGS.inner_batch_size)
 
 
-class Reptile(maml.MAML):
-    """θ moves toward the mean of the task-adapted weights (see the module docstring)."""
-
-    learner_flags = OWN_MAML_FLAGS
-
-    def __init__(self, net, model, inner_lr, num_inner_steps, meta_optimizer, inner_optimizer='sgd',
-                 inner_batch_size=0):
-        """
-        Args:
-          net, model, inner_lr, num_inner_steps: as for `maml.MAML`.
-          meta_optimizer: SGD, whose learning rate is ε (a schedule for the paper's annealing).
-          inner_optimizer: 'adam' or 'sgd'.
-          inner_batch_size: examples per inner step (0: all).
-        """
-        super().__init__(net, model, inner_lr, num_inner_steps, True, meta_optimizer)
-        self.inner_optimizer = inner_optimizer
-        self.inner_batch_size = inner_batch_size
-
-    @classmethod
-    def from_flags(cls, net, first_order):
-        del first_order  # Reptile has no order: nothing is differentiated through the inner loop.
-        step_size = keras.optimizers.schedules.PolynomialDecay(
-            FLAGS.meta_step_size, max(FLAGS.num_iterations, 1), FLAGS.final_meta_step_size)
-        return cls(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps, keras.optimizers.SGD(step_size),
-                   FLAGS.inner_optimizer, FLAGS.inner_batch_size)
-
-    @classmethod
-    def fixed_on_resume(cls):
-        """--num_iterations, when ε anneals over them."""
-        return ('num_iterations',) if FLAGS.meta_step_size != FLAGS.final_meta_step_size else ()
-
-    def meta_direction(self, episodes, num_steps=None, **options):
-        """The meta-step's direction with every task adapted on all its examples (`every_example`)."""
-        return super().meta_direction(every_example(episodes, self.net.n_way), num_steps, **options)
-
-    def inner_batch(self, images, labels, step):
-        """Minibatch `step` of a task's examples [T, N*K, ...], class by class: the next
-        `inner_batch_size` examples, cyclically, of an order that alternates classes (class 0
-        shot 0, class 1 shot 0, ...)."""
-        size = images.shape[1]
-        batch = self.inner_batch_size
-        if not batch or batch >= size:
-            return images, labels
-        n_way = self.net.n_way
-        position = (step * batch + np.arange(batch)) % size
-        index = (position % n_way) * (size // n_way) + position // n_way
-        return tf.gather(images, index, axis=1), tf.gather(labels, index, axis=1)
-
-    def inner_state(self, params):
-        """Adam's second-moment estimates, zero for every task's weights at the first step."""
-        return {name: tf.zeros_like(value) for name, value in params.items()} if self.inner_optimizer == 'adam' else ()
-
-    def inner_update(self, params, grads, step, context, state):
-        """SGD's θ' − α g, or Adam's with β1 = 0 at step s (from 1):
-        v ← β2 v + (1 − β2) g²,  θ' − α g / (√(v / (1 − β2^s)) + ϵ)."""
-        if self.inner_optimizer == 'sgd':
-            return super().inner_update(params, grads, step, context, state)
-        moments = {name: ADAM_BETA2 * state[name] + (1 - ADAM_BETA2) * tf.square(grads[name]) for name in params}
-        correction = 1 - ADAM_BETA2 ** (step + 1)
-        return {name: params[name] - self.inner_lr * grads[name] / (tf.sqrt(moments[name] / correction) + ADAM_EPSILON)
-                for name in params}, moments
-
-    def meta_gradients(self, tape, meta_loss, trajectory, episodes):
-        """θ − mean_t θ'_t, which the meta-optimizer (SGD, learning rate ε) descends."""
-        del tape, meta_loss, episodes
-        adapted = trajectory.params[-1]
-        return {name: self.params[name] - tf.reduce_mean(adapted[name], axis=0) for name in self.params}
+def fixed_on_resume():
+    """--num_iterations, when ε anneals over them."""
+    return ('num_iterations',) if FLAGS.meta_step_size != FLAGS.final_meta_step_size else ()
 
 
-def every_example(episodes, n_way):
-    """The meta-batch with each task's query examples joined to its support set, class by class:
-    support [T, N*(K+Q), ...] (class 0's K + Q examples, then class 1's, ...), query unchanged."""
-    def joined(support, query):
-        def per_class(x):
-            return tf.reshape(x, [x.shape[0], n_way, -1, *x.shape[2:]])
-        both = tf.concat([per_class(support), per_class(query)], axis=2)
-        return tf.reshape(both, [both.shape[0], -1, *both.shape[3:]])
-    return data.Episodes(joined(episodes.support_images, episodes.query_images),
-                         joined(episodes.support_labels, episodes.query_labels),
-                         episodes.query_images, episodes.query_labels)
-
-
-COMMAND = commands.Command('reptile', Reptile, 'Reptile',
-                           defaults={'inner_lr': 1e-3, 'num_inner_steps': 5, 'num_eval_inner_steps': 50})
+COMMAND = commands.Command('reptile', Reptile, 'Reptile', build_learner, OWN_MAML_FLAGS,
+                           defaults={'inner_lr': 1e-3, 'num_inner_steps': 5, 'num_eval_inner_steps': 50},
+                           eval_inner_steps=maml.eval_inner_steps, fixed_on_resume=fixed_on_resume)
 
 if __name__ == '__main__':
-    errors.run(commands.main_for(COMMAND, sys.modules[__name__]))
+    cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -35,7 +35,8 @@ import keras
 import numpy as np
 from absl import flags, logging
 
-from fewshot import data, errors, experiment, plotting, regression, results, studies, training
+from fewshot import cli, data, errors, network, plotting, regression, results, training
+from fewshot.cli import studies
 import anil
 import maml
 import meta_sgd
@@ -148,7 +149,7 @@ def run_learner(name, study_dir, val_batches, test_batches, figure_tasks, checks
                'inner_lr': inner_lr, 'test_mse_after_steps': means, 'test_ci95_after_steps': cis}
     results.write_json(folder.file(results.SUMMARY_FILE), summary)
     results.write_json(folder.file(FITS_FILE), function_fits(learner, figure_tasks))
-    experiment.save_model(learner.model, folder.file(results.MODEL_FILE))
+    network.save_model(learner.model, folder.file(results.MODEL_FILE))
     print(f'{algorithm}: test error after 1 step {means[1]:.3f} ± {cis[1]:.3f}, after {FLAGS.num_curve_steps} '
           f'{means[-1]:.3f} ± {cis[-1]:.3f} ({summary["iterations"]:,} iterations); results in {folder.path}')
     return summary
@@ -213,4 +214,4 @@ def main(argv):
 
 if __name__ == '__main__':
     studies.set_up(LEARNERS, SETTING)
-    errors.run(main)
+    cli.run(main)

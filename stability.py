@@ -31,7 +31,8 @@ import os
 import numpy as np
 from absl import flags
 
-from fewshot import config, errors, plotting, results, runs
+from fewshot import cli, errors, plotting, results
+from fewshot.cli import config, runs
 
 RUNS_FILE = 'runs.csv'  # One row per run of a comparison: what figures.py redraws from.
 METHODS = {  # method -> (script, run-folder name as the script derives it from its flags)
@@ -52,7 +53,7 @@ flags.DEFINE_enum('maml_plusplus_eval_batch_norm', 'transductive', ['transductiv
                   "'support' and 'running' are MAML++'s non-transductive modes, and the table then says the "
                   'two were evaluated differently.')
 for _name in ('settings', 'train', 'output_dir'):
-    flags.declare_key_flag(_name)  # The tools' flags (fewshot/runs.py): the assignment's setting and a harder one.
+    flags.declare_key_flag(_name)  # The tools' flags (fewshot/cli/runs.py): the assignment's setting and a harder one.
 for _name in ('num_iterations', 'results_dir'):
     flags.declare_key_flag(_name)  # config's: iterations of every run, where the run folders are.
 FLAGS = flags.FLAGS
@@ -236,4 +237,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    errors.run(main, takes_arguments=True)
+    cli.run(main, takes_arguments=True)

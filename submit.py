@@ -29,7 +29,8 @@ import zipfile
 
 from absl import flags
 
-from fewshot import config, errors, results  # noqa: F401  config defines --results_dir
+from fewshot import cli, errors, results
+from fewshot.cli import config  # noqa: F401  config defines --results_dir
 import report  # noqa: F401  Defines --name and --student_number, which the report's first page shows too.
 
 for _name in ('results_dir', 'name', 'student_number'):
@@ -213,4 +214,4 @@ def main(argv):
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['name', 'student_number'])  # Here, so importing submit requires nothing.
-    errors.run(main)
+    cli.run(main)

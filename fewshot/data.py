@@ -1,4 +1,5 @@
-"""Omniglot for few-shot learning: reading, preprocessing, caching, splits and episodes.
+"""Few-shot tasks: Omniglot (reading, preprocessing, caching, splits), any folder of images with a
+folder per class (`load_image_folder`), and the episode sampler over either.
 
 Two sources give the same arrays:
   * a local folder with the original archives `images_background.zip` and
@@ -268,7 +269,8 @@ def load_omniglot(data_dir=None, cache_dir='data'):
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Disjoint character splits; each array is [num_classes, 20, 28, 28] float32 in [0, 1]."""
+    """Disjoint class splits: Omniglot's characters, arrays [num_classes, 20, 28, 28] float32 in [0, 1],
+    or a folder's classes, lists of arrays [M_c, H, W, channels] (`split_classes`)."""
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
@@ -312,6 +314,26 @@ def make_splits(data, split='random', num_train_classes=1100, num_val_classes=10
     return Splits(train=np.ascontiguousarray(train_images), val=images[val], test=images[test])
 
 
+def split_classes(classes, num_train_classes, num_val_classes, seed=1):
+    """Splits a list of classes (`load_image_folder`'s) at random with `seed`: the first
+    `num_train_classes` train, the next `num_val_classes` validate, the rest test."""
+    if num_train_classes + num_val_classes >= len(classes):
+        raise DataError(f'--num_train_classes + --num_val_classes must leave test classes: '
+                        f'{num_train_classes} + {num_val_classes} >= {len(classes)} classes')
+    order = np.random.default_rng(seed).permutation(len(classes))
+    picked = [[classes[index] for index in part] for part in np.split(order, [num_train_classes,
+                                                                             num_train_classes + num_val_classes])]
+    return Splits(*picked)
+
+
+def classes_checksum(names, classes):
+    """sha256 of a folder's classes as loaded: their names and every image's pixels."""
+    digest = hashlib.sha256()
+    for name, images in zip(names, classes):
+        digest.update(name.encode() + b'\0' + np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------
 # Episodes.
 
@@ -319,8 +341,9 @@ def make_splits(data, split='random', num_train_classes=1100, num_val_classes=10
 class Episodes(NamedTuple):
     """A meta-batch of T few-shot tasks (N-way, K-shot, Q queries per class).
 
-    support_images: [T, N*K, 28, 28, 1] float32;  support_labels: [T, N*K] int32
-    query_images:   [T, N*Q, 28, 28, 1] float32;  query_labels:   [T, N*Q] int32
+    support_images: [T, N*K, H, W, C] float32 ([T, N*K, 28, 28, 1] for Omniglot);
+    support_labels: [T, N*K] int32
+    query_images:   [T, N*Q, H, W, C] float32;  query_labels:   [T, N*Q] int32
     Labels run 0..N-1; which class gets which label is drawn anew for every task.
     """
     support_images: np.ndarray
@@ -339,32 +362,58 @@ def task_slice(batch, start, stop):
     return type(batch)(*(x[start:stop] for x in batch))
 
 
-def check_task_shape(num_classes, n_way, k_shot, num_query, split_name, n_way_flag='--n_way'):
-    """Raises DataError unless a split of `num_classes` characters can make such tasks
-    (n_way_flag: the flag that chose `n_way`, for the message)."""
+def check_task_shape(num_classes, n_way, k_shot, num_query, split_name, n_way_flag='--n_way',
+                     per_class=IMAGES_PER_CHARACTER):
+    """Raises DataError unless a split of `num_classes` classes of `per_class` images each can make
+    such tasks (n_way_flag: what chose `n_way`, for the message)."""
     if n_way > num_classes:
         raise DataError(f'{n_way_flag} {n_way} exceeds the {num_classes} classes of the {split_name} split')
-    if k_shot + num_query > IMAGES_PER_CHARACTER:
-        raise DataError(f'--k_shot + --num_query must be at most {IMAGES_PER_CHARACTER} '
-                        f'(images per character), got {k_shot} + {num_query}')
+    if k_shot + num_query > per_class:
+        raise DataError(f'--k_shot + --num_query must be at most {per_class} '
+                        f'(images per class), got {k_shot} + {num_query}')
 
 
-def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=False):
-    """Draws `num_tasks` tasks from `images` [C, 20, 28, 28] with the generator `rng`.
+def check_class_sizes(counts, k_shot, num_query, where, class_names=None):
+    """Raises DataError naming the first class with fewer than k_shot + num_query images (counts [C]);
+    where: what holds the classes, e.g. 'the train split' or a folder."""
+    for index in np.flatnonzero(np.asarray(counts) < k_shot + num_query)[:1]:
+        name = repr(class_names[index]) if class_names is not None else f'number {index}'
+        raise DataError(f'class {name} of {where} has {counts[index]} images; a task takes '
+                        f'{k_shot} + {num_query} (k_shot + num_query) of each of its classes')
+
+
+def pad_classes(classes):
+    """(images [C, M, ...], counts [C]) from a list of C arrays [M_c, ...] of images, M = max M_c;
+    a class's images past its own count are zeros, never drawn (see `sample_episodes`)."""
+    counts = np.array([len(images) for images in classes])
+    padded = np.zeros((len(classes), counts.max(), *classes[0].shape[1:]), np.float32)
+    for index, images in enumerate(classes):
+        padded[index, :len(images)] = images
+    return padded, counts
+
+
+def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=False, counts=None):
+    """Draws `num_tasks` tasks from `images` [C, M, H, W] (grayscale, M images of each of C classes)
+    or [C, M, H, W, channels] with the generator `rng`.
 
     Classes of a task are distinct, and its support and query images are distinct
     drawings; the draw is vectorised (no per-image Python loop).
     rotate: turn each class of each task by a random multiple of 90 degrees, the same for all
       its images, support and query alike (`rotate_classes`); drawn after everything else,
       so the tasks are otherwise those of rotate=False.
+    counts: class c has only its first counts[c] images (`pad_classes`); None: all M.
     """
     num_classes, per_class = images.shape[:2]
     classes = rng.random((num_tasks, num_classes)).argsort(axis=1)[:, :n_way]
-    drawings = rng.random((num_tasks, n_way, per_class)).argsort(axis=2)[:, :, :k_shot + num_query]
-    picked = images[classes[:, :, None], drawings]  # [T, N, K+Q, 28, 28]
+    order = rng.random((num_tasks, n_way, per_class))
+    if counts is not None:  # Past a class's last image the key is 2, above every random one: never drawn.
+        order[np.arange(per_class) >= np.asarray(counts)[classes][..., None]] = 2.0
+    drawings = order.argsort(axis=2)[:, :, :k_shot + num_query]
+    picked = images[classes[:, :, None], drawings]  # [T, N, K+Q, H, W(, channels)]
     if rotate:
         picked = rotate_classes(picked, rng.integers(0, 4, (num_tasks, n_way)))
-    picked = picked[..., None]
+    if picked.ndim == 5:  # Grayscale: one channel.
+        picked = picked[..., None]
     labels = np.broadcast_to(np.arange(n_way, dtype=np.int32)[None, :, None],
                              (num_tasks, n_way, k_shot + num_query))
 
@@ -376,8 +425,8 @@ def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=Fal
 
 def rotate_classes(images, quarter_turns):
     """Turns the images of each class of each task by its own multiple of 90 degrees
-    (counter-clockwise). images [T, N, M, H, W] (M images of each class), quarter_turns [T, N]
-    in 0..3 -> [T, N, M, H, W].
+    (counter-clockwise). images [T, N, M, H, W(, channels)] (M images of each class), quarter_turns
+    [T, N] in 0..3 -> the same shape.
 
     The augmentation of the MAML and MAML++ codes for Omniglot: a character under a rotation is in
     effect another character, and the rotation is drawn afresh in every task.
@@ -385,7 +434,7 @@ def rotate_classes(images, quarter_turns):
     turned = images.copy()
     for turns in (1, 2, 3):
         chosen = quarter_turns == turns
-        turned[chosen] = np.rot90(images[chosen], turns, axes=(-2, -1))
+        turned[chosen] = np.rot90(images[chosen], turns, axes=(2, 3))  # [classes, M, H, W(, channels)].
     return turned
 
 
@@ -425,13 +474,23 @@ def tasks_checksum(batches):
 
 
 class EpisodeSampler(TaskStream):
-    """The task stream of one split (see `TaskStream`).
+    """The task stream of one split (see `TaskStream`): N-way K-shot tasks with Q queries per class.
 
+    images: [C, M, H, W] (grayscale) or [C, M, H, W, channels] float32, M images of each of C
+      classes (Omniglot's splits), or a list of C arrays [M_c, H, W(, channels)], as many images
+      per class as it has (`load_image_folder`); every class needs k_shot + num_query of them.
+    seed: the stream's seed; meta-batch `index` depends on (seed, index) alone.
+    split_name, class_names: what an error message calls the split and its classes.
     rotate: each class of a task under a random multiple of 90 degrees (see `sample_episodes`).
     """
 
-    def __init__(self, images, n_way, k_shot, num_query, seed, split_name='train', rotate=False):
-        check_task_shape(len(images), n_way, k_shot, num_query, split_name)
+    def __init__(self, images, n_way, k_shot, num_query, seed, split_name='train', rotate=False,
+                 class_names=None):
+        self.counts = None
+        if isinstance(images, (list, tuple)):
+            images, self.counts = pad_classes(images)
+            check_class_sizes(self.counts, k_shot, num_query, f'the {split_name} split', class_names)
+        check_task_shape(len(images), n_way, k_shot, num_query, split_name, per_class=images.shape[1])
         self.images = images
         self.n_way, self.k_shot, self.num_query = n_way, k_shot, num_query
         self.seed, self.rotate = seed, rotate
@@ -439,7 +498,45 @@ class EpisodeSampler(TaskStream):
     def sample(self, index, num_tasks):
         """Meta-batch number `index` of `num_tasks` tasks."""
         rng = np.random.default_rng([self.seed, index])
-        return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng, self.rotate)
+        return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng, self.rotate,
+                               self.counts)
+
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+
+
+def load_image_folder(folder, image_size=28, channels=1):
+    """The images of a folder with one subfolder per class, any size and format PIL reads.
+
+    Every image is resized to image_size x image_size (area-averaged) and converted to grayscale
+    (channels=1) or RGB (3), float32 in [0, 1]. Returns (class names, sorted; a list of arrays
+    [M_c, image_size, image_size, channels], one per class), ready for `EpisodeSampler`.
+    DataError naming the folder or file for a missing folder, an empty class or an unreadable image.
+    """
+    if channels not in (1, 3):
+        raise DataError(f'channels {channels}: 1 (grayscale) or 3 (RGB)')
+    if not os.path.isdir(folder):
+        raise DataError(f'{folder}: not a folder (expected a folder with a subfolder of images per class)')
+    names = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
+    if not names:
+        raise DataError(f'{folder}: no class folders in it (expected a subfolder of images per class)')
+    classes = []
+    for name in names:
+        files = sorted(file for file in os.listdir(os.path.join(folder, name)) if file.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise DataError(f'{os.path.join(folder, name)}: no images in it ({", ".join(IMAGE_SUFFIXES)})')
+        classes.append(np.stack([_read_image(os.path.join(folder, name, file), image_size, channels)
+                                 for file in files]))
+    return names, classes
+
+
+def _read_image(path, image_size, channels):
+    try:
+        with Image.open(path) as image:
+            image = image.convert('L' if channels == 1 else 'RGB').resize((image_size, image_size), Image.BOX)
+    except Exception as error:  # PIL raises many types for a damaged file.
+        raise DataError(f'{path}: not a readable image ({error})') from None
+    return np.asarray(image, np.float32).reshape(image_size, image_size, channels) / 255.0
 
 
 class ImageStream:

@@ -7,11 +7,12 @@ and every replica takes that same meta-step on its copy of θ: the meta-step of 
 Per-task metrics are gathered back in task order, so that validation and test tasks, split
 the same way, score as in one process.
 
-    --strategy default        one process, one device: no tf.distribute at all
-    --strategy mirrored       tf.distribute.MirroredStrategy over this machine's devices (its GPUs,
-                              or --cpu_replicas logical CPU devices)
-    --strategy multi_worker   tf.distribute.MultiWorkerMirroredStrategy: one process per machine,
-                              the cluster read from TF_CONFIG; the chief (worker 0) writes the run folder
+    Cluster()                 one process, one device: no tf.distribute at all
+    Cluster(MirroredStrategy)  over this machine's devices (its GPUs, or logical CPU devices)
+    Cluster(MultiWorkerMirroredStrategy)  one process per machine, the cluster read from TF_CONFIG
+                              (`read_tf_config`); the chief (worker 0) writes the run folder
+
+The commands choose one with --strategy (fewshot/cli/strategy.py).
 
 Asynchronous training (a parameter server) is not offered: its stale meta-gradients would change
 the algorithm.
@@ -25,35 +26,13 @@ import socket
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
-from fewshot import config, data
-from fewshot.errors import FlagError, SetupError, TrainingError
-
-FLAGS = config.FLAGS  # config's flags first: the validators below read --tasks_per_chunk and --memory_budget_gb.
-
-flags.DEFINE_enum('strategy', 'default', ['default', 'mirrored', 'multi_worker'],
-                  "How to spread a meta-batch's tasks: 'default', one process on one device; 'mirrored', "
-                  "tf.distribute.MirroredStrategy over this machine's GPUs (or --cpu_replicas CPU devices); "
-                  "'multi_worker', tf.distribute.MultiWorkerMirroredStrategy, the same command on every "
-                  'machine of the cluster that the TF_CONFIG environment variable describes (README). '
-                  '--meta_batch_size must be a multiple of the replicas.')
-flags.DEFINE_integer('cpu_replicas', 0, "--strategy mirrored: split this machine's CPU into this many logical "
-                     'devices, one replica each (mainly for testing; 0: the GPUs, or the one CPU).', lower_bound=0)
-flags.register_multi_flags_validator(
-    ['strategy', 'cpu_replicas'], lambda values: not values['cpu_replicas'] or values['strategy'] == 'mirrored',
-    message='--cpu_replicas: only with --strategy mirrored (a worker of multi_worker is one replica per machine)')
-flags.register_multi_flags_validator(
-    ['strategy', 'tasks_per_chunk', 'memory_budget_gb'],
-    lambda values: values['strategy'] == 'default' or not (values['tasks_per_chunk'] or values['memory_budget_gb']),
-    message='--tasks_per_chunk, --memory_budget_gb: not yet with --strategy mirrored or multi_worker '
-            '(add replicas instead: each holds only its share of the meta-batch)')
+from fewshot import data
+from fewshot.errors import FlagError, TrainingError
 
 # What a lost or unreachable process makes the collective operations raise.
 LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
                     tf.errors.DeadlineExceededError)
-# Flags that may differ between the machines of a cluster: where files are, and how progress shows.
-LOCAL_FLAGS = ('data_dir', 'cache_dir', 'results_dir', 'progress')
 
 
 def read_tf_config():
@@ -106,9 +85,11 @@ class Cluster:
     num_replicas: R, the replicas a meta-batch is split across.
     """
 
-    def __init__(self, strategy=None, is_chief=True, num_workers=1):
-        """strategy: a tf.distribute strategy, None for one process on one device."""
+    def __init__(self, strategy=None, is_chief=True, num_workers=1, name='default'):
+        """strategy: a tf.distribute strategy, None for one process on one device; name: what the user
+        chose it by (the command's --strategy)."""
         self.strategy = strategy
+        self.name = name
         self.is_chief = is_chief
         self.num_workers = num_workers
         self.num_replicas = strategy.num_replicas_in_sync if strategy else 1
@@ -121,7 +102,7 @@ class Cluster:
         """FlagError unless the replicas divide the meta-batch."""
         if meta_batch_size % self.num_replicas:
             raise FlagError(f'--meta_batch_size {meta_batch_size}: the {self.num_replicas} replicas of --strategy '
-                            f'{FLAGS.strategy} must divide it, each adapting an equal share of its tasks; '
+                            f'{self.name} must divide it, each adapting an equal share of its tasks; '
                             f'use a multiple of {self.num_replicas}')
 
     def broadcast(self, arrays):
@@ -195,28 +176,6 @@ def _broadcast_sum(strategy, per_replica):
 
 def _gather(strategy, per_replica):
     return strategy.gather(per_replica, axis=0)
-
-
-def cluster_from_flags():
-    """The `Cluster` of --strategy, made before TensorFlow runs anything (logical devices and a
-    multi-worker cluster can be set up only then). FlagError for a bad TF_CONFIG."""
-    if FLAGS.strategy == 'default':
-        return Cluster()
-    if FLAGS.strategy == 'mirrored':
-        if FLAGS.cpu_replicas:
-            cpu = tf.config.list_physical_devices('CPU')[0]
-            try:
-                tf.config.set_logical_device_configuration(
-                    cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_replicas)
-            except RuntimeError:
-                raise SetupError('--cpu_replicas: TensorFlow had started before the CPU could be split') from None
-            devices = [device.name for device in tf.config.list_logical_devices('CPU')]
-            return Cluster(tf.distribute.MirroredStrategy(devices))
-        return Cluster(tf.distribute.MirroredStrategy())
-    cluster, task_type, index = read_tf_config()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    is_chief = task_type == 'chief' or (task_type == 'worker' and index == 0 and 'chief' not in cluster)
-    return Cluster(strategy, is_chief, num_workers=sum(len(hosts) for hosts in cluster.values()))
 
 
 class Replicated:

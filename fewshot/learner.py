@@ -1,8 +1,9 @@
 """What every meta-learner shares, whatever its shape: the meta-parameters θ in a Keras model, a
 meta-optimizer, compiled training and evaluation steps, and what a checkpoint holds.
 
-A learner (MAML in maml.py, the Prototypical Network in protonet.py, ...) subclasses `Learner`
-and defines two pure steps over a meta-batch of T tasks (`data.Episodes` of tensors):
+A learner (MAML in fewshot/learners/maml.py, the Prototypical Network in
+fewshot/learners/protonet.py, ...) subclasses `Learner` and defines two pure steps over a
+meta-batch of T tasks (`data.Episodes` of tensors):
 
     meta_direction(episodes, **options) -> (the direction the meta-step descends, by name like θ:
         the meta-gradient, or Reptile's θ − θ'; per-task metrics [T] named as `train_metrics`,
@@ -12,55 +13,41 @@ and defines two pure steps over a meta-batch of T tasks (`data.Episodes` of tens
         (before the task's support set is used) and 'query_post_accuracy' (after), θ untouched
 
 which `Learner` compiles and exposes as `training.train` expects them (`meta_train_step`,
-`evaluate`, `state_variables`). To be run by a command (fewshot/commands.py) it also says how
-the flags build it (`from_flags`) and what it trains on (`training_stream`).
+`evaluate`, `state_variables`). A learner is built from keyword arguments alone; how a command's
+flags build one is the command's business (`commands.Command`).
 
 The meta-step (`train_step`) applies the direction and tracks what was measured. Both are means
 over the meta-batch's tasks, so a meta-batch can be processed in chunks of tasks whose results
 are averaged (`tasks_per_chunk`): the same meta-step in the memory of one chunk.
-
-The flags defined here are those of every learner that `commands.run` builds (its network, and its
-meta-optimizer's step size where that is Adam's); a learner script makes them its own with
-`flags.adopt_module_key_flags(learner)` or by declaring them, so that other commands refuse them.
 """
 
 import numpy as np
 import tensorflow as tf
-from absl import flags, logging
+import keras
+from absl import logging
 
-from fewshot import data, distribution, errors, experiment, network, results, training
-
-flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
-                  "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
-                  'convolution and three residual blocks (about twice the convolution work).')
-flags.register_multi_flags_validator(
-    ['backbone', 'max_pool'], lambda values: not (values['backbone'] == 'resnet' and values['max_pool']),
-    message='--max_pool: the residual network downsamples with strided convolutions; use --backbone conv4 '
-            'for max-pooling')
-flags.DEFINE_float('meta_lr', 1e-3, 'Meta learning rate: the step size of the meta-optimizer, Adam (MAML calls '
-                   'it beta).', lower_bound=1e-12)
-
+from fewshot import data, distribution, errors, network, results, training
 
 class Learner:
     """Meta-parameters θ (`params`, by name) in a Keras model, meta-trained by `meta_optimizer`."""
 
     # What train_step reports, per task; the first is the loss the meta-step descends.
     train_metrics = ('loss',)
-    # The learner's own flags that tools set or name its runs after (MAML's: first_order, ...).
-    learner_flags = ()
     # How batch norm normalises in this learner's forward passes, recorded in hyperparameters.json.
     batch_norm = 'transductive (statistics of the batch being normalised)'
 
-    def __init__(self, net, model, meta_optimizer, params=None):
+    def __init__(self, net, model=None, meta_optimizer=None, params=None):
         """
         Args:
           net: a `network.ConvNet` (or `ResNet`, or `regression.MLP`), whose forward is evaluated
             over explicit weights and which scores a task (`score_name`).
-          model: its Keras model, holding the meta-parameters θ.
-          meta_optimizer: a Keras optimizer for θ.
+          model: its Keras model, holding the meta-parameters θ (default: `net.keras_model()`).
+          meta_optimizer: a Keras optimizer for θ (default: Adam at 1e-3).
           params: the meta-parameters by name (default: the model's trainable weights,
             `network.parameters(model)`).
         """
+        model = net.keras_model() if model is None else model
+        meta_optimizer = keras.optimizers.Adam(1e-3) if meta_optimizer is None else meta_optimizer
         self.net = net
         self.model = model
         self.meta_optimizer = meta_optimizer
@@ -81,28 +68,6 @@ class Learner:
     def score_name(self):
         """What evaluation scores a task by: the network's 'accuracy' (a regressor's 'mse')."""
         return self.net.score_name
-
-    @classmethod
-    def from_flags(cls, net, first_order):
-        """The learner of `net` as its command's flags say (first_order: for learners that have an
-        order; the others ignore it)."""
-        raise NotImplementedError
-
-    @classmethod
-    def fixed_on_resume(cls):
-        """Flags a resumed run must keep as the flags set them (see results.RunFolder), e.g. the
-        iterations a schedule spreads over."""
-        return ()
-
-    @classmethod
-    def eval_inner_steps_from_flags(cls):
-        """Adaptation steps at validation and test as the flags say (0: a learner with no inner loop)."""
-        return 0
-
-    @classmethod
-    def training_stream(cls, splits):
-        """The meta-training task stream as the flags say: `sample(iteration, T)` -> `data.Episodes`."""
-        return experiment.episode_stream(splits)
 
     def meta_direction(self, episodes, **options):
         """(the direction the meta-step descends by name like `params`, per-task `train_metrics` [T],
@@ -143,6 +108,12 @@ class Learner:
         """Arguments of `train_step` for the next meta-iteration (none here; MAML++ follows
         schedules). Each distinct set of Python values compiles the training step once."""
         return {}
+
+    def save_model(self, path):
+        """Saves the model (the meta-learned θ) to `path` (.keras), atomically, so that
+        `keras.models.load_model` (after `from fewshot import network`) normalises as this learner does
+        (`network.save_model`)."""
+        network.save_model(self.model, path, self.batch_norm)
 
     def save(self, folder):
         """Writes what the learner learned besides the model's weights into its run folder
@@ -223,15 +194,17 @@ class MetricLearner(Learner):
     train_metrics = ('query_loss', 'query_accuracy')
     batch_norm = "transductive (statistics of each task's support and query images together)"
 
-    def __init__(self, net, model, meta_optimizer, train_n_way):
+    def __init__(self, net, model=None, meta_optimizer=None, train_n_way=None):
         """
         Args:
           net, model, meta_optimizer: as for `Learner`.
-          train_n_way: classes per meta-training task (N of `scores` in training).
+          train_n_way: classes per meta-training task (N of `scores` in training; default the
+            network's N).
         """
+        model = net.keras_model() if model is None else model
         body = {name: value for name, value in network.parameters(model).items() if not name.startswith('head/')}
         super().__init__(net, model, meta_optimizer, params=body)
-        self.train_n_way = train_n_way
+        self.train_n_way = train_n_way or net.n_way
 
     def embed(self, embedding, params, episodes):
         """(support, query): `embedding(task weights, images)` of each task's support [T, N*K, ...] and

@@ -27,6 +27,7 @@ import os
 import keras
 import tensorflow as tf
 
+from fewshot import results
 from fewshot.errors import FlagError, SetupError
 
 BATCH_NORM_EPSILON = 1e-3
@@ -56,10 +57,11 @@ class ConvNet(Classifier):
     max_pool: bool = False
     image_size: int = 28
     precision: str = 'float32'  # Or 'bfloat16': the blocks' convolutions (see the module's docstring).
+    channels: int = 1  # Of the images: 1 (grayscale, Omniglot) or 3 (RGB).
 
     def keras_model(self):
         """The same network as a Keras model; its trainable weights are the meta-parameters."""
-        layers = [keras.Input((self.image_size, self.image_size, 1))]
+        layers = [keras.Input((self.image_size, self.image_size, self.channels))]
         for block in range(1, self.num_blocks + 1):
             layers += [
                 keras.layers.Conv2D(self.num_filters, 3, strides=1 if self.max_pool else 2,
@@ -78,7 +80,7 @@ class ConvNet(Classifier):
 
         Args:
           params: dict name -> [T, *shape] tensor (names as in `parameters`).
-          images: [T, B, 28, 28, 1] tensor.
+          images: [T, B, image_size, image_size, channels] tensor ([T, B, 28, 28, 1] for Omniglot).
           statistics: None, or dict 'bn<i>/moving_mean' and 'bn<i>/moving_variance' -> [T, F]
             (names as in `statistics`).
         Returns:
@@ -131,7 +133,9 @@ class ConvNet(Classifier):
             moments[f'{layer}/moving_variance'] = tf.reshape(tf.stop_gradient(variance), [num_tasks, -1])
             return h
 
-        grouped = tf.transpose(images[..., 0], [1, 2, 3, 0])  # Tasks as channel groups.
+        # Tasks as channel groups: [B, H, W, T * channels], task t's channels together.
+        grouped = tf.transpose(images, [1, 2, 3, 0, 4])
+        grouped = tf.reshape(grouped, [batch, grouped.shape[1], grouped.shape[2], -1])
         h = self._body(params, self._compute(grouped), normalise)
         maps = tf.reshape(tf.cast(h, images.dtype), [batch, h.shape[1], h.shape[2], num_tasks, -1])
         return tf.transpose(maps, [3, 0, 1, 2, 4]), moments
@@ -169,7 +173,7 @@ class ResNet(ConvNet):
                             'use --backbone conv4 for max-pooling')
 
     def keras_model(self):
-        inputs = keras.Input((self.image_size, self.image_size, 1))
+        inputs = keras.Input((self.image_size, self.image_size, self.channels))
         h = self._keras_conv_bn(inputs, 1, 3, 2, relu=True)
         for block in range(2, self.num_blocks + 1):
             residual = self._keras_conv_bn(h, f'{block}a', 3, 2, relu=True)
@@ -199,12 +203,49 @@ class ResNet(ConvNet):
         return h
 
 
+class KerasNetwork(Classifier):
+    """Any Keras classifier under a gradient-based learner: its forward over explicit weights is the
+    model's own `stateless_call`, one task after another.
+
+    The network contract, what a learner asks of `net`: `forward(params, images)` -> logits [T, B, N]
+    for task weights `params` (name -> [T, *shape], named as `parameters(net.keras_model())`) and
+    images [T, B, ...]; `keras_model()`, the model holding θ; `n_way`; `task_losses`, `task_scores`
+    and `score_name` (`Classifier`'s). ANIL, BOIL, Proto-MAML, the metric learners and MAML++ ask
+    for more (`features`, a 'head/' layer, `feature_maps`, per-step batch-norm moments), which
+    `ConvNet` and `ResNet` provide; MAML (first and second order), Meta-SGD, Reptile and iMAML run on
+    this contract alone.
+
+    model: a built Keras model, images [B, ...] -> logits [B, N]. The learner holds this very model
+      (`keras_model` returns it), so wrap it for one learner. Its layers run in training mode: batch
+      norm normalises each task's batch with its own moments, as MAML does, and no state is updated
+      (Keras' batch norm differentiates its variance as a constant of the mean, so second order through
+      it is not exact: `ConvNet`'s is).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.n_way = model.output_shape[-1]
+        self._names = list(parameters(model))
+
+    def keras_model(self):
+        return self.model
+
+    def forward(self, params, images):
+        """Logits [T, B, N] of each task's images [T, B, ...] under its own weights."""
+        state = [tf.convert_to_tensor(variable) for variable in self.model.non_trainable_variables]
+        return tf.stack([self.model.stateless_call([params[name][task] for name in self._names], state,
+                                                   images[task], training=True)[0]
+                         for task in range(images.shape[0])])
+
+
 BACKBONES = {'conv4': ConvNet, 'resnet': ResNet}
 
 
-def build(backbone, n_way, num_filters, max_pool, precision='float32'):
-    """The network named `backbone` (a key of BACKBONES) with an `n_way`-output head."""
-    return BACKBONES[backbone](n_way, num_filters, max_pool=max_pool, precision=precision)
+def build(backbone, n_way, num_filters, max_pool, precision='float32', image_size=28, channels=1):
+    """The network named `backbone` (a key of BACKBONES) with an `n_way`-output head, of images
+    image_size x image_size x channels."""
+    return BACKBONES[backbone](n_way, num_filters, max_pool=max_pool, precision=precision, image_size=image_size,
+                               channels=channels)
 
 
 def head(kernel, bias, features):
@@ -371,15 +412,21 @@ def with_transductive_batch_norm(model):
 
 
 def parameters(model):
-    """The trainable weights of `model` by name ('conv1/kernel', 'bn1/gamma', ..., 'head/bias')."""
-    return {f'{layer.name}/{variable.name}': variable
-            for layer in model.layers for variable in layer.trainable_weights}
+    """The trainable weights of `model` by name: each variable's path below the model ('conv1/kernel',
+    'bn1/gamma', ..., 'head/bias'; a nested model's 'body/dense/kernel'), as checkpoints name them."""
+    return _by_path(model, model.trainable_variables)
 
 
 def statistics(model):
     """The batch-norm running statistics of `model` by name ('bn1/moving_mean', ...)."""
-    return {f'{layer.name}/{variable.name}': variable for layer in model.layers
-            for variable in layer.non_trainable_weights if 'moving' in variable.name}
+    return _by_path(model, [variable for variable in model.non_trainable_variables if 'moving' in variable.name])
+
+
+def _by_path(model, variables):
+    named = {variable.path.removeprefix(model.name + '/'): variable for variable in variables}
+    if len(named) != len(variables):
+        raise ValueError(f'two weights of the Keras model {model.name!r} share a name; name its layers apart')
+    return named
 
 
 def tile(params, num_tasks):
@@ -412,3 +459,18 @@ def check_grouped_convolutions():
                  else 'in this TensorFlow build')
         raise SetupError(f'{cause} TensorFlow has no CPU gradient for grouped convolutions, which the '
                          'task-batched network needs for its speed; unset TF_ENABLE_ONEDNN_OPTS (or set it to 1)')
+
+
+def save_model(model, path, batch_norm=''):
+    """Saves a Keras model atomically (Keras insists on the .keras suffix); nothing is left
+    behind if saving fails.
+
+    batch_norm: the learner's batch-norm mode (`Learner.batch_norm`); a transductive learner's model
+      is saved with `TransductiveBatchNormalization`, so that the loaded model normalises as
+      the learner did, in Keras' inference mode too (a plain BatchNormalization would use moving
+      statistics the learner never set).
+    """
+    if batch_norm.startswith('transductive'):
+        model = with_transductive_batch_norm(model)
+    with results.replacing(path) as temporary:
+        model.save(temporary)

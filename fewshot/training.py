@@ -9,7 +9,7 @@ A learner is any object with
     state_variables() -> dict name -> every variable a checkpoint must hold, by a name that
         does not change between processes (see `results.named_variables`)
     summaries() -> dict tag -> scalar for TensorBoard at each validation (optional; `learner.Learner`'s)
-`maml.MAML` is one; a pretrained classifier scored by transfer is another.
+`fewshot.learners.maml.MAML` is one; a pretrained classifier scored by transfer is another.
 """
 
 import dataclasses

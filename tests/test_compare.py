@@ -32,22 +32,23 @@ def _runs(tmp_path, *names):
 
 
 def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp_path):
-    """Learners of both shapes: MAML's and ANIL's inner loop, and the Prototypical Network's none."""
-    learners = '--algorithms=maml,anil,protonet'
+    """Learners of both shapes: MAML's and ANIL's inner loop, and the Prototypical Network's none;
+    and MAML++, whose runs are named maml++_..."""
+    learners = '--algorithms=maml,anil,protonet,maml_plusplus'
     first = _compare(synthetic_dir, tmp_path, learners)
-    assert first.count('compare.py: training') == 3
+    assert first.count('compare.py: training') == 4
     folders = _runs(tmp_path, 'maml_fo_3way1shot_5steps_seed0', 'anil_fo_3way1shot_5steps_seed0',
-                    'protonet_3way1shot_seed0')
+                    'protonet_3way1shot_seed0', 'maml++_3way1shot_5steps_seed0')
     stamps = [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
 
     second = _compare(synthetic_dir, tmp_path, learners)
-    assert 'compare.py: training' not in second and second.count('compare.py: reusing') == 3
+    assert 'compare.py: training' not in second and second.count('compare.py: reusing') == 4
     assert stamps == [os.path.getmtime(os.path.join(folder, results.SUMMARY_FILE)) for folder in folders]
 
     output = os.path.join(tmp_path, 'results', 'compare')
     rows = comparison.read_table(output)
     assert [(row['algorithm'], row['iterations']) for row in rows] == [('FO-MAML', 2), ('FO-ANIL', 2),
-                                                                       ('ProtoNet', 2)]
+                                                                       ('ProtoNet', 2), ('MAML++', 2)]
     assert rows[1]['feature_similarity'] == pytest.approx(1.0, abs=1e-6)  # ANIL's inner loop leaves the body.
     assert math.isnan(rows[2]['inner_steps']) and math.isnan(rows[2]['feature_similarity'])  # Nothing adapts.
     for row, folder in zip(rows, folders):

@@ -7,9 +7,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fewshot import data
-from conftest import SYNTHETIC_LAYOUT, write_synthetic_archives
+from conftest import REPO, SYNTHETIC_LAYOUT, write_synthetic_archives
 
 NUM_SYNTHETIC = sum(sum(a.values()) for a in SYNTHETIC_LAYOUT.values())
 
@@ -245,6 +246,50 @@ def test_impossible_tasks_are_refused(n_way, k_shot, num_query, message):
         data.EpisodeSampler(images, n_way, k_shot, num_query, seed=0)
 
 
+def _write_image_folder(folder, counts, sizes, mode='L'):
+    """A folder per class of PNG and JPEG images of random sizes; class c's images are the value c/10."""
+    rng = np.random.default_rng(0)
+    for index, count in enumerate(counts):
+        os.makedirs(folder / f'class_{index}')
+        for j in range(count):
+            size = tuple(int(v) for v in rng.choice(sizes, 2))
+            pixels = np.full(size[::-1] + ((3,) if mode == 'RGB' else ()), min(255, 25 * index), np.uint8)
+            Image.fromarray(pixels, mode).save(folder / f'class_{index}' / f'{j}.{"png" if j % 2 else "jpg"}')
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_an_image_folder_gives_tasks_of_its_own_classes_whatever_each_class_holds(tmp_path, channels):
+    counts = [3, 7, 4, 5, 9, 3]  # Unequal, and some classes hold exactly k_shot + num_query.
+    _write_image_folder(tmp_path / 'images', counts, sizes=[20, 33, 64], mode='RGB' if channels == 3 else 'L')
+    names, classes = data.load_image_folder(str(tmp_path / 'images'), image_size=16, channels=channels)
+    assert names == [f'class_{i}' for i in range(6)] and [len(c) for c in classes] == counts
+    assert all(c.shape[1:] == (16, 16, channels) and c.dtype == np.float32 for c in classes)
+    sampler = data.EpisodeSampler(classes, n_way=4, k_shot=1, num_query=2, seed=0, class_names=names)
+    episodes = sampler.sample(0, 50)
+    assert episodes.support_images.shape == (50, 4, 16, 16, channels)
+    # Every drawn image is a real one of the class its label stands for (padding is never drawn,
+    # and values 0.1 * class tell the class apart), support and query alike.
+    for images, labels in ((episodes.support_images, episodes.support_labels),
+                           (episodes.query_images, episodes.query_labels)):
+        value = np.round(images.mean(axis=(2, 3, 4)) * 255 / 25).astype(int)  # [T, B] class index.
+        for t in range(50):
+            assert all(len(set(value[t][labels[t] == label])) == 1 for label in range(4))
+    support = np.round(episodes.support_images.mean(axis=(2, 3, 4)) * 255 / 25).astype(int)
+    assert set(support.ravel()) == set(range(6))  # Every class is drawn, the smallest ones too.
+
+
+def test_an_image_folder_names_the_class_too_small_for_a_task_and_what_is_wrong(tmp_path):
+    _write_image_folder(tmp_path / 'images', [5, 2, 5], sizes=[28])
+    names, classes = data.load_image_folder(str(tmp_path / 'images'))
+    with pytest.raises(data.DataError, match=r"class 'class_1' of the train split has 2 images; a task takes 1 \+ 2"):
+        data.EpisodeSampler(classes, 2, 1, 2, seed=0, class_names=names)
+    (tmp_path / 'images' / 'class_1' / 'broken.png').write_bytes(b'not an image')
+    with pytest.raises(data.DataError, match='broken.png: not a readable image'):
+        data.load_image_folder(str(tmp_path / 'images'))
+    with pytest.raises(data.DataError, match='no class folders'):
+        data.load_image_folder(str(tmp_path / 'images' / 'class_0'))
+
+
 # The real data (CI sets OMNIGLOT_DIR) ---------------------------------------------
 
 
@@ -261,3 +306,18 @@ def test_real_omniglot_has_1623_characters_of_20_drawings(real_omniglot):
 def test_real_default_split_is_1100_100_423(real_omniglot):
     splits = data.make_splits(real_omniglot)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (1100, 100, 423)
+
+
+def test_the_evaluation_tasks_of_a_committed_run_are_drawn_again_exactly(real_omniglot):
+    """The tasks a run recorded (here the reference run in progress, with rotations) come out of the
+    sampler unchanged: what the code draws for a seed must never move under a run that resumes."""
+    with open(os.path.join(REPO, 'reference', 'running', 'fomaml_paper_5way1shot', 'hyperparameters.json')) as f:
+        recorded = json.load(f)
+    flags = recorded['flags']
+    splits = data.make_splits(real_omniglot, flags['split'], flags['num_train_classes'], flags['num_val_classes'],
+                              flags['split_seed'], flags['rotations'])
+    for offset, (name, split) in enumerate((('val', splits.val), ('test', splits.test))):
+        sampler = data.EpisodeSampler(split, flags['n_way'], flags['k_shot'], flags['num_query'],
+                                      flags['eval_seed'] + offset, rotate=flags['task_rotations'] == 'all')
+        batches = sampler.fixed_batches(flags[f'num_{name}_tasks'], flags['meta_batch_size'])
+        assert data.tasks_checksum(batches) == recorded['task_checksums'][name], name

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fewshot import commands, data, network, results
+from fewshot import data, network, results
+from fewshot.cli import commands
+from fewshot.learners import meta_sgd as meta_sgd_learner
 from test_maml import _directional_fd, _dot, _episodes, _improvement, _meta_gradient, _params
 from test_training import REPO, _without_time
 import anil
@@ -109,7 +111,7 @@ def test_meta_sgd_with_uniform_rates_adapts_as_maml_and_its_rates_are_learned():
         np.testing.assert_allclose(adapted[name], expected[name], rtol=1e-6, atol=1e-7)
     # Every rate tensor gets a gradient, and a meta-step moves it.
     gradient = _meta_gradient(learner, _params(learner, tf.float32), episodes, 2, first_order=True)
-    rates = [name for name in learner.params if name.startswith(meta_sgd.RATES)]
+    rates = [name for name in learner.params if name.startswith(meta_sgd_learner.RATES)]
     assert len(rates) == len(expected) and all(float(tf.reduce_max(tf.abs(gradient[r]))) > 0 for r in rates)
     before = {name: learner.params[name].numpy().copy() for name in rates}
     learner.meta_train_step(data.Episodes(*(x.numpy() for x in episodes)))
@@ -149,7 +151,7 @@ def test_learner_improves_on_real_validation_tasks(name, real_omniglot):
 
 # Every learner command (a script defining its commands.Command), found rather than listed, and MAML++.
 LEARNER_SCRIPTS = sorted(os.path.basename(path) for path in glob.glob(os.path.join(REPO, '*.py'))
-                         if re.search(r'^COMMAND = commands\.Command\(', open(path).read(), re.MULTILINE))
+                         if re.search(r'^COMMAND = ', open(path).read(), re.MULTILINE))
 COMMANDS = {**{script: ['--num_inner_steps=1'] if commands.find(script[:-3], 'script').takes('num_inner_steps')
                 else [] for script in LEARNER_SCRIPTS},
             'maml_plusplus.py': ['--num_inner_steps=1', '--cosine_annealing=false']}

@@ -231,7 +231,7 @@ def test_zip_holds_code_report_and_results_only_and_round_trips_non_ascii_names(
     assert names == [name for name, _ in listing] and all(n.startswith(folder + '/') for n in names)
     inside = {name[len(folder) + 1:] for name in names}
     assert {'maml.py', 'maml_plusplus.py', 'maml_transfer.py', 'stability.py', 'figures.py', 'report.py',
-            'submit.py', 'fewshot/__init__.py', 'fewshot/experiment.py', 'requirements.txt', 'README.md',
+            'submit.py', 'fewshot/__init__.py', 'fewshot/cli/experiment.py', 'requirements.txt', 'README.md',
             'report.md', 'report.pdf'} <= inside
     # The hand-in, not the project: no tests, reference runs, docs, CI or unrelated commands.
     assert not any(name.startswith(('tests/', 'reference/', 'docs/', '.ci/', 'protocols/')) for name in inside)

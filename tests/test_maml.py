@@ -187,7 +187,6 @@ def test_a_saved_model_adapts_and_predicts_as_the_learner_in_keras_inference_mod
     (SGD at the inner rate, the support set as one batch) and asked in inference mode, gives the
     learner's adapted logits. The plain Keras model an older version saved used batch-norm moving
     statistics the learner never set (0 and 1) in inference mode: its predictions were far off."""
-    from fewshot import experiment
     keras.utils.set_random_seed(0)
     net = network.build(backbone, 3, 4, False)
     learner = maml.MAML(net, net.keras_model(), 0.4, 1, True, keras.optimizers.Adam(1e-3))
@@ -200,7 +199,7 @@ def test_a_saved_model_adapts_and_predicts_as_the_learner_in_keras_inference_mod
     expected = net.forward(adapted, episodes.query_images)[0].numpy()
 
     def keras_adapted(path, batch_norm):
-        experiment.save_model(learner.model, str(path), batch_norm)
+        network.save_model(learner.model, str(path), batch_norm)
         model = keras.models.load_model(str(path))
         model.compile(keras.optimizers.SGD(0.4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         support = episodes.support_images[0].numpy(), episodes.support_labels[0].numpy()

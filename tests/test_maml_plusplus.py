@@ -220,6 +220,21 @@ def test_every_fix_can_be_turned_off_and_the_learner_still_trains():
         assert np.isfinite(learner.evaluate(episodes)['query_post_accuracy']).all()
 
 
+@pytest.mark.parametrize('mode', ['support', 'running', 'transductive'])
+def test_the_residual_network_takes_every_fix_its_blocks_batch_norms_per_step(mode):
+    keras.utils.set_random_seed(0)
+    net = network.ResNet(n_way=2, num_filters=4)
+    learner = MAMLPlusPlus(net, inner_lr=0.4, num_inner_steps=2, fixes=Fixes(da=False, eval_batch_norm=mode))
+    per_step = sorted(name for name in learner.params if name.startswith(PER_STEP))
+    layers = {name.split('/')[0] for name in network.statistics(net.keras_model())}  # bn1, bn2a, bn2b, bn2s, ...
+    assert {name.split('/')[1] for name in per_step} == layers and len(layers) == 1 + 3 * 3
+    episodes = data.Episodes(*(x.numpy() for x in _episodes(2)))
+    before = _numpy(learner.statistics)
+    assert np.isfinite(learner.meta_train_step(episodes)['query_post_loss']).all()  # Second order.
+    assert any(not np.array_equal(before[name], value.numpy()) for name, value in learner.statistics.items())
+    assert np.isfinite(learner.evaluate(episodes)['query_post_accuracy']).all()
+
+
 def test_command_line_run_writes_the_learned_learning_rates(synthetic_dir, tmp_path):
     tiny = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2',
             '--num_val_classes=4', '--num_train_classes=10', '--num_val_tasks=4', '--num_test_tasks=4',

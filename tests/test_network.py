@@ -1,5 +1,6 @@
 """The functional network: agrees with its Keras model, keeps tasks apart, batch norm is exact."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,6 +25,29 @@ def test_forward_matches_keras_model_in_training_mode(backbone, max_pool):
     expected = tf.stack([model(images[t], training=True) for t in range(4)])
     assert logits.shape == (4, 7, 3)
     np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('backbone', ['conv4', 'resnet'])
+def test_colour_images_of_another_size_forward_as_the_keras_model_with_each_task_its_own_weights(backbone):
+    # RGB 32x32 images: task t's three channels must meet task t's kernel alone.
+    tf.keras.utils.set_random_seed(2)
+    net = network.BACKBONES[backbone](3, 6, image_size=32, channels=3)
+    model = net.keras_model()
+    params = network.tile(network.parameters(model), 2)
+    params['conv1/kernel'] = params['conv1/kernel'] * tf.constant([1.0, -2.0])[:, None, None, None, None]
+    images = tf.random.uniform([2, 5, 32, 32, 3])
+    logits = net.forward(params, images)
+    second = keras_clone(model, {name: value[1] for name, value in params.items()})
+    expected = tf.stack([model(images[0], training=True), second(images[1], training=True)])
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def keras_clone(model, weights):
+    """A copy of `model` with its trainable weights set from `weights` (by `network.parameters` name)."""
+    clone = keras.models.clone_model(model)
+    for name, variable in network.parameters(clone).items():
+        variable.assign(weights[name])
+    return clone
 
 
 @pytest.mark.parametrize('backbone', ['conv4', 'resnet'])
@@ -130,6 +154,16 @@ def test_parameters_are_named_by_layer(net_and_model):
     assert names[:3] == ['conv1/kernel', 'bn1/gamma', 'bn1/beta']
     assert names[-2:] == ['head/kernel', 'head/bias']
     assert len(names) == 4 * 3 + 2
+
+
+def test_every_weight_of_a_nested_keras_model_has_its_own_name():
+    # The old naming, layer/variable of the top-level layers, gave body/a's and body/b's kernels one
+    # name, 'body/kernel', and kept one of them: a learner would silently have meta-learned half a body.
+    body = keras.Sequential([keras.layers.Dense(3, name='a'), keras.layers.Dense(3, name='b')], name='body')
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name='head')(body(inputs)), name='net')
+    assert list(network.parameters(model)) == ['body/a/kernel', 'body/a/bias', 'body/b/kernel', 'body/b/bias',
+                                               'head/kernel', 'head/bias']
 
 
 def _second_order(batch_norm, dtype):

@@ -6,30 +6,77 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+from PIL import Image
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_the_package_installs_and_imports_from_outside_the_repository(tmp_path):
-    # Built from pyproject.toml as `pip install .` builds it, into a folder of its own; the
-    # dependencies are the test environment's (no download), and no build isolation either
-    # (setuptools and wheel are in every Python 3.11 venv).
-    # From a copy of what the distribution is made of, so that the build leaves nothing in the checkout.
-    source, target, elsewhere = tmp_path / 'source', tmp_path / 'site', tmp_path / 'elsewhere'
+@pytest.fixture(scope='module')
+def installed(tmp_path_factory):
+    """The package built from pyproject.toml as `pip install .` builds it, into a folder of its own
+    (put on PYTHONPATH); the dependencies are the test environment's (no download), and no build
+    isolation either (setuptools and wheel are in every Python 3.11 venv). Built from a copy of what
+    the distribution is made of, so that the build leaves nothing in the checkout."""
+    root = tmp_path_factory.mktemp('package')
+    source, target = root / 'source', root / 'site'
     shutil.copytree(os.path.join(REPO, 'fewshot'), source / 'fewshot', ignore=shutil.ignore_patterns('__pycache__'))
     for name in ('pyproject.toml', 'README.md', 'LICENSE'):
         shutil.copy(os.path.join(REPO, name), source)
-    elsewhere.mkdir()
     subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation',
-                    '--target', str(target), str(source)], check=True, cwd=elsewhere)
+                    '--target', str(target), str(source)], check=True, cwd=root)
+    return target
+
+
+def _outside(installed, folder, *command):
+    """Runs python `command` in `folder` (outside the checkout) with the installed package."""
+    return subprocess.run([sys.executable, *command], cwd=folder, env={**os.environ, 'PYTHONPATH': str(installed)},
+                          capture_output=True, text=True)
+
+
+def test_the_package_installs_and_imports_from_outside_the_repository(installed, tmp_path):
     probe = ('import fewshot, importlib.metadata as m; from fewshot import data, network, results; '
+             'from fewshot.learners import MAML; '
              'print(fewshot.__file__); print(m.version("fewshot")); print(m.metadata("fewshot")["License"])')
-    environment = {**os.environ, 'PYTHONPATH': str(target)}
-    out = subprocess.run([sys.executable, '-c', probe], check=True, cwd=elsewhere, env=environment,
-                         capture_output=True, text=True).stdout.split('\n')
-    assert os.path.dirname(out[0]) == str(target / 'fewshot')  # The installed copy, not the checkout.
+    run = _outside(installed, tmp_path, '-c', probe)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.split('\n')
+    assert os.path.dirname(out[0]) == str(installed / 'fewshot')  # The installed copy, not the checkout.
     assert out[1] and out[2] == 'Apache-2.0'
-    installed = {name for name in os.listdir(target / 'fewshot') if name.endswith('.py')}
-    assert installed == {name for name in os.listdir(os.path.join(REPO, 'fewshot')) if name.endswith('.py')}
+    assert _modules(installed / 'fewshot') == _modules(os.path.join(REPO, 'fewshot'))  # Subpackages too.
+
+
+def _write_classes(folder, num_classes, per_class):
+    """Classes of images a few-shot learner can tell apart: each a random pattern of 4x4 blocks, its
+    images noisy copies at assorted sizes, PNG and JPEG."""
+    rng = np.random.default_rng(0)
+    for index in range(num_classes):
+        os.makedirs(folder / f'class_{index:02d}')
+        pattern = np.kron(rng.random((7, 7)) < 0.4, np.ones((4, 4)))
+        for j in range(per_class):
+            noisy = np.clip(pattern + rng.normal(0, 0.15, pattern.shape), 0, 1)
+            image = Image.fromarray((255 * noisy).astype(np.uint8)).resize([(28, 28), (40, 40), (56, 70)][j % 3])
+            image.save(folder / f'class_{index:02d}' / f'{j}.{"png" if j % 2 else "jpg"}')
+
+
+def test_the_readme_python_example_runs_from_outside_the_repository_and_learns(installed, tmp_path):
+    with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+        example = re.search(r'## Use from Python\n.*?```python\n(.*?)\n```', f.read(), re.S).group(1)
+    _write_classes(tmp_path / 'my_images', num_classes=30, per_class=6)
+    (tmp_path / 'example.py').write_text(example, encoding='utf-8')
+    run = _outside(installed, tmp_path, 'example.py')
+    assert run.returncode == 0, run.stderr[-3000:]
+    post, pre = map(float, re.search(r'test accuracy ([\d.]+)% \(before adapting ([\d.]+)%\)', run.stdout).groups())
+    assert post > pre + 30, run.stdout  # Chance is 20%: the classes of the test split were never seen.
+    loaded = _outside(installed, tmp_path, '-c', 'import fewshot, keras\nfrom fewshot import network\n'
+                      'keras.models.load_model("maml.keras")')
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+
+
+def _modules(folder):
+    return {os.path.relpath(os.path.join(where, name), folder) for where, _, names in os.walk(folder)
+            for name in names if name.endswith('.py')}
 
 
 def test_the_code_passes_the_linter():
@@ -62,3 +109,25 @@ def test_ci_runs_the_test_command_the_readme_gives():
     assert main_job.endswith('maml.py --num_inner_steps 5') and tests.endswith('-m pytest tests')
     with open(os.path.join(REPO, '.ci', 'run'), encoding='utf-8') as f:
         assert tests in f.read().split('\n')
+
+
+def test_the_library_defines_and_reads_no_flag_and_imports_no_command():
+    # Every module of the package but the command layer (fewshot.cli), imported in a fresh process.
+    files = {os.path.join('fewshot', path): 'fewshot.' + path[:-3].replace(os.sep, '.')
+             for path in _modules(os.path.join(REPO, 'fewshot')) if not path.startswith('cli' + os.sep)}
+    library = sorted(name.removesuffix('.__init__') for name in files.values())
+    probe = (f'import importlib, sys; from absl import flags\n'
+             f'for name in {library!r}: importlib.import_module(name)\n'
+             f'print(sorted(name for name in flags.FLAGS if flags.FLAGS.find_module_defining_flag(name)\n'
+             f'             .startswith(("fewshot", "__main__"))))\n'
+             f'print(sorted(name for name in sys.modules if name.startswith("fewshot.cli")))')
+    out = subprocess.run([sys.executable, '-c', probe], check=True, cwd=REPO, capture_output=True,
+                         text=True).stdout.split('\n')
+    assert len(library) > 20 and out[:2] == ['[]', '[]']
+    commands = {name[:-3] for name in os.listdir(REPO) if name.endswith('.py')}
+    for path, module in files.items():
+        with open(os.path.join(REPO, path), encoding='utf-8') as f:
+            text = f.read()
+        imported = set(re.findall(r'^\s*(?:import|from)\s+(\w+)', text, re.MULTILINE))
+        assert not imported & commands, module
+        assert not re.search(r'\bFLAGS\b|absl import .*\bflags\b', text), module

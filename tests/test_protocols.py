@@ -14,7 +14,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO
-from fewshot import data, experiment, results
+from fewshot import data, results
+from fewshot.cli import experiment
 import maml  # noqa: F401 (defines MAML's flags)
 import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
 import reference

@@ -92,10 +92,10 @@ def test_training_tasks_have_train_n_way_classes(real_omniglot):
     if not protonet.FLAGS.is_parsed():
         protonet.FLAGS(['test'])  # The defaults, but for the flags saved below.
     with flagsaver.flagsaver(k_shot=1, train_n_way=12):
-        episodes = protonet.PrototypicalNetwork.training_stream(splits).sample(0, 2)
+        episodes = protonet.training_stream(splits).sample(0, 2)
     assert episodes.support_labels.shape == (2, 12) and set(episodes.support_labels[0]) == set(range(12))
     with flagsaver.flagsaver(train_n_way=5000), pytest.raises(errors.DataError, match='--train_n_way 5000 exceeds'):
-        protonet.PrototypicalNetwork.training_stream(splits)
+        protonet.training_stream(splits)
 
 
 def test_learner_improves_on_real_validation_tasks(real_omniglot):

@@ -138,7 +138,7 @@ def test_epsilon_anneals_linearly_over_the_iterations():
     if not reptile.FLAGS.is_parsed():
         reptile.FLAGS(['test'])  # The defaults, but for the flags saved below.
     with flagsaver.flagsaver(num_iterations=100, meta_step_size=1.0, final_meta_step_size=0.2):
-        learner = reptile.Reptile.from_flags(network.ConvNet(2, 4), first_order=True)
+        learner = reptile.build_learner(network.ConvNet(2, 4), first_order=True)
     step_sizes = []
     for iteration in (0, 50, 100):
         learner.meta_optimizer.iterations.assign(iteration)

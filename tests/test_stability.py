@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from fewshot import results, runs
+from fewshot import results
+from fewshot.cli import runs
 import stability
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

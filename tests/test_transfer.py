@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fewshot import data, experiment, network
+from fewshot import data, network
+from fewshot.cli import experiment
 import maml_transfer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

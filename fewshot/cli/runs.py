@@ -18,7 +18,7 @@ from absl import flags
 
 from fewshot import errors, results
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Above fewshot/cli/.
 
 # The flags of the tools that run several learners, defined once (each tool declares those it uses
 # and may set its own default in its __main__).

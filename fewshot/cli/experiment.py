@@ -15,7 +15,8 @@ import keras
 import numpy as np
 from absl import logging
 
-from fewshot import config, data, distribution, machine, network, plotting, results, training
+from fewshot import data, machine, network, plotting, results, training
+from fewshot.cli import config, strategy
 from fewshot.errors import FlagError
 
 FLAGS = config.FLAGS
@@ -25,7 +26,14 @@ RESTORED_ON_RESUME = (('precision',), ('tasks_per_chunk', 'memory_budget_gb'))
 
 
 def load_splits():
-    """The preprocessed Omniglot character splits chosen by the flags, and the data checksum."""
+    """The class splits of --dataset (Omniglot's characters as the flags choose them, or a folder's
+    classes), and the data's checksum."""
+    if FLAGS.dataset != 'omniglot':
+        folder = FLAGS.dataset.removeprefix('folder:')
+        names, classes = data.load_image_folder(folder, FLAGS.image_size, FLAGS.channels)
+        data.check_class_sizes([len(images) for images in classes], FLAGS.k_shot, FLAGS.num_query, folder, names)
+        splits = data.split_classes(classes, FLAGS.num_train_classes, FLAGS.num_val_classes, FLAGS.split_seed)
+        return splits, data.classes_checksum(names, classes)
     omniglot = data.load_omniglot(FLAGS.data_dir or None, FLAGS.cache_dir)
     splits = data.make_splits(omniglot, FLAGS.split, FLAGS.num_train_classes, FLAGS.num_val_classes,
                               FLAGS.split_seed, FLAGS.rotations)
@@ -52,22 +60,8 @@ def episode_stream(splits, n_way=None):
 
 def convnet(n_way=None):
     """The network given by the flags, with an `n_way`-output head (default --n_way)."""
-    return network.ConvNet(n_way or FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool, precision=FLAGS.precision)
-
-
-def save_model(model, path, batch_norm=''):
-    """Saves a Keras model atomically (Keras insists on the .keras suffix); nothing is left
-    behind if saving fails.
-
-    batch_norm: the learner's batch-norm mode (`Learner.batch_norm`); a transductive learner's model
-      is saved with `network.TransductiveBatchNormalization`, so that the loaded model normalises as
-      the learner did, in Keras' inference mode too (a plain BatchNormalization would use moving
-      statistics the learner never set).
-    """
-    if batch_norm.startswith('transductive'):
-        model = network.with_transductive_batch_norm(model)
-    with results.replacing(path) as temporary:
-        model.save(temporary)
+    return network.ConvNet(n_way or FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool, precision=FLAGS.precision,
+                           image_size=FLAGS.image_size, channels=FLAGS.channels)
 
 
 def restore_flags(run_folder):
@@ -131,7 +125,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     Returns:
       An `Outcome`.
     """
-    cluster = distribution.cluster_from_flags()  # First: TensorFlow must not have started yet.
+    cluster = strategy.cluster_from_flags()  # First: TensorFlow must not have started yet.
     # Everything that can be checked is checked before the data is loaded and the folder made.
     cluster.check_meta_batch(FLAGS.meta_batch_size)
     network.check_grouped_convolutions()
@@ -152,7 +146,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         raise FlagError(f'--memory_budget_gb {FLAGS.memory_budget_gb:g}: this process already holds '
                         f'{training.peak_memory_gb():.2f} GB before any data or learner')
     splits, checksum = load_splits()
-    cluster.check_same({**{name: value for name, value in flag_values.items() if name not in distribution.LOCAL_FLAGS},
+    cluster.check_same({**{name: value for name, value in flag_values.items() if name not in strategy.LOCAL_FLAGS},
                         'data (its checksum)': checksum})
     val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
     test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
@@ -197,7 +191,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     for name in test.keys() - {'query_pre_accuracy', 'query_post_accuracy'}:
         summary[f'test_{name}'] = float(np.mean(test[name]))  # Whatever else the learner measures.
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
-    save_model(learner.model, run_folder.file(results.MODEL_FILE), (extra or {}).get('batch_norm', ''))
+    network.save_model(learner.model, run_folder.file(results.MODEL_FILE), (extra or {}).get('batch_norm', ''))
     plotting.plot_run(run_folder.path)
     if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
         print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '

@@ -11,7 +11,8 @@ import sys
 
 from absl import flags
 
-from fewshot import config, errors, results
+from fewshot import errors, results
+from fewshot.cli import config
 
 
 flags.DEFINE_list('learners', [], "Learners to train and compare (the command's help lists them; default: all).")

@@ -34,6 +34,31 @@ flags.DEFINE_enum('task_rotations', 'none', ['none', 'train', 'all'],
                   "MAML++'s code does) or in meta-training, validation and test tasks ('all', as the MAML "
                   "paper's code does).")
 
+flags.DEFINE_string('dataset', 'omniglot', "The classes tasks are drawn from: 'omniglot', or 'folder:PATH', a "
+                    'folder with a subfolder of images per class (any size and format, resized to --image_size, '
+                    'grayscale or RGB by --channels; every class needs --k_shot + --num_query images), its classes '
+                    'split at random with --split_seed into --num_train_classes, --num_val_classes and the rest '
+                    'for test.')
+flags.register_validator('dataset',
+                         lambda value: value == 'omniglot' or (value.startswith('folder:') and len(value) > 7),
+                         message="--dataset: 'omniglot' or 'folder:PATH' (a folder with a subfolder of images per "
+                                 'class)')
+flags.DEFINE_integer('image_size', 28, '--dataset folder:PATH: images are resized to this many pixels square '
+                     "(Omniglot's are 28).", lower_bound=4)
+flags.DEFINE_integer('channels', 1, '--dataset folder:PATH: 1 (grayscale, as Omniglot) or 3 (RGB).',
+                     lower_bound=1, upper_bound=3)
+flags.register_validator('channels', lambda value: value in (1, 3), message='--channels: 1 (grayscale) or 3 (RGB)')
+flags.register_multi_flags_validator(
+    ['dataset', 'image_size', 'channels'],
+    lambda values: values['dataset'] != 'omniglot' or (values['image_size'] == 28 and values['channels'] == 1),
+    message='--image_size, --channels: only with --dataset folder:PATH (Omniglot is 28x28 grayscale)')
+flags.register_multi_flags_validator(
+    ['dataset', 'split', 'rotations', 'task_rotations'],
+    lambda values: values['dataset'] == 'omniglot' or (values['split'] == 'random' and not values['rotations']
+                                                       and values['task_rotations'] == 'none'),
+    message="--split lake, --rotations, --task_rotations: Omniglot's only; a --dataset folder is split at "
+                    'random, unrotated')
+
 # Tasks -------------------------------------------------------------------------
 flags.DEFINE_integer('n_way', 5, 'Classes per task (N).', lower_bound=2)
 flags.DEFINE_integer('k_shot', 5, 'Support examples per class (K).', lower_bound=1)

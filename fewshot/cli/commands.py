@@ -1,0 +1,167 @@
+"""Learner commands: scripts at the top of the repository (maml.py, anil.py, protonet.py, ...)
+that each train one learner class (a `learner.Learner`, in fewshot/learners/) from the flags.
+
+A learner script defines its flags and ends with its description,
+
+    COMMAND = commands.Command('anil', ANIL, 'FO-ANIL', build_learner, learner_flags, ...)
+
+    if __name__ == '__main__':
+        cli.run(commands.main_for(COMMAND, sys.modules[__name__]))
+
+and is then trained, meta-tested and saved by `run`; compare.py and benchmark.py find it by
+its name (`find`) and learn from its `Command` how to run it and where its runs are, so that
+a new learner touches no shared file.
+"""
+
+import importlib
+import os
+from typing import Callable, NamedTuple
+
+from absl import flags
+
+from fewshot import errors, network
+from fewshot.cli import experiment
+
+# The flags of every learner that `run` builds: its network, and its meta-optimizer's step size where
+# that is Adam's. A learner script makes them its own with `flags.adopt_module_key_flags(commands)`
+# or by declaring them, so that other commands refuse them.
+flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
+                  "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
+                  'convolution and three residual blocks (about twice the convolution work).')
+flags.register_multi_flags_validator(
+    ['backbone', 'max_pool'], lambda values: not (values['backbone'] == 'resnet' and values['max_pool']),
+    message='--max_pool: the residual network downsamples with strided convolutions; use --backbone conv4 '
+            'for max-pooling')
+flags.DEFINE_float('meta_lr', 1e-3, 'Meta learning rate: the step size of the meta-optimizer, Adam (MAML calls '
+                   'it beta).', lower_bound=1e-12)
+FLAGS = flags.FLAGS
+
+
+def no_steps():
+    return 0
+
+
+def nothing_fixed():
+    return ()
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Above fewshot/cli/.
+
+
+class Command(NamedTuple):
+    """What a learner command says about itself.
+
+    name: the command's module, 'anil' for anil.py, and by default its run folders' prefix: its runs
+      are named anil_fo_5way5shot_5steps_seed0 (see `run_name`).
+    learner_class: a `learner.Learner` subclass (its `batch_norm` is recorded with every run).
+    algorithm: what hyperparameters.json and the report call it, e.g. 'FO-ANIL'; for a learner
+      with --first_order, at second order the 'FO-' is dropped.
+    build_learner: (network, first_order) -> the learner of that network as the flags say (first_order
+      for learners that have an order; the others ignore it).
+    learner_flags: the flags of its own that tools set or name runs after (MAML's: first_order,
+      num_inner_steps, ...).
+    defaults: flags whose default differs in this command (Meta-SGD: one inner step).
+    eval_inner_steps: () -> adaptation steps at validation and test as the flags say (0: no inner loop).
+    training_stream: (splits) -> the meta-training task stream as the flags say, `sample(iteration, T)`
+      -> `data.Episodes` (None: `experiment.episode_stream`, the flags' tasks).
+    fixed_on_resume: () -> flags a resumed run must keep as the flags set them (see results.RunFolder),
+      e.g. the iterations a schedule spreads over.
+    prefix: the run folders' prefix, if not `name` (MAML++'s: maml++).
+    name_suffix: () -> what the flags add to a run folder's name before its seed (MAML++: the fixes
+      turned off), None: nothing.
+    batch_norm: () -> how batch norm normalises at evaluation as the flags say, for hyperparameters.json
+      and the report (None: the learner class's `batch_norm`).
+    """
+    name: str
+    learner_class: type
+    algorithm: str
+    build_learner: Callable
+    learner_flags: tuple = ()
+    defaults: dict = {}
+    eval_inner_steps: Callable = no_steps
+    training_stream: Callable = None
+    fixed_on_resume: Callable = nothing_fixed
+    prefix: str = None
+    name_suffix: Callable = None
+    batch_norm: Callable = None
+
+    def takes(self, flag):
+        """True if the learner has the flag `flag` (e.g. 'first_order': it has an order)."""
+        return flag in self.learner_flags
+
+    def default(self, flag):
+        """The default of `flag` in this command."""
+        return self.defaults.get(flag, FLAGS[flag].default)
+
+    def algorithm_name(self, first_order):
+        """The algorithm's name at the given order (learners without an order have one name)."""
+        return self.algorithm if first_order or not self.takes('first_order') else self.algorithm.removeprefix('FO-')
+
+    def run_name(self, n_way, k_shot, seed, backbone='conv4', first_order=True, num_inner_steps=None, suffix=''):
+        """The run folder a run of this command is given unless --run_name says otherwise:
+        prefix, order, setting, inner steps, backbone (unless conv4), suffix and seed, leaving out what
+        the learner has no flag for (protonet_5way5shot_seed0). num_inner_steps: default the command's."""
+        parts = [self.prefix or self.name]
+        if self.takes('first_order'):
+            parts.append('fo' if first_order else 'so')
+        parts.append(f'{n_way}way{k_shot}shot')
+        if self.takes('num_inner_steps'):
+            parts.append(f'{self.default("num_inner_steps") if num_inner_steps is None else num_inner_steps}steps')
+        if backbone != 'conv4':
+            parts.append(backbone)
+        return '_'.join(parts) + f'{suffix}_seed{seed}'
+
+    def build(self, n_way, first_order):
+        """(network, learner) as the flags say, with an `n_way`-way head and the given order."""
+        net = network.build(FLAGS.backbone, n_way, FLAGS.num_filters, FLAGS.max_pool, FLAGS.precision,
+                            FLAGS.image_size, FLAGS.channels)
+        return net, self.build_learner(net, first_order)
+
+
+def run(command, flag_module):
+    """Trains and meta-tests the command's learner as the flags say; returns `experiment.Outcome`.
+
+    flag_module: the command's module, whose key flags are recorded besides the shared ones.
+    After the meta-test the learner's `save(folder)` writes what else it learned.
+    """
+    first_order = FLAGS.first_order if command.takes('first_order') else True
+
+    def build(splits):
+        del splits
+        return command.build(FLAGS.n_way, first_order)[1]
+
+    num_inner_steps = FLAGS.num_inner_steps if command.takes('num_inner_steps') else None
+    outcome = experiment.run(
+        algorithm=command.algorithm_name(first_order),
+        default_run_name=command.run_name(FLAGS.n_way, FLAGS.k_shot, FLAGS.seed, FLAGS.backbone, first_order,
+                                          num_inner_steps, command.name_suffix() if command.name_suffix else ''),
+        build=build, training_stream=command.training_stream or experiment.episode_stream,
+        flag_modules=[flag_module], num_eval_inner_steps=command.eval_inner_steps(),
+        extra={'batch_norm': command.batch_norm() if command.batch_norm else command.learner_class.batch_norm},
+        fixed_on_resume=command.fixed_on_resume())
+    outcome.learner.save(outcome.folder.path)
+    return outcome
+
+
+def main_for(command, flag_module):
+    """A learner command's `main`: `run`, with the command's own defaults."""
+    for flag, value in command.defaults.items():
+        FLAGS.set_default(flag, value)
+
+    def main(argv):
+        del argv
+        run(command, flag_module)
+    return main
+
+
+def find(name, flag):
+    """The `Command` of the learner command `name` (the script name.py at the top of the
+    repository); FlagError naming `flag` if there is none.
+
+    The script is imported by name, as a plugin: the package never imports a command otherwise.
+    """
+    script = os.path.join(REPO, f'{name}.py')
+    module = importlib.import_module(name) if name.isidentifier() and os.path.exists(script) else None
+    command = getattr(module, 'COMMAND', None)
+    if not isinstance(command, Command):
+        raise errors.FlagError(f'{flag}: {name!r} is not a learner command (a script beside maml.py defining '
+                               'COMMAND, a commands.Command, e.g. maml, anil, reptile, protonet, imaml)')
+    return command

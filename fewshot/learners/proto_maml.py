@@ -1,0 +1,39 @@
+"""Proto-MAML (Triantafillou et al., "Meta-Dataset", ICLR 2020): MAML whose head starts at the prototypes.
+
+Every task's head is initialised from its support set, as the Prototypical Network's
+equivalent linear layer: with c_k the mean body feature of class k's support images,
+
+    W_k = 2 c_k,   b_k = −‖c_k‖²,
+
+then the whole network (body and that head) is adapted like MAML. The meta-parameters are the
+body's alone: the head is a function of them and of the support set. Second order differentiates
+through that initialisation; first order treats the initial head as a constant, as it treats the
+inner-loop gradients. The run's model.keras holds the body; its head is unused (every task makes
+its own).
+
+proto_maml.py at the top of the repository is its command.
+"""
+
+import tensorflow as tf
+
+from fewshot import network
+from fewshot.learners.maml import MAML
+
+
+class ProtoMAML(MAML):
+    """MAML with a head computed from each task's support prototypes (see the module docstring)."""
+
+    def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, first_order=True, meta_optimizer=None):
+        """Arguments as for `MAML`; the meta-parameters are the body's weights alone."""
+        model = net.keras_model() if model is None else model
+        body = {name: value for name, value in network.parameters(model).items() if not name.startswith('head/')}
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, params=body)
+
+    def initial_weights(self, weights, context, support, labels, first_order):
+        """θ'_0: the body θ for every task, and the prototype head of its support set under θ."""
+        del context
+        start = network.tile(weights, support.shape[0])
+        head = network.prototype_head(self.net.features(start, support), labels, self.net.n_way)
+        if first_order:
+            head = tf.nest.map_structure(tf.stop_gradient, head)
+        return {**start, **head}
