@@ -43,6 +43,8 @@ def no_steps():
 
 def nothing_fixed():
     return ()
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Above fewshot/cli/.
 
 
@@ -111,8 +113,7 @@ class Command(NamedTuple):
 
     def build(self, n_way, first_order):
         """(network, learner) as the flags say, with an `n_way`-way head and the given order."""
-        net = network.build(FLAGS.backbone, n_way, FLAGS.num_filters, FLAGS.max_pool, FLAGS.precision,
-                            FLAGS.image_size, FLAGS.channels)
+        net = experiment.convnet(n_way, FLAGS.backbone)
         return net, self.build_learner(net, first_order)
 
 

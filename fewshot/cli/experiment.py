@@ -58,10 +58,10 @@ def episode_stream(splits, n_way=None):
                                FLAGS.seed, 'meta-train', rotate=FLAGS.task_rotations != 'none')
 
 
-def convnet(n_way=None):
-    """The network given by the flags, with an `n_way`-output head (default --n_way)."""
-    return network.ConvNet(n_way or FLAGS.n_way, FLAGS.num_filters, max_pool=FLAGS.max_pool, precision=FLAGS.precision,
-                           image_size=FLAGS.image_size, channels=FLAGS.channels)
+def convnet(n_way=None, backbone='conv4'):
+    """The network `backbone` as the flags shape it, with an `n_way`-output head (default --n_way)."""
+    return network.build(backbone, n_way or FLAGS.n_way, FLAGS.num_filters, FLAGS.max_pool, FLAGS.precision,
+                         FLAGS.image_size, FLAGS.channels)
 
 
 def restore_flags(run_folder):
