@@ -135,7 +135,7 @@ def build(algorithm, first_order):
 
 def measure(what):
     """Times meta-iterations of one "algorithm:order" in this process; returns a dict of figures."""
-    algorithm, order = what.split(':')
+    algorithm, order = what.rsplit(':', 1)
     first_order = order == 'first'
     cluster = strategy.cluster_from_flags()  # First: TensorFlow must not have started yet.
     cluster.check_meta_batch(FLAGS.meta_batch_size)

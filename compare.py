@@ -74,7 +74,7 @@ class PlannedRun:
 
     def train(self, passed_flags):
         """Reuses the finished run if it was trained with these flags (RunError if otherwise), or trains it."""
-        arguments, script = [*self.arguments, *passed_flags], f'{self.command.name}.py'
+        arguments, script = [*self.arguments, *passed_flags], self.command.script
         if not runs.reusable(script, self.folder, arguments, self.what(), 'compare.py', self.num_iterations()):
             runs.train(script, self.folder, arguments, self.what(), 'compare.py')
 
@@ -97,7 +97,7 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.results_dir, 'compare')
     results.check_writable(output_dir, '--output_dir')
     if FLAGS.train:
-        runs.check_passed_flags(passed_flags, RESERVED_FLAGS, sorted({f'{run.command.name}.py' for run in planned}),
+        runs.check_passed_flags(passed_flags, RESERVED_FLAGS, sorted({run.command.script for run in planned}),
                                 'compare.py')
         results.check_writable(FLAGS.results_dir, '--results_dir')
         for run in planned:

@@ -346,8 +346,9 @@ def family_section(compare_dir, start):
         for name, caption in ((f'val_{group}.png', 'validation accuracy against meta-iterations'),
                               (f'val_time_{group}.png', 'validation accuracy against training time')):
             blocks.append(('image', relative(os.path.join(compare_dir, name), start), f'{group}: {caption}.'))
-    blocks.append(('image', relative(os.path.join(compare_dir, 'feature_change.png'), start),
-                   'How far adaptation moves the penultimate features of the support set, per learner.'))
+    if os.path.exists(os.path.join(compare_dir, 'feature_change.png')):  # Drawn if a learner adapts.
+        blocks.append(('image', relative(os.path.join(compare_dir, 'feature_change.png'), start),
+                       'How far adaptation moves the penultimate features of the support set, per learner.'))
     return blocks
 
 

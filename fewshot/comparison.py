@@ -100,11 +100,15 @@ def draw(runs, output_dir, suffix='.png'):
     for run in runs:
         if run['feature_similarity'] == run['feature_similarity']:  # Learners that adapt features.
             similarity[run['group']][run['algorithm']] = run['feature_similarity']
-    written.append(os.path.join(output_dir, f'feature_change{suffix}'))
+    path = os.path.join(output_dir, f'feature_change{suffix}')
+    if not any(similarity.values()):  # No learner adapts: no figure, nor an earlier comparison's left behind.
+        if os.path.exists(path):
+            os.remove(path)
+        return written
     plotting.plot_grouped_bars(
-        similarity, written[-1], 'Feature change during adaptation (meta-test support sets)',
+        similarity, path, 'Feature change during adaptation (meta-test support sets)',
         'mean cosine similarity of penultimate features,\nbefore vs after adaptation')
-    return written
+    return written + [path]
 
 
 def write(runs, output_dir):

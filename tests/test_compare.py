@@ -3,6 +3,7 @@ tabulates and draws; equal wall-clock budgets stop training early; the report ga
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -102,8 +103,58 @@ def test_tabulating_names_the_runs_that_are_missing(tmp_path):
     assert 'boil_fo_5way1shot_5steps_seed0' in result.stderr
 
 
-def test_an_unknown_learner_is_named(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), '--algorithms=maml,reptil',
+@pytest.mark.parametrize('name,message', [('reptil', "'reptil' is not a learner command"),
+                                          ('mine/reptile.py', "'mine/reptile.py' is not a file"),
+                                          ('tests/conftest.py', "'tests/conftest.py' is not a learner command")])
+def test_an_unknown_learner_is_named(name, message, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), f'--algorithms=maml,{name}',
                              f'--results_dir={tmp_path}'], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: --algorithms: 'reptil' is not a learner command")
+    assert result.stderr.strip().splitlines()[-1].startswith(f'error: --algorithms: {message}'), result.stderr[-500:]
+
+
+def _outside_learner(tmp_path):
+    """tests/cosine_learner.py copied into a folder of its own, outside the repository."""
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    shutil.copy(os.path.join(REPO, 'tests', 'cosine_learner.py'), folder)
+    return str(folder / 'cosine_learner.py')
+
+
+def test_a_learner_of_ones_own_trains_under_compare_beside_the_repositorys(synthetic_dir, tmp_path):
+    """A learner script outside the repository, given by its path, is trained, reused and tabulated
+    like maml.py's, run with the package compare.py runs; nothing shared names it."""
+    learners = '--algorithms=protonet,' + _outside_learner(tmp_path)
+    first = _compare(synthetic_dir, tmp_path, learners)
+    assert first.count('compare.py: training') == 2
+    folder = _runs(tmp_path, 'cosine_learner_3way1shot_seed0')[0]
+    assert results.read_hyperparameters(folder)['flags']['cosine_scale'] == 10  # Its own flag, recorded.
+    second = _compare(synthetic_dir, tmp_path, learners)
+    assert second.count('compare.py: reusing') == 2
+    error = _compare(synthetic_dir, tmp_path, learners, passed=['--meta_lr=0.01'], status=1)
+    assert 'cannot be reused' in error and 'meta_lr' in error
+    rows = comparison.read_table(os.path.join(tmp_path, 'results', 'compare'))
+    assert [row['algorithm'] for row in rows] == ['ProtoNet', 'CosineProto']
+    assert rows[1]['test_accuracy'] == results.read_summary(folder)['test_post_accuracy']
+    # Neither adapts its features: no feature-change figure (an older compare.py divided by zero drawing one).
+    assert not os.path.exists(os.path.join(tmp_path, 'results', 'compare', 'feature_change.png'))
+
+
+def test_a_learner_of_ones_own_learns_on_real_tasks_from_its_own_folder(real_omniglot, tmp_path):
+    """The same script run as a command from its own folder: it meta-trains through experiment.run,
+    and its validation accuracy on real 5-way 1-shot tasks rises above its initial weights'."""
+    del real_omniglot  # Builds the cache the run reads.
+    script = _outside_learner(tmp_path)
+    command = [sys.executable, script, f'--data_dir={os.environ["OMNIGLOT_DIR"]}',
+               f'--cache_dir={os.environ.get("OMNIGLOT_TEST_CACHE") or os.path.join(REPO, "data")}',
+               f'--results_dir={tmp_path}/results', '--n_way=5', '--k_shot=1', '--num_query=5', '--num_filters=16',
+               '--meta_batch_size=8', '--num_iterations=60', '--val_interval=60', '--num_val_tasks=100',
+               '--num_test_tasks=20', '--progress=false']
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env={**os.environ, 'PYTHONPATH': REPO})
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = os.path.join(tmp_path, 'results', 'cosine_learner_5way1shot_seed0')
+    accuracy = {row['iteration']: row['val_post_accuracy']
+                for row in results.read_metrics(os.path.join(folder, results.METRICS_FILE))}
+    assert list(accuracy) == [0, 60]
+    assert accuracy[60] > accuracy[0] + 0.05, accuracy

@@ -8,13 +8,16 @@ A learner script defines its flags and ends with its description,
     if __name__ == '__main__':
         cli.run(commands.main_for(COMMAND, sys.modules[__name__]))
 
-and is then trained, meta-tested and saved by `run`; compare.py and benchmark.py find it by
-its name (`find`) and learn from its `Command` how to run it and where its runs are, so that
-a new learner touches no shared file.
+and is then trained, meta-tested and saved by `run`; compare.py finds it by its name or its path
+(`find`) and learns from its `Command` how to run it and where its runs are, so that a new learner
+touches no shared file and may live anywhere: a script of one's own (not in this repository) that
+imports `fewshot` and ends as above is a learner command like maml.py.
 """
 
 import importlib
+import importlib.util
 import os
+import sys
 from typing import Callable, NamedTuple
 
 from absl import flags
@@ -71,6 +74,7 @@ class Command(NamedTuple):
       turned off), None: nothing.
     batch_norm: () -> how batch norm normalises at evaluation as the flags say, for hyperparameters.json
       and the report (None: the learner class's `batch_norm`).
+    script: the command's file, which tools run (set by `find`).
     """
     name: str
     learner_class: type
@@ -84,6 +88,7 @@ class Command(NamedTuple):
     prefix: str = None
     name_suffix: Callable = None
     batch_norm: Callable = None
+    script: str = None
 
     def takes(self, flag):
         """True if the learner has the flag `flag` (e.g. 'first_order': it has an order)."""
@@ -154,15 +159,38 @@ def main_for(command, flag_module):
 
 
 def find(name, flag):
-    """The `Command` of the learner command `name` (the script name.py at the top of the
-    repository); FlagError naming `flag` if there is none.
+    """The `Command` of the learner command `name`, with its `script`: a script name.py at the top of
+    the repository (e.g. 'anil'), or the path of a learner script anywhere (e.g. 'mine/cosine.py');
+    FlagError naming `flag` if there is none.
 
-    The script is imported by name, as a plugin: the package never imports a command otherwise.
+    The script is imported as a plugin, under its file's name: the package never imports a command
+    otherwise.
     """
-    script = os.path.join(REPO, f'{name}.py')
-    module = importlib.import_module(name) if name.isidentifier() and os.path.exists(script) else None
+    module = _import_script(name, flag)
     command = getattr(module, 'COMMAND', None)
     if not isinstance(command, Command):
-        raise errors.FlagError(f'{flag}: {name!r} is not a learner command (a script beside maml.py defining '
-                               'COMMAND, a commands.Command, e.g. maml, anil, reptile, protonet, imaml)')
-    return command
+        raise errors.FlagError(f'{flag}: {name!r} is not a learner command (a script defining COMMAND, a '
+                               'commands.Command: maml, anil, reptile, protonet, imaml, ... or the path of one '
+                               'of your own)')
+    return command._replace(script=os.path.abspath(module.__file__))
+
+
+def _import_script(name, flag):
+    """The module of the script `name` (a name beside maml.py, or a path ending in .py); None if there is none."""
+    if not name.endswith('.py'):
+        script = os.path.join(REPO, f'{name}.py')
+        return importlib.import_module(name) if name.isidentifier() and os.path.exists(script) else None
+    module_name = os.path.basename(name)[:-3]
+    if not os.path.isfile(name) or not module_name.isidentifier():
+        raise errors.FlagError(f'{flag}: {name!r} is not a file whose name is a Python identifier')
+    loaded = sys.modules.get(module_name)
+    if loaded is not None:
+        if os.path.realpath(getattr(loaded, '__file__', '') or '') != os.path.realpath(name):
+            raise errors.FlagError(f'{flag}: {name!r} has the name of the module {module_name!r}, '
+                                   f'{getattr(loaded, "__file__", "built in")}; rename it')
+        return loaded
+    spec = importlib.util.spec_from_file_location(module_name, name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # As an import would: the script may look itself up.
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,8 @@
 """Runs of other commands, trained in child processes by the tools that compare them
 (stability.py, compare.py): a finished run is reused, a stopped one resumed.
 
-A child is a command at the top of the repository, given its flags explicitly; its run
+A child is a command (a script beside maml.py, or a learner script of one's own given by its
+path), run with the same Python and the same `fewshot` package as the tool, given its flags explicitly; its run
 folder's name says what trained in it, so flags that name the folder are the tool's own
 and may not be passed on after `--`. A tool keeps its runs in a folder of its own
 (<results_dir>/<tool>/runs/), never in the folders a user's own runs go to, and reuses a
@@ -16,6 +17,7 @@ import sys
 
 from absl import flags
 
+import fewshot
 from fewshot import errors, results
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Above fewshot/cli/.
@@ -23,8 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The flags of the tools that run several learners, defined once (each tool declares those it uses
 # and may set its own default in its __main__).
 flags.DEFINE_list('algorithms', ['maml', 'anil', 'boil', 'meta_sgd', 'proto_maml'],
-                  'Learner commands (scripts beside maml.py that define a commands.Command: maml, anil, boil, '
-                  'meta_sgd, proto_maml, ...).')
+                  'Learner commands: scripts beside maml.py that define a commands.Command (maml, anil, boil, '
+                  'meta_sgd, proto_maml, ...), or the path of such a script of your own (mine/cosine.py).')
 flags.DEFINE_list('settings', ['5way5shot', '5way1shot'], 'Task settings as <N>way<K>shot.')
 flags.DEFINE_boolean('train', True, 'Train missing runs and resume stopped ones; --train=false only '
                      'tabulates and draws, and names any run that is not finished.')
@@ -61,10 +63,10 @@ def check_passed_flags(passed, reserved, scripts, tool):
         return
     for script in scripts:
         checked = subprocess.run([sys.executable, os.path.join(REPO, script), '--only_check_args', *passed],
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, env=_child_environment())
         if checked.returncode != 0:
             reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
-            raise errors.FlagError(f'after --, for {script}: '
+            raise errors.FlagError(f'after --, for {os.path.basename(script)}: '
                                    f'{reason[-1][len("error: "):] if reason else checked.stderr.strip()[-300:]}')
 
 
@@ -108,13 +110,20 @@ def reusable(script, folder, arguments, what, tool, num_iterations=None):
     if not finished(folder, num_iterations):
         return False
     checked = subprocess.run(_command(script, folder, arguments) + ['--resume', '--check_reuse'],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=_child_environment())
     if checked.returncode != 0:
         reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
         raise results.RunError(f'{folder} cannot be reused for {what}: '
                                f'{reason[-1][len("error: "):] if reason else checked.stderr.strip()[-300:]}')
     print(f'{tool}: reusing {folder} ({what}: finished, the same command and flags)', flush=True)
     return True
+
+
+def _child_environment():
+    """The environment with this `fewshot` first on PYTHONPATH: a learner script outside the repository
+    imports the package the tool runs, installed or not."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fewshot.__file__)))
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [package_parent, os.environ.get('PYTHONPATH')]))}
 
 
 def _command(script, folder, arguments):
@@ -132,7 +141,7 @@ def train(script, folder, arguments, what, tool):
     if os.path.exists(folder):
         command.append('--resume')
     print(f'{tool}: training {what} -> {folder}', flush=True)
-    status = subprocess.run(command).returncode
+    status = subprocess.run(command, env=_child_environment()).returncode
     if status != 0:
         raise results.RunError(f'training {what} stopped (exit status {status}); its message is above, '
                                f'and python {tool} resumes it')
