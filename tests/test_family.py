@@ -3,9 +3,7 @@ loop may change it changes and nothing else, second-order meta-gradients against
 differences, each learner improves on real Omniglot, and every learner's command trains,
 checkpoints, resumes exactly and reports through the shared code."""
 
-import glob
 import os
-import re
 import subprocess
 import sys
 
@@ -19,6 +17,7 @@ from fewshot.cli import commands
 from fewshot.learners import meta_sgd as meta_sgd_learner
 from test_maml import _directional_fd, _dot, _episodes, _improvement, _meta_gradient, _params
 from test_training import REPO, _without_time
+import discovered
 import anil
 import boil
 import figures
@@ -149,9 +148,8 @@ def test_learner_improves_on_real_validation_tasks(name, real_omniglot):
 
 # The contract every learner's command keeps through the shared code --------------------------
 
-# Every learner command (a script defining its commands.Command), found rather than listed, and MAML++.
-LEARNER_SCRIPTS = sorted(os.path.basename(path) for path in glob.glob(os.path.join(REPO, '*.py'))
-                         if re.search(r'^COMMAND = ', open(path).read(), re.MULTILINE))
+# Every learner command (a script defining its commands.Command), found rather than listed.
+LEARNER_SCRIPTS = discovered.learner_scripts()
 COMMANDS = {**{script: ['--num_inner_steps=1'] if commands.find(script[:-3], 'script').takes('num_inner_steps')
                 else [] for script in LEARNER_SCRIPTS},
             'maml_plusplus.py': ['--num_inner_steps=1', '--cosine_annealing=false']}

@@ -4,43 +4,30 @@ the same meta-step as the whole meta-batch at once, one chunk at a time."""
 import keras
 import numpy as np
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
 from fewshot import data, errors, network, training
-from maml_plusplus import Fixes, MAMLPlusPlus
 from test_maml import _episodes
-import anil
-import imaml
-import maml
-import meta_sgd
-import protonet
-import relationnet
-import reptile
+import discovered
 
+# Every learner command's learner, at each order it has (FO-MAML and MAML, ..., ProtoNet): found, not listed.
+LEARNERS = discovered.learners()
 # A meta-optimizer whose step is proportional to the meta-gradient (Adam's first step is not: it
 # would hide a wrongly weighted chunk).
 SGD = 0.1
 
 
 def _build(name, net):
-    """The learner `name` of the small network `net`, meta-trained by SGD (Reptile: its own SGD)."""
-    sgd = keras.optimizers.SGD(SGD)
-    gradient_based = {'FO-MAML': (maml.MAML, True), 'MAML': (maml.MAML, False), 'ANIL': (anil.ANIL, False),
-                      'Meta-SGD': (meta_sgd.MetaSGD, False)}
-    if name in gradient_based:
-        kind, first_order = gradient_based[name]
-        return kind(net, net.keras_model(), 0.4, 2, first_order, sgd)
-    if name == 'MAML++':  # Second order, the multi-step loss, per-step batch norm and its running statistics.
-        return MAMLPlusPlus(net, net.keras_model(), 0.4, 2, sgd, Fixes(da=False))
-    if name == 'Reptile':
-        return reptile.Reptile(net, net.keras_model(), 0.4, 2, sgd)
-    if name == 'iMAML':
-        return imaml.IMAML(net, net.keras_model(), 0.4, 2, sgd, lam=1.0, cg_steps=2)
-    if name == 'ProtoNet':
-        return protonet.PrototypicalNetwork(net, net.keras_model(), sgd, net.n_way)
-    return relationnet.RelationNetwork(net, relationnet.keras_model(net), sgd, net.n_way)
-
-
-LEARNERS = ('FO-MAML', 'MAML', 'ANIL', 'Meta-SGD', 'MAML++', 'Reptile', 'iMAML', 'ProtoNet', 'RelationNet')
+    """The learner `name` of the small network `net` as its command builds it from the flags' defaults
+    (two inner steps for a learner that has an inner loop), meta-trained by SGD."""
+    command, first_order = LEARNERS[name]
+    with flagsaver.flagsaver():
+        flags.FLAGS(['test', '--num_inner_steps=2', '--inner_lr=0.4'])
+        learner = command.build_learner(net, first_order)
+    learner.meta_optimizer = keras.optimizers.SGD(SGD)  # Nothing traced yet: the steps will use it.
+    learner.meta_optimizer.build(list(learner.params.values()))
+    return learner
 
 
 def _stepped(name, tasks_per_chunk, episodes):
@@ -61,15 +48,21 @@ def _stepped(name, tasks_per_chunk, episodes):
 
 @pytest.mark.parametrize('name', LEARNERS)
 def test_a_meta_step_in_chunks_of_tasks_equals_the_whole_meta_batch_at_once(name):
-    """Float32, the grouped convolutions training runs on:
-    weights, optimizer state and running statistics equal to rounding, metrics task by task."""
+    """Float32, the grouped convolutions training runs on: weights, optimizer state and running
+    statistics take the same step to rounding (within 1% of the step's largest element: iMAML's
+    conjugate gradients amplify the rounding of another summation order to 0.13% of it, MAML's
+    stays near 1e-6, a chunk weighted wrongly is tens of percent off), metrics task by task."""
     episodes = data.Episodes(*(np.array(x) for x in _episodes(5)))
+    keras.utils.set_random_seed(0)
+    start = {key: value.numpy() for key, value in
+             _build(name, network.ConvNet(n_way=2, num_filters=4)).state_variables().items()}
     whole, whole_metrics, whole_sizes = _stepped(name, None, episodes)
     chunked, chunked_metrics, sizes = _stepped(name, 2, episodes)
     assert whole_sizes == [] and sizes == [2, 2, 1]  # Uneven chunks weigh by their number of tasks.
-    assert whole.keys() == chunked.keys()
+    assert whole.keys() == chunked.keys() == start.keys()
     for key in whole:
-        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        step = np.abs(whole[key] - start[key]).max()
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=0, atol=max(1e-6, 1e-2 * step), err_msg=key)
     assert whole_metrics.keys() == chunked_metrics.keys()
     for key in whole_metrics:
         np.testing.assert_allclose(chunked_metrics[key], whole_metrics[key], rtol=1e-5, atol=1e-6, err_msg=key)
