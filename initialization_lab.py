@@ -56,6 +56,10 @@ flags.DEFINE_float('maml_inner_lr', 0.01, 'FO-MAML inner learning rate (training
 flags.DEFINE_integer('maml_inner_steps', 5, 'FO-MAML inner steps during meta-training.', lower_bound=1)
 flags.DEFINE_integer('maml_adapt_steps', 10, 'FO-MAML adaptation steps on the target support set.',
                      lower_bound=1)
+flags.DEFINE_integer('maml_val_interval', 100, 'FO-MAML meta-iterations between meta-validations (method 3): '
+                     '2-way 5-shot tasks of held-out test images of the digits it meta-trains on, never task A.',
+                     lower_bound=1)
+flags.DEFINE_integer('maml_val_tasks', 200, 'Fixed meta-validation tasks of method 3.', lower_bound=2)
 flags.DEFINE_boolean('redraw', False, 'Only redraw the figure and summary.md of an existing lab folder '
                      'from its per_seed.json (no training).')
 flags.DEFINE_integer('large_query', 500, 'Held-out test images per class for the larger query set.',
@@ -117,19 +121,39 @@ def pretrained_classifier(dataset):
     return model
 
 
-def meta_trained_maml(dataset, digits):
-    """Method 3's FO-MAML learner, meta-trained on 2-way tasks over `digits`."""
+def by_class(dataset, digits):
+    """The images of each of `digits` [D, M, 28, 28] in [0, 1], M the fewest any of them has."""
     images, labels = dataset
     per_class = min(np.sum(labels == d) for d in digits)
-    by_class = np.stack([images[labels == d][:per_class] for d in digits]).astype(np.float32) / 255.0
+    return np.stack([images[labels == d][:per_class] for d in digits]).astype(np.float32) / 255.0
+
+
+def meta_trained_maml(train_set, test_set, digits):
+    """Method 3's FO-MAML learner, meta-trained on 2-way tasks over `digits`, and its meta-validation
+    curve {'iteration': [...], 'accuracy': [...]}: the query accuracy after --maml_adapt_steps steps on
+    fixed 2-way 5-shot tasks of the same digits' held-out test images, every --maml_val_interval
+    iterations (so that one sees whether --maml_iterations is enough)."""
     keras.utils.set_random_seed(0)
     net = network.SmallCNN(2)
     learner = maml.MAML(net, net.keras_model(), FLAGS.maml_inner_lr, FLAGS.maml_inner_steps, True,
                         keras.optimizers.Adam(FLAGS.train_lr))
-    sampler = data.EpisodeSampler(by_class, 2, 5, 10, seed=0, split_name='meta-train digits')
+    sampler = data.EpisodeSampler(by_class(train_set, digits), 2, 5, 10, seed=0, split_name='meta-train digits')
+    validation = data.EpisodeSampler(by_class(test_set, digits), 2, 5, 10, seed=1,
+                                     split_name='meta-validation digits').fixed_batches(FLAGS.maml_val_tasks, 50)
+    curve = {'iteration': [], 'accuracy': []}
+
+    def validate(iteration):
+        accuracy = np.concatenate([learner.evaluate(batch, FLAGS.maml_adapt_steps)['query_post_accuracy']
+                                   for batch in validation])
+        curve['iteration'].append(iteration)
+        curve['accuracy'].append(float(np.mean(accuracy)))
+
+    validate(0)
     for iteration in tqdm(range(FLAGS.maml_iterations), desc='FO-MAML meta-training', unit='it'):
         learner.meta_train_step(sampler.sample(iteration, FLAGS.maml_meta_batch_size))
-    return learner
+        if (iteration + 1) % FLAGS.maml_val_interval == 0 or iteration + 1 == FLAGS.maml_iterations:
+            validate(iteration + 1)
+    return learner, curve
 
 
 def maml_adapt(learner, support, query_sets):
@@ -217,7 +241,18 @@ def plot_curves(per_seed, path):
     plotting._save(figure, path)
 
 
-def summary(per_seed, seconds, large_query):
+def meta_training_note(curve):
+    """What method 3's meta-validation curve says about its training length, in words."""
+    if not curve:
+        return 'Its meta-training was not validated (a lab of an older version).'
+    iterations, accuracy = curve['iteration'], curve['accuracy']
+    last = [a for i, a in zip(iterations, accuracy) if i >= iterations[-1] / 2]  # The second half.
+    return (f'Meta-trained {iterations[-1]:,} iterations: meta-validation accuracy (2-way 5-shot tasks of '
+            f'held-out images of digits 2-9, `maml_validation.png`) {accuracy[0]:.1%} at the start, '
+            f'{accuracy[-1]:.1%} at the end, between {min(last):.1%} and {max(last):.1%} over the second half.')
+
+
+def summary(per_seed, seconds, large_query, maml_validation=None):
     """The lab's write-up: both tables, and each question answered with the measured numbers."""
     def values(method):
         return [seed[method][1][1]['accuracy'] for seed in per_seed]
@@ -253,6 +288,7 @@ def summary(per_seed, seconds, large_query):
    {accuracy('2C')}, {versus('2C', '2A')}. Its features were learnt on every digit, 0 and 1 included.
 5. Closing question, an initialisation made for fast fine-tuning: FO-MAML meta-trained only on
    digits 2-9 and adapted on A's 10 support images (3): {accuracy('3')}, {versus('3', '2A')}.
+   {meta_training_note(maml_validation)}
 
 The 20-image table shows why one run proves little: compare its standard deviations with the large table's.
 '''
@@ -263,7 +299,12 @@ def main(argv):
 
     def write_outputs(folder, record):
         plot_curves(record['per_seed'], folder.file('learning_curves.png'))
-        text = summary(record['per_seed'], record['seconds'], record['large_query'])
+        if 'maml_validation' in record:  # Labs of older versions did not validate method 3.
+            curve = record['maml_validation']
+            plotting.plot_curves({'FO-MAML (method 3)': (curve['iteration'], curve['accuracy'])},
+                                 folder.file('maml_validation.png'), 'Method 3: meta-validation on digits 2-9 '
+                                 '(held-out images)', 'meta-iteration')
+        text = summary(record['per_seed'], record['seconds'], record['large_query'], record.get('maml_validation'))
         results.atomic_write(folder.file('summary.md'), lambda f: f.write(text.encode()))
         print(text)
 
@@ -283,12 +324,12 @@ def main(argv):
     logging.info('Pretraining the 10-digit classifier of method 2C')
     pretrained = pretrained_classifier(train_set)
     logging.info('Meta-training FO-MAML on the digits outside task A (method 3)')
-    learner = meta_trained_maml(train_set, [d for d in range(10) if d not in TASKS['A']])
+    learner, maml_curve = meta_trained_maml(train_set, test_set, [d for d in range(10) if d not in TASKS['A']])
     per_seed = [run_seed(seed, train_set, test_set, pretrained, learner)
                 for seed in tqdm(range(FLAGS.num_seeds), desc='seeds (every method)', unit='seed')]
     # Everything the figure and summary need, so they can be redrawn without training.
     record = {'per_seed': per_seed, 'seconds': time.perf_counter() - start,
-              'large_query': FLAGS.large_query}
+              'large_query': FLAGS.large_query, 'maml_validation': maml_curve}
     folder.create()
     folder.write_hyperparameters(config.flag_values([sys.modules[__name__]]), {
         'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()})

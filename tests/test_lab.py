@@ -1,6 +1,7 @@
 """The MNIST initialization lab: IDX reading, both data routes, task sets, heads, end to end."""
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -107,13 +108,19 @@ def test_macro_scores():
 def test_every_method_runs_end_to_end_on_a_tiny_budget(synthetic_mnist, tmp_path):
     command = [sys.executable, os.path.join(REPO, 'initialization_lab.py'), f'--mnist_dir={synthetic_mnist}',
                f'--results_dir={tmp_path}', '--num_seeds=2', '--scratch_epochs=3', '--finetune_epochs=3',
-               '--maml_iterations=3', '--maml_meta_batch_size=2', '--maml_adapt_steps=3', '--large_query=20']
+               '--maml_iterations=3', '--maml_meta_batch_size=2', '--maml_adapt_steps=3', '--large_query=20',
+               '--maml_val_interval=2', '--maml_val_tasks=4']
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = (tmp_path / 'initialization_lab' / 'summary.md').read_text()
     for method in initialization_lab.METHODS:
         assert f'| {method}: ' in text
     assert (tmp_path / 'initialization_lab' / 'learning_curves.png').exists()
+    # Method 3's meta-training is validated at its start, every 2 iterations and at its end.
+    curve = json.loads((tmp_path / 'initialization_lab' / 'per_seed.json').read_text())['maml_validation']
+    assert curve['iteration'] == [0, 2, 3] and all(0 <= a <= 1 for a in curve['accuracy'])
+    assert (tmp_path / 'initialization_lab' / 'maml_validation.png').exists()
+    assert 'Meta-trained 3 iterations: meta-validation accuracy' in text
     # The write-up is redrawn from per_seed.json alone, identically.
     (tmp_path / 'initialization_lab' / 'summary.md').unlink()
     redraw = subprocess.run(command + ['--redraw'], capture_output=True, text=True, cwd=REPO, timeout=300)
