@@ -294,8 +294,8 @@ def main(argv):
     def stream(splits):
         return data.ImageStream(splits.train, FLAGS.batch_size, FLAGS.seed, FLAGS.max_shift)
 
-    def build(splits):
-        return PretrainedClassifier(experiment.convnet(len(splits.train)),
+    def build(splits, precision):
+        return PretrainedClassifier(experiment.convnet(len(splits.train), precision=precision),
                                     keras.optimizers.Adam(FLAGS.pretrain_lr), adaptation, FLAGS.n_way)
 
     def schedule(splits):

@@ -116,9 +116,10 @@ class Command(NamedTuple):
             parts.append(backbone)
         return '_'.join(parts) + f'{suffix}_seed{seed}'
 
-    def build(self, n_way, first_order):
-        """(network, learner) as the flags say, with an `n_way`-way head and the given order."""
-        net = experiment.convnet(n_way, FLAGS.backbone)
+    def build(self, n_way, first_order, precision=None):
+        """(network, learner) as the flags say, with an `n_way`-way head, the given order and
+        `precision` (default --precision)."""
+        net = experiment.convnet(n_way, FLAGS.backbone, precision)
         return net, self.build_learner(net, first_order)
 
 
@@ -130,9 +131,9 @@ def run(command, flag_module):
     """
     first_order = FLAGS.first_order if command.takes('first_order') else True
 
-    def build(splits):
+    def build(splits, precision):
         del splits
-        return command.build(FLAGS.n_way, first_order)[1]
+        return command.build(FLAGS.n_way, first_order, precision)[1]
 
     num_inner_steps = FLAGS.num_inner_steps if command.takes('num_inner_steps') else None
     outcome = experiment.run(

@@ -20,8 +20,8 @@ from fewshot.cli import config, strategy
 from fewshot.errors import FlagError
 
 FLAGS = config.FLAGS
-# Flags read only after the run folder is known, when the learner is built: a resumed run takes
-# each group from its hyperparameters.json unless the command line gives one of the group.
+# Settings of how a run computes, not of what: a resumed run takes each group from its
+# hyperparameters.json unless the command line gives one of the group (see `run_settings`).
 RESTORED_ON_RESUME = (('precision',), ('tasks_per_chunk', 'memory_budget_gb'))
 
 
@@ -58,29 +58,33 @@ def episode_stream(splits, n_way=None):
                                FLAGS.seed, 'meta-train', rotate=FLAGS.task_rotations != 'none')
 
 
-def convnet(n_way=None, backbone='conv4'):
-    """The network `backbone` as the flags shape it, with an `n_way`-output head (default --n_way)."""
-    return network.build(backbone, n_way or FLAGS.n_way, FLAGS.num_filters, FLAGS.max_pool, FLAGS.precision,
-                         FLAGS.image_size, FLAGS.channels)
+def convnet(n_way=None, backbone='conv4', precision=None):
+    """The network `backbone` as the flags shape it, with an `n_way`-output head (default --n_way),
+    computing in `precision` (default --precision)."""
+    return network.build(backbone, n_way or FLAGS.n_way, FLAGS.num_filters, FLAGS.max_pool,
+                         precision or FLAGS.precision, FLAGS.image_size, FLAGS.channels)
 
 
-def restore_flags(run_folder):
-    """On --resume, sets the flags of each group of RESTORED_ON_RESUME that the command line leaves
-    at their defaults to the values the run recorded."""
+def run_settings(run_folder):
+    """{flag: value} of the flags of RESTORED_ON_RESUME as this run uses them: the command line's,
+    but on --resume each group the command line leaves at its defaults as the run recorded it. The
+    flags themselves are left as parsed."""
     recorded = run_folder.recorded_flags()
+    settings = {}
     for group in RESTORED_ON_RESUME:
-        if all(FLAGS[name].using_default_value for name in group):
-            for name in group:
-                if name in recorded and FLAGS[name].value != recorded[name]:
-                    FLAGS[name].value = recorded[name]
-                    logging.info('--%s=%s as the run recorded it', name, recorded[name])
+        restore = all(FLAGS[name].using_default_value for name in group)
+        for name in group:
+            settings[name] = recorded[name] if restore and name in recorded else FLAGS[name].value
+            if settings[name] != FLAGS[name].value:
+                logging.info('--%s=%s as the run recorded it', name, settings[name])
+    return settings
 
 
-def log_precision():
+def log_precision(precision):
     """Says in the run log which precision runs, and whether this CPU computes bfloat16 natively."""
     support = (f'has native bfloat16 ({", ".join(machine.bfloat16_flags())})' if machine.native_bfloat16()
                else 'has no native bfloat16, so TensorFlow emulates it (slow)')
-    logging.info('Precision %s (--precision); %s %s', FLAGS.precision, machine.cpu_model(), support)
+    logging.info('Precision %s (--precision); %s %s', precision, machine.cpu_model(), support)
 
 
 def _results_dir_and_resume(cluster):
@@ -113,7 +117,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     Args:
       algorithm: name recorded in the hyperparameters, e.g. 'FO-MAML'.
       default_run_name: folder name if --run_name is empty.
-      build: function(splits) -> learner; see training.py.
+      build: function(splits, precision) -> learner (see training.py), its network computing in
+        `precision` ('float32', 'bfloat16': --precision, or a resumed run's own).
       training_stream: function(splits) -> the training stream (see training.py); made before the
         run folder, so that the flags' tasks are checked first (default: `episode_stream`).
       flag_modules: modules whose flags are recorded in hyperparameters.json.
@@ -132,9 +137,9 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     results_dir, resume, overwrite = _results_dir_and_resume(cluster)
     run_folder = results.RunFolder(results_dir, FLAGS.run_name or default_run_name, resume, overwrite,
                                    create=False, fixed_on_resume=fixed_on_resume)
-    restore_flags(run_folder)
+    settings = run_settings(run_folder)
     modules = [config] + list(flag_modules)
-    flag_values, flag_defaults = config.flag_values(modules), config.flag_values(modules, 'default')
+    flag_values, flag_defaults = {**config.flag_values(modules), **settings}, config.flag_values(modules, 'default')
     run_folder.check_flags(flag_values, flag_defaults)
     run_folder.check_algorithm(algorithm)
     if FLAGS.check_reuse:
@@ -142,8 +147,9 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
             raise FlagError('--check_reuse: give --resume and the --run_name of the run folder to check')
         print(f'{run_folder.path}: a run of {algorithm} with these flags')
         sys.exit(0)
-    if 0 < FLAGS.memory_budget_gb <= training.peak_memory_gb():
-        raise FlagError(f'--memory_budget_gb {FLAGS.memory_budget_gb:g}: this process already holds '
+    memory_budget_gb = settings['memory_budget_gb']
+    if 0 < memory_budget_gb <= training.peak_memory_gb():
+        raise FlagError(f'--memory_budget_gb {memory_budget_gb:g}: this process already holds '
                         f'{training.peak_memory_gb():.2f} GB before any data or learner')
     splits, checksum = load_splits()
     cluster.check_same({**{name: value for name, value in flag_values.items() if name not in strategy.LOCAL_FLAGS},
@@ -161,15 +167,15 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
          'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
          'classes': {'train': len(splits.train), 'val': len(splits.val), 'test': len(splits.test)},
          **(extra or {})}, flag_defaults)
-    log_precision()
+    log_precision(settings['precision'])
     keras.utils.set_random_seed(FLAGS.seed)
     with cluster.scope():
-        learner = build(splits)
+        learner = build(splits, settings['precision'])
     if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
-        learner.tasks_per_chunk = FLAGS.tasks_per_chunk
-        if FLAGS.memory_budget_gb:
+        learner.tasks_per_chunk = settings['tasks_per_chunk']
+        if memory_budget_gb:
             learner.tasks_per_chunk = learner.tasks_per_chunk_within(train_stream.sample(1, FLAGS.meta_batch_size),
-                                                                     FLAGS.memory_budget_gb)
+                                                                     memory_budget_gb)
     schedule = schedule_for(splits) if schedule_for else training.Schedule(
         num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
         val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
