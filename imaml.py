@@ -5,7 +5,9 @@ Gradients", NeurIPS 2019).
     python imaml.py --lam 1 --cg_steps 10
 
 The learner is `IMAML` (fewshot/learners/imaml.py, whose docstring gives the algorithm); the
-defaults are the paper's code's Omniglot ones.
+defaults are the paper's algorithm with its authors' Omniglot settings, and
+`--regularization pull_back --cg_damping 1 --lam_damping 10` runs the inner problem and the
+linear system as the authors' code does.
 """
 
 import sys
@@ -16,7 +18,8 @@ from absl import flags
 
 from fewshot import cli
 from fewshot.cli import commands, config, strategy
-from fewshot.learners.imaml import IMAML, conjugate_gradient, implicit_gradient  # noqa: F401  (visible from imaml)
+from fewshot.learners.imaml import (IMAML, REGULARIZATIONS, conjugate_gradient,  # noqa: F401  (visible from imaml)
+                                    implicit_gradient)
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -25,8 +28,14 @@ OWN_MAML_FLAGS = ('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'meta_l
 for _name in OWN_MAML_FLAGS:
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 flags.DEFINE_float('lam', 2.0, 'λ, the strength of the inner problem\'s pull toward θ.', lower_bound=1e-12)
-flags.DEFINE_integer('cg_steps', 5, 'Conjugate-gradient steps solving (I + H/λ) x = ∇L_query per task.',
-                     lower_bound=1)
+flags.DEFINE_integer('cg_steps', 5, 'Conjugate-gradient steps solving ((1 + c) I + H/(λ + d)) x = ∇L_query per '
+                     'task.', lower_bound=1)
+flags.DEFINE_enum('regularization', 'every_step', list(REGULARIZATIONS),
+                  "How the inner problem pulls toward θ: 'every_step', the paper's (gradient descent on "
+                  "L_support + λ/2 ‖φ − θ‖², also at evaluation); 'pull_back', the authors' code (steps on "
+                  'L_support alone, then in training one step on λ/2 ‖φ − θ‖²; evaluation on L_support alone).')
+flags.DEFINE_float('cg_damping', 0.0, "c of the system above (the paper's 0; the authors' code 1).", lower_bound=0)
+flags.DEFINE_float('lam_damping', 0.0, "d of the system above (the paper's 0; the authors' code 10).", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -34,7 +43,8 @@ def build_learner(net, first_order):
     """iMAML as the flags say, meta-trained by Adam."""
     del first_order  # The implicit gradient is exact at the inner solution: there is no order to choose.
     return IMAML(net, inner_lr=FLAGS.inner_lr, num_inner_steps=FLAGS.num_inner_steps,
-                 meta_optimizer=keras.optimizers.Adam(FLAGS.meta_lr), lam=FLAGS.lam, cg_steps=FLAGS.cg_steps)
+                 meta_optimizer=keras.optimizers.Adam(FLAGS.meta_lr), lam=FLAGS.lam, cg_steps=FLAGS.cg_steps,
+                 regularization=FLAGS.regularization, cg_damping=FLAGS.cg_damping, lam_damping=FLAGS.lam_damping)
 
 
 COMMAND = commands.Command('imaml', IMAML, 'iMAML', build_learner, OWN_MAML_FLAGS,

@@ -12,6 +12,7 @@ import tensorflow as tf
 from fewshot import network
 from test_maml import _episodes, _improvement
 import imaml
+import maml
 
 LAM, NUM_TASKS, N_WAY, FEATURES = 2.0, 2, 3, 4
 
@@ -51,8 +52,8 @@ def _flat(weights, task):
     return np.concatenate([weights['kernel'][task].numpy().ravel(), weights['bias'][task].numpy().ravel()])
 
 
-def _system(phi, support_loss, query_loss):
-    """Per task, the matrix I + H_t/λ and the query gradient, flattened (kernel then bias)."""
+def _system(phi, support_loss, query_loss, cg_damping=0.0, lam_damping=0.0):
+    """Per task, the matrix (1 + c) I + H_t/(λ + d) and the query gradient, flattened (kernel then bias)."""
     with tf.GradientTape() as outer:
         outer.watch(phi)
         with tf.GradientTape() as inner:
@@ -70,7 +71,7 @@ def _system(phi, support_loss, query_loss):
     for task in range(NUM_TASKS):
         hessian = np.concatenate([tf.reshape(jacobian['kernel'][task, :, task], [size, -1]).numpy(),
                                   jacobian['bias'][task, :, task].numpy()], axis=1)
-        systems.append((np.eye(size) + hessian / LAM, _flat(query_gradient, task)))
+        systems.append(((1 + cg_damping) * np.eye(size) + hessian / (LAM + lam_damping), _flat(query_gradient, task)))
     return systems
 
 
@@ -96,6 +97,17 @@ def test_the_cg_meta_gradient_equals_the_closed_form_implicit_gradient_and_finit
         assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-10)
 
 
+def test_the_damped_system_of_the_authors_code_is_solved():
+    """((1 + c) I + H/(λ + d)) x = g, c = 1 and d = 10 as the authors' code runs it."""
+    support, support_loss, query_loss = _linear_problem()
+    theta = {'kernel': tf.zeros([FEATURES, N_WAY], tf.float64), 'bias': tf.zeros([N_WAY], tf.float64)}
+    phi = _inner_solution(theta, support)
+    solution = imaml.implicit_gradient(support_loss, query_loss, phi, LAM, 40, cg_damping=1.0, lam_damping=10.0)
+    for task, (matrix, query_gradient) in enumerate(_system(phi, support_loss, query_loss, 1.0, 10.0)):
+        np.testing.assert_allclose(_flat(solution, task), np.linalg.solve(matrix, query_gradient), rtol=1e-8,
+                                   atol=1e-12)
+
+
 def test_more_conjugate_gradient_steps_leave_a_smaller_residual():
     support, support_loss, query_loss = _linear_problem()
     theta = {'kernel': tf.zeros([FEATURES, N_WAY], tf.float64), 'bias': tf.zeros([N_WAY], tf.float64)}
@@ -110,10 +122,28 @@ def test_more_conjugate_gradient_steps_leave_a_smaller_residual():
     assert np.all(np.diff(residuals, axis=0) < 0), residuals
 
 
-def _imaml(num_inner_steps=2, lam=LAM, n_way=2, num_filters=4):
+def _imaml(num_inner_steps=2, lam=LAM, n_way=2, num_filters=4, regularization='every_step'):
     keras.utils.set_random_seed(0)
     net = network.ConvNet(n_way, num_filters)
-    return imaml.IMAML(net, net.keras_model(), 0.1, num_inner_steps, keras.optimizers.Adam(1e-3), lam, cg_steps=2)
+    return imaml.IMAML(net, net.keras_model(), 0.1, num_inner_steps, keras.optimizers.Adam(1e-3), lam, cg_steps=2,
+                       regularization=regularization)
+
+
+def test_the_pull_back_adapts_on_the_support_loss_then_steps_toward_theta_in_training_only():
+    """The authors' code: the inner steps descend L_support alone, as MAML's (at evaluation that is
+    all); in training one more step α on λ/2 ‖φ − θ‖² gives θ + (1 − αλ)(φ − θ)."""
+    learner = _imaml(num_inner_steps=3, regularization='pull_back')
+    plain = maml.MAML(learner.net, learner.model, 0.1, 3)
+    episodes = _episodes(2)
+    start, _, _, evaluated = learner.adapt(learner.params, episodes, 3, True, training=False)
+    trained = learner.adapt(learner.params, episodes, 3, True, training=True)[3].params[-1]
+    expected = plain.adapt(plain.params, episodes, 3, True, training=False)[3].params[-1]
+    regularised = _imaml(num_inner_steps=3).adapt(learner.params, episodes, 3, True, training=False)[3].params[-1]
+    for name, value in evaluated.params[-1].items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(trained[name], start[name] + (1 - 0.1 * LAM) * (value - start[name]),
+                                   rtol=1e-5, atol=1e-7, err_msg=name)
+    assert max(float(tf.reduce_max(tf.abs(regularised[name] - expected[name]))) for name in expected) > 1e-4
 
 
 def test_the_inner_loss_pulls_toward_theta():

@@ -15,10 +15,14 @@ each task's linear system solved by `cg_steps` steps of conjugate gradient over 
 products at φ_t. Nothing of the inner loop is kept for differentiation, so memory does not grow
 with the inner steps; each CG step costs one Hessian-vector product on the support set.
 
-The defaults are the paper's code's Omniglot ones: λ = 2, 16 inner steps of learning rate 0.1,
-5 CG steps, Adam with meta learning rate 1e-3, 32 tasks per meta-batch. That code also damps the
-system (it solves ((1 + c) I + H/(λ + d)) x = g); here it is the paper's (I + H/λ) x = g. Evaluation
-adapts with the same regularised inner loop.
+The defaults are the paper's: the inner problem above by gradient descent on the regularised loss
+at every step, in training and evaluation alike, and the system (I + H/λ) x = g; with the settings
+of its authors' Omniglot code (examples/README.md of aravindr93/imaml_dev): λ = 2, 16 inner steps of
+learning rate 0.1, 5 CG steps, Adam with meta learning rate 1e-3, 32 tasks per meta-batch. That
+code runs the inner problem otherwise, which `regularization='pull_back'`, `cg_damping=1` and
+`lam_damping=10` reproduce: 16 steps on L_support alone, then one step α on λ/2 ‖φ − θ‖² alone
+(φ ← θ + (1 − αλ)(φ − θ)); evaluation adapts on L_support alone (its λ = 0); the system is damped,
+((1 + c) I + H/(λ + d)) x = g.
 
 imaml.py at the top of the repository is its command.
 """
@@ -59,8 +63,9 @@ def conjugate_gradient(apply, b, num_steps):
     return x
 
 
-def implicit_gradient(support_loss, query_loss, adapted, lam, cg_steps):
-    """Every task's (I + H_t/λ)⁻¹ ∇_φ query_loss, by conjugate gradient.
+def implicit_gradient(support_loss, query_loss, adapted, lam, cg_steps, cg_damping=0.0, lam_damping=0.0):
+    """Every task's ((1 + c) I + H_t/(λ + d))⁻¹ ∇_φ query_loss, by conjugate gradient (c = cg_damping,
+    d = lam_damping; 0 and 0: the implicit gradient (I + H_t/λ)⁻¹ ∇_φ query_loss).
 
     support_loss, query_loss: functions of task weights (dict name -> [T, ...]) to a scalar that
       is a sum (or mean) of per-task terms, so that each task's derivatives are in its own slice.
@@ -78,27 +83,40 @@ def implicit_gradient(support_loss, query_loss, adapted, lam, cg_steps):
             loss = support_loss(adapted)
         gradient = inner.gradient(loss, adapted)
 
-    def apply(vector):  # (I + H/λ) v, H v as the derivative of the gradient along v.
+    def apply(vector):  # ((1 + c) I + H/(λ + d)) v, H v as the derivative of the gradient along v.
         hessian_vector = outer.gradient(gradient, adapted, output_gradients=vector)
-        return {name: vector[name] + hessian_vector[name] / lam for name in vector}
+        return {name: (1 + cg_damping) * vector[name] + hessian_vector[name] / (lam + lam_damping)
+                for name in vector}
     return conjugate_gradient(apply, query_gradient, cg_steps)
+
+
+REGULARIZATIONS = ('every_step', 'pull_back')
 
 
 class IMAML(MAML):
     """MAML with a regularised inner problem and the implicit meta-gradient (see the module docstring)."""
 
     def __init__(self, net, model=None, inner_lr=0.1, num_inner_steps=16, meta_optimizer=None, lam=2.0,
-                 cg_steps=5):
+                 cg_steps=5, regularization='every_step', cg_damping=0.0, lam_damping=0.0):
         """
         Args:
           net, model, inner_lr, num_inner_steps, meta_optimizer: as for `MAML` (the defaults: the
-            paper's code's Omniglot ones).
+            authors' Omniglot ones).
           lam: λ, the pull of the inner problem toward θ.
           cg_steps: conjugate-gradient steps per meta-gradient.
+          regularization: 'every_step' (the paper's: descend L_support + λ/2 ‖φ − θ‖², in training
+            and evaluation) or 'pull_back' (the authors' code: descend L_support, then in training
+            one step α on λ/2 ‖φ − θ‖²; see the module docstring).
+          cg_damping, lam_damping: c and d of the system ((1 + c) I + H/(λ + d)) x = g (0, 0: the
+            paper's; the authors' code: 1, 10).
         """
+        if regularization not in REGULARIZATIONS:
+            raise ValueError(f'regularization: {regularization!r} is not one of {", ".join(REGULARIZATIONS)}')
         super().__init__(net, model, inner_lr, num_inner_steps, True, meta_optimizer)
         self.lam = lam
         self.cg_steps = cg_steps
+        self.regularization = regularization
+        self.cg_damping, self.lam_damping = cg_damping, lam_damping
 
     def initial_weights(self, weights, context, support, labels, first_order):
         """θ for every task, as a constant: the meta-gradient does not flow through the inner loop,
@@ -107,9 +125,22 @@ class IMAML(MAML):
                                      super().initial_weights(weights, context, support, labels, first_order))
 
     def inner_loss(self, logits, labels, params, start):
-        """Σ_t L_support_t(φ_t) + λ/2 ‖φ_t − θ‖²."""
+        """Σ_t L_support_t(φ_t) + λ/2 ‖φ_t − θ‖² (every step), or Σ_t L_support_t(φ_t) (pull back)."""
+        loss = super().inner_loss(logits, labels, params, start)
+        if self.regularization != 'every_step':
+            return loss
         distance = tf.add_n([tf.reduce_sum(tf.square(params[name] - start[name])) for name in params])
-        return super().inner_loss(logits, labels, params, start) + self.lam / 2 * distance
+        return loss + self.lam / 2 * distance
+
+    def adapt(self, params, episodes, num_steps, first_order, training):
+        """MAML's adaptation; with the pull back, in training, its last weights φ_S moved to
+        θ + (1 − αλ)(φ_S − θ), one step α on λ/2 ‖φ − θ‖²."""
+        start, context, query, trajectory = super().adapt(params, episodes, num_steps, first_order, training)
+        if self.regularization == 'pull_back' and training:
+            adapted, keep = trajectory.params[-1], 1 - self.inner_lr * self.lam
+            pulled = {name: start[name] + keep * (adapted[name] - start[name]) for name in adapted}
+            trajectory = trajectory._replace(params=trajectory.params[:-1] + [pulled])
+        return start, context, query, trajectory
 
     def meta_gradients(self, tape, meta_loss, trajectory, episodes):
         """1/T Σ_t (I + H_t/λ)⁻¹ ∇ L_query_t(φ_t) (`implicit_gradient`), φ the inner loop's last weights."""
@@ -122,5 +153,6 @@ class IMAML(MAML):
         def query_loss(weights):
             return tf.reduce_mean(self.net.task_losses(self.net.forward(weights, episodes.query_images),
                                                        episodes.query_labels))
-        solution = implicit_gradient(support_loss, query_loss, trajectory.params[-1], self.lam, self.cg_steps)
+        solution = implicit_gradient(support_loss, query_loss, trajectory.params[-1], self.lam, self.cg_steps,
+                                     self.cg_damping, self.lam_damping)
         return {name: tf.reduce_sum(solution[name], axis=0) for name in self.params}
