@@ -50,7 +50,8 @@ FLAGS = flags.FLAGS
 REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png')
 RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows of the table.
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
-COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py'}  # Protocol prefix -> command.
+# Protocol prefix -> command.
+COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py', 'imaml': 'imaml.py'}
 PAPERS_FILE = 'papers.csv'
 PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
 BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'

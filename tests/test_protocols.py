@@ -18,6 +18,7 @@ from fewshot import data, results
 from fewshot.cli import experiment
 import maml  # noqa: F401 (defines MAML's flags)
 import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
+import imaml  # noqa: F401 (defines iMAML's flags)
 import reference
 
 FLAGS = flags.FLAGS
@@ -42,6 +43,11 @@ MAMLPP_PAPER = dict(
     val_interval=500)
 EXPECTED.update({f'mamlpp_paper_{n_way}way{k_shot}shot.flags': {**MAMLPP_PAPER, 'n_way': n_way, 'k_shot': k_shot}
                  for n_way in (5, 20) for k_shot in (1, 5)})
+EXPECTED['imaml_code_5way1shot.flags'] = dict(
+    n_way=5, k_shot=1, num_query=1, meta_batch_size=32, inner_lr=0.1, num_inner_steps=16, num_eval_inner_steps=16,
+    lam=2.0, cg_steps=5, regularization='pull_back', cg_damping=1.0, lam_damping=10.0, meta_lr=0.001, num_filters=64,
+    max_pool=False, split='random', num_train_classes=1150, num_val_classes=50, task_rotations='all', rotations=False,
+    num_iterations=20000, val_interval=500, num_test_tasks=600)
 
 
 def _file_values(*argv):
