@@ -16,7 +16,7 @@ import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read a
 import keras
 from absl import flags
 
-from fewshot import cli, data
+from fewshot import cli
 from fewshot.cli import commands, config, experiment, strategy
 from fewshot.learners.protonet import PrototypicalNetwork
 
@@ -41,10 +41,7 @@ def build_learner(net, first_order):
 
 def training_stream(splits):
     """Meta-training tasks of --train_n_way classes, otherwise shaped as the flags say."""
-    if FLAGS.train_n_way:  # Checked here for a message naming the flag.
-        data.check_task_shape(len(splits.train), FLAGS.train_n_way, FLAGS.k_shot, FLAGS.num_query, 'meta-train',
-                              n_way_flag='--train_n_way')
-    return experiment.episode_stream(splits, FLAGS.train_n_way)
+    return experiment.episode_stream(splits, FLAGS.train_n_way, '--train_n_way' if FLAGS.train_n_way else '--n_way')
 
 
 COMMAND = commands.Command('protonet', PrototypicalNetwork, 'ProtoNet', build_learner,

@@ -362,14 +362,15 @@ def task_slice(batch, start, stop):
     return type(batch)(*(x[start:stop] for x in batch))
 
 
-def check_task_shape(num_classes, n_way, k_shot, num_query, split_name, n_way_flag='--n_way',
-                     per_class=IMAGES_PER_CHARACTER):
+def check_task_shape(num_classes, n_way, k_shot, num_query, split_name, per_class=IMAGES_PER_CHARACTER,
+                     names=('n_way', 'k_shot', 'num_query')):
     """Raises DataError unless a split of `num_classes` classes of `per_class` images each can make
-    such tasks (n_way_flag: what chose `n_way`, for the message)."""
+    such tasks. names: what the message calls n_way, k_shot and num_query (the arguments' names; a
+    command, its flags')."""
     if n_way > num_classes:
-        raise DataError(f'{n_way_flag} {n_way} exceeds the {num_classes} classes of the {split_name} split')
+        raise DataError(f'{names[0]} {n_way} exceeds the {num_classes} classes of the {split_name} split')
     if k_shot + num_query > per_class:
-        raise DataError(f'--k_shot + --num_query must be at most {per_class} '
+        raise DataError(f'{names[1]} + {names[2]} must be at most {per_class} '
                         f'(images per class), got {k_shot} + {num_query}')
 
 

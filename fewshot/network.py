@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from fewshot import results
-from fewshot.errors import FlagError, SetupError
+from fewshot.errors import SetupError
 
 BATCH_NORM_EPSILON = 1e-3
 
@@ -169,8 +169,8 @@ class ResNet(ConvNet):
 
     def __post_init__(self):
         if self.max_pool:
-            raise FlagError('--max_pool: the residual network downsamples with strided convolutions; '
-                            'use --backbone conv4 for max-pooling')
+            raise ValueError('max_pool: the residual network downsamples with strided convolutions; '
+                             'max-pooling is the ConvNet\'s')
 
     def keras_model(self):
         inputs = keras.Input((self.image_size, self.image_size, self.channels))

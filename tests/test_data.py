@@ -237,10 +237,11 @@ def test_tasks_checksum_tells_tasks_apart_not_their_grouping():
 
 
 @pytest.mark.parametrize('n_way, k_shot, num_query, message', [
-    (31, 1, 1, '--n_way 31 exceeds the 30 classes'),
-    (5, 6, 15, r'--k_shot \+ --num_query must be at most 20'),
+    (31, 1, 1, '^n_way 31 exceeds the 30 classes'),
+    (5, 6, 15, r'^k_shot \+ num_query must be at most 20'),
 ])
 def test_impossible_tasks_are_refused(n_way, k_shot, num_query, message):
+    """In the arguments' terms (the commands check first, in their flags': test_training.py)."""
     images = np.zeros((30, 20, 28, 28), np.float32)
     with pytest.raises(data.DataError, match=message):
         data.EpisodeSampler(images, n_way, k_shot, num_query, seed=0)

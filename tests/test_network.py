@@ -242,5 +242,5 @@ def test_resnet_adds_residual_blocks_and_halves_the_resolution_in_each():
         'conv1', 'bn1', 'head', *(f'{kind}{block}{part}' for kind in ('conv', 'bn') for block in (2, 3, 4)
                                   for part in 'abs')}
     assert params['conv3s/kernel'].shape == (1, 1, 8, 8)
-    with pytest.raises(network.FlagError, match='--max_pool'):
+    with pytest.raises(ValueError, match='^max_pool: '):
         network.ResNet(n_way=5, max_pool=True)

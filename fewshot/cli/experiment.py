@@ -46,16 +46,24 @@ def evaluation_batches(images, split_name, num_tasks, offset, n_way=None, k_shot
     offset: 0 for validation, 1 for test, so the two never share a task stream.
     n_way, k_shot, num_query: the task shape (default: the flags).
     """
-    sampler = data.EpisodeSampler(images, n_way or FLAGS.n_way, k_shot or FLAGS.k_shot,
-                                  num_query or FLAGS.num_query, FLAGS.eval_seed + offset, split_name,
-                                  rotate=FLAGS.task_rotations == 'all')
+    sampler = episode_sampler(images, n_way or FLAGS.n_way, k_shot or FLAGS.k_shot, num_query or FLAGS.num_query,
+                              FLAGS.eval_seed + offset, split_name, FLAGS.task_rotations == 'all')
     return sampler.fixed_batches(num_tasks, FLAGS.meta_batch_size)
 
 
-def episode_stream(splits, n_way=None):
-    """The meta-training task stream given by the flags, of `n_way` classes per task (default --n_way)."""
-    return data.EpisodeSampler(splits.train, n_way or FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query,
-                               FLAGS.seed, 'meta-train', rotate=FLAGS.task_rotations != 'none')
+def episode_stream(splits, n_way=None, n_way_flag='--n_way'):
+    """The meta-training task stream given by the flags, of `n_way` classes per task (default
+    --n_way; n_way_flag: the flag that chose it)."""
+    return episode_sampler(splits.train, n_way or FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, FLAGS.seed,
+                           'meta-train', FLAGS.task_rotations != 'none', n_way_flag)
+
+
+def episode_sampler(images, n_way, k_shot, num_query, seed, split_name, rotate, n_way_flag='--n_way'):
+    """A `data.EpisodeSampler`, whose task shape is checked first in the flags' terms."""
+    per_class = max(map(len, images)) if isinstance(images, (list, tuple)) else images.shape[1]
+    data.check_task_shape(len(images), n_way, k_shot, num_query, split_name, per_class,
+                          (n_way_flag, '--k_shot', '--num_query'))
+    return data.EpisodeSampler(images, n_way, k_shot, num_query, seed, split_name, rotate)
 
 
 def convnet(n_way=None, backbone='conv4', precision=None):
