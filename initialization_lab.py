@@ -48,7 +48,8 @@ flags.DEFINE_integer('finetune_epochs', 50, 'Epochs of fine-tuning on a 10-image
 flags.DEFINE_float('train_lr', 1e-3, 'Adam learning rate of training from scratch, fine-tuning '
                    'and pretraining.', lower_bound=1e-12)
 flags.DEFINE_integer('pretrain_epochs', 1, 'Epochs of the 10-digit classifier (method 2C).', lower_bound=1)
-flags.DEFINE_integer('maml_iterations', 300, 'FO-MAML meta-iterations (method 3).', lower_bound=1)
+flags.DEFINE_integer('maml_iterations', 1000, 'FO-MAML meta-iterations (method 3); its meta-validation flattens by '
+                     'about 1000 (docs/initialization_lab.md).', lower_bound=1)
 flags.DEFINE_integer('maml_meta_batch_size', 16, 'FO-MAML tasks per meta-iteration.', lower_bound=1)
 flags.DEFINE_float('maml_inner_lr', 0.01, 'FO-MAML inner learning rate (training and adaptation); '
                    'this network has no batch norm, and 0.02 or more made meta-training collapse here.',
@@ -317,7 +318,7 @@ def main(argv):
     folder = results.RunFolder(FLAGS.results_dir, name, overwrite=FLAGS.overwrite, create=False,
                                resume_flag=None)
     network.check_grouped_convolutions()
-    start = time.perf_counter()
+    start, versions = time.perf_counter(), results.library_versions()  # The code that runs, as it starts.
     dataset = mnist.load_mnist(FLAGS.mnist_dir or None, FLAGS.cache_dir)
     train_set = (dataset.train_images, dataset.train_labels)
     test_set = (dataset.test_images, dataset.test_labels)
@@ -332,7 +333,7 @@ def main(argv):
               'large_query': FLAGS.large_query, 'maml_validation': maml_curve}
     folder.create()
     folder.write_hyperparameters(config.flag_values([sys.modules[__name__]]), {
-        'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()})
+        'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()}, versions=versions)
     results.write_json(folder.file('per_seed.json'), record)
     write_outputs(folder, record)
 

@@ -417,8 +417,11 @@ class RunFolder:
             raise RunError(f'{self.path} is a run of {recorded}, not of {algorithm}: a run folder is continued '
                            'only by the command and learner that made it; choose another --run_name')
 
-    def write_hyperparameters(self, flags, extra, defaults=None):
-        """Records the flags (and `extra` facts) or, on resume, checks they did not change (`check_flags`)."""
+    def write_hyperparameters(self, flags, extra, defaults=None, versions=None):
+        """Records the flags (and `extra` facts) or, on resume, checks they did not change (`check_flags`).
+
+        versions: `library_versions()` as the run started, for a run that writes this file only at its
+        end (default: now, as the file is written)."""
         path = self.file(HYPERPARAMETERS_FILE)
         if self.resume and os.path.exists(path):
             self.check_flags(flags, defaults)
@@ -431,7 +434,7 @@ class RunFolder:
                 logging.warning('%s recorded other validation or test tasks than this version draws from the '
                                 'same flags (an older version drew them by meta-batch); the metrics rows '
                                 'from here on and the meta-test are on the tasks recorded now', self.path)
-        write_json(path, {'flags': flags, **extra, 'versions': library_versions()})
+        write_json(path, {'flags': flags, **extra, 'versions': versions or library_versions()})
 
     # Metrics ---------------------------------------------------------------
 
