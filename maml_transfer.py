@@ -96,17 +96,17 @@ def _compiled_transfer(net, n_way, adaptation):
 def _transfer(net, params, statistics, episodes, n_way, adaptation):
     support_images, support_labels, query_images, query_labels = episodes
     num_tasks = support_images.shape[0]
-    frozen = network.tile({k: v for k, v in params.items() if not k.startswith('head/')}, num_tasks)
+    frozen = network.tile(net.groups(params)['body'], num_tasks)
     stats = None if adaptation.batch_statistics else network.tile(statistics, num_tasks)
     support_features = net.features(frozen, support_images, stats)
-    head = _initial_head(support_features, support_labels, n_way, adaptation)
+    head = net.head_weights(*_initial_head(support_features, support_labels, n_way, adaptation))
     # Only the head adapts, unless finetune_all: then every weight does.
     adapted = {**frozen, **head} if adaptation.finetune_all else head
 
     def logits(weights, images, features):
         if adaptation.finetune_all:
             return net.forward(weights, images, stats)
-        return network.head(weights['head/kernel'], weights['head/bias'], features)
+        return net.head_outputs(weights, features)
 
     query_features = None if adaptation.finetune_all else net.features(frozen, query_images, stats)
     pre = logits(adapted, query_images, query_features)
@@ -128,7 +128,7 @@ def _initial_head(features, labels, n_way, adaptation):
     if adaptation.head_init == 'random':
         limit = np.sqrt(6.0 / (width + n_way))  # Glorot uniform, as Keras' Dense.
         kernel = tf.random.stateless_uniform([num_tasks, width, n_way], [adaptation.seed, 0], -limit, limit)
-    return {'head/kernel': kernel, 'head/bias': tf.zeros([num_tasks, n_way])}
+    return kernel, tf.zeros([num_tasks, n_way])
 
 
 def _fit(loss_fn, weights, adaptation):

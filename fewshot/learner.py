@@ -202,8 +202,7 @@ class MetricLearner(Learner):
             network's N).
         """
         model = net.keras_model() if model is None else model
-        body = {name: value for name, value in network.parameters(model).items() if not name.startswith('head/')}
-        super().__init__(net, model, meta_optimizer, params=body)
+        super().__init__(net, model, meta_optimizer, params=net.groups(network.parameters(model))['body'])
         self.train_n_way = train_n_way or net.n_way
 
     def embed(self, embedding, params, episodes):

@@ -33,7 +33,29 @@ from fewshot.errors import SetupError
 BATCH_NORM_EPSILON = 1e-3
 
 
-class Classifier:
+class LinearHead:
+    """A network whose last layer is linear, the head: its weights fall into two named groups,
+    {'body': every weight but the head's, 'head': the head's}, which the learners adapting only one
+    of them (ANIL, BOIL) or making the head from the support set (Proto-MAML, the metric learners)
+    ask for by group, never by name."""
+    head_names = ('head/kernel', 'head/bias')  # The head's kernel [F, N] and bias [N] among the weights.
+
+    def groups(self, params):
+        """{'body': ..., 'head': ...}: the weights `params` (by name, any leading axes) in their groups."""
+        head = {name: params[name] for name in self.head_names}
+        return {'body': {name: value for name, value in params.items() if name not in head}, 'head': head}
+
+    def head_weights(self, kernel, bias):
+        """The head's weights by name from a kernel [T, F, N] and a bias [T, N]."""
+        return dict(zip(self.head_names, (kernel, bias)))
+
+    def head_outputs(self, params, features):
+        """The head's outputs (logits) [T, B, N] of features [T, B, F], with the head's weights in
+        `params` ([T, ...], other weights ignored)."""
+        return head(*(params[name] for name in self.head_names), features)
+
+
+class Classifier(LinearHead):
     """What a learner asks of a classifier besides its forward: the loss it descends and the score it reports."""
     score_name = 'accuracy'  # What `task_scores` measures: the metrics' names end in it (query_post_accuracy).
 
@@ -88,8 +110,7 @@ class ConvNet(Classifier):
         Without `statistics`, batch norm normalises with the moments of each task's own
         batch (transductive, as MAML does); with them, it uses those fixed statistics.
         """
-        return head(params['head/kernel'], params['head/bias'],
-                    self.features(params, images, statistics))
+        return self.head_outputs(params, self.features(params, images, statistics))
 
     def forward_with_moments(self, params, images):
         """`forward` with each task's own batch moments, and those moments.
@@ -100,7 +121,7 @@ class ConvNet(Classifier):
           back as `statistics`, they reproduce this forward exactly.
         """
         features, moments = self._features(params, images, None)
-        return head(params['head/kernel'], params['head/bias'], features), moments
+        return self.head_outputs(params, features), moments
 
     def features(self, params, images, statistics=None):
         """The penultimate features [T, B, num_filters]: everything but the head (see `forward`)."""
@@ -210,10 +231,12 @@ class KerasNetwork(Classifier):
     The network contract, what a learner asks of `net`: `forward(params, images)` -> logits [T, B, N]
     for task weights `params` (name -> [T, *shape], named as `parameters(net.keras_model())`) and
     images [T, B, ...]; `keras_model()`, the model holding θ; `n_way`; `task_losses`, `task_scores`
-    and `score_name` (`Classifier`'s). ANIL, BOIL, Proto-MAML, the metric learners and MAML++ ask
-    for more (`features`, a 'head/' layer, `feature_maps`, per-step batch-norm moments), which
-    `ConvNet` and `ResNet` provide; MAML (first and second order), Meta-SGD, Reptile and iMAML run on
-    this contract alone.
+    and `score_name` (`Classifier`'s). MAML (first and second order), Meta-SGD, Reptile and iMAML ask
+    for no more. ANIL, BOIL, Proto-MAML and the Prototypical Network also ask for the head
+    (`LinearHead`: `groups`, `head_outputs`, `head_weights`) and `features(params, images)`, the body's
+    output [T, B, F]: here the model's last layer is the head, which must be a `Dense` layer with a bias
+    and no activation, and the body is every layer before it. The Relation Network (`feature_maps`) and
+    MAML++ (per-step batch-norm moments) need `ConvNet` or `ResNet`.
 
     model: a built Keras model, images [B, ...] -> logits [B, N]. The learner holds this very model
       (`keras_model` returns it), so wrap it for one learner. Its layers run in training mode: batch
@@ -232,10 +255,49 @@ class KerasNetwork(Classifier):
 
     def forward(self, params, images):
         """Logits [T, B, N] of each task's images [T, B, ...] under its own weights."""
-        state = [tf.convert_to_tensor(variable) for variable in self.model.non_trainable_variables]
-        return tf.stack([self.model.stateless_call([params[name][task] for name in self._names], state,
-                                                   images[task], training=True)[0]
-                         for task in range(images.shape[0])])
+        return _stateless_per_task(self.model, self._names, params, images)
+
+    def _head_layer(self):
+        """The model's last layer, if it is a linear head; ValueError otherwise."""
+        last = self.model.layers[-1]
+        if not (isinstance(last, keras.layers.Dense) and last.use_bias
+                and last.activation is keras.activations.linear):
+            raise ValueError(f'the Keras model {self.model.name!r} must end in a Dense layer with a bias and no '
+                             f'activation (its head) for a learner that adapts or makes the head apart from the '
+                             f'body; its last layer is {type(last).__name__} {last.name!r}')
+        return last
+
+    @functools.cached_property
+    def head_names(self):
+        """The names of the last layer's kernel and bias."""
+        last = self._head_layer()
+        return _name_of(self.model, last.kernel), _name_of(self.model, last.bias)
+
+    @functools.cached_property
+    def _body(self):
+        """(the model up to its last layer as a Keras model sharing its weights, their names)."""
+        body = keras.Model(self.model.inputs, self.model.layers[-1].input, name=f'{self.model.name}_body')
+        return body, [_name_of(self.model, variable) for variable in body.trainable_variables]
+
+    def features(self, params, images, statistics=None):
+        """The input [T, B, F] of the model's last layer (the head's), each task's images under its own weights."""
+        if statistics is not None:
+            raise ValueError('a Keras model normalises with each task\'s own batch; it takes no statistics')
+        return _stateless_per_task(*self._body, params, images)
+
+
+def _stateless_per_task(model, names, params, images):
+    """model's outputs [T, B, ...] of images [T, B, ...], task t under the weights params[name][t]
+    (the model's trainable weights in `names` order), its other state as it is, in training mode."""
+    state = [tf.convert_to_tensor(variable) for variable in model.non_trainable_variables]
+    return tf.stack([model.stateless_call([params[name][task] for name in names], state,
+                                          images[task], training=True)[0]
+                     for task in range(images.shape[0])])
+
+
+def _name_of(model, variable):
+    """The name `parameters(model)` gives `variable`."""
+    return next(name for name, value in parameters(model).items() if value is variable)
 
 
 BACKBONES = {'conv4': ConvNet, 'resnet': ResNet}
@@ -265,11 +327,10 @@ def prototype_head(features, labels, n_way):
 
         kernel_k = 2 c_k,  bias_k = −‖c_k‖²,   so  logit_k(f) = −‖f − c_k‖² + ‖f‖²,
 
-    features [T, B, F], labels [T, B] in 0..n_way−1 -> {'head/kernel': [T, F, N], 'head/bias': [T, N]}.
+    features [T, B, F], labels [T, B] in 0..n_way−1 -> (kernel [T, F, N], bias [T, N]).
     """
     centres = prototypes(features, labels, n_way)
-    return {'head/kernel': 2 * tf.transpose(centres, [0, 2, 1]),
-            'head/bias': -tf.reduce_sum(tf.square(centres), -1)}
+    return 2 * tf.transpose(centres, [0, 2, 1]), -tf.reduce_sum(tf.square(centres), -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +363,7 @@ class SmallCNN(Classifier):
         h = tf.reshape(h, [batch, height, width, num_tasks, -1])
         h = tf.reshape(tf.transpose(h, [3, 0, 1, 2, 4]), [num_tasks, batch, -1])  # Keras' Flatten order.
         h = tf.nn.relu(head(params['dense/kernel'], params['dense/bias'], h))
-        return head(params['head/kernel'], params['head/bias'], h)
+        return self.head_outputs(params, h)
 
 
 def grouped_conv2d(h, kernels, stride):

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fewshot import data
+from fewshot import data, network
 
 # The paper's task distribution: y = A sin(x − φ), A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5].
 AMPLITUDE = (0.1, 5.0)
@@ -24,11 +24,11 @@ INPUT_RANGE = (-5.0, 5.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class MLP:
+class MLP(network.LinearHead):
     """A fully connected regressor, inputs -> hidden (ReLU) ... -> outputs; the paper's is 1-40-40-1.
 
-    Its weights are named like the classifier's ('hidden1/kernel', ..., 'head/kernel', 'head/bias'),
-    so that learners adapting only the head (ANIL) or the body find them.
+    Its last layer is a linear head ('head/kernel', 'head/bias'), as the classifier's, so that
+    learners adapting only the head (ANIL) or the body find it.
     """
     hidden: tuple = (40, 40)
     inputs: int = 1
@@ -55,7 +55,7 @@ class MLP:
     def forward(self, params, x):
         """Predictions [T, B, outputs] of inputs x [T, B, inputs] under every task's own weights."""
         features = self.features(params, x)
-        return tf.einsum('tbf,tfo->tbo', features, params['head/kernel']) + params['head/bias'][:, None, :]
+        return self.head_outputs(params, features)
 
     @staticmethod
     def task_losses(predictions, targets):

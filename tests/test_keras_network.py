@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from fewshot import data, network
-from fewshot.learners import IMAML, MAML, MetaSGD, Reptile
+from fewshot.learners import ANIL, BOIL, IMAML, MAML, MetaSGD, ProtoMAML, PrototypicalNetwork, Reptile
 from test_maml import _assert_gradient_matches_finite_differences, _dot, _improvement
 
 
@@ -71,7 +71,74 @@ def test_each_learner_of_the_bare_contract_meta_trains_and_evaluates_a_keras_mod
     learner.meta_train_step(episodes)
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
     scores = learner.evaluate(episodes, num_steps=2)
-    assert scores['query_post_accuracy'].shape == (4,) and 'support_feature_similarity' not in scores
+    assert scores['query_post_accuracy'].shape == (4,)
+
+
+def test_the_last_layer_is_the_head_and_the_layers_before_it_the_features():
+    keras.utils.set_random_seed(4)
+    net = network.KerasNetwork(_model())
+    params = network.tile(network.parameters(net.keras_model()), 2)
+    params['conv/kernel'] = params['conv/kernel'] * tf.constant([1.0, -1.5])[:, None, None, None, None]
+    groups = net.groups(params)
+    assert set(groups['head']) == {'logits/kernel', 'logits/bias'}
+    assert set(groups['body']) | set(groups['head']) == set(params)
+    images = tf.random.uniform([2, 6, 12, 12, 3])
+    features = net.features(groups['body'], images)  # The body's weights suffice.
+    assert features.shape == (2, 6, 6 * 6 * 4)  # Flattened.
+    np.testing.assert_allclose(net.head_outputs(params, features), net.forward(params, images), atol=1e-5)
+
+
+@pytest.mark.parametrize('learner_class', [ANIL, BOIL, ProtoMAML])
+def test_the_learners_of_body_and_head_meta_train_and_evaluate_a_keras_model(learner_class):
+    keras.utils.set_random_seed(5)
+    model = _model()
+    net = network.KerasNetwork(model)
+    learner = learner_class(net, inner_lr=0.1, num_inner_steps=2)
+    episodes = _episodes(4)
+    # What the inner loop adapts is a group of the network's, as the learner says.
+    adapted = learner.split(learner.params, training=True)[0]
+    body = net.groups(network.parameters(model))['body']
+    assert set(adapted) == set(net.head_names if learner_class is ANIL else body)  # Proto-MAML: θ is the body.
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    learner.meta_train_step(episodes)
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    assert any(changed) and (learner_class is not ProtoMAML or not any(changed[-2:]))  # Its head is made.
+    scores = learner.evaluate(episodes, num_steps=2)
+    assert scores['query_post_accuracy'].shape == (4,) and scores['support_feature_similarity'].shape == (4,)
+    if learner_class is ANIL:  # The body does not adapt: the features do not move.
+        np.testing.assert_allclose(scores['support_feature_similarity'], 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('learner_class', [ANIL, ProtoMAML])
+def test_second_order_learners_of_the_head_match_float64_finite_differences_on_a_keras_model(learner_class):
+    keras.utils.set_random_seed(6)
+    learner = learner_class(network.KerasNetwork(_model('float64', batch_norm=False)), inner_lr=0.3,
+                            num_inner_steps=2, first_order=False)
+    params = {name: tf.convert_to_tensor(value) for name, value in learner.params.items()}
+    episodes = _episodes(2, np.float64)
+    _assert_gradient_matches_finite_differences(lambda p: learner.meta_objective(p, episodes, 2)[0], params)
+
+
+def test_the_prototypical_network_embeds_with_a_keras_models_body():
+    keras.utils.set_random_seed(7)
+    model = _model()
+    learner = PrototypicalNetwork(network.KerasNetwork(model))
+    assert set(learner.params) == {'conv/kernel', 'conv/bias', 'bn/gamma', 'bn/beta'}
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    learner.meta_train_step(_episodes(4))
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    assert any(changed[:-2]) and not any(changed[-2:])  # The body learns; the head is not used.
+    assert learner.evaluate(_episodes(4, seed=1))['query_post_accuracy'].shape == (4,)
+
+
+def test_a_keras_model_without_a_linear_head_runs_under_maml_and_is_refused_by_anil_in_one_sentence():
+    keras.utils.set_random_seed(8)
+    model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation='softmax', name='probabilities')], name='soft')
+    MAML(network.KerasNetwork(model), inner_lr=0.1, num_inner_steps=1).meta_train_step(_episodes(2))
+    with pytest.raises(ValueError, match="'soft' must end in a Dense layer with a bias and no activation.*"
+                                         "its last layer is Dense 'probabilities'"):
+        ANIL(network.KerasNetwork(model), inner_lr=0.1, num_inner_steps=1).meta_train_step(_episodes(2))
 
 
 def test_fo_maml_of_a_keras_model_improves_on_real_validation_tasks(real_omniglot):

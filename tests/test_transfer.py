@@ -45,12 +45,13 @@ def test_adaptation_leaves_the_pretrained_model_bit_identical(head_init, optimiz
 def test_the_new_head_is_the_only_thing_that_adapts_and_it_fits_the_support_set():
     learner = _classifier(lr=0.05)
     net, episodes = learner.net, _episodes(n_way=3, k_shot=2)  # 6 points, 8 features: separable.
-    params = network.tile({k: tf.convert_to_tensor(v) for k, v in network.parameters(learner.model).items()
-                           if not k.startswith('head/')}, 3)
+    params = network.tile({k: tf.convert_to_tensor(v)
+                           for k, v in net.groups(network.parameters(learner.model))['body'].items()}, 3)
     stats = network.tile({k: tf.convert_to_tensor(v) for k, v in network.statistics(learner.model).items()}, 3)
     features = net.features(params, tf.constant(episodes.support_images), stats)
     adaptation = dataclasses.replace(learner.adaptation, steps=200)
-    head = maml_transfer._initial_head(features, tf.constant(episodes.support_labels), 3, adaptation)
+    head = net.head_weights(*maml_transfer._initial_head(features, tf.constant(episodes.support_labels), 3,
+                                                         adaptation))
     assert head['head/kernel'].shape == (3, 8, 3) and head['head/bias'].shape == (3, 3)
     adapted = maml_transfer._fit(lambda w: tf.reduce_sum(network.task_losses(
         network.head(w['head/kernel'], w['head/bias'], features), tf.constant(episodes.support_labels))),

@@ -11,19 +11,17 @@ anil.py at the top of the repository is its command.
 """
 
 from fewshot import network
-from fewshot.learners.maml import MAML
-
-
-HEAD = 'head/'
+from fewshot.learners.maml import MAML, tensors
 
 
 class ANIL(MAML):
     """MAML adapting only the head, over body features computed once per set (see the module docstring)."""
 
     def split(self, params, training):
-        """The head adapts; the body is context."""
+        """The head adapts; the body is context (the network's groups, `network.LinearHead.groups`)."""
         del training
-        return self.partition(params, lambda name: name.startswith(HEAD))
+        groups = self.net.groups(params)
+        return groups['head'], tensors(groups['body'])
 
     def represent(self, images, body):
         """The body's features [T, B, F] of images [T, B, 28, 28, 1] (batch norm on each task's batch)."""
@@ -32,4 +30,4 @@ class ANIL(MAML):
     def forward(self, params, features, step, context):
         """Logits [T, B, N] of the head θ'_h on features [T, B, F]."""
         del step, context
-        return network.head(params['head/kernel'], params['head/bias'], features), None
+        return self.net.head_outputs(params, features), None

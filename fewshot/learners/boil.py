@@ -11,19 +11,17 @@ boil.py at the top of the repository is its command.
 """
 
 from fewshot import network
-from fewshot.learners.maml import MAML
-
-
-HEAD = 'head/'
+from fewshot.learners.maml import MAML, tensors
 
 
 class BOIL(MAML):
     """MAML adapting only the body; the head is read, not adapted, by the inner loop."""
 
     def split(self, params, training):
-        """The body adapts; the head is context."""
+        """The body adapts; the head is context (the network's groups, `network.LinearHead.groups`)."""
         del training
-        return self.partition(params, lambda name: not name.startswith(HEAD))
+        groups = self.net.groups(params)
+        return groups['body'], tensors(groups['head'])
 
     def forward(self, params, images, step, head):
         """Logits [T, B, N] of images [T, B, 28, 28, 1] under the adapted body and the shared head."""

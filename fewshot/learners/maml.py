@@ -202,8 +202,7 @@ class MAML(Learner):
         """(the parameters whose name satisfies `adapts`, the others as tensors): what a `split`
         gives the inner loop to adapt, and the context it only reads."""
         weights = {name: value for name, value in params.items() if adapts(name)}
-        context = {name: tf.convert_to_tensor(value) for name, value in params.items() if name not in weights}
-        return weights, context
+        return weights, tensors({name: value for name, value in params.items() if name not in weights})
 
     def represent(self, images, context):
         """What the inner loop's `forward` is applied to, from images [T, B, 28, 28, 1].
@@ -272,7 +271,7 @@ class MAML(Learner):
         if not train:
             _, metrics, trajectory = self.meta_objective(self.params, episodes, num_steps, first_order=True,
                                                          training=False)
-            if not hasattr(self.net, 'features'):  # A network of the bare contract (network.KerasNetwork).
+            if not hasattr(self.net, 'features'):  # A network of the bare contract (the lab's SmallCNN).
                 return metrics
             return {**metrics, 'support_feature_similarity':
                     self.feature_similarity(self.params, episodes.support_images, trajectory)}
@@ -331,3 +330,8 @@ class MAML(Learner):
         """Adapts to each task with `num_steps` inner steps (default `num_inner_steps`) and scores
         its query set, without touching θ; per-task NumPy metrics."""
         return super().evaluate(episodes, self.num_inner_steps if num_steps is None else num_steps)
+
+
+def tensors(params):
+    """`params` (variables by name) as tensors: what the inner loop reads but does not adapt."""
+    return {name: tf.convert_to_tensor(value) for name, value in params.items()}

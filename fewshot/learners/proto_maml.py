@@ -26,14 +26,15 @@ class ProtoMAML(MAML):
     def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, first_order=True, meta_optimizer=None):
         """Arguments as for `MAML`; the meta-parameters are the body's weights alone."""
         model = net.keras_model() if model is None else model
-        body = {name: value for name, value in network.parameters(model).items() if not name.startswith('head/')}
-        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, params=body)
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer,
+                         params=net.groups(network.parameters(model))['body'])
 
     def initial_weights(self, weights, context, support, labels, first_order):
         """θ'_0: the body θ for every task, and the prototype head of its support set under θ."""
         del context
         start = network.tile(weights, support.shape[0])
-        head = network.prototype_head(self.net.features(start, support), labels, self.net.n_way)
+        head = self.net.head_weights(*network.prototype_head(self.net.features(start, support), labels,
+                                                             self.net.n_way))
         if first_order:
             head = tf.nest.map_structure(tf.stop_gradient, head)
         return {**start, **head}
