@@ -29,7 +29,8 @@ from absl import logging
 from fewshot import data, distribution, errors, network, results, training
 
 class Learner:
-    """Meta-parameters θ (`params`, by name) in a Keras model, meta-trained by `meta_optimizer`."""
+    """Meta-parameters θ (`params`: variables by name, or named groups of them) in a Keras model,
+    meta-trained by `meta_optimizer`."""
 
     # What train_step reports, per task; the first is the loss the meta-step descends.
     train_metrics = ('loss',)
@@ -43,8 +44,9 @@ class Learner:
             over explicit weights and which scores a task (`score_name`).
           model: its Keras model, holding the meta-parameters θ (default: `net.keras_model()`).
           meta_optimizer: a Keras optimizer for θ (default: Adam at 1e-3).
-          params: the meta-parameters by name (default: the model's trainable weights,
-            `network.parameters(model)`).
+          params: the meta-parameters: variables by name (default: the model's trainable weights,
+            `network.parameters(model)`), or a dict of such named groups (Meta-SGD's
+            {'network': ..., 'inner_lr': ...}); gradients and directions have the same structure.
         """
         model = net.keras_model() if model is None else model
         meta_optimizer = keras.optimizers.Adam(1e-3) if meta_optimizer is None else meta_optimizer
@@ -55,7 +57,7 @@ class Learner:
         # Tasks of a meta-batch whose direction is computed at once (None: the whole meta-batch);
         # fewer bound the memory of the meta-step, which stays the same.
         self.tasks_per_chunk = None
-        meta_optimizer.build(list(self.params.values()))
+        meta_optimizer.build(tf.nest.flatten(self.params))
         # Built inside a tf.distribute strategy's scope, the meta-batch is split across its replicas.
         self.replicated = distribution.Replicated(self, tf.distribute.get_strategy()) \
             if tf.distribute.has_strategy() else None
@@ -96,8 +98,8 @@ class Learner:
         raise NotImplementedError
 
     def apply(self, gradients):
-        """Takes the meta-optimizer's step along `gradients` (by name, like `params`)."""
-        self.meta_optimizer.apply_gradients([(gradients[name], self.params[name]) for name in self.params])
+        """Takes the meta-optimizer's step along `gradients` (structured like `params`)."""
+        self.meta_optimizer.apply_gradients(zip(tf.nest.flatten(gradients), tf.nest.flatten(self.params)))
 
     def state_variables(self):
         """What a checkpoint must hold, by name: the model's weights and the meta-optimizer's state."""
@@ -243,6 +245,12 @@ class MetricLearner(Learner):
     def uniform_scores(scores):
         """Scores that prefer no class, shaped as `scores`."""
         return tf.zeros_like(scores)
+
+
+def named_groups(groups):
+    """{group/name: value} of named groups {group: {name: value}}: how a checkpoint keys a learner's
+    own meta-parameters (Meta-SGD's inner_lr/conv1/kernel)."""
+    return {f'{group}/{name}': value for group, named in groups.items() for name, value in named.items()}
 
 
 def _as_tensors(episodes):

@@ -478,6 +478,14 @@ def parameters(model):
     return _by_path(model, model.trainable_variables)
 
 
+def batch_norm_parameters(model):
+    """The trainable weights of the batch-norm layers of `model` (its own layers) by name, as
+    `parameters` names them ('bn1/gamma', 'bn1/beta', ...)."""
+    owned = {id(variable) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+             for variable in layer.trainable_variables}
+    return {name: variable for name, variable in parameters(model).items() if id(variable) in owned}
+
+
 def statistics(model):
     """The batch-norm running statistics of `model` by name ('bn1/moving_mean', ...)."""
     return _by_path(model, [variable for variable in model.non_trainable_variables if 'moving' in variable.name])

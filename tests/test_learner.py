@@ -2,6 +2,7 @@
 the same meta-step as the whole meta-batch at once, one chunk at a time."""
 
 import keras
+import tensorflow as tf
 import numpy as np
 import pytest
 from absl import flags
@@ -26,7 +27,7 @@ def _build(name, net):
         flags.FLAGS(['test', '--num_inner_steps=2', '--inner_lr=0.4'])
         learner = command.build_learner(net, first_order)
     learner.meta_optimizer = keras.optimizers.SGD(SGD)  # Nothing traced yet: the steps will use it.
-    learner.meta_optimizer.build(list(learner.params.values()))
+    learner.meta_optimizer.build(tf.nest.flatten(learner.params))
     return learner
 
 

@@ -26,7 +26,18 @@ def _episodes(num_tasks, n_way=2, k_shot=2, num_query=3, dtype=np.float32, seed=
 
 
 def _params(learner, dtype):
-    return {name: tf.cast(v, dtype) for name, v in learner.params.items()}
+    """The learner's meta-parameters as tensors of `dtype`, in their structure (by name, or groups)."""
+    return tf.nest.map_structure(lambda v: tf.cast(v, dtype), learner.params)
+
+
+def _random_direction(params, rng):
+    """A standard normal direction shaped as `params` (any structure), float64."""
+    return tf.nest.map_structure(lambda v: tf.constant(rng.normal(size=v.shape), tf.float64), params)
+
+
+def _moved(params, direction, scale):
+    """params + scale · direction, structure by structure."""
+    return tf.nest.map_structure(lambda p, d: p + scale * d, params, direction)
 
 
 def _meta_gradient(learner, params, episodes, num_steps, first_order):
@@ -38,28 +49,28 @@ def _meta_gradient(learner, params, episodes, num_steps, first_order):
 
 def _directional_fd(learner, params, episodes, num_steps, direction, epsilon=1e-6):
     def loss_at(scale):
-        shifted = {k: params[k] + scale * direction[k] for k in params}
-        return float(learner.meta_objective(shifted, episodes, num_steps)[0])
+        return float(learner.meta_objective(_moved(params, direction, scale), episodes, num_steps)[0])
     return (loss_at(epsilon) - loss_at(-epsilon)) / (2 * epsilon)
 
 
 def _dot(a, b):
-    return float(sum(tf.reduce_sum(a[k] * b[k]) for k in a))
+    """Σ a·b over every tensor of two like structures."""
+    return float(sum(tf.reduce_sum(x * y) for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b))))
 
 
 def _assert_gradient_matches_finite_differences(loss, params, absolute=1e-8, epsilon=1e-7):
-    """The tape gradient of `loss(params)` (float64 weights by name) against central finite
-    differences along three random directions."""
+    """The tape gradient of `loss(params)` (float64 weights by name, or groups of them) against
+    central finite differences along three random directions."""
     with tf.GradientTape() as tape:
         tape.watch(params)
         value = loss(params)
     gradient = tape.gradient(value, params)
-    assert all(gradient[name] is not None for name in params)
+    assert all(g is not None for g in tf.nest.flatten(gradient))
     rng = np.random.default_rng(3)
     for _ in range(3):
-        direction = {k: tf.constant(rng.normal(size=v.shape), tf.float64) for k, v in params.items()}
-        numeric = (float(loss({k: params[k] + epsilon * direction[k] for k in params}))
-                   - float(loss({k: params[k] - epsilon * direction[k] for k in params}))) / (2 * epsilon)
+        direction = _random_direction(params, rng)
+        numeric = (float(loss(_moved(params, direction, epsilon)))
+                   - float(loss(_moved(params, direction, -epsilon)))) / (2 * epsilon)
         assert _dot(gradient, direction) == pytest.approx(numeric, rel=1e-5, abs=absolute)
 
 

@@ -12,9 +12,10 @@ import pytest
 import tensorflow as tf
 
 from fewshot import data, network, results
+from fewshot.learner import named_groups
 import maml_plusplus
-from maml_plusplus import INNER_LR, PER_STEP, Fixes, MAMLPlusPlus
-from test_maml import _dot, _episodes
+from maml_plusplus import INNER_LR, PER_STEP, RUNNING, Fixes, MAMLPlusPlus
+from test_maml import _dot, _episodes, _moved, _params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_SCHEDULES = Fixes(msl=False, da=False)
@@ -25,10 +26,6 @@ def _learner(fixes=Fixes(), num_inner_steps=2, optimizer=None, inner_lr=0.4, see
     net = network.ConvNet(n_way=2, num_filters=4)
     return MAMLPlusPlus(net, net.keras_model(), inner_lr, num_inner_steps,
                         optimizer or keras.optimizers.Adam(1e-2), fixes)
-
-
-def _params(learner, dtype=tf.float32):
-    return {name: tf.cast(value, dtype) for name, value in learner.params.items()}
 
 
 def _gradient(learner, params, episodes, num_steps, **options):
@@ -58,14 +55,15 @@ def test_multi_step_loss_is_the_weighted_sum_of_the_per_step_query_losses():
     learner = _learner(num_inner_steps=3)
     episodes = _episodes(2)
     weights = tf.constant([0.5, 0.3, 0.2])
-    msl, msl_gradient = _gradient(learner, _params(learner), episodes, 3, first_order=False,
+    msl, msl_gradient = _gradient(learner, _params(learner, tf.float32), episodes, 3, first_order=False,
                                   msl_weights=weights)
+    msl_gradient = named_groups(msl_gradient)
     # The query loss after s steps is the plain objective of an s-step inner loop.
-    per_step = [_gradient(learner, _params(learner), episodes, s, first_order=False) for s in (1, 2, 3)]
+    per_step = [_gradient(learner, _params(learner, tf.float32), episodes, s, first_order=False) for s in (1, 2, 3)]
     assert float(msl) == pytest.approx(sum(float(w) * float(loss)
                                            for w, (loss, _) in zip(weights, per_step)), rel=1e-5)
     for name in msl_gradient:
-        expected = sum(float(w) * g[name] for w, (_, g) in zip(weights, per_step))
+        expected = sum(float(w) * named_groups(g)[name] for w, (_, g) in zip(weights, per_step))
         np.testing.assert_allclose(msl_gradient[name], expected, rtol=1e-4,
                                    atol=1e-5 * float(tf.reduce_max(tf.abs(expected))))
     # MSL is scheduled only for its first iterations; the weights reach the last step.
@@ -78,11 +76,12 @@ def test_derivative_order_annealing_is_first_order_before_the_switch_and_second_
     learner = _learner(Fixes(msl=False, da_iterations=1), optimizer=keras.optimizers.SGD(1.0))
     batch = data.Episodes(*(x.numpy() for x in _episodes(2)))
     for expected_order in ('first', 'second'):
-        before = _params(learner)
-        gradients = {order: _gradient(learner, before, _episodes(2), 2, first_order=order == 'first')[1]
+        before = _params(learner, tf.float32)
+        gradients = {order: named_groups(_gradient(learner, before, _episodes(2), 2, first_order=order == 'first')[1])
                      for order in ('first', 'second')}
         learner.meta_train_step(batch)
-        step = {name: before[name] - tf.convert_to_tensor(value) for name, value in learner.params.items()}
+        before, after = named_groups(before), named_groups(learner.params)
+        step = {name: before[name] - tf.convert_to_tensor(value) for name, value in after.items()}
         other = 'second' if expected_order == 'first' else 'first'
         for name in step:
             scale = float(tf.reduce_max(tf.abs(gradients[expected_order][name])))
@@ -108,12 +107,9 @@ def test_per_step_statistics_differ_between_steps_and_are_used_at_evaluation():
     assert np.abs(learner.evaluate(episodes)['query_post_loss'] - evaluated).max() > 1e-4
 
     # With running statistics a prediction depends on its image alone, not on the batch.
-    params = network.tile({name: value for name, value in learner.params.items()
-                           if not name.startswith((PER_STEP, INNER_LR))}, 1)
-    context = {name: tf.convert_to_tensor(value) for name, value in learner.params.items()
-               if name.startswith((PER_STEP, INNER_LR))}
-    context.update({maml_plusplus.RUNNING + name: tf.convert_to_tensor(value)
-                    for name, value in learner.statistics.items()})
+    weights, context = learner.split(learner.params, training=False)
+    assert set(context) == {PER_STEP, INNER_LR, RUNNING}
+    params = network.tile(weights, 1)
     images = tf.constant(episodes.query_images[:1])
     together = learner.forward(params, images, 2, context)[0]
     alone = [learner.forward(params, images[:, i:i + 1], 2, context)[0] for i in range(images.shape[1])]
@@ -150,29 +146,30 @@ def test_support_statistics_make_each_query_prediction_independent_of_the_other_
 
 def test_learned_inner_learning_rates_get_gradients_and_change():
     learner = _learner(NO_SCHEDULES, num_inner_steps=3)
-    gradient = _gradient(learner, _params(learner), _episodes(2), 3, first_order=True)[1]
-    rates = [name for name in learner.params if name.startswith(INNER_LR)]
+    gradient = _gradient(learner, _params(learner, tf.float32), _episodes(2), 3, first_order=True)[1][INNER_LR]
+    rates = learner.params[INNER_LR]
     assert len(rates) == 4 + 2  # Four convolution kernels and the head's kernel and bias.
-    before = _numpy({name: learner.params[name] for name in rates})
+    before = _numpy(rates)
     for name in rates:
         assert (np.abs(gradient[name].numpy()) > 0).all(), name  # Every step of every tensor.
     learner.meta_train_step(data.Episodes(*(x.numpy() for x in _episodes(2))))
     for name in rates:
-        assert (learner.params[name].numpy() != before[name]).all(), name
+        assert (rates[name].numpy() != before[name]).all(), name
     rows = learner.inner_learning_rates()
     assert len(rows) == 6 * 3 and {row['step'] for row in rows} == {0, 1, 2}
 
 
 def test_per_step_batch_norm_weights_are_meta_learned_per_step_not_adapted():
     learner = _learner(NO_SCHEDULES)
-    assert not any(name.startswith('bn') for name in learner.params)
+    assert set(learner.params[PER_STEP]) == set(network.batch_norm_parameters(learner.model))
+    assert not set(learner.params[PER_STEP]) & set(learner.params['network'])
     episodes = _episodes(2)
-    gradient = _gradient(learner, _params(learner), episodes, 2, first_order=False)[1]
-    gamma = gradient[PER_STEP + 'bn2/gamma'].numpy()
+    gradient = _gradient(learner, _params(learner, tf.float32), episodes, 2, first_order=False)[1]
+    gamma = gradient[PER_STEP]['bn2/gamma'].numpy()
     assert gamma.shape == (3, 4) and np.abs(gamma).min(axis=1).max() > 0
     assert np.abs(gamma[0] - gamma[2]).max() > 1e-6  # Each step's weights have their own gradient.
     trajectory = learner.meta_objective(learner.params, episodes, 2)[2]
-    assert not any(name.startswith(('bn', PER_STEP)) for name in trajectory.params[-1])
+    assert set(trajectory.params[-1]) == set(learner.params['network'])
 
 
 def test_meta_learning_rate_follows_the_cosine_schedule():
@@ -195,17 +192,18 @@ def test_second_order_gradient_with_lslr_bnwb_and_msl_matches_float64_finite_dif
     def loss_at(point):
         return learner.meta_objective(point, episodes, 2, first_order=False, msl_weights=weights)[0]
     gradient = _gradient(learner, params, episodes, 2, first_order=False, msl_weights=weights)[1]
-    assert {INNER_LR + 'conv1/kernel', PER_STEP + 'bn1/gamma', PER_STEP + 'bn4/beta'} <= set(gradient)
+    assert {'inner_lr/conv1/kernel', 'per_step/bn1/gamma', 'per_step/bn4/beta'} <= set(named_groups(gradient))
     rng = np.random.default_rng(7)
     for only in (None, INNER_LR, PER_STEP):  # All parameters, then the per-step ones alone.
-        direction = {name: tf.constant(rng.normal(size=value.shape) if only is None or
-                                       name.startswith(only) else np.zeros(value.shape), tf.float64)
-                     for name, value in params.items()}
+        direction = {group: {name: tf.constant(rng.normal(size=value.shape) if only in (None, group)
+                                               else np.zeros(value.shape), tf.float64)
+                             for name, value in named.items()}
+                     for group, named in params.items()}
         # A ReLU net's inner-loop gradient jumps where an activation crosses zero, so the
         # meta-objective is only piecewise smooth: a small step stays within one piece.
         epsilon = 1e-7
-        numeric = (float(loss_at({n: params[n] + epsilon * direction[n] for n in params}))
-                   - float(loss_at({n: params[n] - epsilon * direction[n] for n in params}))) / (2 * epsilon)
+        numeric = (float(loss_at(_moved(params, direction, epsilon)))
+                   - float(loss_at(_moved(params, direction, -epsilon)))) / (2 * epsilon)
         assert _dot(gradient, direction) == pytest.approx(numeric, rel=1e-5, abs=1e-9)
 
 
@@ -213,10 +211,10 @@ def test_every_fix_can_be_turned_off_and_the_learner_still_trains():
     episodes = data.Episodes(*(x.numpy() for x in _episodes(2)))
     for off in ('msl', 'da', 'bnrs', 'bnwb', 'lslr'):
         learner = _learner(Fixes(**{off: False}))
-        before = [value.numpy().copy() for value in learner.params.values()]
+        before = [value.numpy().copy() for value in tf.nest.flatten(learner.params)]
         metrics = learner.meta_train_step(episodes)
         assert np.isfinite(metrics['query_post_loss']).all()
-        assert any(np.abs(b - v.numpy()).max() > 0 for b, v in zip(before, learner.params.values()))
+        assert any(np.abs(b - v.numpy()).max() > 0 for b, v in zip(before, tf.nest.flatten(learner.params)))
         assert np.isfinite(learner.evaluate(episodes)['query_post_accuracy']).all()
 
 
@@ -225,9 +223,8 @@ def test_the_residual_network_takes_every_fix_its_blocks_batch_norms_per_step(mo
     keras.utils.set_random_seed(0)
     net = network.ResNet(n_way=2, num_filters=4)
     learner = MAMLPlusPlus(net, inner_lr=0.4, num_inner_steps=2, fixes=Fixes(da=False, eval_batch_norm=mode))
-    per_step = sorted(name for name in learner.params if name.startswith(PER_STEP))
     layers = {name.split('/')[0] for name in network.statistics(net.keras_model())}  # bn1, bn2a, bn2b, bn2s, ...
-    assert {name.split('/')[1] for name in per_step} == layers and len(layers) == 1 + 3 * 3
+    assert {name.split('/')[0] for name in learner.params[PER_STEP]} == layers and len(layers) == 1 + 3 * 3
     episodes = data.Episodes(*(x.numpy() for x in _episodes(2)))
     before = _numpy(learner.statistics)
     assert np.isfinite(learner.meta_train_step(episodes)['query_post_loss']).all()  # Second order.

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from fewshot import network, regression
+from test_maml import _directional_fd, _dot, _meta_gradient, _params, _random_direction
 import anil
 import maml
 import meta_sgd
@@ -63,22 +64,14 @@ def test_sine_tasks_are_the_papers_and_a_meta_batch_depends_only_on_seed_and_ind
 @pytest.mark.parametrize('name', ['MAML', 'Meta-SGD', 'ANIL'])
 def test_second_order_meta_gradient_on_sine_tasks_matches_float64_finite_differences(name):
     learner = _learner(name, inner_lr=0.1, num_inner_steps=2, hidden=(8, 8))
-    params = {k: tf.cast(v, tf.float64) for k, v in learner.params.items()}
+    params = _params(learner, tf.float64)
     episodes = _as(regression.SineSampler(5, 5, seed=0).sample(0, 3), tf.float64)
-    with tf.GradientTape() as tape:
-        tape.watch(params)
-        loss = learner.meta_objective(params, episodes, 2, first_order=False)[0]
-    gradient = tape.gradient(loss, params)
+    gradient = _meta_gradient(learner, params, episodes, 2, first_order=False)
     rng = np.random.default_rng(1)
     for _ in range(3):
-        direction = {k: tf.constant(rng.normal(size=v.shape)) for k, v in params.items()}
-
-        def loss_at(scale):
-            shifted = {k: params[k] + scale * direction[k] for k in params}
-            return float(learner.meta_objective(shifted, episodes, 2)[0])
-        numeric = (loss_at(1e-6) - loss_at(-1e-6)) / 2e-6
-        analytic = sum(float(tf.reduce_sum(gradient[k] * direction[k])) for k in params)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+        direction = _random_direction(params, rng)
+        numeric = _directional_fd(learner, params, episodes, 2, direction)
+        np.testing.assert_allclose(_dot(gradient, direction), numeric, rtol=1e-6, atol=1e-8)
 
 
 def test_first_order_differs_from_second_order_on_sine_tasks():

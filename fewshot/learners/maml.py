@@ -70,7 +70,8 @@ class MAML(Learner):
           first_order: if True, FO-MAML; otherwise differentiate through the inner loop.
           meta_optimizer: a Keras optimizer for θ (default: Adam at 1e-3, as the paper).
           params: the meta-parameters by name (default: the model's trainable weights,
-            `network.parameters(model)`).
+            `network.parameters(model)`), or named groups of them that `split` takes apart
+            (Meta-SGD's {'network': ..., 'inner_lr': ...}).
         """
         self.inner_lr = inner_lr
         self.num_inner_steps = num_inner_steps
@@ -196,13 +197,6 @@ class MAML(Learner):
         """(the weights the inner loop adapts, the context it only reads); MAML adapts all of θ."""
         del training
         return params, {}
-
-    @staticmethod
-    def partition(params, adapts):
-        """(the parameters whose name satisfies `adapts`, the others as tensors): what a `split`
-        gives the inner loop to adapt, and the context it only reads."""
-        weights = {name: value for name, value in params.items() if adapts(name)}
-        return weights, tensors({name: value for name, value in params.items() if name not in weights})
 
     def represent(self, images, context):
         """What the inner loop's `forward` is applied to, from images [T, B, 28, 28, 1].

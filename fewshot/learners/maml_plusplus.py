@@ -35,11 +35,14 @@ import numpy as np
 import tensorflow as tf
 
 from fewshot import network, plotting, results
-from fewshot.learners.maml import MAML
+from fewshot.learner import named_groups
+from fewshot.learners.maml import MAML, tensors
 
-PER_STEP = 'per_step/'    # Names of per-step batch-norm weights: per_step/bn1/gamma [S + 1, F].
-INNER_LR = 'inner_lr/'    # Names of learned learning rates: inner_lr/conv1/kernel [S].
-RUNNING = 'running/'      # Running statistics in an evaluation context: running/bn1/moving_mean.
+# The meta-parameters are named groups: {'network': the weights the inner loop adapts, by name;
+# PER_STEP: batch norm's weights per step, bn1/gamma [S + 1, F] (BNWB); INNER_LR: the learned
+# learning rates, conv1/kernel [S] (LSLR)}. Evaluating with RUNNING statistics, the context has them
+# too: bn1/moving_mean [S + 1, F]. Checkpoints key them as <group>/<name> (`named_groups`).
+PER_STEP, INNER_LR, RUNNING = 'per_step', 'inner_lr', 'running'
 STATISTICS_MOMENTUM = 0.9  # Running statistic ← 0.9 · itself + 0.1 · the meta-batch's moments.
 PER_STEP_FILE = 'per_step_parameters.npz'
 
@@ -87,9 +90,9 @@ BATCH_NORM_MODES = {  # What hyperparameters.json and the report say of each --e
 class MAMLPlusPlus(MAML):
     """MAML with MAML++'s fixes (see the module docstring), over the same functional network.
 
-    The meta-parameters θ (`self.params`) are the network's weights that the inner loop
-    adapts, plus the per-step ones it does not: learning rates α_{l,s} (LSLR) and
-    batch-norm γ_s, β_s (BNWB). `meta_objective` is a pure function of all of them.
+    The meta-parameters θ (`self.params`) are named groups: the network's weights that the inner
+    loop adapts ('network'), plus the per-step ones it does not: learning rates α_{l,s} (INNER_LR,
+    LSLR) and batch-norm γ_s, β_s (PER_STEP, BNWB). `meta_objective` is a pure function of all of them.
     Per-step running statistics (BNRS) are state, not parameters: `track` averages the
     support-set moments of every training meta-batch into them.
     """
@@ -104,17 +107,17 @@ class MAMLPlusPlus(MAML):
         """
         self.fixes = fixes
         model = net.keras_model() if model is None else model
-        params = network.parameters(model)
+        weights = network.parameters(model)
         steps = num_inner_steps + 1
-        if fixes.bnwb:
-            for name in [name for name in params if name.startswith('bn')]:
-                shared = params.pop(name)
-                params[PER_STEP + name] = keras.Variable(np.tile(shared.numpy(), [steps, 1]),
-                                                         name=f'per_step_{name.replace("/", "_")}')
+        params = {'network': weights}
+        if fixes.bnwb:  # Batch norm's weights leave the network's group, one copy per step.
+            params[PER_STEP] = {name: keras.Variable(np.tile(weights.pop(name).numpy(), [steps, 1]),
+                                                     name=f'per_step_{name.replace("/", "_")}')
+                                for name in network.batch_norm_parameters(model)}
         if fixes.lslr:
-            for name in [name for name in params if not name.startswith(PER_STEP)]:
-                params[INNER_LR + name] = keras.Variable(np.full(num_inner_steps, inner_lr, np.float32),
-                                                         name=f'inner_lr_{name.replace("/", "_")}')
+            params[INNER_LR] = {name: keras.Variable(np.full(num_inner_steps, inner_lr, np.float32),
+                                                     name=f'inner_lr_{name.replace("/", "_")}')
+                                for name in weights}
         self.statistics = {}
         if fixes.bnrs:
             for name, variable in network.statistics(model).items():
@@ -134,43 +137,40 @@ class MAMLPlusPlus(MAML):
     def forward(self, params, images, step, context, statistics=None):
         """Logits [T, B, N] under task weights θ'_step, with step `step`'s batch norm.
 
-        context: the per-step meta-parameters, and the running statistics (names under
-        RUNNING) when evaluating with them.
+        context: the groups the inner loop reads (PER_STEP, INNER_LR, and RUNNING when evaluating
+        with the running statistics).
         statistics: None, or moments [T, F] by name to normalise with (those of a support set).
         Returns (logits, the batch moments measured, or None when normalising with given ones).
         """
         num_tasks, context = images.shape[0], context or {}
         params = self.network_weights(params, step, context)
-        running = {name[len(RUNNING):]: value[step] for name, value in context.items()
-                   if name.startswith(RUNNING)}
-        if running:
-            statistics = network.tile(running, num_tasks)
+        if RUNNING in context:
+            statistics = network.tile({name: value[step] for name, value in context[RUNNING].items()}, num_tasks)
         if statistics is not None:
             return self.net.forward(params, images, statistics), None
         return self.net.forward_with_moments(params, images)
 
     def network_weights(self, params, step, context):
         """The task weights θ'_step and step `step`'s batch-norm weights (BNWB), by name [T, ...]."""
-        per_step = {name[len(PER_STEP):]: value[step] for name, value in context.items()
-                    if name.startswith(PER_STEP)}
+        per_step = {name: value[step] for name, value in context.get(PER_STEP, {}).items()}
         return {**params, **network.tile(per_step, next(iter(params.values())).shape[0])}
 
     def inner_update(self, params, grads, step, context, state):
         """θ'_{s+1} = θ'_s − α_{l,s} g for every weight tensor l (LSLR), else − α g."""
         if not self.fixes.lslr:
             return super().inner_update(params, grads, step, context, state)
-        return {name: params[name] - context[INNER_LR + name][step] * grads[name] for name in params}, state
+        rates = context[INNER_LR]
+        return {name: params[name] - rates[name][step] * grads[name] for name in params}, state
 
     # The outer loop ------------------------------------------------------------
 
     def split(self, params, training):
         """The network's weights adapt; the per-step parameters, and the running statistics
         when evaluation uses them, are context."""
-        weights, context = self.partition(params, lambda name: not name.startswith((PER_STEP, INNER_LR)))
+        context = {group: tensors(named) for group, named in params.items() if group != 'network'}
         if self.batch_norm_mode(training) == 'running':
-            context.update({RUNNING + name: tf.convert_to_tensor(value)
-                            for name, value in self.statistics.items()})
-        return weights, context
+            context[RUNNING] = tensors(self.statistics)
+        return params['network'], context
 
     def query_forward(self, params, images, step, context, trajectory, training):
         """Query logits [T, Q, N] under θ'_step; in `support` evaluation the query set is
@@ -226,20 +226,22 @@ class MAMLPlusPlus(MAML):
 
     def state_variables(self):
         """By name: the model's weights, the per-step parameters and statistics, the optimizer's state."""
-        return {**results.named_variables('model', self.model),
-                **{name: value for name, value in self.params.items() if name.startswith((PER_STEP, INNER_LR))},
-                **{RUNNING + name: value for name, value in self.statistics.items()},
+        return {**results.named_variables('model', self.model), **named_groups(self.learned_groups()),
                 **results.named_variables('optimizer', self.meta_optimizer)}
+
+    def learned_groups(self):
+        """What MAML++ learns besides the network's weights, as named groups: PER_STEP, INNER_LR
+        (those on) and RUNNING (BNRS's statistics, if on)."""
+        groups = {group: named for group, named in self.params.items() if group != 'network'}
+        return {**groups, RUNNING: self.statistics} if self.statistics else groups
 
     # What a run keeps ----------------------------------------------------------
 
     def inner_learning_rates(self):
         """Rows {parameter, step, inner_lr} of the learned (or fixed) inner learning rates."""
         rows = []
-        for name in self.params:
-            if name.startswith((PER_STEP, INNER_LR)):
-                continue
-            rates = (self.params[INNER_LR + name].numpy() if self.fixes.lslr
+        for name in self.params['network']:
+            rates = (self.params[INNER_LR][name].numpy() if self.fixes.lslr
                      else np.full(self.num_inner_steps, self.inner_lr))
             rows += [{'parameter': name, 'step': step, 'inner_lr': float(rate)}
                      for step, rate in enumerate(rates)]
@@ -254,8 +256,6 @@ class MAMLPlusPlus(MAML):
         rows = self.inner_learning_rates()
         results.write_csv(os.path.join(folder, results.INNER_LR_FILE), rows)
         plotting.plot_inner_learning_rates(rows, os.path.join(folder, 'inner_learning_rates.png'))
-        arrays = {name: value.numpy() for name, value in self.params.items()
-                  if name.startswith((PER_STEP, INNER_LR))}
-        arrays.update({RUNNING + name: value.numpy() for name, value in self.statistics.items()})
+        arrays = {name: value.numpy() for name, value in named_groups(self.learned_groups()).items()}
         if arrays:
             results.atomic_write(os.path.join(folder, PER_STEP_FILE), lambda f: np.savez(f, **arrays))
