@@ -122,6 +122,17 @@ def test_more_conjugate_gradient_steps_leave_a_smaller_residual():
     assert np.all(np.diff(residuals, axis=0) < 0), residuals
 
 
+def test_conjugate_gradient_stops_a_task_where_its_system_is_not_positive_definite():
+    """Task 0's A is positive definite: CG solves it exactly in two steps. Task 1's has curvature −2
+    along e₂ (a support loss curving down faster than λ pulls), so bᵀAb = −1 < 0 at the first
+    step: plain CG would step to x = −2b and on; truncated CG stops that task where it is."""
+    matrices = tf.constant([[[2.0, 0.5], [0.5, 1.0]], [[1.0, 0.0], [0.0, -2.0]]], tf.float64)
+    b = {'w': tf.constant([[1.0, 1.0], [1.0, 1.0]], tf.float64)}
+    solution = imaml.conjugate_gradient(lambda v: {'w': tf.einsum('tij,tj->ti', matrices, v['w'])}, b, 2)
+    np.testing.assert_allclose(solution['w'][0], np.linalg.solve(matrices[0], [1.0, 1.0]), rtol=1e-12)
+    np.testing.assert_array_equal(solution['w'][1], [0.0, 0.0])
+
+
 def _imaml(num_inner_steps=2, lam=LAM, n_way=2, num_filters=4, regularization='every_step'):
     keras.utils.set_random_seed(0)
     net = network.ConvNet(n_way, num_filters)

@@ -45,15 +45,21 @@ def _scaled(scale, vector):
 def conjugate_gradient(apply, b, num_steps):
     """x ≈ A⁻¹ b for every task, after `num_steps` steps of conjugate gradient from x = 0.
 
-    apply: v -> A v for a symmetric positive-definite A acting on each task's slice alone;
-    b, v, x: dicts name -> [T, ...]. A task whose residual reaches 0 stays where it is.
+    apply: v -> A v for a symmetric A acting on each task's slice alone, positive definite in theory
+    (I + H/λ); b, v, x: dicts name -> [T, ...]. A task whose residual reaches 0 stays where it is. A
+    task whose A is not positive definite along the next direction (dᵀAd ≤ 0: the support loss's
+    curvature below −λ there) stops at its current x, as truncated conjugate gradient does, rather
+    than step to where the quadratic has no minimum (a meta-gradient of any size).
     """
     x = tf.nest.map_structure(tf.zeros_like, b)
     residual, direction = b, b
     residual_norm = task_dot(residual, residual)
+    positive = tf.ones_like(residual_norm, tf.bool)  # Per task: no non-positive curvature met yet.
     for _ in range(num_steps):
         applied = apply(direction)
-        step = tf.math.divide_no_nan(residual_norm, task_dot(direction, applied))
+        curvature = task_dot(direction, applied)
+        positive = positive & (curvature > 0)
+        step = tf.where(positive, tf.math.divide_no_nan(residual_norm, curvature), 0)
         x = {name: x[name] + value for name, value in _scaled(step, direction).items()}
         residual = {name: residual[name] - value for name, value in _scaled(step, applied).items()}
         new_norm = task_dot(residual, residual)
