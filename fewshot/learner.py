@@ -189,22 +189,25 @@ class MetricLearner(Learner):
     on a per-task loss of those scores (`losses`). The Prototypical and Relation Networks are two.
 
     The meta-parameters are the network's weights but its head's (the run's model.keras keeps an
-    unused head). Batch norm normalises a task's support and query images together, with their
-    moments, in training and evaluation alike.
+    unused head), or the groups of weights a learner gives (the Relation Network's). Batch norm
+    normalises a task's support and query images together, with their moments, in training and
+    evaluation alike.
     """
 
     train_metrics = ('query_loss', 'query_accuracy')
     batch_norm = "transductive (statistics of each task's support and query images together)"
 
-    def __init__(self, net, model=None, meta_optimizer=None, train_n_way=None):
+    def __init__(self, net, model=None, meta_optimizer=None, train_n_way=None, params=None):
         """
         Args:
           net, model, meta_optimizer: as for `Learner`.
           train_n_way: classes per meta-training task (N of `scores` in training; default the
             network's N).
+          params: the meta-parameters (default: the network's body, `net.groups(...)['body']`).
         """
         model = net.keras_model() if model is None else model
-        super().__init__(net, model, meta_optimizer, params=net.groups(network.parameters(model))['body'])
+        params = net.groups(network.parameters(model))['body'] if params is None else params
+        super().__init__(net, model, meta_optimizer, params=params)
         self.train_n_way = train_n_way or net.n_way
 
     def embed(self, embedding, params, episodes):

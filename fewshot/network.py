@@ -478,12 +478,17 @@ def parameters(model):
     return _by_path(model, model.trainable_variables)
 
 
-def batch_norm_parameters(model):
-    """The trainable weights of the batch-norm layers of `model` (its own layers) by name, as
-    `parameters` names them ('bn1/gamma', 'bn1/beta', ...)."""
-    owned = {id(variable) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
-             for variable in layer.trainable_variables}
+def layer_parameters(model, layers):
+    """The trainable weights of `layers` (layers of `model`) by name, as `parameters` names them."""
+    owned = {id(variable) for layer in layers for variable in layer.trainable_variables}
     return {name: variable for name, variable in parameters(model).items() if id(variable) in owned}
+
+
+def batch_norm_parameters(model):
+    """The trainable weights of the batch-norm layers of `model` (its own layers) by name
+    ('bn1/gamma', 'bn1/beta', ...)."""
+    return layer_parameters(model, [layer for layer in model.layers
+                                    if isinstance(layer, keras.layers.BatchNormalization)])
 
 
 def statistics(model):

@@ -38,17 +38,22 @@ def test_the_relation_module_equals_its_keras_layers():
     pairs = tf.constant(np.random.default_rng(1).normal(size=(1, 10, 2, 2, 12)), tf.float32)
     images = tf.zeros([10, 28, 28, 1])
     keras_scores = learner.model([images, pairs[0]], training=True)[1].numpy()[:, 0]  # Batch norm on the batch.
-    np.testing.assert_allclose(learner.relation(learner.params, pairs).numpy()[0], keras_scores, rtol=1e-5, atol=1e-6)
+    assert set(learner.params['relation']) == {f'{layer}/{weight}' for layer, weight in (
+        ('relation_conv', 'kernel'), ('relation_bn', 'gamma'), ('relation_bn', 'beta'), ('relation_hidden', 'kernel'),
+        ('relation_hidden', 'bias'), ('relation_score', 'kernel'), ('relation_score', 'bias'))}
+    np.testing.assert_allclose(learner.relation(learner.params['relation'], pairs).numpy()[0], keras_scores,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_pair_is_the_sum_of_the_class_maps_then_the_query_maps():
     learner = _relationnet()
     episodes = _episodes(2, n_way=3, k_shot=2, num_query=2)  # Support sets class by class: 0, 0, 1, 1, 2, 2.
-    support, query = (x.numpy() for x in learner.embed(learner.net.feature_maps, learner.params, episodes))
+    support, query = (x.numpy() for x in learner.embed(learner.net.feature_maps, learner.params['embedding'],
+                                                        episodes))
     classes = support[:, 0::2] + support[:, 1::2]  # [T, N, H', W', F]
     pairs = np.concatenate([np.broadcast_to(classes[:, None], (2, 6, *classes.shape[1:])),
                             np.broadcast_to(query[:, :, None], (2, 6, 3, *query.shape[2:]))], axis=-1)
-    expected = learner.relation(learner.params, tf.constant(pairs.reshape(2, 18, *pairs.shape[3:]))).numpy()
+    expected = learner.relation(learner.params['relation'], tf.constant(pairs.reshape(2, 18, *pairs.shape[3:]))).numpy()
     np.testing.assert_allclose(learner.scores(learner.params, episodes, 3).numpy().reshape(2, 18), expected,
                                rtol=1e-5, atol=1e-6)
 

@@ -26,7 +26,8 @@ import tensorflow as tf
 from fewshot import network
 from fewshot.learner import MetricLearner
 
-RELATION = 'relation_'  # The relation module's layers: relation_conv, relation_bn, relation_hidden, relation_score.
+RELATION = 'relation_'  # Names the relation module's layers apart from the embedding network's.
+RELATION_LAYERS = tuple(f'{RELATION}{layer}' for layer in ('conv', 'bn', 'hidden', 'score'))  # Those with weights.
 HIDDEN_UNITS = 8
 
 
@@ -46,16 +47,21 @@ def keras_model(net):
 
 
 class RelationNetwork(MetricLearner):
-    """Scores (class, query) pairs with a learned relation module (see the module docstring)."""
+    """Scores (class, query) pairs with a learned relation module (see the module docstring). The
+    meta-parameters are two named groups, {'embedding': f's weights, 'relation': g's}."""
 
     def __init__(self, net, model=None, meta_optimizer=None, train_n_way=None):
         """Arguments as for `MetricLearner`; the model (default: `keras_model(net)`) holds the
         embedding network and the relation module."""
-        super().__init__(net, keras_model(net) if model is None else model, meta_optimizer, train_n_way)
+        model = keras_model(net) if model is None else model
+        relation = network.layer_parameters(model, [model.get_layer(name) for name in RELATION_LAYERS])
+        embedding = {name: value for name, value in net.groups(network.parameters(model))['body'].items()
+                     if name not in relation}
+        super().__init__(net, model, meta_optimizer, train_n_way, params={'embedding': embedding, 'relation': relation})
 
     def relation(self, params, pairs):
-        """g: relation scores [T, P] in [0, 1] of pairs [T, P, H', W', 2F] under the weights `params`,
-        batch norm over each task's pairs."""
+        """g: relation scores [T, P] in [0, 1] of pairs [T, P, H', W', 2F] under the relation module's
+        weights `params`, batch norm over each task's pairs."""
         num_tasks, num_pairs, height, width, channels = pairs.shape
         h = tf.nn.conv2d(tf.reshape(pairs, [-1, height, width, channels]), params[f'{RELATION}conv/kernel'], 1,
                          'SAME')
@@ -70,15 +76,15 @@ class RelationNetwork(MetricLearner):
 
     def scores(self, params, episodes, n_way):
         """r_{q,k} [T, N*Q, N] for every query q and class k of `n_way`-way tasks."""
-        body = {name: value for name, value in params.items() if not name.startswith(RELATION)}
-        support, query = self.embed(self.net.feature_maps, body, episodes)  # [T, B, H', W', F]
+        support, query = self.embed(self.net.feature_maps, params['embedding'], episodes)  # [T, B, H', W', F]
         one_hot = tf.one_hot(episodes.support_labels, n_way, dtype=support.dtype)
         classes = tf.einsum('tbn,tbhwf->tnhwf', one_hot, support)  # The sum of each class's maps.
         num_tasks, num_queries = query.shape[:2]
         pairs = tf.concat([tf.broadcast_to(classes[:, None], [num_tasks, num_queries, *classes.shape[1:]]),
                            tf.broadcast_to(query[:, :, None], [num_tasks, num_queries, n_way, *query.shape[2:]])],
                           axis=-1)  # [T, Q, N, H', W', 2F]
-        scores = self.relation(params, tf.reshape(pairs, [num_tasks, num_queries * n_way, *pairs.shape[3:]]))
+        pairs = tf.reshape(pairs, [num_tasks, num_queries * n_way, *pairs.shape[3:]])
+        scores = self.relation(params['relation'], pairs)
         return tf.reshape(scores, [num_tasks, num_queries, n_way])
 
     def losses(self, scores, labels):
