@@ -306,7 +306,7 @@ def main(argv):
     maml_runs = {run_dir: load_maml_run(run_dir) for run_dir in FLAGS.compare_with}  # Before pretraining.
     outcome = experiment.run(
         algorithm='transfer', default_run_name=f'transfer_{FLAGS.n_way}way{FLAGS.k_shot}shot_seed{FLAGS.seed}',
-        build=build, training_stream=stream, flag_modules=[sys.modules[__name__]],
+        build=build, tasks=experiment.image_tasks(stream), flag_modules=[config, sys.modules[__name__]],
         num_eval_inner_steps=FLAGS.adapt_steps,
         extra={'batch_norm': 'batch statistics of each task (transductive)' if FLAGS.batch_statistics
                else 'frozen pretraining statistics (not transductive)',

@@ -45,7 +45,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from fewshot import cli, data, errors, navigation, network, plotting, results, training
-from fewshot.cli import studies
+from fewshot.cli import experiment, studies
 from fewshot.learner import Learner
 import maml  # noqa: F401 (defines --inner_lr and --num_inner_steps, which this command shares)
 
@@ -194,12 +194,16 @@ class PolicyMAML(Learner):
         results.write_json(os.path.join(folder, 'log_std.json'), self.log_std.numpy().tolist())
 
 
+def inner_steps(name):
+    """The inner steps of the learner `name` in training: the baselines adapt only at test."""
+    return FLAGS.num_inner_steps if name == 'maml' else 0
+
+
 def build(name):
     """The learner `name`: its policy, α and inner steps from the flags ('random' is never trained)."""
     policy = navigation.GaussianPolicy(hidden=tuple(int(width) for width in FLAGS.hidden))
-    num_inner_steps = FLAGS.num_inner_steps if name == 'maml' else 0
-    return PolicyMAML(policy, FLAGS.inner_lr, num_inner_steps, FLAGS.discount, keras.optimizers.Adam(FLAGS.meta_lr),
-                      FLAGS.meta_gradient)
+    return PolicyMAML(policy, FLAGS.inner_lr, inner_steps(name), FLAGS.discount,
+                      keras.optimizers.Adam(FLAGS.meta_lr), FLAGS.meta_gradient)
 
 
 def return_curve(learner, batches):
@@ -226,36 +230,38 @@ def tune_step_size(learner, val_batches):
     return best[1]
 
 
-def run_learner(name, study_dir, val_batches, test_batches, figure_tasks):
-    """Meta-trains (or resumes) the learner `name` in study_dir/name and tests it; its summary."""
+def run_learner(name, study_dir, tasks, figure_tasks):
+    """Trains (or resumes) the learner `name` in study_dir/name on `tasks` (`experiment.Tasks`, its
+    stream's rollouts as many phases as it has inner steps) and tests it (`experiment.run`); its summary."""
     algorithm = LEARNERS[name]
-    folder = studies.open_run(study_dir, name, sys.modules[__name__], {
-        'algorithm': algorithm, 'data_checksum': data.tasks_checksum(val_batches + test_batches)})
-    keras.utils.set_random_seed(FLAGS.seed)
-    learner = build(name)
-    num_iterations = 0 if name == 'random' else FLAGS.num_iterations
-    schedule = training.Schedule(num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval,
-                                 num_eval_inner_steps=FLAGS.num_inner_steps,
-                                 time_budget_seconds=60 * FLAGS.time_budget_minutes or float('inf'))
-    logging.info('%s: training in %s', algorithm, folder.path)
-    stream = GoalSampler(learner.num_inner_steps, FLAGS.num_trajectories, FLAGS.horizon, FLAGS.seed)
-    rows = training.train(learner, stream, val_batches, folder, schedule, FLAGS.progress)
-    step_size = FLAGS.inner_lr if name == 'maml' else tune_step_size(learner, val_batches)
-    means, cis = return_curve(learner, test_batches)
-    summary = {'algorithm': algorithm, 'iterations': int(rows[-1]['iteration']),
-               'training_seconds': rows[-1]['seconds'], 'test_tasks': FLAGS.num_test_tasks,
-               'eval_inner_lr': step_size, 'test_return_after_steps': means, 'test_ci95_after_steps': cis}
-    results.write_json(folder.file(results.SUMMARY_FILE), summary)
-    paths = learner.trajectories(figure_tasks, FLAGS.num_curve_steps)
-    # Adapted as at test, on --num_eval_trajectories; FIGURE_TRAJECTORIES of them are drawn.
-    results.atomic_write(folder.file('trajectories.npz'), lambda f: np.savez(
-        f, paths=paths[:, :, :FIGURE_TRAJECTORIES], goals=figure_tasks.goals))
-    network.save_model(learner.model, folder.file(results.MODEL_FILE))
-    learner.save(folder.path)
-    print(f'{algorithm}: test return after 0 steps {means[0]:.2f} ± {cis[0]:.2f}, after 1 {means[1]:.2f} ± '
-          f'{cis[1]:.2f}, after {FLAGS.num_curve_steps} {means[-1]:.2f} ± {cis[-1]:.2f} '
-          f'({summary["iterations"]:,} iterations); results in {folder.path}')
-    return summary
+
+    def test(learner, tasks, folder, num_eval_inner_steps):
+        """The return curve over 0..--num_curve_steps steps, the baselines' step size tuned first, and
+        the figure goals' trajectories."""
+        del num_eval_inner_steps  # The curve goes further.
+        step_size = FLAGS.inner_lr if name == 'maml' else tune_step_size(learner, tasks.val)
+        means, cis = return_curve(learner, tasks.test)
+        paths = learner.trajectories(figure_tasks, FLAGS.num_curve_steps)
+        # Adapted as at test, on --num_eval_trajectories; FIGURE_TRAJECTORIES of them are drawn.
+        results.atomic_write(folder.file('trajectories.npz'), lambda f: np.savez(
+            f, paths=paths[:, :, :FIGURE_TRAJECTORIES], goals=figure_tasks.goals))
+        return ({'algorithm': algorithm, 'eval_inner_lr': step_size, 'test_return_after_steps': means,
+                 'test_ci95_after_steps': cis},
+                f'test return after 0 steps {means[0]:.2f} ± {cis[0]:.2f}, after 1 {means[1]:.2f} ± {cis[1]:.2f}, '
+                f'after {FLAGS.num_curve_steps} {means[-1]:.2f} ± {cis[-1]:.2f}')
+
+    def schedule(splits):
+        del splits
+        return training.Schedule(0 if name == 'random' else FLAGS.num_iterations, FLAGS.meta_batch_size,
+                                 FLAGS.val_interval, num_eval_inner_steps=FLAGS.num_inner_steps)
+
+    stream = GoalSampler(inner_steps(name), FLAGS.num_trajectories, FLAGS.horizon, FLAGS.seed)
+    outcome = experiment.run(
+        algorithm, name, lambda splits, precision: build(name), [sys.modules[__name__]], FLAGS.num_inner_steps,
+        schedule_for=schedule, tasks=lambda: tasks._replace(stream=stream), test=test, location=(study_dir, name),
+        unrecorded_flags=('learners',))
+    outcome.learner.save(outcome.folder.path)
+    return outcome.summary
 
 
 def write_comparison(study_dir, names):
@@ -303,8 +309,9 @@ def main(argv):
     test_batches = evaluation(FLAGS.eval_seed + 1, FLAGS.num_test_tasks)
     figure_tasks = GoalSampler(FLAGS.num_curve_steps, FLAGS.num_eval_trajectories, FLAGS.horizon,
                                FLAGS.eval_seed + 2).sample(0, FLAGS.num_figure_tasks)
+    tasks = experiment.Tasks(val_batches, test_batches, None, data.tasks_checksum(val_batches + test_batches), {})
     for name in FLAGS.learners:
-        run_learner(name, study_dir, val_batches, test_batches, figure_tasks)
+        run_learner(name, study_dir, tasks, figure_tasks)
     write_comparison(study_dir, FLAGS.learners)
     print(f'Comparison of {", ".join(FLAGS.learners)}: {study_dir}/navigation_results.md, navigation_returns.png, '
           'navigation_trajectories.png')

@@ -35,8 +35,8 @@ import keras
 import numpy as np
 from absl import flags, logging
 
-from fewshot import cli, data, errors, network, plotting, regression, results, training
-from fewshot.cli import studies
+from fewshot import cli, data, errors, plotting, regression, results
+from fewshot.cli import experiment, studies
 import anil
 import maml
 import meta_sgd
@@ -70,6 +70,11 @@ SETTING = {'k_shot': 10, 'num_query': 10, 'inner_lr': 0.01, 'num_inner_steps': 1
            'baseline_lrs': ['0.001', '0.003', '0.01', '0.03', '0.1', '0.3']}
 
 
+def inner_steps(name):
+    """The inner steps of the learner `name`, in training and evaluation: none for the baseline."""
+    return {'pretrained': 0, 'reptile': FLAGS.reptile_inner_steps}.get(name, FLAGS.num_inner_steps)
+
+
 def build(name, inner_lr):
     """The learner `name` of the flags' network, with inner step size `inner_lr` (Reptile: its own flags)."""
     learner_class, first_order, _ = LEARNERS[name]
@@ -77,10 +82,9 @@ def build(name, inner_lr):
     if name == 'reptile':
         step_size = keras.optimizers.schedules.PolynomialDecay(FLAGS.reptile_meta_step_size,
                                                                max(FLAGS.num_iterations, 1), 0.0)
-        return reptile.Reptile(net, net.keras_model(), FLAGS.reptile_inner_lr, FLAGS.reptile_inner_steps,
+        return reptile.Reptile(net, net.keras_model(), FLAGS.reptile_inner_lr, inner_steps(name),
                                keras.optimizers.SGD(step_size), 'sgd', FLAGS.k_shot)
-    num_inner_steps = 0 if name == 'pretrained' else FLAGS.num_inner_steps
-    return learner_class(net, net.keras_model(), inner_lr, num_inner_steps, first_order,
+    return learner_class(net, net.keras_model(), inner_lr, inner_steps(name), first_order,
                          keras.optimizers.Adam(FLAGS.meta_lr))
 
 
@@ -127,32 +131,29 @@ def function_fits(learner, figure_tasks):
             for t in range(num_tasks)]
 
 
-def run_learner(name, study_dir, val_batches, test_batches, figure_tasks, checksum):
-    """Meta-trains (or resumes) the learner `name` in study_dir/name and tests it; its summary."""
+def run_learner(name, study_dir, tasks, figure_tasks):
+    """Meta-trains (or resumes) the learner `name` in study_dir/name on `tasks` (`experiment.Tasks`)
+    and tests it (`experiment.run`); its summary."""
     algorithm = LEARNERS[name][2]
-    folder = studies.open_run(study_dir, name, sys.modules[__name__],
-                              {'algorithm': algorithm, 'data_checksum': checksum}, FIXED_ON_RESUME.get(name, ()))
-    keras.utils.set_random_seed(FLAGS.seed)
-    learner = build(name, FLAGS.inner_lr)
-    schedule = training.Schedule(FLAGS.num_iterations, FLAGS.meta_batch_size, FLAGS.val_interval,
-                                 num_eval_inner_steps=learner.num_inner_steps,
-                                 time_budget_seconds=60 * FLAGS.time_budget_minutes or float('inf'))
-    logging.info('%s: meta-training in %s', algorithm, folder.path)
-    stream = regression.SineSampler(FLAGS.k_shot, FLAGS.num_query, FLAGS.seed)
-    rows = training.train(learner, stream, val_batches, folder, schedule, FLAGS.progress)
-    inner_lr = learner.inner_lr
-    if name == 'pretrained':
-        learner, inner_lr = tuned_baseline(learner, val_batches)
-    means, cis = error_curve(learner, test_batches, FLAGS.num_curve_steps)
-    summary = {'algorithm': algorithm, 'iterations': int(rows[-1]['iteration']),
-               'training_seconds': rows[-1]['seconds'], 'k_shot': FLAGS.k_shot, 'test_tasks': FLAGS.num_test_tasks,
-               'inner_lr': inner_lr, 'test_mse_after_steps': means, 'test_ci95_after_steps': cis}
-    results.write_json(folder.file(results.SUMMARY_FILE), summary)
-    results.write_json(folder.file(FITS_FILE), function_fits(learner, figure_tasks))
-    network.save_model(learner.model, folder.file(results.MODEL_FILE))
-    print(f'{algorithm}: test error after 1 step {means[1]:.3f} ± {cis[1]:.3f}, after {FLAGS.num_curve_steps} '
-          f'{means[-1]:.3f} ± {cis[-1]:.3f} ({summary["iterations"]:,} iterations); results in {folder.path}')
-    return summary
+
+    def test(learner, tasks, folder, num_eval_inner_steps):
+        """The error curve over 0..--num_curve_steps steps and the figure tasks' fits; the baseline's
+        step size tuned first."""
+        del num_eval_inner_steps  # The curve goes further.
+        inner_lr = learner.inner_lr
+        if name == 'pretrained':
+            learner, inner_lr = tuned_baseline(learner, tasks.val)
+        means, cis = error_curve(learner, tasks.test, FLAGS.num_curve_steps)
+        results.write_json(folder.file(FITS_FILE), function_fits(learner, figure_tasks))
+        return ({'algorithm': algorithm, 'k_shot': FLAGS.k_shot, 'inner_lr': inner_lr,
+                 'test_mse_after_steps': means, 'test_ci95_after_steps': cis},
+                f'test error after 1 step {means[1]:.3f} ± {cis[1]:.3f}, after {FLAGS.num_curve_steps} '
+                f'{means[-1]:.3f} ± {cis[-1]:.3f}')
+
+    return experiment.run(
+        algorithm, name, lambda splits, precision: build(name, FLAGS.inner_lr), [sys.modules[__name__]],
+        inner_steps(name), fixed_on_resume=FIXED_ON_RESUME.get(name, ()), tasks=lambda: tasks, test=test,
+        location=(study_dir, name), unrecorded_flags=('learners',)).summary
 
 
 def write_comparison(study_dir, names):
@@ -202,11 +203,12 @@ def main(argv):
         FLAGS.num_val_tasks, FLAGS.meta_batch_size)
     test_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed + 1).fixed_batches(
         FLAGS.num_test_tasks, FLAGS.meta_batch_size)
-    checksum = data.tasks_checksum(val_batches + test_batches)
-    x, y, amplitude, phase = regression.sine_tasks(np.random.default_rng([FLAGS.eval_seed, 2]),
-                                                   FLAGS.num_figure_tasks, FLAGS.k_shot)
+    stream = regression.SineSampler(FLAGS.k_shot, FLAGS.num_query, FLAGS.seed)
+    tasks = experiment.Tasks(val_batches, test_batches, stream, data.tasks_checksum(val_batches + test_batches), {})
+    figure_tasks = regression.sine_tasks(np.random.default_rng([FLAGS.eval_seed, 2]), FLAGS.num_figure_tasks,
+                                         FLAGS.k_shot)
     for name in FLAGS.learners:
-        run_learner(name, study_dir, val_batches, test_batches, (x, y, amplitude, phase), checksum)
+        run_learner(name, study_dir, tasks, figure_tasks)
     write_comparison(study_dir, FLAGS.learners)
     print(f'Comparison of {", ".join(FLAGS.learners)}: {study_dir}/sine_results.md, sine_error_curves.png, '
           'sine_fits.png')

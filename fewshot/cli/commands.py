@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple
 from absl import flags
 
 from fewshot import errors, network
-from fewshot.cli import experiment
+from fewshot.cli import config, experiment
 
 # The flags of every learner that `run` builds: its network, and its meta-optimizer's step size where
 # that is Adam's. A learner script makes them its own with `flags.adopt_module_key_flags(commands)`
@@ -140,8 +140,8 @@ def run(command, flag_module):
         algorithm=command.algorithm_name(first_order),
         default_run_name=command.run_name(FLAGS.n_way, FLAGS.k_shot, FLAGS.seed, FLAGS.backbone, first_order,
                                           num_inner_steps, command.name_suffix() if command.name_suffix else ''),
-        build=build, training_stream=command.training_stream or experiment.episode_stream,
-        flag_modules=[flag_module], num_eval_inner_steps=command.eval_inner_steps(),
+        build=build, tasks=experiment.image_tasks(command.training_stream or experiment.episode_stream),
+        flag_modules=[config, flag_module], num_eval_inner_steps=command.eval_inner_steps(),
         extra={'batch_norm': command.batch_norm() if command.batch_norm else command.learner_class.batch_norm},
         fixed_on_resume=command.fixed_on_resume())
     outcome.learner.save(outcome.folder.path)

@@ -1,7 +1,10 @@
-"""One command, one run: data -> learner -> meta-training -> meta-test -> results folder.
+"""One command, one run: tasks -> learner -> meta-training -> meta-test -> results folder.
 
-Every experiment script (maml.py, maml_plusplus.py, ...) defines its own flags
-and a function building its learner, and hands both to `run`.
+Every learner command (maml.py, maml_plusplus.py, ... through commands.run; maml_transfer.py) and
+every learner of a study (sine.py, navigation.py) hands `run` what differs: its flags, a function
+building its learner, where its tasks come from (`image_tasks` for the image commands) and how it
+is tested (`accuracy_test` for them). The run folder, the recorded flags and checksums, resuming,
+training, validation and the summary are `run`'s, the same for all.
 """
 
 import atexit
@@ -66,6 +69,54 @@ def episode_sampler(images, n_way, k_shot, num_query, seed, split_name, rotate, 
     return data.EpisodeSampler(images, n_way, k_shot, num_query, seed, split_name, rotate)
 
 
+class Tasks(NamedTuple):
+    """What a run trains and is scored on.
+
+    val, test: the fixed validation and test meta-batches (the same for every run given --eval_seed).
+    stream: the meta-training task stream (a `data.TaskStream`).
+    checksum: of the data the tasks come from; a resumed run must have the same.
+    facts: recorded beside it in hyperparameters.json (the image tasks' classes per split).
+    splits: the image tasks' `data.Splits` (given to `build` and `schedule_for`), else None.
+    """
+    val: list
+    test: list
+    stream: object
+    checksum: str
+    facts: dict
+    splits: object = None
+
+
+def image_tasks(training_stream=episode_stream):
+    """The image commands' tasks as the flags say (--dataset's classes, --n_way, --k_shot, ...): a
+    function making `Tasks`. training_stream: function(splits) -> the meta-training stream."""
+    def load():
+        network.check_grouped_convolutions()
+        splits, checksum = load_splits()
+        return Tasks(evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0),
+                     evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1),
+                     training_stream(splits), checksum,
+                     {'classes': {'train': len(splits.train), 'val': len(splits.val), 'test': len(splits.test)}},
+                     splits)
+    return load
+
+
+def accuracy_test(learner, tasks, folder, num_eval_inner_steps):
+    """The image commands' meta-test: accuracy before and after adaptation ± 95% CI over the test
+    tasks, the mean of whatever else the learner measures, and val_accuracy.png. Returns (summary
+    entries, what to print)."""
+    test = training.evaluate(learner, tasks.test, num_eval_inner_steps)
+    summary = {}
+    for when in ('pre', 'post'):
+        mean, ci = results.confidence_interval(test[f'query_{when}_accuracy'])
+        summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci
+    for name in test.keys() - {'query_pre_accuracy', 'query_post_accuracy'}:
+        summary[f'test_{name}'] = float(np.mean(test[name]))  # Whatever else the learner measures.
+    plotting.plot_run(folder.path)
+    return summary, (f'meta-test accuracy {summary["test_post_accuracy"]:.2%} ± {summary["test_post_ci95"]:.2%} '
+                     f'over {len(test["query_post_accuracy"])} tasks (before adaptation '
+                     f'{summary["test_pre_accuracy"]:.2%})')
+
+
 def convnet(n_way=None, backbone='conv4', precision=None):
     """The network `backbone` as the flags shape it, with an `n_way`-output head (default --n_way),
     computing in `precision` (default --precision)."""
@@ -95,59 +146,70 @@ def log_precision(precision):
     logging.info('Precision %s (--precision); %s %s', precision, machine.cpu_model(), support)
 
 
-def _results_dir_and_resume(cluster):
-    """(results folder, resume, overwrite) for this process's `RunFolder`: the flags' on the chief.
+def _results_dir_and_resume(cluster, results_dir):
+    """(results folder, resume, overwrite) for this process's `RunFolder`: `results_dir`, --resume and
+    --overwrite on the chief.
 
     Every other process of a cluster runs the same code but writes into a temporary folder of its
     own, removed when it exits: the chief's folder is the run's, and there the other processes write
     nothing (they may not even share its file system).
     """
     if cluster.is_chief:
-        return FLAGS.results_dir, FLAGS.resume, FLAGS.overwrite
+        return results_dir, FLAGS.resume, FLAGS.overwrite
     folder = tempfile.mkdtemp(prefix='fewshot-worker-')
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder, False, False
 
 
 class Outcome(NamedTuple):
-    """What `run` produced: the summary (also in summary.json), the trained learner, the splits
-    and the run folder, for scripts that do more afterwards."""
+    """What `run` produced: the summary (also in summary.json), the trained learner, the tasks'
+    splits (None for tasks not of images) and the run folder, for scripts that do more afterwards."""
     summary: dict
     learner: object
-    splits: data.Splits
+    splits: object
     folder: results.RunFolder
 
 
 def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
-        schedule_for=None, fixed_on_resume=(), training_stream=episode_stream):
+        schedule_for=None, fixed_on_resume=(), tasks=None, test=accuracy_test, location=None,
+        unrecorded_flags=()):
     """Runs one experiment from the flags and writes its run folder.
 
     Args:
       algorithm: name recorded in the hyperparameters, e.g. 'FO-MAML'.
       default_run_name: folder name if --run_name is empty.
       build: function(splits, precision) -> learner (see training.py), its network computing in
-        `precision` ('float32', 'bfloat16': --precision, or a resumed run's own).
-      training_stream: function(splits) -> the training stream (see training.py); made before the
-        run folder, so that the flags' tasks are checked first (default: `episode_stream`).
-      flag_modules: modules whose flags are recorded in hyperparameters.json.
+        `precision` ('float32', 'bfloat16': --precision, or a resumed run's own); splits: the
+        tasks' (`Tasks.splits`).
+      flag_modules: modules whose key flags are recorded in hyperparameters.json (the shared ones
+        are `config`'s).
       num_eval_inner_steps: adaptation steps at validation and test.
       extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
       schedule_for: function(splits) -> training.Schedule (default: from the flags).
       fixed_on_resume: flags a resumed run must keep even though runs may usually change them
         (see results.RunFolder).
+      tasks: function() -> `Tasks`, called after the flags are checked and before the run folder is
+        made (default: `image_tasks()`).
+      test: function(learner, tasks, folder, num_eval_inner_steps) -> (summary entries, what to
+        print), the meta-test after training (default: `accuracy_test`).
+      location: (folder of run folders, run folder name) of a study's learner (default: --results_dir
+        and --run_name or default_run_name).
+      unrecorded_flags: flags of `flag_modules` not recorded (a study's --learners: each run is one).
     Returns:
       An `Outcome`.
     """
     cluster = strategy.cluster_from_flags()  # First: TensorFlow must not have started yet.
     # Everything that can be checked is checked before the data is loaded and the folder made.
     cluster.check_meta_batch(FLAGS.meta_batch_size)
-    network.check_grouped_convolutions()
-    results_dir, resume, overwrite = _results_dir_and_resume(cluster)
-    run_folder = results.RunFolder(results_dir, FLAGS.run_name or default_run_name, resume, overwrite,
-                                   create=False, fixed_on_resume=fixed_on_resume)
-    settings = run_settings(run_folder)
-    modules = [config] + list(flag_modules)
-    flag_values, flag_defaults = {**config.flag_values(modules), **settings}, config.flag_values(modules, 'default')
+    parent, run_name = location or (FLAGS.results_dir, FLAGS.run_name or default_run_name)
+    results_dir, resume, overwrite = _results_dir_and_resume(cluster, parent)
+    run_folder = results.RunFolder(results_dir, run_name, resume, overwrite, create=False,
+                                   fixed_on_resume=fixed_on_resume)
+    flag_values, flag_defaults = (_recorded(config.flag_values(flag_modules, kind), unrecorded_flags)
+                                  for kind in ('value', 'default'))
+    # Settings restored on resume, for a command that has them.
+    settings = {name: value for name, value in run_settings(run_folder).items() if name in flag_values}
+    flag_values.update(settings)
     run_folder.check_flags(flag_values, flag_defaults)
     run_folder.check_algorithm(algorithm)
     if FLAGS.check_reuse:
@@ -155,61 +217,57 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
             raise FlagError('--check_reuse: give --resume and the --run_name of the run folder to check')
         print(f'{run_folder.path}: a run of {algorithm} with these flags')
         sys.exit(0)
-    memory_budget_gb = settings['memory_budget_gb']
+    memory_budget_gb = settings.get('memory_budget_gb', 0)
     if 0 < memory_budget_gb <= training.peak_memory_gb():
         raise FlagError(f'--memory_budget_gb {memory_budget_gb:g}: this process already holds '
                         f'{training.peak_memory_gb():.2f} GB before any data or learner')
-    splits, checksum = load_splits()
+    tasks = (tasks or image_tasks())()
     cluster.check_same({**{name: value for name, value in flag_values.items() if name not in strategy.LOCAL_FLAGS},
-                        'data (its checksum)': checksum})
-    val_batches = evaluation_batches(splits.val, 'meta-validation', FLAGS.num_val_tasks, 0)
-    test_batches = evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1)
-    train_stream = training_stream(splits)
+                        'data (its checksum)': tasks.checksum})
     # Peak memory from here on: the data's preprocessing (several GB the first time) is not the run's.
     memory_after = 'data loading' if training.reset_peak_memory() else 'process start'
     run_folder.create()
     run_folder.write_hyperparameters(
         flag_values,
-        {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': checksum,
-         'task_checksums': {'val': data.tasks_checksum(val_batches), 'test': data.tasks_checksum(test_batches)},
+        {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': tasks.checksum,
+         'task_checksums': {'val': data.tasks_checksum(tasks.val), 'test': data.tasks_checksum(tasks.test)},
          'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
-         'classes': {'train': len(splits.train), 'val': len(splits.val), 'test': len(splits.test)},
-         **(extra or {})}, flag_defaults)
-    log_precision(settings['precision'])
+         **tasks.facts, **(extra or {})}, flag_defaults)
+    precision = settings.get('precision', FLAGS.precision)
+    if 'precision' in settings:
+        log_precision(precision)
     keras.utils.set_random_seed(FLAGS.seed)
     with cluster.scope():
-        learner = build(splits, settings['precision'])
+        learner = build(tasks.splits, precision)
     if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
-        learner.tasks_per_chunk = settings['tasks_per_chunk']
+        learner.tasks_per_chunk = settings.get('tasks_per_chunk')
         if memory_budget_gb:
-            learner.tasks_per_chunk = learner.tasks_per_chunk_within(train_stream.sample(1, FLAGS.meta_batch_size),
+            learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
                                                                      memory_budget_gb)
-    schedule = schedule_for(splits) if schedule_for else training.Schedule(
+    schedule = schedule_for(tasks.splits) if schedule_for else training.Schedule(
         num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
         val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
     if FLAGS.time_budget_minutes:
         schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
-    rows = training.train(learner, train_stream, val_batches, run_folder, schedule,
+    rows = training.train(learner, tasks.stream, tasks.val, run_folder, schedule,
                           FLAGS.progress and cluster.is_chief, cluster)
 
     logging.info('Meta-testing on %d tasks', FLAGS.num_test_tasks)
-    test = training.evaluate(learner, test_batches, num_eval_inner_steps)
+    score = learner.score_name
     summary = {'iterations': int(rows[-1]['iteration']), 'training_seconds': rows[-1]['seconds'],
-               'val_post_accuracy': rows[-1]['val_post_accuracy'],
+               f'val_post_{score}': rows[-1][f'val_post_{score}'],
                'val_post_ci95': rows[-1]['val_post_ci95'], 'test_tasks': FLAGS.num_test_tasks,
                # Of the process that finished the run (a resumed run's earlier processes are not seen).
                'peak_memory_gb': training.peak_memory_gb(), 'peak_memory_since': memory_after}
-    for when in ('pre', 'post'):
-        mean, ci = results.confidence_interval(test[f'query_{when}_accuracy'])
-        summary[f'test_{when}_accuracy'], summary[f'test_{when}_ci95'] = mean, ci
-    for name in test.keys() - {'query_pre_accuracy', 'query_post_accuracy'}:
-        summary[f'test_{name}'] = float(np.mean(test[name]))  # Whatever else the learner measures.
+    tested, message = test(learner, tasks, run_folder, num_eval_inner_steps)
+    summary.update(tested)
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
     network.save_model(learner.model, run_folder.file(results.MODEL_FILE), (extra or {}).get('batch_norm', ''))
-    plotting.plot_run(run_folder.path)
     if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
-        print(f'{algorithm}: meta-test accuracy {summary["test_post_accuracy"]:.2%} '
-              f'± {summary["test_post_ci95"]:.2%} over {FLAGS.num_test_tasks} tasks '
-              f'(before adaptation {summary["test_pre_accuracy"]:.2%}); results in {run_folder.path}')
-    return Outcome(summary, learner, splits, run_folder)
+        print(f'{algorithm}: {message}; results in {run_folder.path}')
+    return Outcome(summary, learner, tasks.splits, run_folder)
+
+
+def _recorded(flag_values, unrecorded):
+    return {name: value for name, value in flag_values.items() if name not in unrecorded}
 

@@ -1,13 +1,12 @@
 """A study: several learners trained on one problem, each in its own run folder inside the study's
 folder, then compared there (sine.py, navigation.py).
 
-The study folder is results_dir/<study>; learner `name` runs in results_dir/<study>/<name> with the
-usual run-folder rules (resume, overwrite, recorded flags), checked for every learner before any
-trains.
+The study folder is results_dir/<study>; learner `name` runs in results_dir/<study>/<name> through
+`experiment.run` with the usual run-folder rules (resume, overwrite, recorded flags), checked for
+every learner before any trains.
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -59,23 +58,6 @@ def study_folder(name, learners):
         results.RunFolder(path, learner, config.FLAGS.resume, config.FLAGS.overwrite, create=False)
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def open_run(study_dir, name, command_module, facts, fixed_on_resume=()):
-    """The run folder of learner `name`, created (or resumed), its flags and `facts` recorded.
-
-    The flags recorded are the command's (`command_module`'s key flags) but --learners: which
-    learners a study holds may grow, and each run is one of them."""
-    flags = config.FLAGS
-    folder = results.RunFolder(study_dir, name, flags.resume, flags.overwrite, create=False,
-                               fixed_on_resume=fixed_on_resume)
-    values, defaults = config.flag_values([command_module]), config.flag_values([command_module], 'default')
-    for recorded in (values, defaults):
-        recorded.pop('learners')
-    folder.check_flags(values, defaults)
-    folder.create()
-    folder.write_hyperparameters(values, {**facts, 'seed': flags.seed, 'command': ' '.join(sys.argv)}, defaults)
-    return folder
 
 
 def summaries(study_dir, names):
