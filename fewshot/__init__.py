@@ -5,7 +5,9 @@
                 Relation Networks
     learner     Learner, what every learner shares (θ, meta-optimizer, compiled steps, state);
                 MetricLearner, a learner without an inner loop
-    network     ConvNet and ResNet: a Keras model for storage, a pure forward over explicit weights
+    network     ConvNet and ResNet: a Keras model for storage, a pure forward over explicit weights;
+                KerasNetwork, any Keras classifier under the learners; the network contract and its
+                named groups of weights (body, head)
     data        Omniglot: reading, preprocessing, cache, character splits, the episode sampler
     mnist       MNIST for the initialization lab
     regression  the sine-wave tasks and the MLP regressor over explicit weights
