@@ -51,7 +51,8 @@ REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_a
 RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows of the table.
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
 # Protocol prefix -> command.
-COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py', 'imaml': 'imaml.py'}
+COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py', 'imaml': 'imaml.py',
+            'reptile': 'reptile.py'}
 PAPERS_FILE = 'papers.csv'
 PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
 BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'
