@@ -28,9 +28,8 @@ import keras
 import tensorflow as tf
 
 from fewshot import results
+from fewshot.normalization import BATCH_NORM_EPSILON, batch_norm
 from fewshot.errors import SetupError
-
-BATCH_NORM_EPSILON = 1e-3
 
 
 class LinearHead:
@@ -406,36 +405,6 @@ def grouped_gradient_available(dtype):
         except tf.errors.OpError:
             return False
     return True
-
-
-def batch_norm(h, gamma, beta):
-    """Batch norm of h [B, H, W, C] with the exact moments of the batch over [B, H, W].
-
-    Returns (normalised h, mean [C], variance [C]), the moments it normalised with.
-
-    Correct to second order, as second-order MAML needs. Keras' BatchNormalization
-    on the TensorFlow backend computes the variance around stop_gradient(mean),
-    which breaks derivatives of derivatives; neither form below does that.
-    TensorFlow's fused kernel (float32 / bfloat16) is about 1.5x faster for the
-    whole meta-step than the composed ops; its second derivative goes through
-    TensorFlow's explicit batch-norm gradient formula, which is exact to second
-    order (tests check it against the composed form, and the composed form,
-    used for float64, against finite differences).
-    """
-    if h.dtype == tf.float64:  # TensorFlow has no fused kernel for float64.
-        return composed_batch_norm(h, gamma, beta)
-    y, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(h, gamma, beta, epsilon=BATCH_NORM_EPSILON,
-                                                         is_training=True)
-    count = h.shape[0] * h.shape[1] * h.shape[2]
-    return y, mean, unbiased * ((count - 1) / count)  # The kernel reports the unbiased variance.
-
-
-def composed_batch_norm(h, gamma, beta):
-    """`batch_norm` from elementary ops: the variance is an ordinary function of the mean."""
-    mean = tf.reduce_mean(h, axis=[0, 1, 2])
-    centered = h - mean
-    variance = tf.reduce_mean(tf.square(centered), axis=[0, 1, 2])
-    return centered * (gamma * tf.math.rsqrt(variance + BATCH_NORM_EPSILON)) + beta, mean, variance
 
 
 def _flat(x):

@@ -23,7 +23,7 @@ relationnet.py at the top of the repository is its command.
 import keras
 import tensorflow as tf
 
-from fewshot import network
+from fewshot import network, normalization
 from fewshot.learner import MetricLearner
 
 RELATION = 'relation_'  # Names the relation module's layers apart from the embedding network's.
@@ -38,7 +38,7 @@ def keras_model(net):
     embedding = net.keras_model()
     pairs = keras.Input((None, None, 2 * net.num_filters), name='pairs')
     h = keras.layers.Conv2D(net.num_filters, 3, padding='same', use_bias=False, name=f'{RELATION}conv')(pairs)
-    h = keras.layers.BatchNormalization(epsilon=network.BATCH_NORM_EPSILON, name=f'{RELATION}bn')(h)
+    h = keras.layers.BatchNormalization(epsilon=normalization.BATCH_NORM_EPSILON, name=f'{RELATION}bn')(h)
     h = keras.layers.GlobalAveragePooling2D(name=f'{RELATION}mean')(keras.layers.ReLU(name=f'{RELATION}relu')(h))
     h = keras.layers.Dense(HIDDEN_UNITS, activation='relu', name=f'{RELATION}hidden')(h)
     score = keras.layers.Dense(1, activation='sigmoid', name=f'{RELATION}score')(h)
@@ -69,7 +69,7 @@ class RelationNetwork(MetricLearner):
         h = tf.reshape(tf.transpose(tf.reshape(h, [num_tasks, num_pairs, height, width, -1]), [1, 2, 3, 0, 4]),
                        [num_pairs, height, width, -1])
         gamma, beta = (tf.tile(params[f'{RELATION}bn/{name}'], [num_tasks]) for name in ('gamma', 'beta'))
-        h = tf.reduce_mean(tf.nn.relu(network.batch_norm(h, gamma, beta)[0]), axis=[1, 2])  # [P, T*F]
+        h = tf.reduce_mean(tf.nn.relu(normalization.batch_norm(h, gamma, beta)[0]), axis=[1, 2])  # [P, T*F]
         h = tf.transpose(tf.reshape(h, [num_pairs, num_tasks, -1]), [1, 0, 2])  # [T, P, F]
         h = tf.nn.relu(h @ params[f'{RELATION}hidden/kernel'] + params[f'{RELATION}hidden/bias'])
         return tf.sigmoid(h @ params[f'{RELATION}score/kernel'] + params[f'{RELATION}score/bias'])[..., 0]
