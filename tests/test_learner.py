@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from fewshot import data, errors, network, training
+from fewshot import data, errors, learners, network, training
 from test_maml import _episodes
 import discovered
 
@@ -73,6 +73,15 @@ def test_a_chunk_of_the_whole_meta_batch_is_the_unchunked_step():
     episodes = data.Episodes(*(np.array(x) for x in _episodes(2)))
     _, _, sizes = _stepped('FO-MAML', 2, episodes)
     assert sizes == []
+
+
+def test_second_order_meta_steps_go_by_chunks_of_tasks_unless_told_and_first_order_ones_at_once():
+    net = network.ConvNet(n_way=2, num_filters=4)
+    assert learners.MAML(net, first_order=False).tasks_per_chunk == learners.maml.SECOND_ORDER_TASKS_PER_CHUNK
+    assert learners.MAMLPlusPlus(net).tasks_per_chunk == learners.maml.SECOND_ORDER_TASKS_PER_CHUNK
+    assert learners.MAML(net).tasks_per_chunk is None
+    _, _, sizes = _stepped('MAML', None, data.Episodes(*(np.array(x) for x in _episodes(5))))
+    assert sizes == []  # Told None, the whole meta-batch in one compiled step (the test above relies on it).
 
 
 def test_a_memory_budget_chooses_the_most_tasks_per_chunk_that_fit():

@@ -240,7 +240,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     with cluster.scope():
         learner = build(tasks.splits, precision)
     if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
-        learner.tasks_per_chunk = settings.get('tasks_per_chunk')
+        if settings.get('tasks_per_chunk'):  # Else the learner's own (second order: chunks of 8).
+            learner.tasks_per_chunk = settings['tasks_per_chunk']
         if memory_budget_gb:
             learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
                                                                      memory_budget_gb)

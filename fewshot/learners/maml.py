@@ -32,6 +32,11 @@ class Trajectory(NamedTuple):
     support_moments: list
 
 
+# Second order keeps every inner step's activations for the meta-gradient: computed 8 tasks at a
+# time it measured faster than the whole meta-batch of 32, in under half the memory (docs/speed).
+SECOND_ORDER_TASKS_PER_CHUNK = 8
+
+
 class MAML(Learner):
     """Model-Agnostic Meta-Learning over a functional network.
 
@@ -67,7 +72,8 @@ class MAML(Learner):
           model: its Keras model, holding the meta-parameters θ (default: `net.keras_model()`).
           inner_lr: α, the inner-loop SGD learning rate.
           num_inner_steps: inner steps during meta-training.
-          first_order: if True, FO-MAML; otherwise differentiate through the inner loop.
+          first_order: if True, FO-MAML; otherwise differentiate through the inner loop, by
+            `SECOND_ORDER_TASKS_PER_CHUNK` tasks at a time (`tasks_per_chunk`).
           meta_optimizer: a Keras optimizer for θ (default: Adam at 1e-3, as the paper).
           params: the meta-parameters by name (default: the model's trainable weights,
             `network.parameters(model)`), or named groups of them that `split` takes apart
@@ -77,6 +83,8 @@ class MAML(Learner):
         self.num_inner_steps = num_inner_steps
         self.first_order = first_order
         super().__init__(net, model, meta_optimizer, params)
+        if not first_order:
+            self.tasks_per_chunk = SECOND_ORDER_TASKS_PER_CHUNK
 
     def inner_loop(self, params, images, labels, num_steps, first_order=None, context=None):
         """Adapts every task's weights on its support set.
