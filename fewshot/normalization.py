@@ -19,7 +19,7 @@ is five per-channel sums and two weighted sums of x^, g and a. TensorFlow's own 
 of its fused batch-norm kernel rebuilds the gradient formula from elementary ops and differentiates
 them, about three times the passes over every activation: it was the largest single cost of a
 second-order meta-iteration on a CPU. Tests check both derivatives against float64 finite
-differences and against the composed form.
+differences and against the composed form. There is no third derivative: asking for one raises.
 """
 
 import tensorflow as tf
@@ -104,9 +104,18 @@ def _gradient(dy, h, gamma, mean, variance, *reserved):
         d_h = x_hat * k_x + g * k_g + a * k_a + k_1
         d_dy = a * (gamma * s) + x_hat * (b - gamma * s * m_a) + (c - gamma * s * mean_a)
         d_gamma = s * (a_dot_centered_g - count * m_g * m_a)
-        return (tf.cast(d_dy, dy.dtype), tf.cast(d_h, h.dtype), d_gamma, None, None) + (None,) * len(reserved)
+        return _final(tf.cast(d_dy, dy.dtype), tf.cast(d_h, h.dtype), d_gamma) + (None, None) + (None,) * len(reserved)
 
     return (dx, dgamma, dbeta), second_derivatives
+
+
+@tf.custom_gradient
+def _final(*second_derivatives):
+    """The second derivatives as they are; differentiating them once more (a third derivative, which no
+    learner takes) raises rather than silently treating the batch's moments as constants."""
+    def third_derivatives(*_):
+        raise NotImplementedError('batch norm has no third derivative here (fewshot/normalization.py)')
+    return second_derivatives, third_derivatives
 
 
 def _standardised(h, mean, variance):

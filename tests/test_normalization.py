@@ -1,6 +1,7 @@
 """Batch norm is exact: its moments, and its hand-written first and second derivatives."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from fewshot import normalization
@@ -94,3 +95,15 @@ def test_batch_norm_normalises_each_channel_with_its_own_moments_and_returns_the
     np.testing.assert_allclose(composed_mean, mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(composed_variance, variance, rtol=1e-4)
     assert tape.gradient(mean, h) is None and tape.gradient(variance, h) is None
+
+
+def test_a_third_derivative_is_refused_not_wrong():
+    h, gamma, beta, weights = _inputs(tf.float64)
+    with tf.GradientTape() as third:
+        third.watch(h)
+        with tf.GradientTape() as outer:
+            outer.watch(h)
+            meta_loss = _meta_loss(_normalised(normalization.batch_norm), h, gamma, beta, weights)
+        second = tf.reduce_sum(outer.gradient(meta_loss, h) ** 2)
+    with pytest.raises(NotImplementedError, match='no third derivative'):
+        third.gradient(second, h)
