@@ -2,6 +2,7 @@
 
     python protonet.py                                     # 5-way 5-shot Omniglot
     python protonet.py --k_shot 1 --train_n_way 20         # more classes per training task than at test
+    python protonet.py --flagfile protocols/protonet_paper_5way1shot.flags   # the paper's Omniglot protocol
 
 The learner is `PrototypicalNetwork` (fewshot/learners/protonet.py). The paper trains Omniglot with
 60 classes and 5 queries per class per training task, one task per step, for 5-way testing; here
@@ -29,13 +30,19 @@ flags.DEFINE_integer('train_n_way', 0, 'Classes per meta-training task (0: --n_w
 flags.register_validator('train_n_way', lambda value: value != 1,
                          message='--train_n_way: 0 (the test\'s --n_way) or at least 2; a one-way task has nothing '
                                  'to tell apart')
+flags.DEFINE_integer('meta_lr_halving_interval', 0, 'Halve --meta_lr every this many meta-iterations (0: never). '
+                     'The paper halves it every 2000 episodes (one task per step).', lower_bound=0)
 FLAGS = flags.FLAGS
 
 
 def build_learner(net, first_order):
     """The Prototypical Network as the flags say, meta-trained by Adam."""
     del first_order  # No inner loop, no order.
-    return PrototypicalNetwork(net, meta_optimizer=keras.optimizers.Adam(FLAGS.meta_lr),
+    learning_rate = FLAGS.meta_lr
+    if FLAGS.meta_lr_halving_interval:
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            FLAGS.meta_lr, FLAGS.meta_lr_halving_interval, decay_rate=0.5, staircase=True)
+    return PrototypicalNetwork(net, meta_optimizer=keras.optimizers.Adam(learning_rate),
                                train_n_way=FLAGS.train_n_way or FLAGS.n_way)
 
 
@@ -45,7 +52,8 @@ def training_stream(splits):
 
 
 COMMAND = commands.Command('protonet', PrototypicalNetwork, 'ProtoNet', build_learner,
-                           ('train_n_way', 'meta_lr', 'backbone'), training_stream=training_stream)
+                           ('train_n_way', 'meta_lr', 'meta_lr_halving_interval', 'backbone'),
+                           training_stream=training_stream)
 
 if __name__ == '__main__':
     cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

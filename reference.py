@@ -4,11 +4,19 @@
     python reference.py                                        # rewrite the tables from reference/
     python reference.py --check                                # fail if a committed table is stale
     python reference.py --continue fomaml_paper_5way1shot --minutes 60   # a full-protocol run, one sitting more
+    python reference.py --evaluate fomaml_paper_5way1shot      # re-score a kept run's released weights
 
-A kept run is a folder reference/<run name>/ holding the run's small files (REFERENCE_FILES: no
-weights, checkpoints or logs). The table, one row per kept run beside the paper's number from
-reference/papers.csv, is written from those folders alone between two marker lines of
-reference/README.md and of README.md, never by hand.
+A kept run is a folder reference/<run name>/ holding the run's small files (REFERENCE_FILES) and,
+for runs kept since weights are released, its final weights (RELEASED_FILES: model.keras, and the
+final checkpoint, which holds the same weights with whatever else the learner learned, e.g. MAML++'s
+step sizes). The table, one row per kept run beside the paper's number from reference/papers.csv, is
+written from those folders alone between two marker lines of reference/README.md and of README.md,
+never by hand.
+
+--evaluate re-scores a kept run: it checks that model.keras holds the checkpoint's weights, resumes
+the finished run from that checkpoint in a temporary folder with every flag the run recorded (so
+no iteration is left to train) and compares the meta-test with the table's: the same number,
+bit for bit, on the same kind of machine (another CPU may round convolutions differently).
 
 A run in progress keeps its whole state in reference/running/<protocol>/ (RUNNING_FILES: its
 checkpoint, metrics and hyperparameters, about 1.4 MB at 64 filters), so that any machine continues
@@ -25,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import flags
@@ -44,15 +53,20 @@ flags.DEFINE_string('continue', None, 'A protocol (protocols/<name>.flags) whose
 flags.DEFINE_float('minutes', 60, 'With --continue: stop at the first checkpoint after this many minutes.',
                    lower_bound=0)
 flags.DEFINE_string('protocols_dir', 'protocols', 'With --continue: where the protocols\' flag files are.')
+flags.DEFINE_string('evaluate', None, 'A kept run (a folder name in --reference_dir) whose released weights to '
+                    're-score on its test tasks; exits with an error unless the meta-test is the table\'s exactly.')
 flags.declare_key_flag('results_dir')  # config's: where --continue runs.
+flags.declare_key_flag('data_dir')  # config's: passed on to the runs --continue and --evaluate start.
+flags.declare_key_flag('cache_dir')
 FLAGS = flags.FLAGS
 
 REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png')
+RELEASED_FILES = (results.MODEL_FILE, results.CHECKPOINT_FILE)  # The final weights, kept when the run has them.
 RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows of the table.
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
 # Protocol prefix -> command.
 COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py', 'imaml': 'imaml.py',
-            'reptile': 'reptile.py'}
+            'reptile': 'reptile.py', 'protonet': 'protonet.py'}
 PAPERS_FILE = 'papers.csv'
 PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
 BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'
@@ -69,13 +83,10 @@ def keep(run_dir, reference_dir, replace=False):
     target = os.path.join(reference_dir, os.path.basename(os.path.normpath(run_dir)))
     if os.path.lexists(target) and not replace:
         raise errors.RunError(f'--add: {target} already exists; pass --replace to replace it')
-    os.makedirs(target, exist_ok=True)
-    for name in REFERENCE_FILES:
-        source = os.path.join(run_dir, name)
-        if os.path.isfile(source):
-            with open(source, 'rb') as f:
-                content = f.read()
-            results.atomic_write(os.path.join(target, name), lambda f: f.write(content))
+    copy_files(run_dir, target, REFERENCE_FILES + RELEASED_FILES)
+    for name in RELEASED_FILES:  # A replaced run's weights must not outlive it.
+        if not os.path.isfile(os.path.join(run_dir, name)) and os.path.isfile(os.path.join(target, name)):
+            os.remove(os.path.join(target, name))
 
 
 def read_papers(reference_dir):
@@ -112,8 +123,8 @@ def kept_runs(reference_dir):
     return runs
 
 
-def row(name, hyperparameters, summary, papers):
-    """One line of the table (markdown) for a kept run."""
+def row(name, hyperparameters, summary, papers, weights):
+    """One line of the table (markdown) for a kept run; weights: the link to its model.keras, or None."""
     flags_ = hyperparameters['flags']
     algorithm = hyperparameters.get('algorithm', '?')
     setting = f"{flags_['n_way']}-way {flags_['k_shot']}-shot"
@@ -136,18 +147,22 @@ def row(name, hyperparameters, summary, papers):
     hours = summary['training_seconds'] / 3600
     machine = hyperparameters.get('versions', {}).get('machine', '?')
     cells = [algorithm, setting, f'`{protocol}`', f'{ours} ({batch_norm})', paper_text, gap_text, iterations,
-             f'{hours:.2f} h, {machine}', source, f'`python {command}`']
+             f'{hours:.2f} h, {machine}', f'[model.keras]({weights})' if weights else '–', source,
+             f'`python {command}`']
     return '| ' + ' | '.join(cells) + ' |'
 
 
-def table(reference_dir):
-    """The markdown table of every kept run, with its marker lines."""
+def table(reference_dir, where):
+    """The markdown table of every kept run, with its marker lines, for a file in the folder `where`
+    (the links to the weights are relative to it)."""
     papers = read_papers(reference_dir)
     header = ('| algorithm | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | ours − paper '
-              '| iterations run, of the paper\'s | training time, CPU | paper\'s source | command |')
+              '| iterations run, of the paper\'s | training time, CPU | weights | paper\'s source | command |')
     lines = [BEGIN, header, '|' + '---|' * header.count(' | ') + '---|']
-    lines += [row(name, hyperparameters, summary, papers)
-              for name, hyperparameters, summary in kept_runs(reference_dir)]
+    for name, hyperparameters, summary in kept_runs(reference_dir):
+        model = os.path.join(reference_dir, name, results.MODEL_FILE)
+        weights = os.path.relpath(model, where).replace(os.sep, '/') if os.path.isfile(model) else None
+        lines.append(row(name, hyperparameters, summary, papers, weights))
     return '\n'.join(lines + [END])
 
 
@@ -240,7 +255,77 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
     return iteration
 
 
+# Recorded flags a re-scoring does not pass on: where the run was and how it showed progress (its
+# own temporary folder replaces them, and a resumed run may change them); the data's place is this
+# machine's (its checksum is checked instead).
+NOT_PASSED_ON = frozenset({'data_dir', 'cache_dir', 'results_dir', 'run_name', 'resume', 'overwrite', 'progress',
+                           'check_reuse'})
+
+
+def flag_arguments(recorded):
+    """Command-line arguments that set every recorded flag (hyperparameters.json's 'flags') as the run
+    had it, except those of NOT_PASSED_ON and those left unset (None)."""
+    def text(value):
+        if isinstance(value, bool):
+            return 'true' if value else 'false'
+        return ','.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return [f'--{name}={text(value)}' for name, value in sorted(recorded.items())
+            if name not in NOT_PASSED_ON and value is not None]
+
+
+def check_released_weights(folder):
+    """RunError unless the kept run in `folder` has its weights, and model.keras holds the checkpoint's."""
+    missing = [name for name in RELEASED_FILES if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise errors.RunError(f'--evaluate: {folder} has no {" or ".join(missing)}: its weights were not released '
+                              '(runs kept before weights were kept have none)')
+    import keras  # Here: the table's other uses need no TensorFlow.
+    import numpy as np
+    from fewshot import network  # noqa: F401  (its layers, which model.keras names)
+    model = keras.models.load_model(os.path.join(folder, results.MODEL_FILE))
+    checkpoint = np.load(os.path.join(folder, results.CHECKPOINT_FILE))
+    for name, variable in results.named_variables('model', model).items():
+        if name not in checkpoint.files or not np.array_equal(variable.numpy(), checkpoint[name]):
+            raise errors.RunError(f'--evaluate: {folder}: model.keras does not hold the checkpoint\'s weights '
+                                  f'({name} differs or is missing); the folder was changed after it was kept')
+
+
+def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None):
+    """Re-scores the kept run `name` from its released weights (see the module docstring); RunError
+    unless the meta-test is the kept one exactly. Returns the re-scored summary."""
+    folder = os.path.join(reference_dir, name)
+    if name == RUNNING or not os.path.isdir(folder):
+        raise errors.FlagError(f'--evaluate {name}: no kept run {folder}')
+    hyperparameters, kept = results.read_hyperparameters(folder), results.read_summary(folder)
+    check_released_weights(folder)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          os.path.basename(hyperparameters['command'].split(' ')[0]))
+    with tempfile.TemporaryDirectory() as scratch:
+        copy_files(folder, os.path.join(scratch, name),
+                   (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE))
+        command = [sys.executable, script, *flag_arguments(hyperparameters['flags']), f'--results_dir={scratch}',
+                   f'--run_name={name}', '--resume', '--progress=false']
+        command += [f'--{flag}={value}' for flag, value in (('data_dir', data_dir), ('cache_dir', cache_dir)) if value]
+        print(f'reference.py: re-scoring {name} on its {kept["test_tasks"]} test tasks: {" ".join(command)}',
+              flush=True)
+        if subprocess.run(command).returncode != 0:
+            raise errors.RunError(f'--evaluate {name}: the re-scoring run failed (its message is above)')
+        again = results.read_summary(os.path.join(scratch, name))
+    keys = ('test_post_accuracy', 'test_post_ci95', 'test_pre_accuracy')
+    shown = ', '.join(f'{key} {kept[key]!r} kept, {again[key]!r} now' for key in keys)
+    if any(kept[key] != again[key] for key in keys):
+        machine = hyperparameters.get('versions', {}).get('machine', '?')
+        raise errors.RunError(f'--evaluate {name}: the meta-test differs from the kept one ({shown}); the run was '
+                              f'made on {machine}, this is {results.machine()}')
+    print(f'reference.py: {name} reproduced exactly: meta-test {100 * again["test_post_accuracy"]:.2f}% ± '
+          f'{100 * again["test_post_ci95"]:.2f}% ({shown})')
+    return again
+
+
 def main(_):
+    if FLAGS.evaluate:
+        evaluate_kept(FLAGS.evaluate, FLAGS.reference_dir, FLAGS.data_dir, FLAGS.cache_dir)
+        return
     if FLAGS['continue'].value:
         continue_run(FLAGS['continue'].value, FLAGS.minutes, FLAGS.reference_dir, FLAGS.results_dir,
                      FLAGS.protocols_dir)
@@ -249,9 +334,8 @@ def main(_):
             raise errors.FlagError('--add and --check contradict each other: --check writes nothing')
         read_papers(FLAGS.reference_dir)  # Before anything is copied: the table must be writable.
         keep(FLAGS.add, FLAGS.reference_dir, FLAGS.replace)
-    new_table = table(FLAGS.reference_dir)
     for path in (os.path.join(FLAGS.reference_dir, 'README.md'), FLAGS.readme):
-        text = with_table(path, new_table)
+        text = with_table(path, table(FLAGS.reference_dir, os.path.dirname(os.path.abspath(path))))
         with open(path, encoding='utf-8') as f:
             current = f.read()
         if FLAGS.check:

@@ -20,6 +20,7 @@ import maml  # noqa: F401 (defines MAML's flags)
 import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
 import imaml  # noqa: F401 (defines iMAML's flags)
 import reptile  # noqa: F401 (defines Reptile's flags)
+import protonet  # noqa: F401 (defines the Prototypical Network's flags)
 import reference
 
 FLAGS = flags.FLAGS
@@ -54,6 +55,11 @@ EXPECTED['imaml_code_5way1shot.flags'] = dict(
     lam=2.0, cg_steps=5, regularization='pull_back', cg_damping=1.0, lam_damping=10.0, meta_lr=0.001, num_filters=64,
     max_pool=False, split='random', num_train_classes=1150, num_val_classes=50, task_rotations='all', rotations=False,
     num_iterations=20000, val_interval=500, num_test_tasks=600)
+EXPECTED.update({f'protonet_paper_5way{k_shot}shot.flags': dict(
+    n_way=5, k_shot=k_shot, train_n_way=60, num_query=5, meta_batch_size=1, meta_lr=0.001,
+    meta_lr_halving_interval=2000, num_filters=64, max_pool=True, split='random', num_train_classes=1150,
+    num_val_classes=50, task_rotations='all', rotations=False, num_iterations=30000, val_interval=500,
+    num_test_tasks=600) for k_shot in (1, 5)})
 
 
 def _file_values(*argv):
@@ -152,14 +158,19 @@ def test_which_tasks_turn(mode, training_turns, evaluation_turns):
 
 def test_the_committed_tables_are_what_the_kept_runs_give():
     reference_dir = os.path.join(REPO, 'reference')
-    table = reference.table(reference_dir)
     for path in (os.path.join(reference_dir, 'README.md'), os.path.join(REPO, 'README.md')):
+        table = reference.table(reference_dir, os.path.dirname(path))
         with open(path, encoding='utf-8') as f:
             assert reference.with_table(path, table) == f.read(), path
     kept = reference.kept_runs(reference_dir)
     for name, _, summary in kept:  # Each kept run's number is in the table as its summary.json says.
         assert f"{100 * summary['test_post_accuracy']:.2f} ± {100 * summary['test_post_ci95']:.2f}" in table, name
-        assert sorted(os.listdir(os.path.join(reference_dir, name))) <= sorted(reference.REFERENCE_FILES)
+        files = set(os.listdir(os.path.join(reference_dir, name)))
+        assert files <= set(reference.REFERENCE_FILES + reference.RELEASED_FILES), name
+        assert len(files & set(reference.RELEASED_FILES)) in (0, len(reference.RELEASED_FILES)), name  # Both or none.
+        if results.MODEL_FILE in files:  # Released weights are linked from the table, from either file.
+            assert f'[model.keras]({name}/model.keras)' in reference.table(reference_dir, reference_dir), name
+            assert f'[model.keras](reference/{name}/model.keras)' in table, name
 
 
 def _command(script, *argv):
@@ -195,10 +206,12 @@ def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_pa
         table = f.read()
     row = next(line for line in table.splitlines() if f'`{protocol}`' in line and name in line)
     assert f'3 of {EXPECTED[f"{protocol}.flags"]["num_iterations"]:,}' in row
-    with open(os.path.join(out, 'README.md'), encoding='utf-8') as f:
-        assert row in f.read()
+    assert f'[model.keras]({name}/model.keras)' in row  # Its weights, linked from beside them ...
+    with open(os.path.join(out, 'README.md'), encoding='utf-8') as f:  # ... and from the top of the repository.
+        assert row.replace(f']({name}/', f'](reference/{name}/') in f.read()
     assert _command('reference.py', '--check', *keep).returncode == 0
-    assert sorted(os.listdir(os.path.join(reference_dir, name))) == sorted(reference.REFERENCE_FILES)
+    assert sorted(os.listdir(os.path.join(reference_dir, name))) == sorted(reference.REFERENCE_FILES
+                                                                           + reference.RELEASED_FILES)
     again = _command('reference.py', f'--add={out}/results/{name}', *keep)
     assert again.returncode == 1 and 'pass --replace' in again.stderr
 
@@ -238,3 +251,20 @@ def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_
     kept = {name: summary for name, _, summary in reference.kept_runs(reference_dir)}
     assert kept['fomaml_tiny']['iterations'] == 300
     assert 'fomaml_tiny' in open(tmp_path / 'README.md', encoding='utf-8').read()
+    assert '[model.keras](reference/fomaml_tiny/model.keras)' in open(tmp_path / 'README.md', encoding='utf-8').read()
+
+    # The released weights re-score to the kept number exactly, from the kept folder alone.
+    shutil.rmtree(tmp_path / 'results')
+    kept_folder = os.path.join(reference_dir, 'fomaml_tiny')
+    assert set(reference.RELEASED_FILES) <= set(os.listdir(kept_folder))
+    evaluate = ['reference.py', '--evaluate=fomaml_tiny', f'--reference_dir={reference_dir}',
+                f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache']
+    rescored = _command(*evaluate)
+    assert rescored.returncode == 0, rescored.stderr[-2000:]
+    assert 'fomaml_tiny reproduced exactly' in rescored.stdout
+    summary_path = os.path.join(kept_folder, results.SUMMARY_FILE)
+    summary = json.load(open(summary_path))
+    summary['test_post_accuracy'] += 1e-9  # A table number the weights do not give is caught.
+    results.write_json(summary_path, summary)
+    differs = _command(*evaluate)
+    assert differs.returncode == 1 and 'the meta-test differs from the kept one' in differs.stderr

@@ -87,6 +87,23 @@ def test_a_training_step_moves_the_body_and_reports_per_task_metrics():
     np.testing.assert_array_equal(learner.model.get_layer('head').kernel.numpy(), head)
 
 
+def test_meta_lr_halving_interval_halves_the_rate_every_that_many_steps():
+    """--meta_lr_halving_interval: the paper's Adam rate, halved every 2000 episodes (here every 2 steps)."""
+    if not protonet.FLAGS.is_parsed():
+        protonet.FLAGS(['test'])
+    net = network.ConvNet(3, 4)
+    rates = {}
+    for interval in (0, 2):
+        with flagsaver.flagsaver(meta_lr=0.01, meta_lr_halving_interval=interval, n_way=3, train_n_way=0):
+            learner = protonet.build_learner(net, first_order=True)
+        rates[interval] = []
+        for _ in range(5):
+            rates[interval].append(float(learner.summaries()['meta_learning_rate']))
+            learner.meta_train_step(data.Episodes(*(x.numpy() for x in _episodes(1, n_way=3))))
+    assert rates[0] == pytest.approx([0.01] * 5)
+    assert rates[2] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
+
+
 def test_training_tasks_have_train_n_way_classes(real_omniglot):
     splits = data.make_splits(real_omniglot)
     if not protonet.FLAGS.is_parsed():

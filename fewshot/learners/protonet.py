@@ -17,7 +17,7 @@ training and evaluation alike (the paper's code embeds them in one batch too): s
 The paper trains Omniglot with 60 classes and 5 queries per class per training task, one task
 per step, for 5-way testing: `train_n_way` (default: the network's N, as every other learner here
 trains) and the training tasks' shape choose that. The paper's learning-rate halving every 2000
-episodes is not done.
+episodes is the meta-optimizer's schedule (protonet.py's --meta_lr_halving_interval).
 
 protonet.py at the top of the repository is its command.
 """
