@@ -2,6 +2,7 @@
 
     python reptile.py                                      # 5-way 5-shot Omniglot, Adam in the inner loop
     python reptile.py --inner_optimizer sgd --inner_lr 0.1 # plain SGD inner steps
+    python reptile.py --flagfile protocols/reptile_paper_5way1shot.flags   # the paper's protocol
 
 The learner is `Reptile` (fewshot/learners/reptile.py, whose docstring gives the algorithm and how
 it departs from the paper); ε anneals linearly from --meta_step_size to --final_meta_step_size over
@@ -29,6 +30,14 @@ flags.DEFINE_enum('inner_optimizer', 'adam', ['adam', 'sgd'],
                   "The inner loop's optimizer: 'adam' (β1 = 0, β2 = 0.999, as the paper) or 'sgd'.")
 flags.DEFINE_integer('inner_batch_size', 10, 'Examples per inner step (0: all of them).',
                      lower_bound=0)
+flags.DEFINE_enum('inner_adam_state', 'fresh', ['fresh', 'carried'],
+                  "The inner Adam's second-moment estimates: 'fresh', zero for every task, or 'carried' across tasks "
+                  "and meta-iterations as the paper's code keeps them (its optimizer's slots are never reset); "
+                  'see fewshot/learners/reptile.py.')
+flags.register_multi_flags_validator(
+    ['inner_adam_state', 'inner_optimizer'],
+    lambda values: values['inner_adam_state'] == 'fresh' or values['inner_optimizer'] == 'adam',
+    message='--inner_adam_state=carried: only with --inner_optimizer=adam (SGD keeps no state)')
 flags.DEFINE_float('meta_step_size', 1.0, 'ε, the outer step size toward the adapted weights, at the first '
                    'meta-iteration.', lower_bound=0)
 flags.DEFINE_float('final_meta_step_size', 0.0, 'ε at the last meta-iteration (linear in between; at most '
@@ -47,7 +56,7 @@ def build_learner(net, first_order):
         FLAGS.meta_step_size, max(FLAGS.num_iterations, 1), FLAGS.final_meta_step_size)
     return Reptile(net, inner_lr=FLAGS.inner_lr, num_inner_steps=FLAGS.num_inner_steps,
                    meta_optimizer=keras.optimizers.SGD(step_size), inner_optimizer=FLAGS.inner_optimizer,
-                   inner_batch_size=FLAGS.inner_batch_size)
+                   inner_batch_size=FLAGS.inner_batch_size, inner_adam_state=FLAGS.inner_adam_state)
 
 
 def fixed_on_resume():

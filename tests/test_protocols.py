@@ -46,9 +46,10 @@ MAMLPP_PAPER = dict(
 EXPECTED.update({f'mamlpp_paper_{n_way}way{k_shot}shot.flags': {**MAMLPP_PAPER, 'n_way': n_way, 'k_shot': k_shot}
                  for n_way in (5, 20) for k_shot in (1, 5)})
 EXPECTED.update({f'reptile_paper_5way{k_shot}shot.flags': dict(
-    n_way=5, k_shot=k_shot, num_query=10 - k_shot, meta_batch_size=5, inner_optimizer='adam', inner_lr=0.001,
-    inner_batch_size=10, num_inner_steps=5, num_eval_inner_steps=50, meta_step_size=1.0, final_meta_step_size=0.0,
-    num_filters=64, max_pool=False, split='random', num_train_classes=1150, num_val_classes=50, rotations=True,
+    n_way=5, k_shot=k_shot, num_query=10 - k_shot, meta_batch_size=5, inner_optimizer='adam',
+    inner_adam_state='carried', inner_lr=0.001, inner_batch_size=10, num_inner_steps=5, num_eval_inner_steps=50,
+    meta_step_size=1.0, final_meta_step_size=0.0, num_filters=64, max_pool=False, split='random',
+    num_train_classes=1150, num_val_classes=50, rotations=True,
     task_rotations='none', num_iterations=100000, val_interval=500, num_test_tasks=600) for k_shot in (1, 5)})
 EXPECTED['imaml_code_5way1shot.flags'] = dict(
     n_way=5, k_shot=1, num_query=1, meta_batch_size=32, inner_lr=0.1, num_inner_steps=16, num_eval_inner_steps=16,

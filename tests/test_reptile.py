@@ -15,11 +15,11 @@ import reptile
 
 
 def _reptile(inner_lr=0.1, num_inner_steps=1, step_size=1.0, inner_optimizer='sgd', inner_batch_size=0, n_way=2,
-             num_filters=4, seed=0):
+             num_filters=4, seed=0, inner_adam_state='fresh'):
     keras.utils.set_random_seed(seed)
     net = network.ConvNet(n_way, num_filters)
     return reptile.Reptile(net, net.keras_model(), inner_lr, num_inner_steps, keras.optimizers.SGD(step_size),
-                           inner_optimizer, inner_batch_size)
+                           inner_optimizer, inner_batch_size, inner_adam_state)
 
 
 def _numpy(episodes):
@@ -117,6 +117,50 @@ def test_inner_adam_with_zero_beta1_matches_its_formula():
         v = 0.999 * v + 0.001 * gradient ** 2
         expected = expected - 0.01 * gradient / (np.sqrt(v / (1 - 0.999 ** (step + 1))) + 1e-8)
         np.testing.assert_allclose(params['w'].numpy(), expected, rtol=1e-5)
+
+
+def test_carried_inner_adam_continues_its_formula_from_the_carried_moments_and_steps():
+    learner = _reptile(inner_lr=0.01, inner_optimizer='adam', inner_adam_state='carried')
+    v = np.array([[0.3, 0.01]])
+    learner.carried['moments'] = {'w': tf.Variable(v[0], dtype=tf.float32)}
+    learner.carried['steps'].assign(7.0)
+    params = {'w': tf.constant([[1.0, -2.0]])}
+    state, expected = learner.inner_state(params), params['w'].numpy()
+    for step, gradient in enumerate([np.array([[0.5, -1.0]]), np.array([[0.25, 3.0]])]):
+        params, state = learner.inner_update(params, {'w': tf.constant(gradient, tf.float32)}, step, {}, state)
+        v = 0.999 * v + 0.001 * gradient ** 2
+        expected = expected - 0.01 * gradient / (np.sqrt(v / (1 - 0.999 ** (7 + step + 1))) + 1e-8)
+        np.testing.assert_allclose(params['w'].numpy(), expected, rtol=1e-5)
+
+
+def test_carried_inner_adam_state_is_the_tasks_mean_after_a_meta_step_and_evaluation_leaves_it():
+    """'carried': zero at first (the first meta-step is the fresh one's, to rounding), then the mean over the tasks of
+    where their moments ended and t + k; the next meta-step starts from it; evaluation changes nothing."""
+    fresh, carried = (_reptile(inner_lr=0.01, num_inner_steps=2, inner_optimizer='adam', inner_adam_state=state)
+                      for state in ('fresh', 'carried'))
+    episodes = _numpy(_episodes(3, n_way=2))
+    examples = reptile.every_example(episodes, 2)
+    start = {name: tf.convert_to_tensor(value) for name, value in carried.params.items()}
+    trajectory = fresh.inner_loop(network.tile(start, 3), examples.support_images, examples.support_labels, 2)
+    ended = {name: value.numpy().mean(0) for name, value in trajectory.inner_state[0].items()}
+    for learner in (fresh, carried):
+        learner.meta_train_step(episodes)
+    np.testing.assert_allclose(_weights(carried)['conv1/kernel'], _weights(fresh)['conv1/kernel'], rtol=1e-4,
+                               atol=1e-6)  # The same but for float32 rounding (β2^s computed in float32).
+    for name, value in ended.items():
+        np.testing.assert_allclose(carried.carried['moments'][name].numpy(), value, rtol=1e-5, atol=1e-12)
+    assert float(carried.carried['steps']) == 2.0 and fresh.carried is None
+    before = {name: variable.numpy().copy() for name, variable in carried.state_variables().items()}
+    carried.evaluate(episodes, 3)
+    for name, variable in carried.state_variables().items():
+        np.testing.assert_array_equal(variable.numpy(), before[name], err_msg=name)
+    assert 'inner_adam/steps' in before and 'inner_adam/moments/conv1/kernel' in before
+    assert not any(name.startswith('inner_adam/') for name in fresh.state_variables())
+    for learner in (fresh, carried):
+        learner.meta_train_step(episodes)
+    assert np.abs(_weights(carried)['conv1/kernel'] - _weights(fresh)['conv1/kernel']).max() > 1e-4
+    with pytest.raises(ValueError, match='only with the Adam inner optimizer'):
+        _reptile(inner_optimizer='sgd', inner_adam_state='carried')
 
 
 def test_inner_minibatches_cycle_through_the_task_examples_alternating_classes():

@@ -26,10 +26,12 @@ class Trajectory(NamedTuple):
     support_moments: [S + 1] batch-norm moments of the support set at each θ'_s (dicts
         name -> [T, F], see `network.ConvNet.forward_with_moments`), or None where the
         learner does not keep them.
+    inner_state: the inner optimizer's state after the last step (`inner_update`'s; SGD: ()).
     """
     params: list
     support_score: list
     support_moments: list
+    inner_state: object = ()
 
 
 # Second order keeps every inner step's activations for the meta-gradient: computed 8 tasks at a
@@ -119,7 +121,7 @@ class MAML(Learner):
         logits, step_moments = self.forward(params, images, num_steps, context)
         scores.append(self.net.task_scores(logits, labels))
         moments.append(step_moments)
-        return Trajectory(weights, scores, moments)
+        return Trajectory(weights, scores, moments, state)
 
     def inner_loss(self, logits, labels, params, start):
         """What the inner loop descends: Σ_t L_support_t(θ'_t), from support logits [T, B, N].

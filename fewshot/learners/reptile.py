@@ -19,14 +19,22 @@ adapts the same way on the support set (the command's --num_eval_inner_steps) an
 its own batch moments: transductive, as recorded in hyperparameters.json (the paper reports
 both; its transductive Omniglot numbers are the higher).
 
+The inner Adam's second-moment estimates v (`inner_adam_state`): 'fresh' starts them at zero for
+every task, so that its first step moves every weight by about α whatever its gradient (|g| / √g²);
+'carried' keeps them across tasks and meta-iterations, as the authors' code does (its TensorFlow
+optimizer's slots are never reset; only the weights are): every task of a meta-batch starts from
+the carried v and its step count t, and after the meta-step v becomes the mean over the tasks of
+where theirs ended, t + k (the code adapts its tasks one after another, each from the previous
+one's v; here they adapt at once, so v averages k steps per meta-iteration where the code's takes
+T·k). Evaluation starts from the carried v too and leaves it as it was, as the code's does.
+
 The defaults are the paper's Omniglot ones where this machine allows: Adam with β1 = 0 and
 learning rate 1e-3 in the inner loop, 5 inner steps in training and 50 at evaluation, inner
 minibatches of 10, ε from 1 to 0. Unlike the paper, a training task has --k_shot + --num_query
-examples per class (the paper's Omniglot runs train on 10, its "train shots"), the inner Adam state
-starts afresh for every task (the paper's persists across tasks), and a meta-batch is the shared
---meta_batch_size (the paper: 5). Minibatches cycle through a task's examples in an order that
-alternates classes, so a minibatch of a multiple of N examples holds every class equally. The
-training metrics score the query set after adaptation on it (evaluation's do not).
+examples per class (the paper's Omniglot runs train on 10, its "train shots") and a meta-batch is
+the shared --meta_batch_size (the paper: 5). Minibatches cycle through a task's examples in an
+order that alternates classes, so a minibatch of a multiple of N examples holds every class
+equally. The training metrics score the query set after adaptation on it (evaluation's do not).
 
 reptile.py at the top of the repository is its command.
 """
@@ -35,17 +43,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fewshot import data
+from fewshot import data, results
+from fewshot.learner import named_groups
 from fewshot.learners.maml import MAML
 
 ADAM_BETA2, ADAM_EPSILON = 0.999, 1e-8
+INNER_ADAM_STATES = ('fresh', 'carried')
 
 
 class Reptile(MAML):
     """θ moves toward the mean of the task-adapted weights (see the module docstring)."""
 
     def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, meta_optimizer=None,
-                 inner_optimizer='sgd', inner_batch_size=0):
+                 inner_optimizer='sgd', inner_batch_size=0, inner_adam_state='fresh'):
         """
         Args:
           net, model, inner_lr, num_inner_steps: as for `MAML`.
@@ -53,11 +63,20 @@ class Reptile(MAML):
             default: ε = 1 throughout).
           inner_optimizer: 'adam' or 'sgd'.
           inner_batch_size: examples per inner step (0: all).
+          inner_adam_state: 'fresh' or 'carried', Adam's moment estimates (see the module docstring).
         """
+        if inner_adam_state not in INNER_ADAM_STATES or (inner_adam_state == 'carried' and inner_optimizer != 'adam'):
+            raise ValueError(f'inner_adam_state {inner_adam_state!r}: one of {INNER_ADAM_STATES}, and \'carried\' '
+                             'only with the Adam inner optimizer')
         meta_optimizer = keras.optimizers.SGD(1.0) if meta_optimizer is None else meta_optimizer
         super().__init__(net, model, inner_lr, num_inner_steps, True, meta_optimizer)
         self.inner_optimizer = inner_optimizer
         self.inner_batch_size = inner_batch_size
+        self.carried = None
+        if inner_adam_state == 'carried':  # v by weight name, and the steps t it has taken.
+            self.carried = {'moments': {name: tf.Variable(tf.zeros_like(value), trainable=False)
+                                        for name, value in self.params.items()},
+                            'steps': tf.Variable(0.0, trainable=False)}
 
     def meta_direction(self, episodes, num_steps=None, **options):
         """The meta-step's direction with every task adapted on all its examples (`every_example`)."""
@@ -77,18 +96,50 @@ class Reptile(MAML):
         return tf.gather(images, index, axis=1), tf.gather(labels, index, axis=1)
 
     def inner_state(self, params):
-        """Adam's second-moment estimates, zero for every task's weights at the first step."""
-        return {name: tf.zeros_like(value) for name, value in params.items()} if self.inner_optimizer == 'adam' else ()
+        """Adam's second-moment estimates for every task's weights [T, ...] at the first step, with
+        the steps taken before: zero and 0 ('fresh'), or the carried ones."""
+        if self.inner_optimizer != 'adam':
+            return ()
+        if self.carried is None:
+            return {name: tf.zeros_like(value) for name, value in params.items()}, 0.0
+        return ({name: tf.broadcast_to(self.carried['moments'][name], value.shape) for name, value in params.items()},
+                tf.convert_to_tensor(self.carried['steps']))
 
     def inner_update(self, params, grads, step, context, state):
-        """SGD's θ' − α g, or Adam's with β1 = 0 at step s (from 1):
+        """SGD's θ' − α g, or Adam's with β1 = 0 at its step s (from 1; t + step + 1 after t steps before):
         v ← β2 v + (1 − β2) g²,  θ' − α g / (√(v / (1 − β2^s)) + ϵ)."""
         if self.inner_optimizer == 'sgd':
             return super().inner_update(params, grads, step, context, state)
-        moments = {name: ADAM_BETA2 * state[name] + (1 - ADAM_BETA2) * tf.square(grads[name]) for name in params}
-        correction = 1 - ADAM_BETA2 ** (step + 1)
-        return {name: params[name] - self.inner_lr * grads[name] / (tf.sqrt(moments[name] / correction) + ADAM_EPSILON)
-                for name in params}, moments
+        moments, steps_before = state
+        moments = {name: ADAM_BETA2 * moments[name] + (1 - ADAM_BETA2) * tf.square(grads[name]) for name in params}
+        correction = 1 - ADAM_BETA2 ** (steps_before + step + 1)
+        return ({name: params[name] - self.inner_lr * grads[name] / (tf.sqrt(moments[name] / correction) + ADAM_EPSILON)
+                 for name in params}, (moments, steps_before))
+
+    def measure(self, trajectory):
+        """'carried': the mean over tasks of where their moment estimates ended; else nothing."""
+        if self.carried is None:
+            return {}
+        moments, _ = trajectory.inner_state
+        return {'inner_moments': {name: tf.reduce_mean(value, axis=0) for name, value in moments.items()}}
+
+    def track(self, measured):
+        """'carried': v ← the tasks' mean, t ← t + k."""
+        if self.carried is None:
+            return
+        for name, variable in self.carried['moments'].items():
+            variable.assign(measured['inner_moments'][name])
+        self.carried['steps'].assign_add(float(self.num_inner_steps))
+
+    def state_variables(self):
+        """By name: the model's weights, the meta-optimizer's state and the carried Adam state
+        (inner_adam/moments/<weight>, inner_adam/steps), if carried."""
+        carried = {}
+        if self.carried is not None:
+            carried = {**named_groups({'inner_adam/moments': self.carried['moments']}),
+                       'inner_adam/steps': self.carried['steps']}
+        return {**results.named_variables('model', self.model), **carried,
+                **results.named_variables('optimizer', self.meta_optimizer)}
 
     def meta_gradients(self, tape, meta_loss, trajectory, episodes):
         """θ − mean_t θ'_t, which the meta-optimizer (SGD, learning rate ε) descends."""
