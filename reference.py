@@ -136,10 +136,9 @@ def row(name, hyperparameters, summary, papers, weights):
     protocol = os.path.splitext(os.path.basename(protocol[1]))[0] if protocol else 'own flags'
     if paper:
         paper_text = f"{paper['accuracy']:.2f}" + (f" ± {paper['ci95']:.2f}" if paper['ci95'] is not None else '')
-        gap = 100 * summary['test_post_accuracy'] - paper['accuracy']
-        within = paper['ci95'] is not None and abs(gap) <= paper['ci95']
-        gap_text = 'within its 95% CI' if within else f'{gap:+.2f} points'
-        iterations = f"{summary['iterations']:,} of {paper['iterations']:,}"
+        gap_text = difference(100 * summary['test_post_accuracy'], 100 * summary['test_post_ci95'], paper)
+        full = summary['iterations'] >= paper['iterations']
+        iterations = f"{summary['iterations']:,} of {paper['iterations']:,} ({'full' if full else 'shortened'})"
         source = paper['source']
     else:
         paper_text = gap_text = source = '–'
@@ -152,12 +151,23 @@ def row(name, hyperparameters, summary, papers, weights):
     return '| ' + ' | '.join(cells) + ' |'
 
 
+def difference(ours, ours_ci95, paper):
+    """ours − paper in points, ± the half-width of its 95% interval: both intervals combined as
+    independent (√(a² + b²)), or ours alone where the paper gives none; and whether it excludes 0."""
+    gap = ours - paper['accuracy']
+    both = paper['ci95'] is not None
+    half = (ours_ci95 ** 2 + paper['ci95'] ** 2) ** 0.5 if both else ours_ci95
+    verdict = 'below' if gap + half < 0 else 'above' if gap - half > 0 else 'no difference shown'
+    return f"{gap:+.2f} ± {half:.2f} ({verdict}{'' if both else '; ours ± only: the paper gives no interval'})"
+
+
 def table(reference_dir, where):
     """The markdown table of every kept run, with its marker lines, for a file in the folder `where`
     (the links to the weights are relative to it)."""
     papers = read_papers(reference_dir)
-    header = ('| algorithm | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | ours − paper '
-              '| iterations run, of the paper\'s | training time, CPU | weights | paper\'s source | command |')
+    header = ('| algorithm | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | ours − paper, '
+              'points ± 95% CI | iterations run, of the paper\'s | training time, CPU | weights | paper\'s source '
+              '| command |')
     lines = [BEGIN, header, '|' + '---|' * header.count(' | ') + '---|']
     for name, hyperparameters, summary in kept_runs(reference_dir):
         model = os.path.join(reference_dir, name, results.MODEL_FILE)

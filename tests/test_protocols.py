@@ -157,6 +157,15 @@ def test_which_tasks_turn(mode, training_turns, evaluation_turns):
     assert np.array_equal(evaluation.query_images, plain_evaluation.query_images) != evaluation_turns
 
 
+def test_the_gap_to_the_paper_carries_both_intervals():
+    paper = {'accuracy': 98.3, 'ci95': 0.4}
+    assert reference.difference(97.0, 0.3, paper) == '-1.30 ± 0.50 (below)'  # √(0.3² + 0.4²) = 0.5
+    assert reference.difference(98.0, 0.3, paper) == '-0.30 ± 0.50 (no difference shown)'
+    assert reference.difference(99.0, 0.3, paper) == '+0.70 ± 0.50 (above)'
+    assert reference.difference(99.0, 0.3, {'accuracy': 99.47, 'ci95': None}) == \
+        '-0.47 ± 0.30 (below; ours ± only: the paper gives no interval)'
+
+
 def test_the_committed_tables_are_what_the_kept_runs_give():
     reference_dir = os.path.join(REPO, 'reference')
     for path in (os.path.join(reference_dir, 'README.md'), os.path.join(REPO, 'README.md')):
