@@ -131,7 +131,8 @@ def row(name, hyperparameters, summary, papers, weights):
     ours = f"{100 * summary['test_post_accuracy']:.2f} ± {100 * summary['test_post_ci95']:.2f}"
     batch_norm = hyperparameters.get('batch_norm', '').split(' ')[0] or '?'
     paper = papers.get((algorithm, flags_['n_way'], flags_['k_shot']))
-    command = hyperparameters.get('command', '?')
+    script, _, arguments = hyperparameters.get('command', '?').partition(' ')
+    command = f'{os.path.basename(script)} {arguments}'.strip()  # --continue's child names its script in full.
     protocol = FLAGFILE.search(command)
     protocol = os.path.splitext(os.path.basename(protocol[1]))[0] if protocol else 'own flags'
     if paper:
