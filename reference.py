@@ -3,7 +3,7 @@
     python reference.py --add results/fomaml_paper_5way1shot   # keep a finished run, rewrite the tables
     python reference.py                                        # rewrite the tables from reference/
     python reference.py --check                                # fail if a committed table is stale
-    python reference.py --continue fomaml_paper_5way1shot --minutes 60   # a full-protocol run, one sitting more
+    python reference.py --continue protonet_paper_5way1shot --minutes 60   # a full-protocol run, one sitting more
     python reference.py --evaluate fomaml_paper_5way1shot      # re-score a kept run's released weights
 
 A kept run is a folder reference/<run name>/ holding the run's small files (REFERENCE_FILES) and,
