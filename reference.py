@@ -123,6 +123,13 @@ def kept_runs(reference_dir):
     return runs
 
 
+def recorded_command(hyperparameters):
+    """The command the run recorded, its script named without its folder (--continue's child names it
+    in full)."""
+    script, _, arguments = hyperparameters.get('command', '?').partition(' ')
+    return f'{os.path.basename(script)} {arguments}'.strip()
+
+
 def row(name, hyperparameters, summary, papers, weights):
     """One line of the table (markdown) for a kept run; weights: the link to its model.keras, or None."""
     flags_ = hyperparameters['flags']
@@ -131,8 +138,7 @@ def row(name, hyperparameters, summary, papers, weights):
     ours = f"{100 * summary['test_post_accuracy']:.2f} ± {100 * summary['test_post_ci95']:.2f}"
     batch_norm = hyperparameters.get('batch_norm', '').split(' ')[0] or '?'
     paper = papers.get((algorithm, flags_['n_way'], flags_['k_shot']))
-    script, _, arguments = hyperparameters.get('command', '?').partition(' ')
-    command = f'{os.path.basename(script)} {arguments}'.strip()  # --continue's child names its script in full.
+    command = recorded_command(hyperparameters)
     protocol = FLAGFILE.search(command)
     protocol = os.path.splitext(os.path.basename(protocol[1]))[0] if protocol else 'own flags'
     if paper:
@@ -309,8 +315,7 @@ def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None):
         raise errors.FlagError(f'--evaluate {name}: no kept run {folder}')
     hyperparameters, kept = results.read_hyperparameters(folder), results.read_summary(folder)
     check_released_weights(folder)
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          os.path.basename(hyperparameters['command'].split(' ')[0]))
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), recorded_command(hyperparameters).split(' ')[0])
     with tempfile.TemporaryDirectory() as scratch:
         copy_files(folder, os.path.join(scratch, name),
                    (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE))
