@@ -310,9 +310,10 @@ def test_real_default_split_is_1100_100_423(real_omniglot):
 
 
 def test_the_evaluation_tasks_of_a_committed_run_are_drawn_again_exactly(real_omniglot):
-    """The tasks a run recorded (here the reference run in progress, with rotations) come out of the
-    sampler unchanged: what the code draws for a seed must never move under a run that resumes."""
-    with open(os.path.join(REPO, 'reference', 'running', 'fomaml_paper_5way1shot', 'hyperparameters.json')) as f:
+    """The tasks a run recorded (here the full-protocol reference run, with rotations, whose released
+    weights --evaluate re-scores) come out of the sampler unchanged: what the code draws for a seed must
+    never move under a run that resumes or is re-scored."""
+    with open(os.path.join(REPO, 'reference', 'fomaml_paper_5way1shot', 'hyperparameters.json')) as f:
         recorded = json.load(f)
     flags = recorded['flags']
     splits = data.make_splits(real_omniglot, flags['split'], flags['num_train_classes'], flags['num_val_classes'],
