@@ -26,3 +26,21 @@ def test_benchmark_times_each_algorithm_in_its_own_process():
     assert result.stdout.count('profile: ') == 2
     for layer in ('conv1', 'conv4'):
         assert re.search(rf'^ +\d+\.\d% +\d+\.\d+ s  {layer} weight gradient$', result.stdout, re.MULTILINE)
+
+
+def test_peer_line_gives_the_ratio_and_the_work_the_peer_leaves_out(tmp_path):
+    """--peer with a stand-in peer script: the ratio is read from its last line, and the line says how
+    much more convolution work this project's meta-iteration does (its two accuracy passes)."""
+    script = tmp_path / 'peer.py'
+    script.write_text("print('warm-up line')\nprint('peer=stand-in order=1 s_per_iter_median=4.000 peak_rss_mb=500')\n")
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--repeats', '1', '--orders', 'first',
+                             '--algorithms', 'maml', '--peer', sys.executable, '--peer_script', str(script)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ours = float(re.search(r'maml,  first order: median (\d+\.\d+) s', result.stdout).group(1))
+    line = re.search(r'learn2learn,  first order: median 4\.000 s/iteration, peak memory 0\.50 GB .*', result.stdout)
+    assert line, result.stdout
+    assert f'this project is {4.0 / ours:.2f}x faster' in line.group(0)
+    # Per task, 5 steps x 25 support images x (F + B) and 75 query images x (F + B), against the same plus
+    # 25 x F and 75 x F, with the default network's F = 2,656,512 and B = 5,200,128 multiply-adds.
+    assert 'with 17% more convolution work' in line.group(0)
