@@ -4,7 +4,7 @@
     python benchmark.py --algorithms maml     # MAML only
     python benchmark.py --algorithms maml,anil,boil,meta_sgd,proto_maml   # the family, each beside MAML
     python benchmark.py --precision bfloat16  # mixed precision (fast only with native bfloat16)
-    python benchmark.py --algorithms maml --orders second --tasks_per_chunk 8   # bounded memory
+    python benchmark.py --algorithms maml --orders second --tasks_per_chunk 32  # the whole meta-batch at once
     python benchmark.py --algorithms maml --profile                      # where the time goes
     python benchmark.py --algorithms maml --strategy mirrored --cpu_replicas 2   # the meta-batch on 2 replicas
     python benchmark.py --algorithms maml --peer ~/.cache/peers/l2l/bin/python   # beside learn2learn
@@ -135,7 +135,8 @@ def build(algorithm, first_order):
                                     da=first_order, da_iterations=never)
         learner = maml_plusplus.MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
                                              keras.optimizers.Adam(FLAGS.meta_lr), fixes)
-    learner.tasks_per_chunk = FLAGS.tasks_per_chunk
+    if FLAGS.tasks_per_chunk:  # Else the learner's own, as a run has it (second order: 8 tasks at a time).
+        learner.tasks_per_chunk = FLAGS.tasks_per_chunk
     return net, learner
 
 
@@ -163,7 +164,8 @@ def measure(what):
                'min_seconds': min(seconds), 'first_call_seconds': first_call,
                'peak_rss_gb': training.peak_memory_gb(), 'macs': meta_iteration_macs(net, first_order),
                'peer_macs': meta_iteration_macs(net, first_order, accuracies=False),
-               'replicas': cluster.num_replicas}
+               'replicas': cluster.num_replicas,
+               'tasks_per_chunk': min(learner.tasks_per_chunk or FLAGS.meta_batch_size, FLAGS.meta_batch_size)}
     if FLAGS.profile:
         figures['profile'] = profile(net, learner, batches[-1])
     return figures
@@ -175,7 +177,12 @@ def profile(net, learner, batch):
     of their output (a residual block's three convolutions share block i's name)."""
     episodes = type(batch)(*(tf.convert_to_tensor(x) for x in batch))
     options = learner.train_step_options()
-    graph = learner._train_step.get_concrete_function(episodes, **options).graph  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    if learner.tasks_per_chunk and learner.tasks_per_chunk < data.num_tasks(episodes):  # One compiled call a chunk.
+        chunk = data.task_slice(episodes, 0, learner.tasks_per_chunk)
+        graph = learner._meta_direction.get_concrete_function(chunk, **options).graph
+    else:
+        graph = learner._train_step.get_concrete_function(episodes, **options).graph
     size, layers = net.image_size, {}
     for block in range(1, net.num_blocks + 1):
         if not net.max_pool:  # Stride 2; with max-pooling the convolution keeps the size, the pool halves it.
@@ -234,9 +241,8 @@ def main(argv):
             raise errors.FlagError(f'--peer_script: {FLAGS.peer_script} does not exist (see ../shared/peers/README.md)')
         if not shutil.which(os.path.expanduser(FLAGS.peer)):
             raise errors.FlagError(f'--peer: {FLAGS.peer} is not a program (a Python with learn2learn is expected)')
-    if FLAGS.profile and (FLAGS.tasks_per_chunk or FLAGS.strategy != 'default'):
-        raise errors.FlagError('--profile: profiles a meta-iteration computed at once in one process; drop '
-                               '--tasks_per_chunk and --strategy')
+    if FLAGS.profile and FLAGS.strategy != 'default':
+        raise errors.FlagError('--profile: profiles a meta-iteration computed in one process; drop --strategy')
     # What each measurement needs (a flag without a value, --tasks_per_chunk's default, serializes to '').
     passed = [flag for flag in (FLAGS[name].serialize() for name in ('repeats', 'profile', *SETTING)) if flag]
 
@@ -249,8 +255,7 @@ def main(argv):
         return json.loads(result.stdout.strip().splitlines()[-1])
     native = ', '.join(machine.bfloat16_flags()) or 'none: emulated, slow'
     print(f'{machine.cpu_model()}, {os.cpu_count()} CPUs, native bfloat16: {native}; TensorFlow {tf.__version__}')
-    print(f'Meta-iteration, T={FLAGS.meta_batch_size} tasks'
-          f'{f" in chunks of {FLAGS.tasks_per_chunk}" if FLAGS.tasks_per_chunk else ""}, {FLAGS.n_way}-way '
+    print(f'Meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way '
           f'{FLAGS.k_shot}-shot, {FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, '
           f'{FLAGS.num_filters} filters, precision {FLAGS.precision}')
     peaks = {dtype: in_subprocess(f'peak:{dtype}') for dtype in ('float32', 'bfloat16')}
@@ -261,7 +266,10 @@ def main(argv):
         for algorithm in FLAGS.algorithms:
             figures = in_subprocess(f'{algorithm}:{order}')
             seconds = figures['median_seconds']
-            line = (f'{algorithm:>15}, {order:>6} order: median {seconds:.3f} s/iteration '
+            chunk = figures['tasks_per_chunk']
+            at = ('the whole meta-batch at once' if chunk == FLAGS.meta_batch_size
+                  else f'{chunk} task{"s" * (chunk > 1)} at a time')
+            line = (f'{algorithm:>15}, {order:>6} order ({at}): median {seconds:.3f} s/iteration '
                     f'(min {figures["min_seconds"]:.3f}, first call with tracing '
                     f'{figures["first_call_seconds"]:.1f} s), {FLAGS.meta_batch_size / seconds:.1f} tasks/s, '
                     f'peak memory {figures["peak_rss_gb"]:.2f} GB')
