@@ -50,7 +50,7 @@ EXPECTED.update({f'reptile_paper_5way{k_shot}shot.flags': dict(
     inner_adam_state='carried', inner_lr=0.001, inner_batch_size=10, num_inner_steps=5, num_eval_inner_steps=50,
     meta_step_size=1.0, final_meta_step_size=0.0, num_filters=64, max_pool=False, split='random',
     num_train_classes=1150, num_val_classes=50, rotations=True,
-    task_rotations='none', num_iterations=100000, val_interval=500, num_test_tasks=600) for k_shot in (1, 5)})
+    task_rotations='none', num_iterations=100000, val_interval=2500, num_test_tasks=600) for k_shot in (1, 5)})
 EXPECTED['imaml_code_5way1shot.flags'] = dict(
     n_way=5, k_shot=1, num_query=1, meta_batch_size=32, inner_lr=0.1, num_inner_steps=16, num_eval_inner_steps=16,
     lam=2.0, cg_steps=5, regularization='pull_back', cg_damping=1.0, lam_damping=10.0, meta_lr=0.001, num_filters=64,
