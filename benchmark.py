@@ -165,7 +165,9 @@ def measure(what):
                'peak_rss_gb': training.peak_memory_gb(), 'macs': meta_iteration_macs(net, first_order),
                'peer_macs': meta_iteration_macs(net, first_order, accuracies=False),
                'replicas': cluster.num_replicas,
-               'tasks_per_chunk': min(learner.tasks_per_chunk or FLAGS.meta_batch_size, FLAGS.meta_batch_size)}
+               # None: under a strategy each replica computes its share of the tasks at once (no chunks).
+               'tasks_per_chunk': None if learner.replicated
+               else min(learner.tasks_per_chunk or FLAGS.meta_batch_size, FLAGS.meta_batch_size)}
     if FLAGS.profile:
         figures['profile'] = profile(net, learner, batches[-1])
     return figures
@@ -267,7 +269,8 @@ def main(argv):
             figures = in_subprocess(f'{algorithm}:{order}')
             seconds = figures['median_seconds']
             chunk = figures['tasks_per_chunk']
-            at = ('the whole meta-batch at once' if chunk == FLAGS.meta_batch_size
+            at = ("each replica's tasks at once" if chunk is None
+                  else 'the whole meta-batch at once' if chunk == FLAGS.meta_batch_size
                   else f'{chunk} task{"s" * (chunk > 1)} at a time')
             line = (f'{algorithm:>15}, {order:>6} order ({at}): median {seconds:.3f} s/iteration '
                     f'(min {figures["min_seconds"]:.3f}, first call with tracing '
