@@ -160,29 +160,29 @@ def measure(what):
         start = time.perf_counter()
         learner.meta_train_step(batch)
         seconds.append(time.perf_counter() - start)
+    chunk = min(learner.tasks_per_chunk or FLAGS.meta_batch_size, FLAGS.meta_batch_size)  # Tasks per compiled call.
     figures = {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds),
                'min_seconds': min(seconds), 'first_call_seconds': first_call,
                'peak_rss_gb': training.peak_memory_gb(), 'macs': meta_iteration_macs(net, first_order),
                'peer_macs': meta_iteration_macs(net, first_order, accuracies=False),
                'replicas': cluster.num_replicas,
                # None: under a strategy each replica computes its share of the tasks at once (no chunks).
-               'tasks_per_chunk': None if learner.replicated
-               else min(learner.tasks_per_chunk or FLAGS.meta_batch_size, FLAGS.meta_batch_size)}
+               'tasks_per_chunk': None if learner.replicated else chunk}
     if FLAGS.profile:
-        figures['profile'] = profile(net, learner, batches[-1])
+        figures['profile'] = profile(net, learner, batches[-1], chunk)
     return figures
 
 
-def profile(net, learner, batch):
+def profile(net, learner, batch, chunk):
     """(wall seconds, seconds inside the compiled step, {category: operation seconds}) of one
-    meta-iteration on `batch` (see fewshot/profiling.py); convolutions named by block, from the size
-    of their output (a residual block's three convolutions share block i's name)."""
+    meta-iteration on `batch`, computed `chunk` tasks per compiled call (see fewshot/profiling.py);
+    convolutions named by block, from the size of their output (a residual block's three
+    convolutions share block i's name)."""
     episodes = type(batch)(*(tf.convert_to_tensor(x) for x in batch))
     options = learner.train_step_options()
     # pylint: disable=protected-access
-    if learner.tasks_per_chunk and learner.tasks_per_chunk < data.num_tasks(episodes):  # One compiled call a chunk.
-        chunk = data.task_slice(episodes, 0, learner.tasks_per_chunk)
-        graph = learner._meta_direction.get_concrete_function(chunk, **options).graph
+    if chunk < data.num_tasks(episodes):  # One compiled call a chunk.
+        graph = learner._meta_direction.get_concrete_function(data.task_slice(episodes, 0, chunk), **options).graph
     else:
         graph = learner._train_step.get_concrete_function(episodes, **options).graph
     size, layers = net.image_size, {}
