@@ -30,14 +30,10 @@ flags.DEFINE_enum('inner_optimizer', 'adam', ['adam', 'sgd'],
                   "The inner loop's optimizer: 'adam' (β1 = 0, β2 = 0.999, as the paper) or 'sgd'.")
 flags.DEFINE_integer('inner_batch_size', 10, 'Examples per inner step (0: all of them).',
                      lower_bound=0)
-flags.DEFINE_enum('inner_adam_state', 'fresh', ['fresh', 'carried'],
-                  "The inner Adam's second-moment estimates: 'fresh', zero for every task, or 'carried' across tasks "
-                  "and meta-iterations as the paper's code keeps them (its optimizer's slots are never reset); "
-                  'see fewshot/learners/reptile.py.')
-flags.register_multi_flags_validator(
-    ['inner_adam_state', 'inner_optimizer'],
-    lambda values: values['inner_adam_state'] == 'fresh' or values['inner_optimizer'] == 'adam',
-    message='--inner_adam_state=carried: only with --inner_optimizer=adam (SGD keeps no state)')
+flags.DEFINE_enum('inner_adam_state', 'carried', ['carried', 'fresh'],
+                  "The inner Adam's second-moment estimates: 'carried' across tasks and meta-iterations as the "
+                  "paper's code keeps them (its optimizer's slots are never reset), or 'fresh', zero for every "
+                  'task (slower to learn); see fewshot/learners/reptile.py. No matter with --inner_optimizer=sgd.')
 flags.DEFINE_float('meta_step_size', 1.0, 'ε, the outer step size toward the adapted weights, at the first '
                    'meta-iteration.', lower_bound=0)
 flags.DEFINE_float('final_meta_step_size', 0.0, 'ε at the last meta-iteration (linear in between; at most '
@@ -66,6 +62,7 @@ def fixed_on_resume():
 
 COMMAND = commands.Command('reptile', Reptile, 'Reptile', build_learner, OWN_MAML_FLAGS,
                            defaults={'inner_lr': 1e-3, 'num_inner_steps': 5, 'num_eval_inner_steps': 50},
+                           older_runs={'inner_adam_state': 'fresh'},  # Runs before the flag (2026-12-05).
                            eval_inner_steps=maml.eval_inner_steps, fixed_on_resume=fixed_on_resume)
 
 if __name__ == '__main__':

@@ -303,6 +303,14 @@ CASES = {
                                 lambda w, s: _copy_run(w, s, algorithm='FO-BOIL')),
     'maml: resume with other settings': ('maml.py', [*RESUME, '--inner_lr=0.1'],
                                          r'other settings \(inner_lr', lambda w, s: _copy_run(w, s)),
+    # A run older than a flag is checked against what it was trained with, not the flag's default
+    # (iMAML's and Reptile's defaults changed to their authors' code's on 2026-12-05).
+    'imaml: resume a run older than --regularization': (
+        'imaml.py', RESUME, r'other settings \(cg_damping, .*lam_damping, .*regularization\)',
+        lambda w, s: _copy_run(w, s, algorithm='iMAML')),
+    'reptile: resume a run older than --inner_adam_state': (
+        'reptile.py', RESUME, r'other settings \(.*inner_adam_state',
+        lambda w, s: _copy_run(w, s, algorithm='Reptile')),
     'lab: existing folder': ('initialization_lab.py', LAB, r'initialization_lab already exists; pass --overwrite',
                              lambda w, s: _lab_folder(s, '{}')),
 

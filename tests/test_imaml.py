@@ -133,11 +133,13 @@ def test_conjugate_gradient_stops_a_task_where_its_system_is_not_positive_defini
     np.testing.assert_array_equal(solution['w'][1], [0.0, 0.0])
 
 
-def _imaml(num_inner_steps=2, lam=LAM, n_way=2, num_filters=4, regularization='every_step'):
+def _imaml(num_inner_steps=2, lam=LAM, n_way=2, num_filters=4, regularization='every_step', cg_damping=0.0,
+           lam_damping=0.0):
+    """iMAML as the paper writes it unless told otherwise (the class's defaults are its authors' code's)."""
     keras.utils.set_random_seed(0)
     net = network.ConvNet(n_way, num_filters)
     return imaml.IMAML(net, net.keras_model(), 0.1, num_inner_steps, keras.optimizers.Adam(1e-3), lam, cg_steps=2,
-                       regularization=regularization)
+                       regularization=regularization, cg_damping=cg_damping, lam_damping=lam_damping)
 
 
 def test_the_pull_back_adapts_on_the_support_loss_then_steps_toward_theta_in_training_only():

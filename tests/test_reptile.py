@@ -159,8 +159,19 @@ def test_carried_inner_adam_state_is_the_tasks_mean_after_a_meta_step_and_evalua
     for learner in (fresh, carried):
         learner.meta_train_step(episodes)
     assert np.abs(_weights(carried)['conv1/kernel'] - _weights(fresh)['conv1/kernel']).max() > 1e-4
-    with pytest.raises(ValueError, match='only with the Adam inner optimizer'):
-        _reptile(inner_optimizer='sgd', inner_adam_state='carried')
+    with pytest.raises(ValueError, match="inner_adam_state 'kept': one of carried, fresh"):
+        _reptile(inner_adam_state='kept')
+
+
+def test_sgd_keeps_no_inner_state_whichever_is_asked():
+    """The default 'carried' is Adam's: with SGD it carries nothing and steps as 'fresh' does."""
+    episodes = _numpy(_episodes(2))
+    sgd = {state: _reptile(inner_adam_state=state) for state in ('carried', 'fresh')}
+    assert sgd['carried'].carried is None and not any(name.startswith('inner_adam/')
+                                                      for name in sgd['carried'].state_variables())
+    for learner in sgd.values():
+        learner.meta_train_step(episodes)
+    np.testing.assert_array_equal(_weights(sgd['carried'])['conv1/kernel'], _weights(sgd['fresh'])['conv1/kernel'])
 
 
 def test_inner_minibatches_cycle_through_the_task_examples_alternating_classes():

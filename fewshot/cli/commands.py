@@ -75,6 +75,10 @@ class Command(NamedTuple):
     batch_norm: () -> how batch norm normalises at evaluation as the flags say, for hyperparameters.json
       and the report (None: the learner class's `batch_norm`).
     script: the command's file, which tools run (set by `find`).
+    older_runs: {flag: value} for a flag added or whose default changed after runs were made: what a
+      run folder that did not record the flag was trained with. Resuming or reusing such a folder
+      checks the command line against it, not against the flag's default (iMAML's runs before
+      --regularization descended the regularised loss).
     """
     name: str
     learner_class: type
@@ -89,6 +93,7 @@ class Command(NamedTuple):
     name_suffix: Callable = None
     batch_norm: Callable = None
     script: str = None
+    older_runs: dict = {}
 
     def takes(self, flag):
         """True if the learner has the flag `flag` (e.g. 'first_order': it has an order)."""
@@ -143,7 +148,7 @@ def run(command, flag_module):
         build=build, tasks=experiment.image_tasks(command.training_stream or experiment.episode_stream),
         flag_modules=[config, flag_module], num_eval_inner_steps=command.eval_inner_steps(),
         extra={'batch_norm': command.batch_norm() if command.batch_norm else command.learner_class.batch_norm},
-        fixed_on_resume=command.fixed_on_resume())
+        fixed_on_resume=command.fixed_on_resume(), older_runs=command.older_runs)
     outcome.learner.save(outcome.folder.path)
     return outcome
 

@@ -172,7 +172,7 @@ class Outcome(NamedTuple):
 
 def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
         schedule_for=None, fixed_on_resume=(), tasks=None, test=accuracy_test, location=None,
-        unrecorded_flags=()):
+        unrecorded_flags=(), older_runs=None):
     """Runs one experiment from the flags and writes its run folder.
 
     Args:
@@ -195,6 +195,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
       location: (folder of run folders, run folder name) of a study's learner (default: --results_dir
         and --run_name or default_run_name).
       unrecorded_flags: flags of `flag_modules` not recorded (a study's --learners: each run is one).
+      older_runs: {flag: value} a resumed run that did not record the flag was trained with (default:
+        the flag's default; see `commands.Command`).
     Returns:
       An `Outcome`.
     """
@@ -207,6 +209,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
                                    fixed_on_resume=fixed_on_resume)
     flag_values, flag_defaults = (_recorded(config.flag_values(flag_modules, kind), unrecorded_flags)
                                   for kind in ('value', 'default'))
+    flag_defaults.update(older_runs or {})  # Only what a run did not record is read from these.
     # Settings restored on resume, for a command that has them.
     settings = {name: value for name, value in run_settings(run_folder).items() if name in flag_values}
     flag_values.update(settings)
