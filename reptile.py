@@ -17,7 +17,7 @@ from absl import flags
 
 from fewshot import cli
 from fewshot.cli import commands, config, strategy
-from fewshot.learners.reptile import Reptile, every_example  # noqa: F401  (visible from reptile)
+from fewshot.learners.reptile import INNER_ADAM_STATES, Reptile, every_example  # noqa: F401  (visible from reptile)
 import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -30,7 +30,7 @@ flags.DEFINE_enum('inner_optimizer', 'adam', ['adam', 'sgd'],
                   "The inner loop's optimizer: 'adam' (β1 = 0, β2 = 0.999, as the paper) or 'sgd'.")
 flags.DEFINE_integer('inner_batch_size', 10, 'Examples per inner step (0: all of them).',
                      lower_bound=0)
-flags.DEFINE_enum('inner_adam_state', 'carried', ['carried', 'fresh'],
+flags.DEFINE_enum('inner_adam_state', 'carried', list(INNER_ADAM_STATES),
                   "The inner Adam's second-moment estimates: 'carried' across tasks and meta-iterations as the "
                   "paper's code keeps them (its optimizer's slots are never reset), or 'fresh', zero for every "
                   'task (slower to learn); see fewshot/learners/reptile.py. No matter with --inner_optimizer=sgd.')

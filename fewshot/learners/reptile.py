@@ -30,14 +30,14 @@ zero for every task, so that its first step moves every weight by about α whate
 (|g| / √g²): at 2,000 iterations of the 5-way 1-shot protocol it reached 68% where carried reached
 82% (docs/reptile/README.md). SGD keeps no state: with it the two are the same.
 
-The command's defaults (reptile.py) are the paper's Omniglot ones where this machine allows
-(this class's are SGD's, as MAML's): Adam with β1 = 0 and
-learning rate 1e-3 in the inner loop, 5 inner steps in training and 50 at evaluation, inner
-minibatches of 10, ε from 1 to 0. Unlike the paper, a training task has --k_shot + --num_query
-examples per class (the paper's Omniglot runs train on 10, its "train shots") and a meta-batch is
-the shared --meta_batch_size (the paper: 5). Minibatches cycle through a task's examples in an
-order that alternates classes, so a minibatch of a multiple of N examples holds every class
-equally. The training metrics score the query set after adaptation on it (evaluation's do not).
+The command's defaults (reptile.py) are the paper's Omniglot ones where this machine allows (this
+class's are SGD's, as MAML's): Adam with β1 = 0 and learning rate 1e-3 in the inner loop, 5 inner
+steps in training and 50 at evaluation, inner minibatches of 10, ε from 1 to 0. Unlike the paper, a
+training task has --k_shot + --num_query examples per class (the paper's Omniglot runs train on 10,
+its "train shots") and a meta-batch is the shared --meta_batch_size (the paper: 5). Minibatches
+cycle through a task's examples in an order that alternates classes, so a minibatch of a multiple of
+N examples holds every class equally. The training metrics score the query set after adaptation on
+it (evaluation's do not).
 
 reptile.py at the top of the repository is its command.
 """
