@@ -31,19 +31,24 @@ flags.register_validator('train_n_way', lambda value: value != 1,
                          message='--train_n_way: 0 (the test\'s --n_way) or at least 2; a one-way task has nothing '
                                  'to tell apart')
 flags.DEFINE_integer('meta_lr_halving_interval', 0, 'Halve --meta_lr every this many meta-iterations (0: never). '
-                     'The paper halves it every 2000 episodes (one task per step).', lower_bound=0)
+                     'The paper halves it every 2000 episodes (one task per step); the Relation Network code '
+                     'every 100,000.', lower_bound=0)
 FLAGS = flags.FLAGS
+
+
+def meta_optimizer():
+    """Adam at --meta_lr, halved every --meta_lr_halving_interval meta-iterations if given."""
+    learning_rate = FLAGS.meta_lr
+    if FLAGS.meta_lr_halving_interval:
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            FLAGS.meta_lr, FLAGS.meta_lr_halving_interval, decay_rate=0.5, staircase=True)
+    return keras.optimizers.Adam(learning_rate)
 
 
 def build_learner(net, first_order):
     """The Prototypical Network as the flags say, meta-trained by Adam."""
     del first_order  # No inner loop, no order.
-    learning_rate = FLAGS.meta_lr
-    if FLAGS.meta_lr_halving_interval:
-        learning_rate = keras.optimizers.schedules.ExponentialDecay(
-            FLAGS.meta_lr, FLAGS.meta_lr_halving_interval, decay_rate=0.5, staircase=True)
-    return PrototypicalNetwork(net, meta_optimizer=keras.optimizers.Adam(learning_rate),
-                               train_n_way=FLAGS.train_n_way or FLAGS.n_way)
+    return PrototypicalNetwork(net, meta_optimizer=meta_optimizer(), train_n_way=FLAGS.train_n_way or FLAGS.n_way)
 
 
 def training_stream(splits):

@@ -393,7 +393,8 @@ def pad_classes(classes):
     return padded, counts
 
 
-def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=False, counts=None):
+def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=False, counts=None,
+                    rotate_per_task=False):
     """Draws `num_tasks` tasks from `images` [C, M, H, W] (grayscale, M images of each of C classes)
     or [C, M, H, W, channels] with the generator `rng`.
 
@@ -403,6 +404,8 @@ def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=Fal
       its images, support and query alike (`rotate_classes`); drawn after everything else,
       so the tasks are otherwise those of rotate=False.
     counts: class c has only its first counts[c] images (`pad_classes`); None: all M.
+    rotate_per_task: with `rotate`, one quarter turn for every class of a task (the Relation Network
+      code's), instead of one per class (the MAML codes').
     """
     num_classes, per_class = images.shape[:2]
     classes = rng.random((num_tasks, num_classes)).argsort(axis=1)[:, :n_way]
@@ -412,7 +415,8 @@ def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=Fal
     drawings = order.argsort(axis=2)[:, :, :k_shot + num_query]
     picked = images[classes[:, :, None], drawings]  # [T, N, K+Q, H, W(, channels)]
     if rotate:
-        picked = rotate_classes(picked, rng.integers(0, 4, (num_tasks, n_way)))
+        turns = rng.integers(0, 4, (num_tasks, 1 if rotate_per_task else n_way))
+        picked = rotate_classes(picked, np.broadcast_to(turns, (num_tasks, n_way)))
     if picked.ndim == 5:  # Grayscale: one channel.
         picked = picked[..., None]
     labels = np.broadcast_to(np.arange(n_way, dtype=np.int32)[None, :, None],
@@ -482,11 +486,12 @@ class EpisodeSampler(TaskStream):
       per class as it has (`load_image_folder`); every class needs k_shot + num_query of them.
     seed: the stream's seed; meta-batch `index` depends on (seed, index) alone.
     split_name, class_names: what an error message calls the split and its classes.
-    rotate: each class of a task under a random multiple of 90 degrees (see `sample_episodes`).
+    rotate: each class of a task under a random multiple of 90 degrees (see `sample_episodes`), or
+      with rotate_per_task, every class of a task under the same one.
     """
 
     def __init__(self, images, n_way, k_shot, num_query, seed, split_name='train', rotate=False,
-                 class_names=None):
+                 class_names=None, rotate_per_task=False):
         self.counts = None
         if isinstance(images, (list, tuple)):
             images, self.counts = pad_classes(images)
@@ -494,13 +499,13 @@ class EpisodeSampler(TaskStream):
         check_task_shape(len(images), n_way, k_shot, num_query, split_name, per_class=images.shape[1])
         self.images = images
         self.n_way, self.k_shot, self.num_query = n_way, k_shot, num_query
-        self.seed, self.rotate = seed, rotate
+        self.seed, self.rotate, self.rotate_per_task = seed, rotate, rotate_per_task
 
     def sample(self, index, num_tasks):
         """Meta-batch number `index` of `num_tasks` tasks."""
         rng = np.random.default_rng([self.seed, index])
         return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng, self.rotate,
-                               self.counts)
+                               self.counts, self.rotate_per_task)
 
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')

@@ -2,8 +2,9 @@
 
 The network is the MAML paper's Omniglot net (`ConvNet`): `num_blocks` blocks of
 3x3 convolution (`num_filters` filters, stride 2, or stride 1 and 2x2 max-pool),
-batch norm and ReLU, then the spatial mean and a linear head; or a residual network
-over the same pieces (`ResNet`). `build` makes either by its --backbone name.
+batch norm and ReLU, then the spatial mean and a linear head; a residual network
+over the same pieces (`ResNet`); or the Relation Network paper's variant (`RelationEmbedding`,
+5x5 feature maps). `build` makes each by its --backbone name.
 
 With precision 'bfloat16' the convolution blocks compute in bfloat16 (mixed precision): the
 weights stay float32 and are cast where a convolution uses them, batch norm's moments and scales
@@ -126,6 +127,13 @@ class ConvNet(Classifier):
         """The penultimate features [T, B, num_filters]: everything but the head (see `forward`)."""
         return self._features(params, images, statistics)[0]
 
+    def feature_map_size(self):
+        """H' = W' of the body's last feature maps: the image size halved (rounding up) by each block."""
+        size = self.image_size
+        for _ in range(self.num_blocks):
+            size = -(-size // 2)
+        return size
+
     def feature_maps(self, params, images):
         """The body's last feature maps [T, B, H', W', num_filters] (2x2 for 28x28 images), before
         the spatial mean; batch norm with each task's own batch moments."""
@@ -223,6 +231,53 @@ class ResNet(ConvNet):
         return h
 
 
+@dataclasses.dataclass(frozen=True)
+class RelationEmbedding(ConvNet):
+    """The Relation Network paper's Omniglot embedding (Sung et al., 2018, and its authors' code):
+    four blocks of 3x3 convolution, batch norm and ReLU, the first two unpadded and each followed by
+    2x2 max-pooling, the last two padded, so that 28x28 images give 5x5 feature maps
+    (28 -> 26 -> 13 -> 11 -> 5 -> 5 -> 5), which the paper's relation module pools twice more. As in
+    `ConvNet`, the spatial mean and a linear head follow, for the learners that ask for features.
+    """
+    unpadded_blocks = 2  # Blocks whose convolution is unpadded and followed by max-pooling.
+
+    def __post_init__(self):
+        if self.max_pool:
+            raise ValueError('max_pool: the Relation Network embedding pools after its first two blocks '
+                             'and never after the last two; max_pool is the ConvNet\'s')
+
+    def feature_map_size(self):
+        size = self.image_size
+        for block in range(1, self.num_blocks + 1):
+            size = (size - 2) // 2 if block <= self.unpadded_blocks else size
+        return size
+
+    def keras_model(self):
+        layers = [keras.Input((self.image_size, self.image_size, self.channels))]
+        for block in range(1, self.num_blocks + 1):
+            unpadded = block <= self.unpadded_blocks
+            layers += [
+                keras.layers.Conv2D(self.num_filters, 3, padding='valid' if unpadded else 'same', use_bias=False,
+                                    name=f'conv{block}'),
+                keras.layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, name=f'bn{block}'),
+                keras.layers.ReLU(name=f'relu{block}'),
+            ]
+            if unpadded:
+                layers.append(keras.layers.MaxPooling2D(2, name=f'pool{block}'))  # Floors 11 to 5, as the paper's.
+        layers += [keras.layers.GlobalAveragePooling2D(name='spatial_mean'),
+                   keras.layers.Dense(self.n_way, name='head')]
+        return keras.Sequential(layers, name='relation_embedding')
+
+    def _body(self, params, h, normalise):
+        for block in range(1, self.num_blocks + 1):
+            unpadded = block <= self.unpadded_blocks
+            h = grouped_conv2d(h, params[f'conv{block}/kernel'], 1, 'VALID' if unpadded else 'SAME')
+            h = tf.nn.relu(normalise(h, f'bn{block}'))
+            if unpadded:
+                h = tf.nn.max_pool2d(h, 2, 2, 'VALID')
+        return h
+
+
 class KerasNetwork(Classifier):
     """Any Keras classifier under a gradient-based learner: its forward over explicit weights is the
     model's own `stateless_call`, one task after another.
@@ -299,7 +354,7 @@ def _name_of(model, variable):
     return next(name for name, value in parameters(model).items() if value is variable)
 
 
-BACKBONES = {'conv4': ConvNet, 'resnet': ResNet}
+BACKBONES = {'conv4': ConvNet, 'resnet': ResNet, 'relationnet': RelationEmbedding}
 
 
 def build(backbone, n_way, num_filters, max_pool, precision='float32', image_size=28, channels=1):
@@ -365,8 +420,9 @@ class SmallCNN(Classifier):
         return self.head_outputs(params, h)
 
 
-def grouped_conv2d(h, kernels, stride):
-    """Convolves channel group t of `h` [B, H, W, T*C] with kernels[t] [3, 3, C, F], in h's type.
+def grouped_conv2d(h, kernels, stride, padding='SAME'):
+    """Convolves channel group t of `h` [B, H, W, T*C] with kernels[t] [3, 3, C, F], in h's type,
+    zero-padded to keep the size ('SAME') or unpadded ('VALID').
 
     One grouped convolution where TensorFlow can differentiate it on this CPU, else one convolution
     per task (the same numbers, slower): see `grouped_gradient_available`.
@@ -380,9 +436,9 @@ def grouped_conv2d(h, kernels, stride):
         h, stride = h[:, ::stride, ::stride, :], 1
     if num_tasks > 1 and not grouped_gradient_available(h.dtype):
         groups = tf.split(h, num_tasks, axis=-1)
-        return tf.concat([tf.nn.conv2d(group, kernels[t], stride, 'SAME') for t, group in enumerate(groups)], -1)
+        return tf.concat([tf.nn.conv2d(group, kernels[t], stride, padding) for t, group in enumerate(groups)], -1)
     kernel = tf.reshape(tf.transpose(kernels, [1, 2, 3, 0, 4]), [height, width, channels, num_tasks * filters])
-    return tf.nn.conv2d(h, kernel, stride, 'SAME')
+    return tf.nn.conv2d(h, kernel, stride, padding)
 
 
 @functools.cache

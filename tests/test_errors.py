@@ -265,7 +265,19 @@ CASES = {
                                r'--meta_step_size nan: must be a finite number', None),
     'maml: one test task': ('maml.py', [*MAML, '--num_test_tasks=1'], r'--num_test_tasks', None),
     'relationnet: a ProtoNet flag': ('relationnet.py', [*RESULTS, '--train_n_way=20'],
-                                     r'Unknown command line flag .train_n_way.', None),
+                                     r'--train_n_way is not a flag of relationnet.py', None),
+    'relationnet: more pooled blocks than the maps allow': (
+        'relationnet.py', [*RESULTS, '--relation_blocks=2', '--relation_max_pool'],
+        r'--relation_blocks 2 --relation_max_pool: pooling would take the 2x2 feature maps of --backbone conv4 '
+        r'below 1x1', None),
+    'relationnet: a non-positive clip norm': ('relationnet.py', [*RESULTS, '--clip_norm=0'], r'--clip_norm', None),
+    'relationnet: images too small for its embedding': (
+        'relationnet.py', [*RESULTS, '--backbone=relationnet', '--dataset=folder:x', '--image_size=8'],
+        r'--image_size: too small for --backbone relationnet', None),
+    'maml: rotations per task without rotations': ('maml.py', [*MAML, '--task_rotations_per=task'],
+                                                   r'--task_rotations_per task: .* give --task_rotations', None),
+    'maml: max-pooling in the relation embedding': ('maml.py', [*MAML, '--backbone=relationnet', '--max_pool'],
+                                                    r'--max_pool: only with --backbone conv4', None),
     'imaml: an order it does not have': ('imaml.py', [*RESULTS, '--first_order'],
                                          r'--first_order is not a flag of imaml.py', None),
     'imaml: zero lambda': ('imaml.py', [*RESULTS, '--lam=0'], r'--lam', None),

@@ -15,7 +15,8 @@ def net_and_model():
     return net, net.keras_model()
 
 
-@pytest.mark.parametrize('backbone,max_pool', [('conv4', False), ('conv4', True), ('resnet', False)])
+@pytest.mark.parametrize('backbone,max_pool', [('conv4', False), ('conv4', True), ('resnet', False),
+                                              ('relationnet', False)])
 def test_forward_matches_keras_model_in_training_mode(backbone, max_pool):
     tf.keras.utils.set_random_seed(1)
     net = network.build(backbone, 3, 6, max_pool)
@@ -27,7 +28,7 @@ def test_forward_matches_keras_model_in_training_mode(backbone, max_pool):
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('backbone', ['conv4', 'resnet'])
+@pytest.mark.parametrize('backbone', ['conv4', 'resnet', 'relationnet'])
 def test_colour_images_of_another_size_forward_as_the_keras_model_with_each_task_its_own_weights(backbone):
     # RGB 32x32 images: task t's three channels must meet task t's kernel alone.
     tf.keras.utils.set_random_seed(2)
@@ -50,7 +51,7 @@ def keras_clone(model, weights):
     return clone
 
 
-@pytest.mark.parametrize('backbone', ['conv4', 'resnet'])
+@pytest.mark.parametrize('backbone', ['conv4', 'resnet', 'relationnet'])
 def test_forward_with_running_statistics_matches_keras_inference_mode(backbone):
     tf.keras.utils.set_random_seed(2)
     net = network.build(backbone, 3, 6, False)
@@ -190,3 +191,20 @@ def test_resnet_adds_residual_blocks_and_halves_the_resolution_in_each():
     assert params['conv3s/kernel'].shape == (1, 1, 8, 8)
     with pytest.raises(ValueError, match='^max_pool: '):
         network.ResNet(n_way=5, max_pool=True)
+
+
+@pytest.mark.parametrize('backbone,image_size', [('conv4', 28), ('conv4', 84), ('resnet', 28), ('resnet', 32),
+                                                 ('relationnet', 28), ('relationnet', 32), ('relationnet', 10)])
+def test_feature_map_size_is_that_of_the_keras_model(backbone, image_size):
+    net = network.BACKBONES[backbone](2, 4, image_size=image_size)
+    assert net.keras_model().get_layer('spatial_mean').input.shape[1:3] == (net.feature_map_size(),) * 2
+
+
+def test_the_relation_network_embedding_keeps_5x5_maps_of_28x28_images_as_the_paper():
+    """Two unpadded convolutions each pooled (28 -> 26 -> 13 -> 11 -> 5), then two padded ones (5 -> 5)."""
+    tf.keras.utils.set_random_seed(3)
+    net = network.build('relationnet', 3, 4, False)
+    model = net.keras_model()
+    maps = net.feature_maps(network.tile(network.parameters(model), 2), tf.random.uniform([2, 6, 28, 28, 1]))
+    assert maps.shape == (2, 6, 5, 5, 4)
+    assert [model.get_layer(f'conv{block}').padding for block in range(1, 5)] == ['valid', 'valid', 'same', 'same']

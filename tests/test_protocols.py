@@ -21,6 +21,7 @@ import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
 import imaml  # noqa: F401 (defines iMAML's flags)
 import reptile  # noqa: F401 (defines Reptile's flags)
 import protonet  # noqa: F401 (defines the Prototypical Network's flags)
+import relationnet  # noqa: F401 (defines the Relation Network's flags)
 import reference
 
 FLAGS = flags.FLAGS
@@ -60,6 +61,13 @@ EXPECTED.update({f'protonet_paper_5way{k_shot}shot.flags': dict(
     n_way=5, k_shot=k_shot, train_n_way=60, num_query=5, meta_batch_size=1, meta_lr=0.001,
     meta_lr_halving_interval=2000, num_filters=64, max_pool=True, split='random', num_train_classes=1150,
     num_val_classes=50, task_rotations='all', rotations=False, num_iterations=30000, val_interval=500,
+    num_test_tasks=600) for k_shot in (1, 5)})
+
+EXPECTED.update({f'relationnet_paper_5way{k_shot}shot.flags': dict(
+    n_way=5, k_shot=k_shot, num_query=20 - k_shot if k_shot == 1 else 15, meta_batch_size=1, meta_lr=0.001,
+    meta_lr_halving_interval=100000, clip_norm=0.5, backbone='relationnet', num_filters=64, relation_blocks=2,
+    relation_max_pool=True, max_pool=False, split='random', num_train_classes=1150, num_val_classes=50,
+    task_rotations='all', task_rotations_per='task', rotations=False, num_iterations=1000000, val_interval=5000,
     num_test_tasks=600) for k_shot in (1, 5)})
 
 
@@ -104,10 +112,13 @@ def _lettered(num_classes, per_class=20, size=12):
     return images
 
 
-def test_rotation_turns_every_image_of_a_class_of_a_task_alike():
+def _turns(rotate_per_task=False):
+    """The quarter turns [40, 5] that rotation gave each class of 40 tasks, having checked that every
+    image of a class, support and query, was turned alike and that nothing else changed."""
     images = _lettered(9)
     plain = data.sample_episodes(images, 5, 2, 3, 40, np.random.default_rng(7))
-    turned = data.sample_episodes(images, 5, 2, 3, 40, np.random.default_rng(7), rotate=True)
+    turned = data.sample_episodes(images, 5, 2, 3, 40, np.random.default_rng(7), rotate=True,
+                                  rotate_per_task=rotate_per_task)
     # The same classes and drawings; each class turned by one multiple of 90 degrees, support and query alike.
     for split in ('support', 'query'):
         assert np.array_equal(getattr(plain, f'{split}_labels'), getattr(turned, f'{split}_labels'))
@@ -121,9 +132,20 @@ def test_rotation_turns_every_image_of_a_class_of_a_task_alike():
             matches = [k for k in range(4) if np.array_equal(np.rot90(before, k, axes=(1, 2)), after)]
             assert len(matches) == 1, (task, label)
             turns[task, label] = matches[0]
+    return turns
+
+
+def test_rotation_turns_every_image_of_a_class_of_a_task_alike():
+    turns = _turns()
     # Drawn per class and per task, all four turns used.
     assert set(np.unique(turns)) == {0, 1, 2, 3}
     assert len({tuple(row) for row in turns}) > 30
+
+
+def test_rotation_per_task_turns_every_class_of_a_task_alike():
+    turns = _turns(rotate_per_task=True)
+    assert np.all(turns == turns[:, :1])  # The Relation Network code's: one turn for the whole task,
+    assert set(np.unique(turns)) == {0, 1, 2, 3}  # drawn anew per task.
 
 
 def test_rotation_is_deterministic_for_a_seed_and_changes_nothing_else_when_off():
@@ -193,7 +215,8 @@ TINY = ['--num_filters=4', '--num_train_classes=9', '--num_val_classes=5', '--nu
 
 
 @pytest.mark.parametrize('script, protocol', [('maml.py', 'fomaml_paper_5way1shot'),
-                                              ('maml_plusplus.py', 'mamlpp_paper_5way1shot')])
+                                              ('maml_plusplus.py', 'mamlpp_paper_5way1shot'),
+                                              ('relationnet.py', 'relationnet_paper_5way1shot')])
 def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_path, script, protocol):
     """A few iterations of a protocol on synthetic data, then reference.py keeps the run and writes its row."""
     out = str(tmp_path)
@@ -203,8 +226,10 @@ def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_pa
     assert run.returncode == 0, run.stderr[-2000:]
     with open(os.path.join(out, 'results', name, 'hyperparameters.json')) as f:
         recorded = json.load(f)['flags']
-    assert recorded['task_rotations'] == EXPECTED[f'{protocol}.flags']['task_rotations']
-    assert recorded['num_iterations'] == 3 and recorded['inner_lr'] == EXPECTED[f'{protocol}.flags']['inner_lr']
+    overridden = {argument.removeprefix('--').partition('=')[0] for argument in TINY}
+    assert {name: recorded[name] for name in EXPECTED[f'{protocol}.flags'] if name not in overridden} == \
+        {name: value for name, value in EXPECTED[f'{protocol}.flags'].items() if name not in overridden}
+    assert recorded['num_iterations'] == 3
 
     reference_dir = os.path.join(out, 'reference')
     shutil.copytree(os.path.join(REPO, 'reference'), reference_dir)

@@ -30,11 +30,17 @@ from fewshot.cli import config, experiment
 # or by declaring them, so that other commands refuse them.
 flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
                   "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
-                  'convolution and three residual blocks (about twice the convolution work).')
+                  "convolution and three residual blocks (about twice the convolution work); 'relationnet', "
+                  "the Relation Network paper's four blocks (the first two unpadded, each followed by 2x2 "
+                  'max-pooling: 5x5 feature maps of 28x28 images).')
 flags.register_multi_flags_validator(
-    ['backbone', 'max_pool'], lambda values: not (values['backbone'] == 'resnet' and values['max_pool']),
-    message='--max_pool: the residual network downsamples with strided convolutions; use --backbone conv4 '
-            'for max-pooling')
+    ['backbone', 'max_pool'], lambda values: values['backbone'] == 'conv4' or not values['max_pool'],
+    message='--max_pool: only with --backbone conv4 (the residual network downsamples with strided '
+            'convolutions, the Relation Network embedding pools in its own way)')
+flags.register_multi_flags_validator(
+    ['backbone', 'image_size'],
+    lambda values: network.BACKBONES[values['backbone']](2, image_size=values['image_size']).feature_map_size() >= 1,
+    message="--image_size: too small for --backbone relationnet's unpadded convolutions (at least 10 pixels)")
 flags.DEFINE_float('meta_lr', 1e-3, 'Meta learning rate: the step size of the meta-optimizer, Adam (MAML calls '
                    'it beta).', lower_bound=1e-12)
 FLAGS = flags.FLAGS

@@ -33,6 +33,13 @@ flags.DEFINE_enum('task_rotations', 'none', ['none', 'train', 'all'],
                   "images, support and query, drawn anew per task: in meta-training tasks only ('train', as "
                   "MAML++'s code does) or in meta-training, validation and test tasks ('all', as the MAML "
                   "paper's code does).")
+flags.DEFINE_enum('task_rotations_per', 'class', ['class', 'task'],
+                  "With --task_rotations: draw the quarter turn for each class of a task ('class', as the MAML "
+                  "codes do) or one for all the classes of a task ('task', as the Relation Network code does).")
+flags.register_multi_flags_validator(
+    ['task_rotations', 'task_rotations_per'],
+    lambda values: values['task_rotations_per'] == 'class' or values['task_rotations'] != 'none',
+    message='--task_rotations_per task: says how --task_rotations turns a task; give --task_rotations train or all')
 
 flags.DEFINE_string('dataset', 'omniglot', "The classes tasks are drawn from: 'omniglot', or 'folder:PATH', a "
                     'folder with a subfolder of images per class (any size and format, resized to --image_size, '

@@ -66,7 +66,8 @@ def episode_sampler(images, n_way, k_shot, num_query, seed, split_name, rotate, 
     per_class = max(map(len, images)) if isinstance(images, (list, tuple)) else images.shape[1]
     data.check_task_shape(len(images), n_way, k_shot, num_query, split_name, per_class,
                           (n_way_flag, '--k_shot', '--num_query'))
-    return data.EpisodeSampler(images, n_way, k_shot, num_query, seed, split_name, rotate)
+    return data.EpisodeSampler(images, n_way, k_shot, num_query, seed, split_name, rotate,
+                               rotate_per_task=FLAGS.task_rotations_per == 'task')
 
 
 class Tasks(NamedTuple):
