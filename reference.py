@@ -66,7 +66,7 @@ RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
 # Protocol prefix -> command.
 COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py', 'imaml': 'imaml.py',
-            'reptile': 'reptile.py', 'protonet': 'protonet.py'}
+            'reptile': 'reptile.py', 'protonet': 'protonet.py', 'relationnet': 'relationnet.py'}
 PAPERS_FILE = 'papers.csv'
 PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
 BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'

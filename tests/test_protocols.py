@@ -89,6 +89,10 @@ def test_every_protocol_file_is_checked():
     assert sorted(os.path.basename(path) for path in glob.glob(os.path.join(PROTOCOLS, '*.flags'))) == sorted(EXPECTED)
 
 
+def test_reference_py_can_continue_every_protocol():
+    assert {name.split('_')[0] for name in EXPECTED} <= set(reference.COMMANDS)
+
+
 @pytest.mark.parametrize('name', sorted(EXPECTED))
 def test_a_protocol_file_sets_the_papers_values_and_nothing_else(name):
     assert _file_values(f'--flagfile={os.path.join(PROTOCOLS, name)}') == EXPECTED[name]
