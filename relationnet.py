@@ -15,7 +15,8 @@ from absl import flags
 
 from fewshot import cli, network
 from fewshot.cli import commands, config, strategy
-from fewshot.learners.relationnet import RelationNetwork, keras_model  # noqa: F401  (visible from relationnet)
+from fewshot.learners.relationnet import RelationNetwork, max_pooled_blocks
+from fewshot.learners.relationnet import keras_model  # noqa: F401  (visible from relationnet)
 import protonet
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
@@ -35,12 +36,13 @@ FLAGS = flags.FLAGS
 @flags.multi_flags_validator(['relation_blocks', 'relation_max_pool', 'backbone', 'image_size'])
 def _pooling_leaves_a_map(values):
     """Max-pooling each block must leave the relation module's maps at least 1x1."""
-    size = network.BACKBONES[values['backbone']](2, image_size=values['image_size']).feature_map_size()
-    if values['relation_max_pool'] and size >> values['relation_blocks'] < 1:
+    net = network.BACKBONES[values['backbone']](2, image_size=values['image_size'])
+    if values['relation_max_pool'] and values['relation_blocks'] > max_pooled_blocks(net):
+        size = net.feature_map_size()
         raise flags.ValidationError(
             f'--relation_blocks {values["relation_blocks"]} --relation_max_pool: pooling would take the '
             f'{size}x{size} feature maps of --backbone {values["backbone"]} below 1x1; use at most '
-            f'{size.bit_length() - 1} block(s), or --backbone relationnet (5x5 maps of 28x28 images)')
+            f'{max_pooled_blocks(net)} block(s), or --backbone relationnet (5x5 maps of 28x28 images)')
     return True
 
 

@@ -42,15 +42,20 @@ def block_names(relation_blocks):
             for suffix in ['', *range(2, relation_blocks + 1)]]
 
 
+def max_pooled_blocks(net):
+    """How many blocks with 2x2 max-pooling the feature maps of `net` allow before they fall below 1x1."""
+    return net.feature_map_size().bit_length() - 1
+
+
 def keras_model(net, relation_blocks=1, relation_max_pool=False):
     """The embedding network `net` and the relation module as one Keras model (for storage and the
     checkpoint): inputs an image and a pair of concatenated feature maps [H', W', 2F]; outputs the
     network's logits (its head unused) and the relation score. ValueError if max-pooling would take
     the embedding's feature maps below 1x1."""
     size = net.feature_map_size()
-    if relation_max_pool and size >> relation_blocks < 1:
+    if relation_max_pool and relation_blocks > max_pooled_blocks(net):
         raise ValueError(f'relation_blocks={relation_blocks} with max-pooling: the {size}x{size} feature maps of '
-                         f'this network allow at most {size.bit_length() - 1} pooled block(s)')
+                         f'this network allow at most {max_pooled_blocks(net)} pooled block(s)')
     embedding = net.keras_model()
     pairs = keras.Input((size, size, 2 * net.num_filters), name='pairs')
     h = pairs
