@@ -375,6 +375,19 @@ class RunFolder:
             shutil.rmtree(self.path)
         os.makedirs(self.path, exist_ok=True)
 
+    @contextlib.contextmanager
+    def started(self):
+        """Makes the folder (`create`) for the work inside the `with`; if that work fails before the
+        folder holds a checkpoint, a folder this run made is removed again: holding only the run's
+        hyperparameters, it is nothing to resume, and it would stop the next run of the same name."""
+        self.create()
+        try:
+            yield self
+        except BaseException:  # KeyboardInterrupt too: a run stopped while it builds keeps nothing.
+            if not os.path.exists(self.file(CHECKPOINT_FILE)):
+                self.discard()
+            raise
+
     def file(self, name):
         return os.path.join(self.path, name)
 

@@ -117,6 +117,26 @@ def test_existing_run_folder_is_kept_unless_asked(tmp_path):
     assert not os.path.exists(folder.file('notes.txt'))
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    """A folder with only hyperparameters.json was left behind by a command failing after it made
+    the folder (building the learner, sizing its chunks): nothing to resume, yet it blocked the name."""
+    fresh = results.RunFolder(str(tmp_path), 'run', create=False)
+    with pytest.raises(KeyboardInterrupt), fresh.started():
+        fresh.write_hyperparameters({'n_way': 5}, {})
+        raise KeyboardInterrupt
+    assert not os.path.exists(fresh.path)
+    with pytest.raises(ValueError), fresh.started():  # Past a checkpoint there is a run to resume.
+        fresh.write_hyperparameters({'n_way': 5}, {})
+        fresh.save_checkpoint({'w': keras.Variable([1.0])}, 0)
+        raise ValueError
+    assert os.path.exists(fresh.file(results.CHECKPOINT_FILE))
+    os.remove(fresh.file(results.CHECKPOINT_FILE))
+    resumed = results.RunFolder(str(tmp_path), 'run', resume=True, create=False)
+    with pytest.raises(ValueError), resumed.started():  # Not this run's folder: the user's, kept.
+        raise ValueError
+    assert os.path.exists(resumed.file(results.HYPERPARAMETERS_FILE))
+
+
 def test_unwritable_results_dir_is_refused(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')

@@ -230,32 +230,34 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
                         'data (its checksum)': tasks.checksum})
     # Peak memory from here on: the data's preprocessing (several GB the first time) is not the run's.
     memory_after = 'data loading' if training.reset_peak_memory() else 'process start'
-    run_folder.create()
-    run_folder.write_hyperparameters(
-        flag_values,
-        {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': tasks.checksum,
-         'task_checksums': {'val': data.tasks_checksum(tasks.val), 'test': data.tasks_checksum(tasks.test)},
-         'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
-         **tasks.facts, **(extra or {})}, flag_defaults)
-    precision = settings.get('precision', FLAGS.precision)
-    if 'precision' in settings:
-        log_precision(precision)
-    keras.utils.set_random_seed(FLAGS.seed)
-    with cluster.scope():
-        learner = build(tasks.splits, precision)
-    if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
-        if settings.get('tasks_per_chunk'):  # Else the learner's own (second order: chunks of 8).
-            learner.tasks_per_chunk = settings['tasks_per_chunk']
-        if memory_budget_gb:
-            learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
-                                                                     memory_budget_gb)
-    schedule = schedule_for(tasks.splits) if schedule_for else training.Schedule(
-        num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
-        val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
-    if FLAGS.time_budget_minutes:
-        schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
-    rows = training.train(learner, tasks.stream, tasks.val, run_folder, schedule,
-                          FLAGS.progress and cluster.is_chief, cluster)
+    # A failure before the first checkpoint (building the learner, sizing its chunks, the first
+    # validation) leaves no folder behind.
+    with run_folder.started():
+        run_folder.write_hyperparameters(
+            flag_values,
+            {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': tasks.checksum,
+             'task_checksums': {'val': data.tasks_checksum(tasks.val), 'test': data.tasks_checksum(tasks.test)},
+             'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
+             **tasks.facts, **(extra or {})}, flag_defaults)
+        precision = settings.get('precision', FLAGS.precision)
+        if 'precision' in settings:
+            log_precision(precision)
+        keras.utils.set_random_seed(FLAGS.seed)
+        with cluster.scope():
+            learner = build(tasks.splits, precision)
+        if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
+            if settings.get('tasks_per_chunk'):  # Else the learner's own (second order: chunks of 8).
+                learner.tasks_per_chunk = settings['tasks_per_chunk']
+            if memory_budget_gb:
+                learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
+                                                                         memory_budget_gb)
+        schedule = schedule_for(tasks.splits) if schedule_for else training.Schedule(
+            num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
+            val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
+        if FLAGS.time_budget_minutes:
+            schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
+        rows = training.train(learner, tasks.stream, tasks.val, run_folder, schedule,
+                              FLAGS.progress and cluster.is_chief, cluster)
 
     logging.info('Meta-testing on %d tasks', FLAGS.num_test_tasks)
     score = learner.score_name
