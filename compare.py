@@ -63,8 +63,18 @@ class PlannedRun:
             self.arguments.append(f'--first_order={FLAGS.first_order}')
 
     def finished(self):
-        """True if the run finished (as many iterations as asked, unless under a time budget)."""
-        return runs.finished(self.folder, self.num_iterations())
+        """True if the run finished (as many iterations as asked, unless under a time budget); RunError if
+        its folder holds another run (`runs.check_run_is`)."""
+        return runs.finished(self.folder, self.num_iterations(), *self.identity())
+
+    def identity(self):
+        """(algorithm, {flag: value}) that the run must have recorded: what its folder is named after."""
+        n_way, k_shot = runs.parse_setting(self.setting)
+        flag_values = {'n_way': n_way, 'k_shot': k_shot, 'seed': FLAGS.seed, 'backbone': self.backbone,
+                       'time_budget_minutes': FLAGS.budget_minutes}
+        if self.command.takes('num_inner_steps'):
+            flag_values['num_inner_steps'] = self.command.default('num_inner_steps')
+        return self.command.algorithm_name(FLAGS.first_order), flag_values
 
     def num_iterations(self):
         return None if FLAGS.budget_minutes else FLAGS.num_iterations
@@ -75,7 +85,8 @@ class PlannedRun:
     def train(self, passed_flags):
         """Reuses the finished run if it was trained with these flags (RunError if otherwise), or trains it."""
         arguments, script = [*self.arguments, *passed_flags], self.command.script
-        if not runs.reusable(script, self.folder, arguments, self.what(), 'compare.py', self.num_iterations()):
+        if not runs.reusable(script, self.folder, arguments, self.what(), 'compare.py', self.num_iterations(),
+                             *self.identity()):
             runs.train(script, self.folder, arguments, self.what(), 'compare.py')
 
 

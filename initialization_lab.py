@@ -30,8 +30,8 @@ import tensorflow as tf
 from absl import flags, logging
 from tqdm import tqdm
 
-from fewshot import cli, data, mnist, network, plotting, results
-from fewshot.cli import config
+from fewshot import cli, data, errors, mnist, network, plotting, results
+from fewshot.cli import config, experiment
 import maml
 
 TASKS = {'A': (0, 1), 'B': (2, 3), 'C': (4, 5), 'D': (6, 7), 'E': (8, 9)}
@@ -129,18 +129,22 @@ def by_class(dataset, digits):
     return np.stack([images[labels == d][:per_class] for d in digits]).astype(np.float32) / 255.0
 
 
-def meta_trained_maml(train_set, test_set, digits):
+def maml_validation_tasks(test_set, digits):
+    """Method 3's fixed meta-validation tasks: 2-way 5-shot tasks of `digits`' held-out test images."""
+    sampler = data.EpisodeSampler(by_class(test_set, digits), 2, 5, 10, seed=1, split_name='meta-validation digits')
+    return experiment.fixed_batches(sampler, FLAGS.maml_val_tasks, '--maml_val_tasks', batch_size=50)
+
+
+def meta_trained_maml(train_set, validation, digits):
     """Method 3's FO-MAML learner, meta-trained on 2-way tasks over `digits`, and its meta-validation
     curve {'iteration': [...], 'accuracy': [...]}: the query accuracy after --maml_adapt_steps steps on
-    fixed 2-way 5-shot tasks of the same digits' held-out test images, every --maml_val_interval
-    iterations (so that one sees whether --maml_iterations is enough)."""
+    the tasks `validation` (`maml_validation_tasks`), every --maml_val_interval iterations (so that one
+    sees whether --maml_iterations is enough)."""
     keras.utils.set_random_seed(0)
     net = network.SmallCNN(2)
     learner = maml.MAML(net, net.keras_model(), FLAGS.maml_inner_lr, FLAGS.maml_inner_steps, True,
                         keras.optimizers.Adam(FLAGS.train_lr))
     sampler = data.EpisodeSampler(by_class(train_set, digits), 2, 5, 10, seed=0, split_name='meta-train digits')
-    validation = data.EpisodeSampler(by_class(test_set, digits), 2, 5, 10, seed=1,
-                                     split_name='meta-validation digits').fixed_batches(FLAGS.maml_val_tasks, 50)
     curve = {'iteration': [], 'accuracy': []}
 
     def validate(iteration):
@@ -322,10 +326,13 @@ def main(argv):
     dataset = mnist.load_mnist(FLAGS.mnist_dir or None, FLAGS.cache_dir)
     train_set = (dataset.train_images, dataset.train_labels)
     test_set = (dataset.test_images, dataset.test_labels)
+    check_large_query(dataset.test_labels)
+    digits = [d for d in range(10) if d not in TASKS['A']]
+    validation = maml_validation_tasks(test_set, digits)
     logging.info('Pretraining the 10-digit classifier of method 2C')
     pretrained = pretrained_classifier(train_set)
     logging.info('Meta-training FO-MAML on the digits outside task A (method 3)')
-    learner, maml_curve = meta_trained_maml(train_set, test_set, [d for d in range(10) if d not in TASKS['A']])
+    learner, maml_curve = meta_trained_maml(train_set, validation, digits)
     per_seed = [run_seed(seed, train_set, test_set, pretrained, learner)
                 for seed in tqdm(range(FLAGS.num_seeds), desc='seeds (every method)', unit='seed')]
     # Everything the figure and summary need, so they can be redrawn without training.
@@ -336,6 +343,16 @@ def main(argv):
         'data_checksum': hashlib.sha256(dataset.train_images.tobytes()).hexdigest()}, versions=versions)
     results.write_json(folder.file('per_seed.json'), record)
     write_outputs(folder, record)
+
+
+def check_large_query(test_labels):
+    """FlagError unless the test set has --large_query images of each digit of tasks A and B: found
+    before any training, not after every method has trained."""
+    counts = {digit: int(np.sum(test_labels == digit)) for digit in TASKS['A'] + TASKS['B']}
+    digit = min(counts, key=counts.get)
+    if FLAGS.large_query > counts[digit]:
+        raise errors.FlagError(f'--large_query {FLAGS.large_query}: the MNIST test set has only {counts[digit]} '
+                               f'images of digit {digit}; at most that many')
 
 
 def read_record(path):

@@ -259,7 +259,7 @@ def run_learner(name, study_dir, tasks, figure_tasks):
     outcome = experiment.run(
         algorithm, name, lambda splits, precision: build(name), [sys.modules[__name__]], FLAGS.num_inner_steps,
         schedule_for=schedule, tasks=lambda: tasks._replace(stream=stream), test=test, location=(study_dir, name),
-        unrecorded_flags=('learners',))
+        unrecorded_flags=('learners',), resume=studies.resumes(study_dir, name))
     outcome.learner.save(outcome.folder.path)
     return outcome.summary
 
@@ -303,10 +303,10 @@ def main(argv):
     del argv
     study_dir = studies.study_folder(FLAGS.run_name or f'navigation_seed{FLAGS.seed}', LEARNERS)
     # Validation and test goals come from --eval_seed, apart from the training stream (--seed).
-    evaluation = lambda seed, count: GoalSampler(FLAGS.num_curve_steps, FLAGS.num_eval_trajectories,  # noqa: E731
-                                                 FLAGS.horizon, seed).fixed_batches(count, FLAGS.meta_batch_size)
-    val_batches = evaluation(FLAGS.eval_seed, FLAGS.num_val_tasks)
-    test_batches = evaluation(FLAGS.eval_seed + 1, FLAGS.num_test_tasks)
+    evaluation = lambda seed, count, flag: experiment.fixed_batches(  # noqa: E731
+        GoalSampler(FLAGS.num_curve_steps, FLAGS.num_eval_trajectories, FLAGS.horizon, seed), count, flag)
+    val_batches = evaluation(FLAGS.eval_seed, FLAGS.num_val_tasks, '--num_val_tasks')
+    test_batches = evaluation(FLAGS.eval_seed + 1, FLAGS.num_test_tasks, '--num_test_tasks')
     figure_tasks = GoalSampler(FLAGS.num_curve_steps, FLAGS.num_eval_trajectories, FLAGS.horizon,
                                FLAGS.eval_seed + 2).sample(0, FLAGS.num_figure_tasks)
     tasks = experiment.Tasks(val_batches, test_batches, None, data.tasks_checksum(val_batches + test_batches), {})

@@ -153,7 +153,8 @@ def run_learner(name, study_dir, tasks, figure_tasks):
     return experiment.run(
         algorithm, name, lambda splits, precision: build(name, FLAGS.inner_lr), [sys.modules[__name__]],
         inner_steps(name), fixed_on_resume=FIXED_ON_RESUME.get(name, ()), tasks=lambda: tasks, test=test,
-        location=(study_dir, name), unrecorded_flags=('learners',)).summary
+        location=(study_dir, name), unrecorded_flags=('learners',),
+        resume=studies.resumes(study_dir, name)).summary
 
 
 def write_comparison(study_dir, names):
@@ -199,10 +200,11 @@ def main(argv):
     del argv
     study_dir = studies.study_folder(FLAGS.run_name or f'sine_k{FLAGS.k_shot}_seed{FLAGS.seed}', LEARNERS)
     # Validation and test tasks come from --eval_seed, apart from the training stream (--seed).
-    val_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed).fixed_batches(
-        FLAGS.num_val_tasks, FLAGS.meta_batch_size)
-    test_batches = regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed + 1).fixed_batches(
-        FLAGS.num_test_tasks, FLAGS.meta_batch_size)
+    val_batches = experiment.fixed_batches(regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed),
+                                           FLAGS.num_val_tasks, '--num_val_tasks')
+    test_batches = experiment.fixed_batches(
+        regression.SineSampler(FLAGS.k_shot, FLAGS.num_eval_points, FLAGS.eval_seed + 1), FLAGS.num_test_tasks,
+        '--num_test_tasks')
     stream = regression.SineSampler(FLAGS.k_shot, FLAGS.num_query, FLAGS.seed)
     tasks = experiment.Tasks(val_batches, test_batches, stream, data.tasks_checksum(val_batches + test_batches), {})
     figure_tasks = regression.sine_tasks(np.random.default_rng([FLAGS.eval_seed, 2]), FLAGS.num_figure_tasks,

@@ -31,7 +31,7 @@ import os
 import numpy as np
 from absl import flags
 
-from fewshot import cli, errors, plotting, results
+from fewshot import cli, comparison, errors, plotting, results
 from fewshot.cli import config, runs
 
 RUNS_FILE = 'runs.csv'  # One row per run of a comparison: what figures.py redraws from.
@@ -82,6 +82,16 @@ def run_folder(results_dir, method, setting, seed, eval_batch_norm='transductive
                             METHODS[method][1].format(setting=setting, seed=seed, evaluation=evaluation))
 
 
+def identity(method, setting, seed, eval_batch_norm):
+    """(algorithm, {flag: value}) that the run of `method` at `setting` and `seed` must have recorded:
+    what its folder is named after (`runs.check_run_is`)."""
+    n_way, k_shot = runs.parse_setting(setting)
+    flag_values = {'n_way': n_way, 'k_shot': k_shot, 'seed': seed}
+    if method == 'MAML++':
+        flag_values['eval_batch_norm'] = eval_batch_norm
+    return method, flag_values
+
+
 def train(method, setting, seed, script_flags=()):
     """Reuses (if trained with these flags), resumes or runs one method's script for one setting and
     seed, in a child process.
@@ -96,7 +106,8 @@ def train(method, setting, seed, script_flags=()):
     if method == 'MAML++':
         arguments.append(f'--eval_batch_norm={evaluation}')
     what = f'{method} {setting} seed {seed}'
-    if not runs.reusable(script, folder, arguments, what, 'stability.py', FLAGS.num_iterations):
+    if not runs.reusable(script, folder, arguments, what, 'stability.py', FLAGS.num_iterations,
+                         *identity(method, setting, seed, evaluation)):
         runs.train(script, folder, arguments, what, 'stability.py')
 
 
@@ -150,10 +161,11 @@ def markdown_table(rows):
     for row in rows:
         lines.append(
             f'| {row["setting"]} | {row["method"]} | {row["seeds"]} '
-            f'| {row["final_val_mean"]:.2%} ± {row["final_val_std"]:.2%} '
+            f'| {row["final_val_mean"]:.2%} ± {comparison.number(row["final_val_std"], ".2%")} '
             f'| {row["mean_abs_change"]:.2%} / {row["mean_abs_change_second_half"]:.2%} '
             f'| {row["largest_drop"]:.2%} '
-            f'| {row["test_mean"]:.2%} ± {row["test_ci95_mean"]:.2%}; std {row["test_std"]:.2%} '
+            f'| {row["test_mean"]:.2%} ± {row["test_ci95_mean"]:.2%}; '
+            f'std {comparison.number(row["test_std"], ".2%")} '
             f'| {row["training_minutes_mean"]:.1f} | {row["batch_norm"]} |')
     return '\n'.join(lines) + '\n'
 
@@ -188,8 +200,8 @@ def compare(results_dir, output_dir, settings, seeds, eval_batch_norm='transduct
     """
     folders = {(method, setting, seed): run_folder(results_dir, method, setting, seed, eval_batch_norm)
                for setting in settings for method in METHODS for seed in seeds}
-    missing = [folder for folder in folders.values()
-               if not os.path.exists(os.path.join(folder, results.SUMMARY_FILE))]
+    missing = [folder for (method, setting, seed), folder in folders.items()
+               if not runs.finished(folder, None, *identity(method, setting, seed, eval_batch_norm))]
     if missing:
         raise runs.missing_runs_error(missing, 'stability.py')
     loaded = load_runs(folders)

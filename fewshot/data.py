@@ -521,19 +521,26 @@ def load_image_folder(folder, image_size=28, channels=1):
     """
     if channels not in (1, 3):
         raise DataError(f'channels {channels}: 1 (grayscale) or 3 (RGB)')
+    names, files = image_folder_files(folder)
+    classes = [np.stack([_read_image(path, image_size, channels) for path in paths]) for paths in files]
+    return names, classes
+
+
+def image_folder_files(folder):
+    """(class names, sorted; for each class the paths of its images, sorted) of a folder with one subfolder
+    of images per class; DataError naming the folder for a missing folder or an empty class."""
     if not os.path.isdir(folder):
         raise DataError(f'{folder}: not a folder (expected a folder with a subfolder of images per class)')
     names = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
     if not names:
         raise DataError(f'{folder}: no class folders in it (expected a subfolder of images per class)')
-    classes = []
+    files = []
     for name in names:
-        files = sorted(file for file in os.listdir(os.path.join(folder, name)) if file.lower().endswith(IMAGE_SUFFIXES))
-        if not files:
+        images = sorted(file for file in os.listdir(os.path.join(folder, name)) if file.lower().endswith(IMAGE_SUFFIXES))
+        if not images:
             raise DataError(f'{os.path.join(folder, name)}: no images in it ({", ".join(IMAGE_SUFFIXES)})')
-        classes.append(np.stack([_read_image(os.path.join(folder, name, file), image_size, channels)
-                                 for file in files]))
-    return names, classes
+        files.append([os.path.join(folder, name, image) for image in images])
+    return names, files
 
 
 def _read_image(path, image_size, channels):

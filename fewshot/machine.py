@@ -1,4 +1,5 @@
-"""What this machine's CPU offers, from /proc/cpuinfo (Linux); empty answers elsewhere."""
+"""What this machine offers: its CPU, from /proc/cpuinfo, and its free memory, from /proc/meminfo (Linux);
+empty answers elsewhere."""
 
 import functools
 import platform
@@ -34,3 +35,12 @@ def bfloat16_flags():
 def native_bfloat16():
     """True if the CPU computes bfloat16 natively (otherwise TensorFlow emulates it, slowly)."""
     return bool(bfloat16_flags())
+
+
+def available_memory_bytes():
+    """The memory this process can still take, in bytes (Linux's MemAvailable); None where unknown."""
+    try:
+        with open('/proc/meminfo') as file:
+            return next(int(line.split()[1]) * 1024 for line in file if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError):
+        return None

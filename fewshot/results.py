@@ -18,9 +18,11 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from importlib import metadata
 
 import numpy as np
@@ -54,19 +56,73 @@ RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progres
                                'strategy', 'cpu_replicas', 'check_reuse'})
 
 
+# What `replacing` names its temporary files: <name>.tmp<pid><extension>, beside the file they replace.
+TEMPORARY_NAME = re.compile(r'.+\.tmp(\d+)(\.[^.]*)?')
+
+
+def temporary_path(path):
+    """The temporary name this process writes `path` under before renaming it into place."""
+    root, extension = os.path.splitext(path)
+    return f'{root}.tmp{os.getpid()}{extension}'
+
+
 @contextlib.contextmanager
 def replacing(path):
     """Yields a temporary path beside `path` (same extension) to write; renames it to `path` when
-    the block ends, or removes it if the block fails, leaving `path` as it was."""
-    root, extension = os.path.splitext(path)
-    temporary = f'{root}.tmp{os.getpid()}{extension}'
+    the block ends, or removes it if the block fails, leaving `path` as it was.
+
+    A process killed inside the block cannot remove its temporary file: `leftovers` finds it, and
+    a run folder removes it when it is next used (`RunFolder.create`).
+    """
+    temporary = temporary_path(path)
     try:
         yield temporary
         os.replace(temporary, path)
-    except BaseException:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
+    except OSError as error:
+        _remove_if_present(temporary)
+        if error.filename in (None, temporary):  # A failed write() names no file ("No space left on device").
+            raise OSError(error.errno, error.strerror, path) from None
         raise
+    except BaseException:
+        _remove_if_present(temporary)
+        raise
+
+
+def _remove_if_present(path):
+    if os.path.lexists(path):
+        os.remove(path)
+
+
+def _process_is_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # Another user's process.
+        return True
+    return True
+
+
+def leftovers(folder):
+    """The temporary files of `replacing` in `folder` whose process has ended: what a process killed
+    while writing left behind (a live process's own are still being written, and are not listed)."""
+    found = []
+    for name in os.listdir(folder):
+        match = TEMPORARY_NAME.fullmatch(name)
+        path = os.path.join(folder, name)
+        if match and os.path.isfile(path) and not os.path.islink(path) and not _process_is_alive(int(match[1])):
+            found.append(path)
+    return found
+
+
+def remove_leftovers(folder):
+    """Removes `leftovers(folder)`; returns how many there were."""
+    found = leftovers(folder)
+    for path in found:
+        os.remove(path)
+    if found:
+        logging.info('Removed %d temporary files a stopped process left in %s', len(found), folder)
+    return len(found)
 
 
 def atomic_write(path, write):
@@ -78,7 +134,11 @@ def atomic_write(path, write):
 
 
 def check_writable(path, flag):
-    """OutputError unless `path` is a writable folder or could be created as one; creates nothing."""
+    """OutputError unless `path` is a writable folder or could be created as one; creates nothing.
+
+    Too long a name is found here too: os.makedirs would make the folders above it first, and leave
+    them behind empty when it fails.
+    """
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
@@ -86,11 +146,50 @@ def check_writable(path, flag):
         raise OutputError(f'{flag} {path}: {existing} is a file, not a folder')
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f'{flag} {path}: {existing} is not writable')
+    check_path_length(path, flag)
+
+
+# Room kept below the system's path limit for what goes inside a folder (a run's files, tensorboard/...).
+PATH_ROOM = 200
+
+
+def check_path_length(path, flag):
+    """OutputError if a component of `path` is longer than the file system allows, or the path leaves
+    less than PATH_ROOM bytes below its limit for the files that go into it."""
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    name_max, path_max = (os.pathconf(existing, name) for name in ('PC_NAME_MAX', 'PC_PATH_MAX'))
+    encoded = os.fsencode(os.path.abspath(path))
+    longest = max(encoded.split(b'/'), key=len)
+    if len(longest) > name_max:
+        raise OutputError(f'{flag} {path}: a name in it is {len(longest)} bytes long, more than the {name_max} '
+                          'this file system allows')
+    if len(encoded) > path_max - PATH_ROOM:
+        raise OutputError(f'{flag} {path}: {len(encoded)} bytes long; the files inside it need a path shorter '
+                          f'than {path_max - PATH_ROOM} bytes')
+
+
+def run_name_problem(name):
+    """Why `name` cannot name a run folder, None if it can: one path component, not '.' or '..', text a
+    file name and a JSON file hold alike (UTF-8), without control characters (a newline), not blank
+    and without spaces at either end (invisible in every listing)."""
+    if not name or name in ('.', '..') or '/' in name or os.sep in name:
+        return 'a run name is one folder name inside --results_dir, without / and not . or ..'
+    try:
+        name.encode('utf-8')
+    except UnicodeEncodeError:  # Bytes that are not UTF-8 arrive as lone surrogates.
+        return 'not valid UTF-8 text'
+    if any(unicodedata.category(character) in ('Cc', 'Cf', 'Cs') for character in name):
+        return 'it holds a control character (a newline, a tab, ...)'
+    if name != name.strip():
+        return 'blank, or it begins or ends with a space'
+    return None
 
 
 def is_run_name(name):
-    """True if `name` can name a run folder: one path component, not '.' or '..'."""
-    return bool(name) and name not in ('.', '..') and '/' not in name and os.sep not in name
+    """True if `name` can name a run folder (see `run_name_problem`)."""
+    return run_name_problem(name) is None
 
 
 def is_run_folder(path):
@@ -335,15 +434,13 @@ class RunFolder:
         fixed_on_resume: flags of RESUMABLE_CHANGES that this run must nevertheless keep (MAML++'s
           cosine schedule is spread over --num_iterations, so extending the run would change it).
         """
-        if not is_run_name(run_name):
-            raise RunError(f'--run_name {run_name!r}: a run name is one folder name inside '
-                           '--results_dir, without / and not . or ..')
+        problem = run_name_problem(run_name)
+        if problem:
+            raise RunError(f'--run_name {ascii(run_name)}: {problem}')
         if resume and overwrite:
             raise RunError('--resume and --overwrite contradict each other: continue the run, or replace it')
         self.path = os.path.join(results_dir, run_name)
         self.resume, self.overwrite = resume, overwrite
-        # A folder this run makes (or replaces) holds nothing of the user's: `discard` may remove it.
-        self.fresh = not os.path.lexists(self.path) or overwrite or not os.listdir(self.path)
         self.resumable_changes = RESUMABLE_CHANGES - set(fixed_on_resume)
         exists = os.path.lexists(self.path)
         if exists and not os.path.isdir(self.path) or os.path.islink(self.path):
@@ -351,7 +448,10 @@ class RunFolder:
         if resume and not exists:
             raise RunError(f'--resume: {self.path} does not exist, so there is nothing to continue '
                            '(leave out --resume to start it)')
-        empty = exists and not os.listdir(self.path)
+        # A folder holding only what a killed process of this project left half-written is empty to us.
+        empty = exists and set(os.listdir(self.path)) <= {os.path.basename(p) for p in leftovers(self.path)}
+        # A folder this run makes (or replaces) holds nothing of the user's: `discard` may remove it.
+        self.fresh = not exists or overwrite or empty
         if exists and not empty and not is_run_folder(self.path):
             raise RunError(f'{self.path} exists and is not a run folder (it has no {HYPERPARAMETERS_FILE}); '
                            'it is left alone: choose another --run_name')
@@ -360,20 +460,36 @@ class RunFolder:
                 'pass --overwrite to replace it'
             raise RunError(f'{self.path} already exists; {how}')
         check_writable(self.path if exists else results_dir, '--results_dir')
+        check_path_length(self.path, '--run_name')
         if resume and not empty:
             self.resume_point()  # Fails now, not after loading the data, if it cannot be resumed.
-            logs = self.file('tensorboard')
-            if os.path.lexists(logs) and not os.path.isdir(logs):
-                raise RunError(f'{logs} is not a folder, and the run writes its TensorBoard logs there: move it away')
+            self.check_entries()
         if create:
             self.create()
 
+    def check_entries(self):
+        """RunError unless what the run writes can be written: the run keeps only files in its folder,
+        and its TensorBoard logs in the folder tensorboard/. A folder where a file goes (model.keras,
+        a learner's learned rates, ...) would be found only when that file is written, after the
+        meta-test, with the files written before it already replaced."""
+        for name in sorted(os.listdir(self.path)):
+            path = self.file(name)
+            if name == 'tensorboard':
+                if os.path.lexists(path) and not os.path.isdir(path):
+                    raise RunError(f'{path} is not a folder, and the run writes its TensorBoard logs there: '
+                                   'move it away')
+            elif os.path.isdir(path):
+                raise RunError(f'{path} is a folder, and a run folder holds only files (but tensorboard/): '
+                               'the run would fail to write there after its meta-test; move it away')
+
     def create(self):
-        """Makes the folder; with --overwrite, first removes the run folder of the same name."""
+        """Makes the folder, or empties it of what stopped processes left half-written (`leftovers`);
+        with --overwrite, first removes the run folder of the same name."""
         if self.overwrite and os.path.isdir(self.path):
             print(f'--overwrite: removing the previous run folder {self.path}', flush=True)
             shutil.rmtree(self.path)
         os.makedirs(self.path, exist_ok=True)
+        remove_leftovers(self.path)
 
     @contextlib.contextmanager
     def started(self):
@@ -430,6 +546,14 @@ class RunFolder:
             raise RunError(f'{self.path} is a run of {recorded}, not of {algorithm}: a run folder is continued '
                            'only by the command and learner that made it; choose another --run_name')
 
+    def check_data(self, data_checksum):
+        """On resume, RunError unless the run recorded the data checksum `data_checksum`."""
+        if not self.resume or not os.path.exists(self.file(HYPERPARAMETERS_FILE)):
+            return
+        if read_hyperparameters(self.path).get('data_checksum') != data_checksum:
+            raise RunError(f'{self.path} was started with other data (its checksum differs); '
+                           'resume it with the same data or start a new --run_name')
+
     def write_hyperparameters(self, flags, extra, defaults=None, versions=None):
         """Records the flags (and `extra` facts) or, on resume, checks they did not change (`check_flags`).
 
@@ -438,10 +562,8 @@ class RunFolder:
         path = self.file(HYPERPARAMETERS_FILE)
         if self.resume and os.path.exists(path):
             self.check_flags(flags, defaults)
+            self.check_data(extra.get('data_checksum'))
             recorded = read_json(path)
-            if recorded.get('data_checksum') != extra.get('data_checksum'):
-                raise RunError(f'{self.path} was started with other data (its checksum differs); '
-                               'resume it with the same data or start a new --run_name')
             if recorded.get('task_checksums', extra.get('task_checksums')) != extra.get('task_checksums'):
                 # Runs before evaluation task j depended on (seed, j) alone drew them by meta-batch.
                 logging.warning('%s recorded other validation or test tasks than this version draws from the '
@@ -498,7 +620,17 @@ class RunFolder:
     def restore_checkpoint(self, variables):
         """Assigns the checkpointed values to `variables` (a dict name -> variable) by name; returns
         the iteration (0 if there is no checkpoint). RunError unless the checkpoint holds exactly
-        these names with these shapes.
+        these names with these shapes (`check_checkpoint`)."""
+        iteration, arrays = self.check_checkpoint(variables)
+        if arrays is not None:
+            for name, variable in variables.items():
+                variable.assign(arrays[name])
+        return iteration
+
+    def check_checkpoint(self, variables):
+        """(iteration, {name of `variables`: array}) of the checkpoint, (0, None) if there is none;
+        RunError unless it holds exactly the names of `variables` with their shapes and kinds. A command
+        calls it before it writes anything, so that a refused --resume leaves the folder as it was.
 
         Checkpoints written before variables had names hold them as v0000, v0001, ... in the
         order of `variables`; they are mapped by position once (checked the same way), and the
@@ -506,7 +638,7 @@ class RunFolder:
         """
         iteration, arrays = self._read_checkpoint()
         if arrays is None:
-            return 0
+            return 0, None
         path = self.file(CHECKPOINT_FILE)
         positional = [f'v{i:04d}' for i in range(len(arrays))]
         if sorted(arrays) == positional:
@@ -523,9 +655,7 @@ class RunFolder:
             if (arrays[name].dtype.kind == 'f') != (dtype.kind == 'f'):
                 raise RunError(f'{path} does not match this model ({name}: {arrays[name].dtype} values for a '
                                f'{dtype} variable)')
-        for name, variable in variables.items():
-            variable.assign(arrays[name])
-        return iteration
+        return iteration, arrays
 
     def resume_point(self):
         """(iteration, metrics rows up to it) where the run stands: the checkpoint says where.

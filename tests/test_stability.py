@@ -14,7 +14,7 @@ import stability
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _fake_run(folder, accuracies, test, batch_norm='transductive'):
+def _fake_run(folder, accuracies, test, batch_norm='transductive', algorithm='FO-MAML'):
     os.makedirs(folder)
     rows = [{'iteration': 50 * i, 'seconds': 60.0 * i, 'val_pre_accuracy': 0.2, 'val_pre_ci95': 0.01,
              'val_post_accuracy': a, 'val_post_ci95': 0.01} for i, a in enumerate(accuracies)]
@@ -24,7 +24,7 @@ def _fake_run(folder, accuracies, test, batch_norm='transductive'):
                         'test_post_ci95': 0.002, 'training_seconds': 60.0 * (len(accuracies) - 1),
                         'val_post_accuracy': accuracies[-1], 'val_post_ci95': 0.01, 'test_tasks': 600})
     results.write_json(os.path.join(folder, results.HYPERPARAMETERS_FILE),
-                       {'batch_norm': batch_norm, 'flags': {'n_way': 5, 'k_shot': 5}})
+                       {'algorithm': algorithm, 'batch_norm': batch_norm, 'flags': {'n_way': 5, 'k_shot': 5}})
 
 
 CURVES = {  # method -> seed -> validation accuracy at iterations 0, 50, 100, 150, 200
@@ -37,7 +37,7 @@ def test_stability_figures_and_files_from_known_curves(tmp_path):
     for method, seeds in CURVES.items():
         for seed, curve in seeds.items():
             _fake_run(stability.run_folder(str(tmp_path), method, '5way5shot', seed), curve,
-                      test=curve[-1] - 0.01)
+                      test=curve[-1] - 0.01, algorithm=method)
     out = str(tmp_path / 'stability')
     table = stability.compare(str(tmp_path), out, ['5way5shot'], [0, 1])
     maml, plus = table

@@ -33,6 +33,8 @@ def load_splits():
     classes), and the data's checksum."""
     if FLAGS.dataset != 'omniglot':
         folder = FLAGS.dataset.removeprefix('folder:')
+        check_fits(sum(map(len, data.image_folder_files(folder)[1])), 4 * FLAGS.image_size ** 2 * FLAGS.channels,
+                   f'--image_size {FLAGS.image_size}', 'images')
         names, classes = data.load_image_folder(folder, FLAGS.image_size, FLAGS.channels)
         data.check_class_sizes([len(images) for images in classes], FLAGS.k_shot, FLAGS.num_query, folder, names)
         splits = data.split_classes(classes, FLAGS.num_train_classes, FLAGS.num_val_classes, FLAGS.split_seed)
@@ -51,7 +53,25 @@ def evaluation_batches(images, split_name, num_tasks, offset, n_way=None, k_shot
     """
     sampler = episode_sampler(images, n_way or FLAGS.n_way, k_shot or FLAGS.k_shot, num_query or FLAGS.num_query,
                               FLAGS.eval_seed + offset, split_name, FLAGS.task_rotations == 'all')
-    return sampler.fixed_batches(num_tasks, FLAGS.meta_batch_size)
+    return fixed_batches(sampler, num_tasks, ('--num_val_tasks', '--num_test_tasks')[offset])
+
+
+def fixed_batches(sampler, num_tasks, flag, batch_size=None):
+    """`sampler.fixed_batches(num_tasks, batch_size)` (default --meta_batch_size); first FlagError naming
+    `flag` (the flag that chose `num_tasks`) if they cannot fit in the memory this machine has free:
+    refused before they are drawn, not found by the system killing the process."""
+    check_fits(num_tasks, sum(np.asarray(field).nbytes for field in sampler.sample(0, 1)), f'{flag} {num_tasks}',
+               'tasks')
+    return sampler.fixed_batches(num_tasks, batch_size or FLAGS.meta_batch_size)
+
+
+def check_fits(count, item_bytes, flag, what):
+    """FlagError naming `flag` (e.g. '--num_val_tasks 100000') if `count` items of `item_bytes` bytes
+    each cannot fit twice (the items, and what they are stacked into) in the memory this machine has free."""
+    needed, available = 2 * count * item_bytes, machine.available_memory_bytes()
+    if available is not None and needed > available:
+        raise FlagError(f'{flag}: {count:,} {what} would take {needed / 1e9:.3g} GB of memory, and this machine has '
+                        f'{available / 1e9:.3g} GB free')
 
 
 def episode_stream(splits, n_way=None, n_way_flag='--n_way'):
@@ -147,8 +167,8 @@ def log_precision(precision):
     logging.info('Precision %s (--precision); %s %s', precision, machine.cpu_model(), support)
 
 
-def _results_dir_and_resume(cluster, results_dir):
-    """(results folder, resume, overwrite) for this process's `RunFolder`: `results_dir`, --resume and
+def _results_dir_and_resume(cluster, results_dir, resume):
+    """(results folder, resume, overwrite) for this process's `RunFolder`: `results_dir`, `resume` and
     --overwrite on the chief.
 
     Every other process of a cluster runs the same code but writes into a temporary folder of its
@@ -156,7 +176,7 @@ def _results_dir_and_resume(cluster, results_dir):
     nothing (they may not even share its file system).
     """
     if cluster.is_chief:
-        return results_dir, FLAGS.resume, FLAGS.overwrite
+        return results_dir, resume, FLAGS.overwrite
     folder = tempfile.mkdtemp(prefix='fewshot-worker-')
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder, False, False
@@ -173,7 +193,7 @@ class Outcome(NamedTuple):
 
 def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
         schedule_for=None, fixed_on_resume=(), tasks=None, test=accuracy_test, location=None,
-        unrecorded_flags=(), older_runs=None):
+        unrecorded_flags=(), older_runs=None, resume=None):
     """Runs one experiment from the flags and writes its run folder.
 
     Args:
@@ -198,6 +218,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
       unrecorded_flags: flags of `flag_modules` not recorded (a study's --learners: each run is one).
       older_runs: {flag: value} a resumed run that did not record the flag was trained with (default:
         the flag's default; see `commands.Command`).
+      resume: whether to continue the run folder (default --resume; see `studies.resumes`).
     Returns:
       An `Outcome`.
     """
@@ -205,7 +226,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     # Everything that can be checked is checked before the data is loaded and the folder made.
     cluster.check_meta_batch(FLAGS.meta_batch_size)
     parent, run_name = location or (FLAGS.results_dir, FLAGS.run_name or default_run_name)
-    results_dir, resume, overwrite = _results_dir_and_resume(cluster, parent)
+    results_dir, resume, overwrite = _results_dir_and_resume(cluster, parent,
+                                                             FLAGS.resume if resume is None else resume)
     run_folder = results.RunFolder(results_dir, run_name, resume, overwrite, create=False,
                                    fixed_on_resume=fixed_on_resume)
     flag_values, flag_defaults = (_recorded(config.flag_values(flag_modules, kind), unrecorded_flags)
@@ -228,10 +250,29 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     tasks = (tasks or image_tasks())()
     cluster.check_same({**{name: value for name, value in flag_values.items() if name not in strategy.LOCAL_FLAGS},
                         'data (its checksum)': tasks.checksum})
+    run_folder.check_data(tasks.checksum)
     # Peak memory from here on: the data's preprocessing (several GB the first time) is not the run's.
     memory_after = 'data loading' if training.reset_peak_memory() else 'process start'
-    # A failure before the first checkpoint (building the learner, sizing its chunks, the first
-    # validation) leaves no folder behind.
+    precision = settings.get('precision', FLAGS.precision)
+    if 'precision' in settings:
+        log_precision(precision)
+    keras.utils.set_random_seed(FLAGS.seed)
+    with cluster.scope():
+        learner = build(tasks.splits, precision)
+    if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
+        if settings.get('tasks_per_chunk'):  # Else the learner's own (second order: chunks of 8).
+            learner.tasks_per_chunk = settings['tasks_per_chunk']
+        if memory_budget_gb:
+            learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
+                                                                     memory_budget_gb)
+    run_folder.check_checkpoint(learner.state_variables())  # The last check that can refuse a --resume.
+    schedule = schedule_for(tasks.splits) if schedule_for else training.Schedule(
+        num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
+        val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
+    if FLAGS.time_budget_minutes:
+        schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
+    # Only now is anything written. A failure before the first checkpoint (the first validation, an
+    # interrupt) leaves no folder behind.
     with run_folder.started():
         run_folder.write_hyperparameters(
             flag_values,
@@ -239,23 +280,6 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
              'task_checksums': {'val': data.tasks_checksum(tasks.val), 'test': data.tasks_checksum(tasks.test)},
              'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
              **tasks.facts, **(extra or {})}, flag_defaults)
-        precision = settings.get('precision', FLAGS.precision)
-        if 'precision' in settings:
-            log_precision(precision)
-        keras.utils.set_random_seed(FLAGS.seed)
-        with cluster.scope():
-            learner = build(tasks.splits, precision)
-        if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
-            if settings.get('tasks_per_chunk'):  # Else the learner's own (second order: chunks of 8).
-                learner.tasks_per_chunk = settings['tasks_per_chunk']
-            if memory_budget_gb:
-                learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
-                                                                         memory_budget_gb)
-        schedule = schedule_for(tasks.splits) if schedule_for else training.Schedule(
-            num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
-            val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
-        if FLAGS.time_budget_minutes:
-            schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
         rows = training.train(learner, tasks.stream, tasks.val, run_folder, schedule,
                               FLAGS.progress and cluster.is_chief, cluster)
 

@@ -87,27 +87,45 @@ def missing_runs_error(folders, tool):
                             f'to train them{hint}')
 
 
-def finished(folder, num_iterations=None):
+def finished(folder, num_iterations=None, algorithm=None, flag_values=None):
     """True if `folder` holds a finished run; RunError if it finished other than `num_iterations`
-    iterations (None: any number)."""
+    iterations (None: any number) or is not a run of what was asked (`check_run_is`)."""
     summary = results.read_summary(folder)
     if summary is None:
         return False
+    check_run_is(folder, algorithm, flag_values or {})
     if num_iterations is not None and summary['iterations'] != num_iterations:
         raise results.RunError(f'{folder} finished {summary["iterations"]} iterations, not {num_iterations}; '
                                'move it away or choose another --results_dir')
     return True
 
 
-def reusable(script, folder, arguments, what, tool, num_iterations=None):
+def check_run_is(folder, algorithm, flag_values):
+    """RunError unless the run in `folder` is one of `algorithm` (None: any) and recorded each of
+    `flag_values` (flag -> value) as given: a tool finds runs by folder name, and a run copied or
+    moved there from elsewhere would otherwise be shown as the one asked for. A flag the run did
+    not record (older than it) is not compared."""
+    hyperparameters = results.read_hyperparameters(folder)
+    recorded = hyperparameters['flags']
+    differ = [f'{name} {recorded[name]!r}, not {value!r}' for name, value in flag_values.items()
+              if name in recorded and recorded[name] != value]
+    if algorithm is not None and hyperparameters.get('algorithm') != algorithm:
+        differ.insert(0, f'a run of {hyperparameters.get("algorithm")}, not of {algorithm}')
+    if differ:
+        raise results.RunError(f'{folder} is not the run asked for ({"; ".join(differ)}): it was copied or moved '
+                               'there; move it away or choose another --results_dir')
+
+
+def reusable(script, folder, arguments, what, tool, num_iterations=None, algorithm=None, flag_values=None):
     """True, saying so, if `folder` holds a finished run of `script` trained with `arguments` (and
-    `num_iterations`, None: any); False if it holds no finished run; RunError naming what differs
-    otherwise (another learner, another value of a flag that changes what is computed).
+    `num_iterations`, `algorithm` and `flag_values` as `finished` checks them); False if it holds no
+    finished run; RunError naming what differs otherwise (another learner, another value of a flag
+    that changes what is computed).
 
     The child itself judges, as it would on --resume (`experiment.run`'s --check_reuse), so every
     flag counts, defaults included, not only those passed here.
     """
-    if not finished(folder, num_iterations):
+    if not finished(folder, num_iterations, algorithm, flag_values):
         return False
     checked = subprocess.run(_command(script, folder, arguments) + ['--resume', '--check_reuse'],
                              capture_output=True, text=True, env=_child_environment())

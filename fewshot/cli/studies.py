@@ -6,6 +6,7 @@ The study folder is results_dir/<study>; learner `name` runs in results_dir/<stu
 every learner before any trains.
 """
 
+import math
 import os
 
 from absl import flags
@@ -27,13 +28,13 @@ STUDY_FLAGS = ('learners', 'hidden', 'num_curve_steps', 'baseline_lrs', 'num_fig
 
 def _positive(text):
     try:
-        return float(text) > 0
+        return 0 < float(text) < math.inf  # NaN is neither.
     except ValueError:
         return False
 
 
 flags.register_validator('baseline_lrs', lambda rates: bool(rates) and all(_positive(r) for r in rates),
-                         message='--baseline_lrs: a comma-separated list of positive step sizes')
+                         message='--baseline_lrs: a comma-separated list of positive, finite step sizes')
 
 
 def set_up(learners, defaults):
@@ -46,18 +47,29 @@ def set_up(learners, defaults):
 
 def study_folder(name, learners):
     """results_dir/name after checking --learners against `learners` and that every chosen learner's
-    run folder in it can be used as --resume and --overwrite ask."""
+    run folder in it can be used as --resume and --overwrite ask (`resumes`); nothing is made yet."""
     chosen = config.FLAGS.learners
     if not chosen or not set(chosen) <= set(learners):
         raise errors.FlagError(f'--learners: a comma-separated list of {", ".join(learners)}')
-    if not results.is_run_name(name):
-        raise errors.FlagError(f'--run_name {name!r}: one folder name inside --results_dir, without / and '
-                               'not . or ..')
+    twice = sorted({learner for learner in chosen if chosen.count(learner) > 1})
+    if twice:
+        raise errors.FlagError(f'--learners: {", ".join(twice)} listed twice; each learner is one run of the study')
+    problem = results.run_name_problem(name)
+    if problem:
+        raise errors.FlagError(f'--run_name {ascii(name)}: {problem}')
     path = os.path.join(config.FLAGS.results_dir, name)
+    if config.FLAGS.resume and not os.path.isdir(path):
+        raise errors.RunError(f'--resume: {path} does not exist, so there is no study to continue '
+                              '(leave out --resume to start it)')
     for learner in chosen:
-        results.RunFolder(path, learner, config.FLAGS.resume, config.FLAGS.overwrite, create=False)
-    os.makedirs(path, exist_ok=True)
-    return path
+        results.RunFolder(path, learner, resumes(path, learner), config.FLAGS.overwrite, create=False)
+    return path  # Made with its first learner's run folder.
+
+
+def resumes(study_dir, learner):
+    """Whether the learner's run is continued: under --resume a study continues the learners it has
+    and starts those it has not (a study stopped before its last learner started)."""
+    return config.FLAGS.resume and os.path.lexists(os.path.join(study_dir, learner))
 
 
 def summaries(study_dir, names):
