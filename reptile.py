@@ -33,7 +33,12 @@ flags.DEFINE_integer('inner_batch_size', 10, 'Examples per inner step (0: all of
 flags.DEFINE_enum('inner_adam_state', 'carried', list(INNER_ADAM_STATES),
                   "The inner Adam's second-moment estimates: 'carried' across tasks and meta-iterations as the "
                   "paper's code keeps them (its optimizer's slots are never reset), or 'fresh', zero for every "
-                  'task (slower to learn); see fewshot/learners/reptile.py. No matter with --inner_optimizer=sgd.')
+                  'task (slower to learn); see fewshot/learners/reptile.py. Only with --inner_optimizer=adam.')
+flags.register_multi_flags_validator(
+    ['inner_optimizer', 'inner_adam_state'],
+    # Given with SGD it would be ignored: a run that is not what its command line says.
+    lambda values: values['inner_optimizer'] == 'adam' or not FLAGS['inner_adam_state'].present,
+    message='--inner_adam_state: only with --inner_optimizer=adam (SGD keeps no moments); leave it out')
 flags.DEFINE_float('meta_step_size', 1.0, 'ε, the outer step size toward the adapted weights, at the first '
                    'meta-iteration.', lower_bound=0)
 flags.DEFINE_float('final_meta_step_size', 0.0, 'ε at the last meta-iteration (linear in between; at most '

@@ -120,9 +120,12 @@ def plot_mean_std(curves_by_method, path, title):
         stacked = np.array([[dict(zip(iterations.tolist(), accuracy))[i] for i in common]
                             for iterations, accuracy in curves.values()])
         mean, std = stacked.mean(axis=0), results.std_over_seeds(stacked)
-        axes.plot(common, mean, color=color, marker='o', markersize=2.5,
-                  label=f'{method} (final {mean[-1]:.1%} ± {std[-1]:.1%}, {len(curves)} seeds)')
-        axes.fill_between(common, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+        if len(curves) < 2:  # One seed has no spread to draw.
+            label, std = f'{method} (final {mean[-1]:.1%}, 1 seed)', np.zeros_like(mean)
+        else:
+            label = f'{method} (final {mean[-1]:.1%} ± {std[-1]:.1%}, {len(curves)} seeds)'
+            axes.fill_between(common, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+        axes.plot(common, mean, color=color, marker='o', markersize=2.5, label=label)
         lowest.append(mean[1:] - std[1:])
     _accuracy_axes(axes, title, 'meta-iteration', 'validation query accuracy after adaptation',
                    bottom=_zoomed_bottom(lowest))
@@ -241,7 +244,8 @@ def _zoomed_bottom(series):
     """A lower y-limit (a multiple of 5%) just below every value after the first evaluation, so
     that differences between methods near the top are visible; the initial point may fall below."""
     values = np.concatenate([np.asarray(s, dtype=float) for s in series])
-    return max(0.0, math.floor((np.nanmin(values) - 0.02) * 20) / 20) if values.size else 0.0
+    values = values[np.isfinite(values)]  # A band of one seed is NaN wide: no value to zoom on.
+    return max(0.0, math.floor((values.min() - 0.02) * 20) / 20) if values.size else 0.0
 
 
 def _accuracy_axes(axes, title, xlabel, ylabel, bottom=0.0):

@@ -17,6 +17,7 @@ imports `fewshot` and ends as above is a learner command like maml.py.
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from typing import Callable, NamedTuple
 
@@ -176,22 +177,40 @@ def find(name, flag):
     FlagError naming `flag` if there is none.
 
     The script is imported as a plugin, under its file's name: the package never imports a command
-    otherwise.
+    otherwise. Only a script that assigns COMMAND is imported: importing a tool (compare.py, sine.py)
+    would run its flag definitions a second time.
     """
-    module = _import_script(name, flag)
+    not_a_learner = errors.FlagError(
+        f'{flag}: {name!r} is not a learner command (a script defining COMMAND, a commands.Command: maml, anil, '
+        'reptile, protonet, imaml, ... or the path of one of your own)')
+    script = name if name.endswith('.py') else os.path.join(REPO, f'{name}.py')
+    if not name.endswith('.py') and not (name.isidentifier() and os.path.isfile(script)):
+        raise not_a_learner
+    if os.path.isfile(script) and not _assigns_command(script):
+        raise not_a_learner
+    try:
+        module = _import_script(name, flag)
+    except flags.Error as error:  # Its flags clash with the running command's: not a learner script.
+        raise errors.FlagError(f'{flag}: {name!r} cannot be loaded beside this command ({error})') from None
     command = getattr(module, 'COMMAND', None)
     if not isinstance(command, Command):
-        raise errors.FlagError(f'{flag}: {name!r} is not a learner command (a script defining COMMAND, a '
-                               'commands.Command: maml, anil, reptile, protonet, imaml, ... or the path of one '
-                               'of your own)')
+        raise not_a_learner
     return command._replace(script=os.path.abspath(module.__file__))
 
 
+def _assigns_command(script):
+    """True if the text of `script` assigns COMMAND at its top level (what every learner script does)."""
+    try:
+        with open(script, encoding='utf-8') as f:
+            return re.search(r'^COMMAND\s*[:=]', f.read(), re.MULTILINE) is not None
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _import_script(name, flag):
-    """The module of the script `name` (a name beside maml.py, or a path ending in .py); None if there is none."""
+    """The module of the script `name` (a name beside maml.py, or a path ending in .py)."""
     if not name.endswith('.py'):
-        script = os.path.join(REPO, f'{name}.py')
-        return importlib.import_module(name) if name.isidentifier() and os.path.exists(script) else None
+        return importlib.import_module(name)
     module_name = os.path.basename(name)[:-3]
     if not os.path.isfile(name) or not module_name.isidentifier():
         raise errors.FlagError(f'{flag}: {name!r} is not a file whose name is a Python identifier')
