@@ -24,6 +24,13 @@ it: --continue copies the state into --results_dir, resumes the protocol's comma
 lowest priority (its own session, autogroup and nice 19: `nice` alone does not lower a process
 below other sessions' here), stops it at the first checkpoint after --minutes, and copies the state
 back; a run that finishes is kept (as --add) and its state removed.
+
+One action at a time (none: rewrite the tables), and only the flags it uses (USED_BY): a pair of
+actions, or a flag the action would ignore, is an error before anything runs. --add checks all
+that can refuse it (the run, the name it is kept under, papers.csv, both READMEs and the table they
+will hold) before it writes anything, copies the run into a temporary folder beside its place and
+renames it there, then writes the tables; a failure on the way leaves reference/ and the READMEs as
+they were.
 """
 
 import csv
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 
 from absl import flags
 
@@ -72,21 +80,137 @@ PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations
 BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'
 END = '<!-- end of reference results -->'
 FLAGFILE = re.compile(r'--flagfile[= ](\S+)')
+LEFT_BY_ADD = re.compile(r'\.(.+)\.(adding|replaced)(\d+)')  # `add`'s temporary folders: .<run>.adding<pid>.
+ACTIONS = ('add', 'check', 'continue', 'evaluate')  # One at a time; none: rewrite the tables.
+# The flags only some actions use -> those actions ('': none of them, the tables rewritten); given to
+# another, a flag would be ignored.
+USED_BY = {'replace': ('add',), 'minutes': ('continue',), 'protocols_dir': ('continue',),
+           'results_dir': ('continue',), 'data_dir': ('continue', 'evaluate'), 'cache_dir': ('continue', 'evaluate'),
+           'readme': ('', 'add', 'check', 'continue')}
 
 
-def keep(run_dir, reference_dir, replace=False):
-    """Copies the small files of the finished run `run_dir` into reference_dir/<its name>/."""
-    if results.read_summary(run_dir) is None:
+def chosen_action():
+    """The action the command line asks for, one of ACTIONS or '' (rewrite the tables); FlagError,
+    naming both flags, for two actions or for a flag the action would ignore."""
+    given = [name for name in ACTIONS if (FLAGS[name].value if name == 'check' else FLAGS[name].value is not None)]
+    if len(given) > 1:
+        raise errors.FlagError(f'--{given[0]} and --{given[1]} contradict each other: reference.py does one of '
+                               f'{", ".join(f"--{name}" for name in ACTIONS)} at a time (the other would be ignored)')
+    action = given[0] if given else ''
+    if action in ('add', 'continue', 'evaluate') and not FLAGS[action].value:
+        raise errors.FlagError(f'--{action} is empty: give it a ' +
+                               {'add': 'finished run folder, e.g. --add=results/fomaml_paper_5way1shot',
+                                'continue': 'protocol, e.g. --continue=protonet_paper_5way1shot',
+                                'evaluate': 'kept run, e.g. --evaluate=fomaml_paper_5way1shot'}[action])
+    for name, actions in USED_BY.items():
+        if FLAGS[name].present and action not in actions:
+            users = ' or '.join(f'--{user}' for user in actions if user)
+            if action:
+                raise errors.FlagError(f'--{name} with --{action}: --{action} would ignore it ('
+                                       f'{"--evaluate writes no table" if name == "readme" else f"it is for {users}"})')
+            raise errors.FlagError(f'--{name} without {users}: it would be ignored (it is for {users})')
+    return action
+
+
+def kept_target(reference_dir, name, replace, flag):
+    """reference_dir/name, where the run `name` is to be kept; RunError if it may not go there."""
+    target = os.path.join(reference_dir, name)
+    if name == RUNNING:
+        raise errors.RunError(f'{flag}: a run named {RUNNING} cannot be kept: {target} holds the runs in progress; '
+                              'rename the run folder')
+    if os.path.lexists(target):
+        if not replace:
+            raise errors.RunError(f'{flag}: {target} already exists; pass --replace to replace it')
+        if not results.is_run_folder(target):
+            raise errors.RunError(f'{flag}: {target} exists and is not a kept run (a folder with '
+                                  f'{results.HYPERPARAMETERS_FILE}); it is left alone: move it away')
+    return target
+
+
+def addable(run_dir, reference_dir, replace):
+    """Checks all that can refuse keeping the run folder `run_dir`: (its name, its hyperparameters, its
+    summary, {file: content} of the files to keep), read now; RunError (FlagError) otherwise."""
+    if not os.path.isdir(run_dir):
+        raise errors.RunError(f'--add {run_dir}: ' + ('not a folder' if os.path.lexists(run_dir) else 'does not exist'))
+    real = os.path.realpath(run_dir)
+    name = os.path.basename(real)  # --add=. inside results/myrun keeps it as myrun.
+    if real == os.path.realpath(reference_dir):
+        raise errors.FlagError(f'--add {run_dir}: that is --reference_dir itself; give a finished run folder')
+    if not results.is_run_name(name):
+        raise errors.FlagError(f'--add {run_dir}: {real} has no folder name to keep it under; give a run folder')
+    hyperparameters = results.read_hyperparameters(run_dir)
+    summary = results.read_summary(run_dir)
+    if summary is None:
         raise errors.RunError(f'--add {run_dir}: the run has not finished (no {results.SUMMARY_FILE}); '
                               'keep it once its meta-test is done')
-    results.read_hyperparameters(run_dir)
-    target = os.path.join(reference_dir, os.path.basename(os.path.normpath(run_dir)))
-    if os.path.lexists(target) and not replace:
-        raise errors.RunError(f'--add: {target} already exists; pass --replace to replace it')
-    copy_files(run_dir, target, REFERENCE_FILES + RELEASED_FILES)
-    for name in RELEASED_FILES:  # A replaced run's weights must not outlive it.
-        if not os.path.isfile(os.path.join(run_dir, name)) and os.path.isfile(os.path.join(target, name)):
-            os.remove(os.path.join(target, name))
+    check_record(run_dir, hyperparameters)
+    kept_target(reference_dir, name, replace, '--add')
+    contents = {}
+    for file in REFERENCE_FILES + RELEASED_FILES:
+        path = os.path.join(run_dir, file)
+        if os.path.isfile(path):
+            with open(path, 'rb') as f:
+                contents[file] = f.read()
+    released = [file for file in RELEASED_FILES if file in contents]
+    if len(released) == 1:
+        missing, = set(RELEASED_FILES) - set(released)
+        raise errors.RunError(f'--add {run_dir}: it has {released[0]} but no {missing}; the released weights are '
+                              'kept both or not at all')
+    return name, hyperparameters, summary, contents
+
+
+def add(run_dir, reference_dir, readmes, replace=False):
+    """Keeps the finished run `run_dir` in reference_dir/<its folder's name>/ and rewrites the tables
+    in `readmes`. Everything that can refuse is checked first; the run is copied into a temporary
+    folder beside its place and renamed there (a kept run it replaces is moved aside until the
+    tables are written), so that a failure on the way leaves reference_dir and the READMEs as they
+    were. Returns the kept folder."""
+    name, hyperparameters, summary, contents = addable(run_dir, reference_dir, replace)
+    texts = tables(reference_dir, readmes, (name, hyperparameters, summary, results.MODEL_FILE in contents))
+    results.check_writable(reference_dir, '--reference_dir')
+    for path in texts:  # A README is rewritten through a temporary file beside it.
+        if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK | os.X_OK):
+            raise errors.OutputError(f'{path}: its folder is not writable, and its table is rewritten there')
+    target = os.path.join(reference_dir, name)
+    new, old = (os.path.join(reference_dir, f'.{name}.{what}{os.getpid()}') for what in ('adding', 'replaced'))
+    made = moved_aside = placed = False
+    written = []
+    try:
+        os.mkdir(new)
+        made = True
+        for file, content in contents.items():
+            results.atomic_write(os.path.join(new, file), lambda f, content=content: f.write(content))
+        if os.path.lexists(target):
+            os.rename(target, old)
+            moved_aside = True
+        os.rename(new, target)
+        placed = True
+        for path, (text, current) in texts.items():
+            if text != current:
+                results.atomic_write(path, lambda f, text=text: f.write(text.encode('utf-8')))
+                written.append((path, current))
+    except BaseException:  # A full disk, an interrupt: undo what was done, then report the failure.
+        for path, text in written:
+            _quietly(results.atomic_write, path, lambda f, text=text: f.write(text.encode('utf-8')))
+        if made:
+            _quietly(shutil.rmtree, target if placed else new)
+        if moved_aside:
+            _quietly(os.rename, old, target)
+        raise
+    if moved_aside:
+        shutil.rmtree(old, ignore_errors=True)
+    print(f'kept {run_dir} in {target}')
+    for path, _ in written:
+        print(f'rewrote the table in {path}')
+    return target
+
+
+def _quietly(step, *arguments):
+    """step(*arguments), its OSError ignored: undoing, after the failure that is reported."""
+    try:
+        step(*arguments)
+    except OSError:
+        pass
 
 
 def read_papers(reference_dir):
@@ -115,12 +239,34 @@ def kept_runs(reference_dir):
     runs = []
     for name in sorted(os.listdir(reference_dir)):
         path = os.path.join(reference_dir, name)
+        left = LEFT_BY_ADD.fullmatch(name)
+        if left and os.path.isdir(path):
+            raise errors.RunError(f'{path}: a folder that a stopped reference.py --add left (process {left[3]}); '
+                                  f'remove it (a ".replaced" one holds the kept run it replaced: if '
+                                  f'{os.path.join(reference_dir, left[1])} is missing, rename it back to that)')
         if os.path.isdir(path) and name != RUNNING:
             summary = results.read_summary(path)
             if summary is None:
                 raise errors.RunError(f'{path}: no {results.SUMMARY_FILE}; a kept run must be finished')
-            runs.append((name, results.read_hyperparameters(path), summary))
+            hyperparameters = results.read_hyperparameters(path)
+            check_record(path, hyperparameters)
+            runs.append((name, hyperparameters, summary))
     return runs
+
+
+def check_record(run_dir, hyperparameters):
+    """RunError unless a row of the table can be made from the run's hyperparameters.json: a few-shot
+    classification run (n_way and k_shot), with text where the row takes text."""
+    path = os.path.join(run_dir, results.HYPERPARAMETERS_FILE)
+    missing = [name for name in ('n_way', 'k_shot') if name not in hyperparameters['flags']]
+    if missing:
+        raise errors.RunError(f'{path}: no {" or ".join(missing)}; the table holds few-shot classification runs')
+    versions = hyperparameters.get('versions', {})
+    if not isinstance(versions, dict):
+        raise errors.RunError(f'{path} is damaged: "versions" is not a JSON object')
+    for key, value in (*hyperparameters.items(), *(('versions.' + key, value) for key, value in versions.items())):
+        if key in ('algorithm', 'command', 'batch_norm', 'versions.machine') and not isinstance(value, str):
+            raise errors.RunError(f'{path} is damaged: "{key}" is not text')
 
 
 def recorded_command(hyperparameters):
@@ -168,32 +314,61 @@ def difference(ours, ours_ci95, paper):
     return f"{gap:+.2f} ± {half:.2f} ({verdict}{'' if both else '; ours ± only: the paper gives no interval'})"
 
 
-def table(reference_dir, where):
+def table(reference_dir, where, added=None):
     """The markdown table of every kept run, with its marker lines, for a file in the folder `where`
-    (the links to the weights are relative to it)."""
+    (the links to the weights are relative to it).
+
+    added: (name, hyperparameters, summary, whether it has model.keras) of a run about to be kept,
+    in the place of a kept run of that name: the table as it will be, before anything is copied.
+    """
     papers = read_papers(reference_dir)
+    runs = {name: (hyperparameters, summary, os.path.isfile(os.path.join(reference_dir, name, results.MODEL_FILE)))
+            for name, hyperparameters, summary in kept_runs(reference_dir)}
+    if added:
+        runs[added[0]] = added[1:]
     header = ('| algorithm | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | ours − paper, '
               'points ± 95% CI | iterations run, of the paper\'s | training time, CPU | weights | paper\'s source '
               '| command |')
     lines = [BEGIN, header, '|' + '---|' * header.count(' | ') + '---|']
-    for name, hyperparameters, summary in kept_runs(reference_dir):
+    for name in sorted(runs):
+        hyperparameters, summary, released = runs[name]
         model = os.path.join(reference_dir, name, results.MODEL_FILE)
-        weights = os.path.relpath(model, where).replace(os.sep, '/') if os.path.isfile(model) else None
+        weights = os.path.relpath(model, where).replace(os.sep, '/') if released else None
         lines.append(row(name, hyperparameters, summary, papers, weights))
     return '\n'.join(lines + [END])
 
 
-def with_table(path, new_table):
-    """The text of the markdown file `path` with the part between the marker lines replaced."""
+def read_text(path):
+    """The text of the markdown file `path`; RunError if it cannot be read as UTF-8 text."""
     try:
         with open(path, encoding='utf-8') as f:
-            text = f.read()
+            return f.read()
     except OSError as error:
         raise errors.RunError(errors.describe_os_error(error)) from None
+    except ValueError:  # Bytes that are not UTF-8.
+        raise errors.RunError(f'{path}: not UTF-8 text') from None
+
+
+def with_table(path, new_table, text=None):
+    """The text of the markdown file `path` (or `text`, read from it) with the part between the marker
+    lines replaced."""
+    text = read_text(path) if text is None else text
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise errors.RunError(f'{path}: no table markers; the table goes between a line {BEGIN} and a line {END}')
     return text[:start] + new_table + text[end + len(END):]
+
+
+def tables(reference_dir, readmes, added=None):
+    """{path: (its text with the table the kept runs give, and `added` (see `table`), its text now)}
+    for each README of `readmes`; RunError if one cannot be read or has no markers, or the table
+    cannot be made."""
+    texts = {}
+    for path in readmes:
+        current = read_text(path)
+        texts[path] = (with_table(path, table(reference_dir, os.path.dirname(os.path.abspath(path)), added), current),
+                       current)
+    return texts
 
 
 def copy_files(source, target, names):
@@ -224,19 +399,24 @@ def checkpoint_iteration(folder):
         if os.path.exists(path) else 0
 
 
-def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
-    """One sitting of the full-protocol run `name` (see the module docstring); returns its iteration."""
+def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readmes, data_dir=None, cache_dir=None):
+    """One sitting of the full-protocol run `name` (see the module docstring); returns its iteration.
+    What keeping the run when it finishes needs (the tables in `readmes`, its place in reference_dir)
+    is checked before the sitting starts. data_dir, cache_dir: passed on to the run if given."""
     flagfile = os.path.join(protocols_dir, f'{name}.flags')
     script = COMMANDS.get(name.split('_')[0])
-    if not os.path.isfile(flagfile) or script is None:
+    if not results.is_run_name(name) or not os.path.isfile(flagfile) or script is None:
         raise errors.FlagError(f'--continue {name}: no protocol {flagfile} of a command this tool runs '
                                f'({", ".join(f"{prefix}_*" for prefix in COMMANDS)})')
+    tables(reference_dir, readmes)
+    kept_target(reference_dir, name, True, f'--continue {name}')
     state, folder = os.path.join(reference_dir, RUNNING, name), os.path.join(results_dir, name)
     if os.path.isdir(state) and checkpoint_iteration(state) > (checkpoint_iteration(folder)
                                                               if os.path.isdir(folder) else -1):
         copy_files(state, folder, RUNNING_FILES)  # The committed state is further than this machine's.
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script),
                f'--flagfile={flagfile}', f'--run_name={name}', f'--results_dir={results_dir}', '--progress=false']
+    command += [f'--{flag}={value}' for flag, value in (('data_dir', data_dir), ('cache_dir', cache_dir)) if value]
     if os.path.isdir(folder):
         command.append('--resume')
     print(f'reference.py: {name} from iteration {checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
@@ -255,7 +435,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
                 child.wait()
                 stopped = True
     if results.read_summary(folder) is not None:
-        keep(folder, reference_dir, replace=True)
+        add(folder, reference_dir, readmes, replace=True)
         shutil.rmtree(state, ignore_errors=True)
         print(f'reference.py: {name} finished; kept in {reference_dir}/{name}')
         return results.read_summary(folder)['iterations']
@@ -274,9 +454,10 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir):
 
 # Recorded flags a re-scoring does not pass on: where the run was and how it showed progress (its
 # own temporary folder replaces them, and a resumed run may change them); the data's place is this
-# machine's (its checksum is checked instead).
+# machine's (its checksum is checked instead); how long a process of a cluster waits for the others
+# is its machine's too (and given without --strategy multi_worker, is refused).
 NOT_PASSED_ON = frozenset({'data_dir', 'cache_dir', 'results_dir', 'run_name', 'resume', 'overwrite', 'progress',
-                           'check_reuse'})
+                           'check_reuse', 'peer_timeout_seconds'})
 
 
 def flag_arguments(recorded):
@@ -290,32 +471,58 @@ def flag_arguments(recorded):
             if name not in NOT_PASSED_ON and value is not None]
 
 
-def check_released_weights(folder):
-    """RunError unless the kept run in `folder` has its weights, and model.keras holds the checkpoint's."""
-    missing = [name for name in RELEASED_FILES if not os.path.isfile(os.path.join(folder, name))]
+def check_released_weights(folder, name):
+    """RunError unless the kept run `name` in `folder` has its weights, both files can be read, and
+    model.keras holds the checkpoint's."""
+    missing = [file for file in RELEASED_FILES if not os.path.isfile(os.path.join(folder, file))]
     if missing:
-        raise errors.RunError(f'--evaluate: {folder} has no {" or ".join(missing)}: its weights were not released '
-                              '(runs kept before weights were kept have none)')
+        raise errors.RunError(f'--evaluate {name}: {folder} has no {" or ".join(missing)}: its weights were not '
+                              'released (runs kept before weights were kept have none)')
     import keras  # Here: the table's other uses need no TensorFlow.
     import numpy as np
     from fewshot import network  # noqa: F401  (its layers, which model.keras names)
-    model = keras.models.load_model(os.path.join(folder, results.MODEL_FILE))
-    checkpoint = np.load(os.path.join(folder, results.CHECKPOINT_FILE))
-    for name, variable in results.named_variables('model', model).items():
-        if name not in checkpoint.files or not np.array_equal(variable.numpy(), checkpoint[name]):
-            raise errors.RunError(f'--evaluate: {folder}: model.keras does not hold the checkpoint\'s weights '
-                                  f'({name} differs or is missing); the folder was changed after it was kept')
+    model_path, checkpoint_path = (os.path.join(folder, file) for file in (results.MODEL_FILE, results.CHECKPOINT_FILE))
+    try:
+        if not zipfile.is_zipfile(model_path):  # Keras would say 'File not found'.
+            raise ValueError('not a zip archive, which a .keras file is')
+        weights = {key: variable.numpy() for key, variable in
+                   results.named_variables('model', keras.models.load_model(model_path)).items()}
+    except Exception as error:  # A damaged or foreign file raises many types (ValueError, BadZipFile, KeyError, ...).
+        raise errors.RunError(f'--evaluate {name}: {model_path} cannot be read ({one_line(error)})') from None
+    try:
+        with np.load(checkpoint_path) as checkpoint:
+            arrays = {key: checkpoint[key] for key in checkpoint.files}
+    except Exception as error:
+        raise errors.RunError(f'--evaluate {name}: {checkpoint_path} cannot be read ({one_line(error)})') from None
+    for key, values in weights.items():
+        if key not in arrays or not np.array_equal(values, arrays[key]):
+            raise errors.RunError(f'--evaluate {name}: {folder}: model.keras does not hold the checkpoint\'s weights '
+                                  f'({key} differs or is missing); the folder was changed after it was kept')
+
+
+def one_line(error, limit=300):
+    """An exception's message on one line, at most `limit` characters, with its type."""
+    text = ' '.join(str(error).split()) or 'no message'
+    text = text if len(text) <= limit else text[:limit - 3] + '...'
+    return f'{type(error).__name__}: {text}'
 
 
 def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None):
     """Re-scores the kept run `name` from its released weights (see the module docstring); RunError
     unless the meta-test is the kept one exactly. Returns the re-scored summary."""
     folder = os.path.join(reference_dir, name)
-    if name == RUNNING or not os.path.isdir(folder):
+    if not results.is_run_name(name) or name == RUNNING or not os.path.isdir(folder):
         raise errors.FlagError(f'--evaluate {name}: no kept run {folder}')
     hyperparameters, kept = results.read_hyperparameters(folder), results.read_summary(folder)
-    check_released_weights(folder)
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), recorded_command(hyperparameters).split(' ')[0])
+    if kept is None:
+        raise errors.RunError(f'--evaluate {name}: {folder} has no {results.SUMMARY_FILE}; a kept run is finished')
+    check_record(folder, hyperparameters)
+    check_released_weights(folder, name)
+    command = recorded_command(hyperparameters).split(' ')[0]
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), command)
+    if not command.endswith('.py') or not os.path.isfile(script):
+        raise errors.RunError(f'--evaluate {name}: the command it recorded ({command}) is not a command of this '
+                              'project, so it cannot be re-run')
     with tempfile.TemporaryDirectory() as scratch:
         copy_files(folder, os.path.join(scratch, name),
                    (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE))
@@ -339,29 +546,27 @@ def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None):
 
 
 def main(_):
-    if FLAGS.evaluate:
-        evaluate_kept(FLAGS.evaluate, FLAGS.reference_dir, FLAGS.data_dir, FLAGS.cache_dir)
+    action = chosen_action()  # Before anything runs: one action, and no flag it would ignore.
+    reference_dir, readmes = FLAGS.reference_dir, (os.path.join(FLAGS.reference_dir, 'README.md'), FLAGS.readme)
+    if action == 'evaluate':
+        evaluate_kept(FLAGS.evaluate, reference_dir, FLAGS.data_dir, FLAGS.cache_dir)
         return
-    if FLAGS['continue'].value:
-        continue_run(FLAGS['continue'].value, FLAGS.minutes, FLAGS.reference_dir, FLAGS.results_dir,
-                     FLAGS.protocols_dir)
-    if FLAGS.add:
-        if FLAGS.check:
-            raise errors.FlagError('--add and --check contradict each other: --check writes nothing')
-        read_papers(FLAGS.reference_dir)  # Before anything is copied: the table must be writable.
-        keep(FLAGS.add, FLAGS.reference_dir, FLAGS.replace)
-    for path in (os.path.join(FLAGS.reference_dir, 'README.md'), FLAGS.readme):
-        text = with_table(path, table(FLAGS.reference_dir, os.path.dirname(os.path.abspath(path))))
-        with open(path, encoding='utf-8') as f:
-            current = f.read()
-        if FLAGS.check:
+    if action == 'continue':
+        given = {flag: FLAGS[flag].value for flag in ('data_dir', 'cache_dir') if FLAGS[flag].present}
+        continue_run(FLAGS['continue'].value, FLAGS.minutes, reference_dir, FLAGS.results_dir, FLAGS.protocols_dir,
+                     readmes, **given)
+    elif action == 'add':
+        add(FLAGS.add, reference_dir, readmes, FLAGS.replace)
+    texts = tables(reference_dir, readmes)  # Both checked before either is written.
+    for path, (text, current) in texts.items():
+        if action == 'check':
             if text != current:
-                raise errors.RunError(f'{path}: its reference table differs from what {FLAGS.reference_dir}/ gives; '
+                raise errors.RunError(f'{path}: its reference table differs from what {reference_dir}/ gives; '
                                       'run python reference.py and commit the result')
         elif text != current:
-            results.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+            results.atomic_write(path, lambda f, text=text: f.write(text.encode('utf-8')))
             print(f'rewrote the table in {path}')
-    print(f'{len(kept_runs(FLAGS.reference_dir))} kept runs; the tables are up to date')
+    print(f'{len(kept_runs(reference_dir))} kept runs; the tables are up to date')
 
 
 if __name__ == '__main__':
