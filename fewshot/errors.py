@@ -10,7 +10,8 @@ message that names the flag (or argument) or file and says what is expected:
     SetupError      this machine's TensorFlow cannot run the project as it is set up
 
 Every command runs its `main` through `fewshot.cli.run`, which prints such an error as one line,
-`error: ...`, and exits with status 1. Anything else is a bug and keeps its traceback.
+`error: ...`, and exits with status 1 (SIGTERM: `error: terminated (SIGTERM)`, status 143, as a shell
+reports it). Anything else is a bug and keeps its traceback.
 """
 
 

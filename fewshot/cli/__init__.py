@@ -12,10 +12,14 @@ reads none: a learner, a network, a task source or the training loop is built fr
 
 and `run`, through which every command's main runs: a user error (`fewshot.errors`), a flag-parsing
 error or an operating-system error (disk full, no permission) is one line on stderr and exit status 1.
+Ctrl-C is `error: interrupted`, status 1; SIGTERM is `error: terminated (SIGTERM)`, status 143 (128 + 15,
+as a shell reports a process that SIGTERM ended). Both end the command through an exception, so that
+what a failure cleans up (a half-written file, a run folder without a checkpoint) is cleaned up.
 """
 
 import math
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -32,14 +36,33 @@ def run(main, takes_arguments=False):
     app.run(_reported(main), flags_parser=lambda argv: _parse_flags(argv, takes_arguments))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, which it is handled like."""
+
+
+TERMINATED_STATUS = 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    """SIGTERM's handler while a command runs. By default SIGTERM ends the process on the spot, leaving
+    what it was writing half-made (results.replacing's temporary file, a run folder without a
+    checkpoint); as an exception it goes through their cleanup. A second SIGTERM ends it at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
 def _reported(main):
     def reported_main(argv):
+        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return main(argv)
         except UserError as error:
             sys.exit(f'error: {error}')
         except OSError as error:  # Found while working: a full disk, a file removed meanwhile, ...
             sys.exit(f'error: {describe_os_error(error)}')
+        except Terminated:
+            print('error: terminated (SIGTERM)', file=sys.stderr)
+            sys.exit(TERMINATED_STATUS)
         except KeyboardInterrupt:
             sys.exit('error: interrupted')
     return reported_main
