@@ -161,6 +161,29 @@ def _lab_folder(sandbox, per_seed_text):
     _write(os.path.join(folder, 'per_seed.json'), per_seed_text)
 
 
+def _rename_checkpoint_array(folder, old, new):
+    """The run's checkpoint with one array under another name: a checkpoint of another model."""
+    path = os.path.join(folder, results.CHECKPOINT_FILE)
+    with np.load(path) as checkpoint:
+        arrays = {key: checkpoint[key] for key in checkpoint.files}
+    arrays[new] = arrays.pop(old)
+    np.savez(path, **arrays)
+
+
+def _file_replaced_by_folder(folder, name):
+    os.remove(os.path.join(folder, name))
+    os.makedirs(os.path.join(folder, name, 'inside'))
+
+
+def _image_folder(world, sandbox):
+    """3 classes of 2 small images each in sandbox/images."""
+    from PIL import Image
+    for name in ('a', 'b', 'c'):
+        os.makedirs(os.path.join(sandbox, 'images', name))
+        for index in range(2):
+            Image.new('L', (10, 10), 255).save(os.path.join(sandbox, 'images', name, f'{index}.png'))
+
+
 def _reference_folder(sandbox, papers=None):
     """A copy of the repository's reference/ and README.md in the sandbox, papers.csv replaced if given."""
     shutil.copytree(os.path.join(REPO, 'reference'), os.path.join(sandbox, 'reference'))
@@ -171,6 +194,50 @@ def _reference_folder(sandbox, papers=None):
 
 def _stability_folder(sandbox, runs_csv):
     _write(os.path.join(sandbox, 'results', 'stability', 'runs.csv'), runs_csv)
+
+
+def _reference_kept_run(world, sandbox, damage=None):
+    """reference/ with the finished run kept as reference/run (its kept files), `damage(folder)` applied."""
+    _reference_folder(sandbox)
+    folder = os.path.join(sandbox, 'reference', 'run')
+    os.makedirs(folder)
+    for name in (results.HYPERPARAMETERS_FILE, results.SUMMARY_FILE, results.METRICS_FILE, 'val_accuracy.png',
+                 results.MODEL_FILE, results.CHECKPOINT_FILE):
+        if os.path.isfile(os.path.join(world['run'], name)):
+            shutil.copy(os.path.join(world['run'], name), folder)
+    if damage:
+        damage(folder)
+
+
+def _reference_truncated(path):
+    with open(path, 'rb') as f:
+        content = f.read()
+    with open(path, 'wb') as f:
+        f.write(content[:len(content) // 2])
+
+
+def _reference_object_array(folder):
+    """A checkpoint whose kernel is an array of Python objects (pickled): np.load refuses to read it."""
+    path = os.path.join(folder, results.CHECKPOINT_FILE)
+    with np.load(path) as checkpoint:
+        arrays = {key: checkpoint[key] for key in checkpoint.files}
+    arrays['model/conv1/kernel'] = np.array([None, 'kernel'], dtype=object)
+    np.savez(path, **arrays)
+
+
+def _reference_foreign_zip(folder):
+    """model.keras a zip archive, but not Keras's (no config.json)."""
+    with zipfile.ZipFile(os.path.join(folder, results.MODEL_FILE), 'w') as archive:
+        archive.writestr('notes.txt', 'not a model')
+
+
+def _reference_run_without_n_way(world, sandbox):
+    """reference/, and a finished run whose hyperparameters have no n_way (as a regression run's)."""
+    _reference_folder(sandbox)
+    path = os.path.join(_copy_run(world, sandbox), results.HYPERPARAMETERS_FILE)
+    recorded = results.read_json(path)
+    del recorded['flags']['n_way']
+    results.write_json(path, recorded)
 
 
 # The matrix ----------------------------------------------------------------------------------
@@ -491,6 +558,95 @@ CASES = {
     'maml: oneDNN off': ('maml.py', MAML, r'TF_ENABLE_ONEDNN_OPTS=0', None, {'env': {'TF_ENABLE_ONEDNN_OPTS': '0'}}),
     'benchmark: oneDNN off': ('benchmark.py', ['--repeats=1'], r'TF_ENABLE_ONEDNN_OPTS=0', None,
                               {'env': {'TF_ENABLE_ONEDNN_OPTS': '0'}}),
+
+    # Issue 41: refusals that wrote first, checks made only after the work, and the remaining tracebacks.
+    'maml: resume, checkpoint of another model': (
+        'maml.py', RESUME, r'checkpoint.npz does not match this model',
+        lambda w, s: _rename_checkpoint_array(_copy_run(w, s), 'model/conv1/kernel', 'model/conv9/kernel')),
+    'maml: resume, model.keras is a folder': (
+        'maml.py', RESUME, r'model.keras is a folder, and a run folder holds only files',
+        lambda w, s: _file_replaced_by_folder(_copy_run(w, s), 'model.keras')),
+    'sine: a learner listed twice': ('sine.py', ['--learners=maml,reptile,maml', '--results_dir={sandbox}'],
+                                     r'--learners: maml listed twice', None),
+    'sine: an infinite baseline step size': ('sine.py', ['--baseline_lrs=0.1,inf', '--results_dir={sandbox}'],
+                                             r'--baseline_lrs: a comma-separated list of positive, finite', None),
+    'lab: --large_query above the test images': ('initialization_lab.py', LAB,
+                                                 r'--large_query 5: the MNIST test set has only 2 images', None),
+    'compare: a tool as a learner': ('compare.py', [*RESULTS, '--algorithms=maml,compare'],
+                                     r"--algorithms: 'compare' is not a learner command", None),
+    'maml: run name of invalid UTF-8': ('maml.py', [*MAML, '--run_name=a\udcffb'], r'--run_name .*not valid UTF-8',
+                                        None),
+    'maml: run name with a newline': ('maml.py', [*MAML, '--run_name=a\nb'], r'--run_name .*control character', None),
+    'maml: run name of spaces': ('maml.py', [*MAML, '--run_name=   '], r'--run_name .*blank', None),
+    'sine: study name with a newline': ('sine.py', ['--run_name=a\nb', '--results_dir={sandbox}'],
+                                        r'--run_name .*control character', None),
+    'maml: validation tasks beyond memory': ('maml.py', [*MAML, '--num_val_tasks=1000000000000'],
+                                             r'--num_val_tasks 1000000000000: .* GB of memory, and this machine has',
+                                             None),
+    'sine: test tasks beyond memory': ('sine.py', ['--num_test_tasks=1000000000000', '--results_dir={sandbox}'],
+                                       r'--num_test_tasks 1000000000000: .* GB of memory', None),
+    'maml: images beyond memory': ('maml.py', [*MAML, '--dataset=folder:{sandbox}/images', '--image_size=100000',
+                                               '--n_way=2', '--num_train_classes=1', '--num_val_classes=1',
+                                               '--num_query=1'],
+                                   r'--image_size 100000: 6 images would take', _image_folder),
+    'reptile: Adam state with SGD': ('reptile.py', [*RESULTS, '--inner_optimizer=sgd', '--inner_adam_state=fresh'],
+                                     r'--inner_adam_state: only with --inner_optimizer=adam', None),
+    'maml: results path with too long a name': ('maml.py', [*MAML, '--results_dir={sandbox}/deep/' + 'a' * 300],
+                                                r'--results_dir .*: a name in it is 300 bytes long', None),
+    'sine: resume a study that does not exist': ('sine.py', ['--resume', '--results_dir={sandbox}'],
+                                                 r'--resume: .*sine_k10_seed0 does not exist', None),
+
+    # reference.py: whole-action checks (issue 41)
+    'reference: --add with a README without table markers': (
+        'reference.py', [*REFERENCE, '--add={sandbox}/results/run'], r'README.md: no table markers',
+        lambda w, s: [_reference_folder(s), _copy_run(w, s), _write(f'{s}/README.md', '# A project\n')]),
+    'reference: --add without reference/README.md': (
+        'reference.py', [*REFERENCE, '--add={sandbox}/results/run'], r'reference/README.md: No such file',
+        lambda w, s: [_reference_folder(s), _copy_run(w, s), os.remove(f'{s}/reference/README.md')]),
+    'reference: --add with a README that is not text': (
+        'reference.py', [*REFERENCE, '--add={sandbox}/results/run'], r'README.md: not UTF-8 text',
+        lambda w, s: [_reference_folder(s), _copy_run(w, s), open(f'{s}/README.md', 'wb').write(b'\xff\xfe\x00')]),
+    'reference: --add of a run named running': (
+        'reference.py', [*REFERENCE, '--add={sandbox}/results/running', '--replace'],
+        r'a run named running cannot be kept', lambda w, s: [_reference_folder(s), _copy_run(w, s, 'running')]),
+    'reference: --add of a run without n_way': (
+        'reference.py', [*REFERENCE, '--add={sandbox}/results/run'], r'hyperparameters.json: no n_way',
+        _reference_run_without_n_way),
+    'reference: --add of a run with an unreadable file': (
+        'reference.py', [*REFERENCE, '--add={sandbox}/results/run'], r'results/run/model.keras: Permission denied',
+        lambda w, s: [_reference_folder(s), os.chmod(f'{_copy_run(w, s)}/model.keras', 0)], {'permissions': True}),
+    'reference: --continue with --evaluate': (
+        'reference.py', ['--reference_dir={sandbox}/reference', '--continue=fomaml_paper_5way1shot',
+                         '--evaluate=nothing_kept'], r'--continue and --evaluate contradict each other',
+        lambda w, s: _reference_folder(s)),
+    'reference: --evaluate with --add': (
+        'reference.py', ['--reference_dir={sandbox}/reference', '--add={sandbox}/results/run',
+                         '--evaluate=nothing_kept'],
+        r'--add and --evaluate contradict each other', lambda w, s: [_reference_folder(s), _copy_run(w, s)]),
+    'reference: --check with --continue': (
+        'reference.py', [*REFERENCE, '--check', '--continue=no_such_protocol'],
+        r'--check and --continue contradict each other', lambda w, s: _reference_folder(s)),
+    'reference: --replace without --add': ('reference.py', [*REFERENCE, '--replace'], r'--replace without --add',
+                                           lambda w, s: _reference_folder(s)),
+    'reference: --minutes with --add': (
+        'reference.py', [*REFERENCE, '--add={sandbox}/results/run', '--minutes=5'], r'--minutes with --add',
+        lambda w, s: [_reference_folder(s), _copy_run(w, s)]),
+    'reference: --evaluate on a model.keras that is no zip': (
+        'reference.py', ['--reference_dir={sandbox}/reference', '--evaluate=run'],
+        r'--evaluate run: .*reference/run/model.keras cannot be read \(',
+        lambda w, s: _reference_kept_run(w, s, lambda folder: _write(f'{folder}/model.keras', 'not a zip'))),
+    'reference: --evaluate on a model.keras that is a zip of something else': (
+        'reference.py', ['--reference_dir={sandbox}/reference', '--evaluate=run'],
+        r'--evaluate run: .*reference/run/model.keras cannot be read \(',
+        lambda w, s: _reference_kept_run(w, s, _reference_foreign_zip)),
+    'reference: --evaluate on a truncated checkpoint.npz': (
+        'reference.py', ['--reference_dir={sandbox}/reference', '--evaluate=run'],
+        r'--evaluate run: .*reference/run/checkpoint.npz cannot be read \(',
+        lambda w, s: _reference_kept_run(w, s, lambda folder: _reference_truncated(f'{folder}/checkpoint.npz'))),
+    'reference: --evaluate on a checkpoint.npz with an object array': (
+        'reference.py', ['--reference_dir={sandbox}/reference', '--evaluate=run'],
+        r'--evaluate run: .*reference/run/checkpoint.npz cannot be read \(',
+        lambda w, s: _reference_kept_run(w, s, _reference_object_array)),
 }
 
 
