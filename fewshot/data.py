@@ -536,7 +536,8 @@ def image_folder_files(folder):
         raise DataError(f'{folder}: no class folders in it (expected a subfolder of images per class)')
     files = []
     for name in names:
-        images = sorted(file for file in os.listdir(os.path.join(folder, name)) if file.lower().endswith(IMAGE_SUFFIXES))
+        images = sorted(file for file in os.listdir(os.path.join(folder, name))
+                        if file.lower().endswith(IMAGE_SUFFIXES))
         if not images:
             raise DataError(f'{os.path.join(folder, name)}: no images in it ({", ".join(IMAGE_SUFFIXES)})')
         files.append([os.path.join(folder, name, image) for image in images])

@@ -19,7 +19,7 @@ from test_errors import TINY, world  # noqa: F401  (world: the module fixture of
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINE = ['--hidden=8,8', '--num_val_tasks=4', '--num_test_tasks=6', '--num_eval_points=10', '--meta_batch_size=2',
         '--num_curve_steps=2', '--num_figure_tasks=1', '--progress=false', '--learners=maml,reptile',
-        '--num_iterations=60', '--val_interval=10', '--reptile_inner_steps=2']
+        '--num_iterations=40', '--val_interval=10', '--reptile_inner_steps=2']
 
 
 def _command(script, *arguments):
@@ -60,7 +60,8 @@ def test_a_study_killed_during_its_first_learner_resumes_to_the_same_results(tmp
     assert not os.path.exists(os.path.join(stopped, 'sine_k10_seed0', 'reptile'))
     _run('sine.py', f'--results_dir={stopped}', *SINE, '--resume')
     for learner in ('maml', 'reptile'):
-        straight, resumed = (os.path.join(tmp_path, which, 'sine_k10_seed0', learner) for which in ('straight', 'stopped'))
+        straight, resumed = (os.path.join(tmp_path, which, 'sine_k10_seed0', learner)
+                             for which in ('straight', 'stopped'))
         assert _without(results.read_metrics(os.path.join(resumed, results.METRICS_FILE)), 'seconds') == \
             _without(results.read_metrics(os.path.join(straight, results.METRICS_FILE)), 'seconds')
         varying = ('training_seconds', 'peak_memory_gb', 'peak_memory_since')
@@ -73,14 +74,15 @@ def test_a_study_killed_during_its_first_learner_resumes_to_the_same_results(tmp
 
 
 @pytest.mark.parametrize('how', ['start', '--resume', '--overwrite'])
-def test_a_run_killed_at_its_first_write_keeps_neither_its_name_blocked_nor_the_file(world, tmp_path, how):  # noqa: F811
+def test_a_run_killed_at_its_first_write_keeps_neither_its_name_blocked_nor_the_file(
+        world, tmp_path, how):  # noqa: F811
     """Fault 2: a folder holding only the half-written hyperparameters.tmp<pid>.json of a killed run
     was 'not a run folder' to every later command of that name."""
     folder = tmp_path / 'results' / 'run'
     folder.mkdir(parents=True)
     (folder / f'hyperparameters.tmp{_dead_pid()}.json').write_bytes(b'')
-    arguments = [f'--data_dir={world["omniglot"]}', f'--cache_dir={world["cache"]}', f'--results_dir={tmp_path}/results',
-                 '--run_name=run', '--num_iterations=2', '--val_interval=2', *TINY]
+    arguments = [f'--data_dir={world["omniglot"]}', f'--cache_dir={world["cache"]}',
+                 f'--results_dir={tmp_path}/results', '--run_name=run', '--num_iterations=2', '--val_interval=2', *TINY]
     _run('maml.py', *arguments, *([how] if how != 'start' else []))
     assert not results.leftovers(str(folder)) and not [n for n in os.listdir(folder) if '.tmp' in n]
     assert results.read_summary(str(folder))['iterations'] == 2
@@ -101,7 +103,8 @@ def test_a_run_killed_while_writing_leaves_no_temporary_file_once_resumed(world,
          f'--results_dir={tmp_path}/results', '--run_name=run', '--num_iterations=6', '--val_interval=2', '--resume',
          *TINY)
     assert [name for name in os.listdir(folder) if '.tmp' in name] == []
-    assert [row['iteration'] for row in results.read_metrics(os.path.join(folder, results.METRICS_FILE))] == [0, 2, 4, 6]
+    rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE))
+    assert [row['iteration'] for row in rows] == [0, 2, 4, 6]
 
 
 def test_a_live_writers_temporary_file_is_not_a_leftover(tmp_path):
