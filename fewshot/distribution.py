@@ -101,7 +101,7 @@ def check_own_host(address):
 def check_port_free(address):
     """FlagError if this process's own address's port is taken on this machine: TensorFlow would fail
     deep inside its server, or wait for ever."""
-    port = int(address.rpartition(':')[2])
+    port = _host_port(address)[1]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # A restarted run's old connections may linger.
         try:

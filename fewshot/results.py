@@ -79,19 +79,13 @@ def replacing(path):
     try:
         yield temporary
         os.replace(temporary, path)
-    except OSError as error:
-        _remove_if_present(temporary)
-        if error.filename in (None, temporary):  # A failed write() names no file ("No space left on device").
+    except BaseException as error:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+        # A failed write() names no file ("No space left on device"): name the one being written.
+        if isinstance(error, OSError) and error.filename in (None, temporary):
             raise OSError(error.errno, error.strerror, path) from None
         raise
-    except BaseException:
-        _remove_if_present(temporary)
-        raise
-
-
-def _remove_if_present(path):
-    if os.path.lexists(path):
-        os.remove(path)
 
 
 def _process_is_alive(pid):

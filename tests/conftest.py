@@ -2,6 +2,7 @@
 
 import io
 import os
+import socket
 import sys
 import time
 import zipfile
@@ -108,3 +109,14 @@ def wait_for_checkpoint(process, checkpoint, iteration, timeout=240):
         except (OSError, ValueError, KeyError, EOFError):  # Not written yet, or being replaced.
             pass
         time.sleep(0.05)
+
+
+def free_ports(count):
+    """`count` TCP ports free on this machine now (for the processes of a test cluster)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

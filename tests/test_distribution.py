@@ -4,14 +4,13 @@ of two worker processes trains, stops when one dies, and resumes, as one process
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-from conftest import wait_for_checkpoint
+from conftest import free_ports, wait_for_checkpoint
 from fewshot import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,16 +50,6 @@ def test_replicas_take_the_one_process_meta_step():
         assert len(runs['metrics_single'][-1]['query_post_accuracy']) == 5  # The evaluation's padding is dropped.
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _maml(synthetic_dir, results_dir, cache_dir, *flags):
     return [sys.executable, os.path.join(REPO, 'maml.py'), f'--data_dir={synthetic_dir}', f'--cache_dir={cache_dir}',
             f'--results_dir={results_dir}', '--run_name=run', *TINY, *flags]
@@ -69,7 +58,7 @@ def _maml(synthetic_dir, results_dir, cache_dir, *flags):
 def _start_cluster(command, tmp_path, attempt):
     """Two worker processes of `command` on 127.0.0.1, the chief first, each (process, its stderr file).
     The worker is given results and temporary folders of its own."""
-    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    hosts = [f'127.0.0.1:{port}' for port in free_ports(2)]
     started = []
     for index in range(2):
         env = {**os.environ, 'TF_CONFIG': json.dumps({'cluster': {'worker': hosts},

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import wait_for_checkpoint
+from conftest import free_ports, wait_for_checkpoint
 from fewshot import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,16 +28,6 @@ TINY = ['--num_filters=4', '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_b
 def _maml(synthetic_dir, tmp_path, *flags):
     return [sys.executable, os.path.join(REPO, 'maml.py'), f'--data_dir={synthetic_dir}',
             f'--cache_dir={tmp_path}/cache', f'--results_dir={tmp_path}/results', '--run_name=run', *TINY, *flags]
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _tf_config(hosts, index=0):
@@ -78,7 +68,7 @@ def _one_error_line(stderr):
                                                 r"host 'no-such-host\.invalid' is unknown here"),
 ], ids=['the same address twice', 'an empty job', 'an unknown own host'])
 def test_a_tf_config_that_cannot_work_is_one_error_line(synthetic_dir, tmp_path, cluster, expected):
-    port, = _free_ports(1)
+    port, = free_ports(1)
     config = json.dumps({'cluster': {job: [host.format(port) for host in hosts] for job, hosts in cluster.items()},
                          'task': {'type': 'worker', 'index': 0}})
     log = tmp_path / 'stderr'
@@ -89,7 +79,7 @@ def test_a_tf_config_that_cannot_work_is_one_error_line(synthetic_dir, tmp_path,
 
 def test_a_peer_never_started_ends_the_wait_after_the_timeout(synthetic_dir, tmp_path):
     """A valid cluster of two whose worker 1 is never started: worker 0 waited for ever."""
-    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    hosts = [f'127.0.0.1:{port}' for port in free_ports(2)]
     log = tmp_path / 'stderr'
     started = time.time()
     process = _start(_maml(synthetic_dir, tmp_path, '--strategy=multi_worker', '--peer_timeout_seconds=5'),
@@ -105,7 +95,7 @@ def test_a_peer_never_started_ends_the_wait_after_the_timeout(synthetic_dir, tmp
 def test_processes_given_different_clusters_each_say_so(synthetic_dir, tmp_path):
     """Two processes each listing its own address first, both worker 0 of a cluster of two: each
     waited for ever for its worker 1."""
-    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    hosts = [f'127.0.0.1:{port}' for port in free_ports(2)]
     logs = [tmp_path / 'stderr0', tmp_path / 'stderr1']
     processes = [_start(_maml(synthetic_dir, tmp_path / str(i), '--strategy=multi_worker'),
                         _tf_config(order), log) for i, (order, log) in enumerate(zip((hosts, hosts[::-1]), logs))]
@@ -124,7 +114,7 @@ def test_processes_given_different_clusters_each_say_so(synthetic_dir, tmp_path)
 
 def test_sigterm_ends_a_process_waiting_for_its_peers(synthetic_dir, tmp_path):
     """TensorFlow's preemption notifier took SIGTERM and went on waiting."""
-    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    hosts = [f'127.0.0.1:{port}' for port in free_ports(2)]
     log = tmp_path / 'stderr'
     process = _start(_maml(synthetic_dir, tmp_path, '--strategy=multi_worker'), _tf_config(hosts), log)
     try:
@@ -190,7 +180,7 @@ def _met_peer(hosts, delay, then):
 def test_tensorflow_connecting_the_cluster_is_bounded_too(synthetic_dir, tmp_path):
     """Processes that have all met, one of which never lets TensorFlow connect it: the wait inside
     TensorFlow (which holds Python's lock) ends after the timeout too, with one line."""
-    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    hosts = [f'127.0.0.1:{port}' for port in free_ports(2)]
     log = tmp_path / 'stderr'
     process = _start(_maml(synthetic_dir, tmp_path, '--strategy=multi_worker', '--peer_timeout_seconds=5'),
                      _tf_config(hosts), log)
@@ -204,7 +194,7 @@ def test_tensorflow_connecting_the_cluster_is_bounded_too(synthetic_dir, tmp_pat
 def test_sigterm_while_tensorflow_connects_the_cluster_ends_the_command(synthetic_dir, tmp_path):
     """SIGTERM while TensorFlow connects the cluster is taken by TensorFlow's preemption notifier; the
     command ends with one line as soon as TensorFlow returns."""
-    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    hosts = [f'127.0.0.1:{port}' for port in free_ports(2)]
     log = tmp_path / 'stderr'
     process = _start(_maml(synthetic_dir, tmp_path, '--strategy=multi_worker'), _tf_config(hosts), log)
     with _killed_at_the_end(process):
@@ -251,7 +241,7 @@ signal.signal(signal.SIGUSR1, lambda signum, frame: time.sleep(10 ** 6))
 def test_a_stuck_peer_ends_training_after_the_timeout(synthetic_dir, tmp_path):
     """A process of the cluster stuck in its own code held the others at their next collective
     operation for ever; they now stop after --peer_timeout_seconds, one error line each."""
-    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    hosts = [f'127.0.0.1:{port}' for port in free_ports(2)]
     command = _maml(synthetic_dir, tmp_path, '--strategy=multi_worker', '--num_iterations=5000',
                     '--peer_timeout_seconds=10')
     worker_command = [f'--results_dir={tmp_path}/worker_results' if a.startswith('--results_dir=') else a
