@@ -378,42 +378,73 @@ def check_class_sizes(counts, k_shot, num_query, where, class_names=None):
     """Raises DataError naming the first class with fewer than k_shot + num_query images (counts [C]);
     where: what holds the classes, e.g. 'the train split' or a folder."""
     for index in np.flatnonzero(np.asarray(counts) < k_shot + num_query)[:1]:
-        name = repr(class_names[index]) if class_names is not None else f'number {index}'
+        name = repr(str(class_names[index])) if class_names is not None else f'number {index}'
         raise DataError(f'class {name} of {where} has {counts[index]} images; a task takes '
                         f'{k_shot} + {num_query} (k_shot + num_query) of each of its classes')
 
 
-def pad_classes(classes):
-    """(images [C, M, ...], counts [C]) from a list of C arrays [M_c, ...] of images, M = max M_c;
-    a class's images past its own count are zeros, never drawn (see `sample_episodes`)."""
-    counts = np.array([len(images) for images in classes])
-    padded = np.zeros((len(classes), counts.max(), *classes[0].shape[1:]), np.float32)
-    for index, images in enumerate(classes):
-        padded[index, :len(images)] = images
-    return padded, counts
+@dataclasses.dataclass(frozen=True)
+class ClassImages:
+    """The images of C classes, stored one class after another (as many images per class as it has).
+
+    images: [M, H, W, channels], uint8 in 0..255 (converted to float32 in [0, 1] per task: a large set stays
+      uint8, and may be a read-only np.memmap of a cache on disk) or float32 in [0, 1].
+    starts: [C + 1] int64; class c's images are images[starts[c]:starts[c + 1]].
+    names: [C] str, the classes' names (None: unnamed, called by number).
+    """
+    images: np.ndarray
+    starts: np.ndarray
+    names: np.ndarray = None
+
+    @classmethod
+    def from_list(cls, classes, names=None):
+        """ClassImages of a list of C arrays [M_c, H, W(, channels)] (a grayscale class gets its channel)."""
+        starts = np.concatenate([[0], np.cumsum([len(images) for images in classes])]).astype(np.int64)
+        images = np.concatenate(classes)
+        if images.ndim == 3:
+            images = images[..., None]
+        return cls(images, starts, None if names is None else np.array(names))
+
+    def __len__(self):
+        return len(self.starts) - 1
+
+    @property
+    def counts(self):
+        """[C] images per class."""
+        return np.diff(self.starts)
 
 
-def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=False, counts=None,
-                    rotate_per_task=False):
-    """Draws `num_tasks` tasks from `images` [C, M, H, W] (grayscale, M images of each of C classes)
-    or [C, M, H, W, channels] with the generator `rng`.
+def images_per_class(images):
+    """The most images any class of `images` (an array [C, M, ...], a list of arrays, a `ClassImages`) has."""
+    if isinstance(images, ClassImages):
+        return int(images.counts.max()) if len(images) else 0
+    return max(map(len, images)) if isinstance(images, (list, tuple)) else images.shape[1]
+
+
+def sample_episodes(images, n_way, k_shot, num_query, num_tasks, rng, rotate=False, rotate_per_task=False):
+    """Draws `num_tasks` tasks with the generator `rng` from `images`: an array [C, M, H, W] (grayscale) or
+    [C, M, H, W, channels] of M images of each of C classes, or a `ClassImages` (as many per class as it has).
 
     Classes of a task are distinct, and its support and query images are distinct
-    drawings; the draw is vectorised (no per-image Python loop).
+    drawings; the draw is vectorised (no per-image Python loop). uint8 images come out as float32 in [0, 1].
     rotate: turn each class of each task by a random multiple of 90 degrees, the same for all
       its images, support and query alike (`rotate_classes`); drawn after everything else,
       so the tasks are otherwise those of rotate=False.
-    counts: class c has only its first counts[c] images (`pad_classes`); None: all M.
     rotate_per_task: with `rotate`, one quarter turn for every class of a task (the Relation Network
       code's), instead of one per class (the MAML codes').
     """
-    num_classes, per_class = images.shape[:2]
+    num_classes, per_class = len(images), images_per_class(images)
     classes = rng.random((num_tasks, num_classes)).argsort(axis=1)[:, :n_way]
     order = rng.random((num_tasks, n_way, per_class))
-    if counts is not None:  # Past a class's last image the key is 2, above every random one: never drawn.
-        order[np.arange(per_class) >= np.asarray(counts)[classes][..., None]] = 2.0
+    if isinstance(images, ClassImages):  # Past a class's last image the key is 2, above every random one: never drawn.
+        order[np.arange(per_class) >= images.counts[classes][..., None]] = 2.0
     drawings = order.argsort(axis=2)[:, :, :k_shot + num_query]
-    picked = images[classes[:, :, None], drawings]  # [T, N, K+Q, H, W(, channels)]
+    if isinstance(images, ClassImages):
+        picked = images.images[images.starts[classes][..., None] + drawings]  # [T, N, K+Q, H, W, channels]
+    else:
+        picked = images[classes[:, :, None], drawings]  # [T, N, K+Q, H, W(, channels)]
+    if picked.dtype == np.uint8:
+        picked = picked.astype(np.float32) / 255
     if rotate:
         turns = rng.integers(0, 4, (num_tasks, 1 if rotate_per_task else n_way))
         picked = rotate_classes(picked, np.broadcast_to(turns, (num_tasks, n_way)))
@@ -482,21 +513,23 @@ class EpisodeSampler(TaskStream):
     """The task stream of one split (see `TaskStream`): N-way K-shot tasks with Q queries per class.
 
     images: [C, M, H, W] (grayscale) or [C, M, H, W, channels] float32, M images of each of C
-      classes (Omniglot's splits), or a list of C arrays [M_c, H, W(, channels)], as many images
-      per class as it has (`load_image_folder`); every class needs k_shot + num_query of them.
+      classes (Omniglot's splits), a `ClassImages` (a named dataset's split, uint8) or a list of C arrays
+      [M_c, H, W(, channels)] (`load_image_folder`'s), as many images per class as it has; every class
+      needs k_shot + num_query of them.
     seed: the stream's seed; meta-batch `index` depends on (seed, index) alone.
-    split_name, class_names: what an error message calls the split and its classes.
+    split_name, class_names: what an error message calls the split and its classes (a list's; a
+      `ClassImages` names its own).
     rotate: each class of a task under a random multiple of 90 degrees (see `sample_episodes`), or
       with rotate_per_task, every class of a task under the same one.
     """
 
     def __init__(self, images, n_way, k_shot, num_query, seed, split_name='train', rotate=False,
                  class_names=None, rotate_per_task=False):
-        self.counts = None
         if isinstance(images, (list, tuple)):
-            images, self.counts = pad_classes(images)
-            check_class_sizes(self.counts, k_shot, num_query, f'the {split_name} split', class_names)
-        check_task_shape(len(images), n_way, k_shot, num_query, split_name, per_class=images.shape[1])
+            images = ClassImages.from_list(images, class_names)
+        if isinstance(images, ClassImages):
+            check_class_sizes(images.counts, k_shot, num_query, f'the {split_name} split', images.names)
+        check_task_shape(len(images), n_way, k_shot, num_query, split_name, images_per_class(images))
         self.images = images
         self.n_way, self.k_shot, self.num_query = n_way, k_shot, num_query
         self.seed, self.rotate, self.rotate_per_task = seed, rotate, rotate_per_task
@@ -505,7 +538,7 @@ class EpisodeSampler(TaskStream):
         """Meta-batch number `index` of `num_tasks` tasks."""
         rng = np.random.default_rng([self.seed, index])
         return sample_episodes(self.images, self.n_way, self.k_shot, self.num_query, num_tasks, rng, self.rotate,
-                               self.counts, self.rotate_per_task)
+                               self.rotate_per_task)
 
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')

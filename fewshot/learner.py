@@ -196,6 +196,10 @@ class MetricLearner(Learner):
 
     train_metrics = ('query_loss', 'query_accuracy')
     batch_norm = "transductive (statistics of each task's support and query images together)"
+    # Classes of the tasks `evaluate` is given when they are not the network's N (None): nothing here has a
+    # head of N outputs, so a task of any N can be scored (cross-domain meta-testing, 10-way on a 5-way
+    # model). Another N gives the tasks other shapes, so the compiled test step is traced anew for them.
+    test_n_way = None
 
     def __init__(self, net, model=None, meta_optimizer=None, train_n_way=None, params=None):
         """
@@ -238,7 +242,7 @@ class MetricLearner(Learner):
         """Per-task query loss and accuracy after seeing the support set ('post') and before it
         ('pre': with no support set every class scores the same, the uniform prediction)."""
         del num_steps  # Nothing adapts.
-        scores = self.scores(self.params, episodes, self.net.n_way)
+        scores = self.scores(self.params, episodes, self.test_n_way or self.net.n_way)
         uniform, labels = self.uniform_scores(scores), episodes.query_labels
         return {'query_pre_loss': self.losses(uniform, labels), 'query_post_loss': self.losses(scores, labels),
                 'query_pre_accuracy': network.task_accuracies(uniform, labels),

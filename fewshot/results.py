@@ -51,10 +51,11 @@ METRICS_COLUMNS = metrics_columns('accuracy')
 # memory_budget_gb change only the memory a meta-step takes (and the order of a sum), e.g. on
 # another machine; strategy and cpu_replicas only where its tasks are computed (a run outgrowing
 # one machine continues on a cluster), and peer_timeout_seconds only how long its processes wait for
-# each other.
-RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress', 'data_dir', 'cache_dir',
-                               'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb',
-                               'strategy', 'cpu_replicas', 'check_reuse', 'peer_timeout_seconds'})
+# each other. The --test_ flags choose an extra meta-test (another dataset's classes), not the run.
+RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress', 'data_dir', 'dataset_dir',
+                               'cache_dir', 'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb',
+                               'strategy', 'cpu_replicas', 'check_reuse', 'peer_timeout_seconds', 'test_dataset',
+                               'test_dataset_dir', 'test_n_way', 'test_k_shot'})
 
 
 # What `replacing` names its temporary files: <name>.tmp<pid><extension>, beside the file they replace.

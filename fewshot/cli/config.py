@@ -9,6 +9,8 @@ import os
 
 from absl import flags
 
+from fewshot import datasets
+
 # Seeds go to NumPy, Python's random and TensorFlow's stateless generators: all take these.
 MAX_SEED = 2 ** 31 - 1
 
@@ -41,30 +43,58 @@ flags.register_multi_flags_validator(
     lambda values: values['task_rotations_per'] == 'class' or values['task_rotations'] != 'none',
     message='--task_rotations_per task: says how --task_rotations turns a task; give --task_rotations train or all')
 
-flags.DEFINE_string('dataset', 'omniglot', "The classes tasks are drawn from: 'omniglot', or 'folder:PATH', a "
-                    'folder with a subfolder of images per class (any size and format, resized to --image_size, '
-                    'grayscale or RGB by --channels; every class needs --k_shot + --num_query images), its classes '
-                    'split at random with --split_seed into --num_train_classes, --num_val_classes and the rest '
-                    'for test.')
-flags.register_validator('dataset',
-                         lambda value: value == 'omniglot' or (value.startswith('folder:') and len(value) > 7),
-                         message="--dataset: 'omniglot' or 'folder:PATH' (a folder with a subfolder of images per "
-                                 'class)')
+NAMED_DATASETS = datasets.NAMES  # Their files: docs/datasets.md.
+flags.DEFINE_string('dataset', 'omniglot', "The classes tasks are drawn from: 'omniglot'; a named dataset with its "
+                    f"standard class split ({', '.join(NAMED_DATASETS)}: its files in --dataset_dir, see "
+                    "docs/datasets.md; mnist, fashion_mnist and animal_mnist are all meta-test, for --test_dataset); "
+                    "or 'folder:PATH', a folder with a subfolder of images per class (any size and format, resized "
+                    'to --image_size, grayscale or RGB by --channels; every class needs --k_shot + --num_query '
+                    'images), its classes split at random with --split_seed into --num_train_classes, '
+                    '--num_val_classes and the rest for test.')
+flags.register_validator(
+    'dataset', lambda value: value in ('omniglot', *NAMED_DATASETS) or (value.startswith('folder:') and len(value) > 7),
+    message=f"--dataset: 'omniglot', one of {', '.join(NAMED_DATASETS)}, or 'folder:PATH' (a folder with a subfolder "
+            'of images per class)')
+flags.DEFINE_string('dataset_dir', '', "The folder holding a named --dataset's (and --test_dataset's) files as "
+                    'docs/datasets.md lists them (default: its environment variable, e.g. MINI_IMAGENET_DIR, '
+                    'MNIST_DIR; cifar_fs, fc100 and cub without either are read through tensorflow-datasets).')
+flags.DEFINE_list('test_dataset', [], 'Meta-test (after training, or on --resume of a finished run) on these named '
+                  "datasets' meta-test classes too: cross-domain meta-testing, e.g. a run trained on Omniglot "
+                  "tested on mnist,fashion_mnist,animal_mnist (their images must have the training images' shape). "
+                  'Each is written to meta_test_<dataset>_<N>way<K>shot.json beside summary.json.')
+flags.DEFINE_string('test_dataset_dir', '', "The folder holding --test_dataset's files, for one dataset (default: each "
+                    "one's environment variable, e.g. MNIST_DIR, FASHION_MNIST_DIR, ANIMAL_MNIST_DIR).")
+flags.register_validator('test_dataset',
+                         lambda value: set(value) <= set(NAMED_DATASETS) and len(set(value)) == len(value),
+                         message=f"--test_dataset: a list of distinct names among {', '.join(NAMED_DATASETS)}")
+flags.register_validator('test_dataset_dir', lambda value: not value or len(flags.FLAGS.test_dataset) == 1,
+                         message='--test_dataset_dir: the folder of one --test_dataset (with several, set each '
+                                 "one's environment variable)")
+flags.DEFINE_integer('test_n_way', 0, 'With --test_dataset: classes per test task (0: --n_way); another N than '
+                     "training's only for learners without a head of N outputs (ProtoNet, Relation Networks).",
+                     lower_bound=0)
+flags.DEFINE_integer('test_k_shot', 0, 'With --test_dataset: support examples per class of a test task (0: --k_shot).',
+                     lower_bound=0)
+flags.register_multi_flags_validator(
+    ['test_dataset', 'test_n_way', 'test_k_shot'],
+    lambda values: values['test_dataset'] or not (values['test_n_way'] or values['test_k_shot']),
+    message='--test_n_way, --test_k_shot: the task shape of --test_dataset\'s meta-test; give --test_dataset')
 flags.DEFINE_integer('image_size', 28, '--dataset folder:PATH: images are resized to this many pixels square '
-                     "(Omniglot's are 28).", lower_bound=4)
+                     "(Omniglot's are 28; a named dataset's, its own).", lower_bound=4)
 flags.DEFINE_integer('channels', 1, '--dataset folder:PATH: 1 (grayscale, as Omniglot) or 3 (RGB).',
                      lower_bound=1, upper_bound=3)
 flags.register_validator('channels', lambda value: value in (1, 3), message='--channels: 1 (grayscale) or 3 (RGB)')
 flags.register_multi_flags_validator(
     ['dataset', 'image_size', 'channels'],
-    lambda values: values['dataset'] != 'omniglot' or (values['image_size'] == 28 and values['channels'] == 1),
-    message='--image_size, --channels: only with --dataset folder:PATH (Omniglot is 28x28 grayscale)')
+    lambda values: values['dataset'].startswith('folder:') or (values['image_size'] == 28 and values['channels'] == 1),
+    message='--image_size, --channels: only with --dataset folder:PATH (Omniglot is 28x28 grayscale, a named '
+            'dataset has its own size)')
 flags.register_multi_flags_validator(
     ['dataset', 'split', 'rotations', 'task_rotations'],
     lambda values: values['dataset'] == 'omniglot' or (values['split'] == 'random' and not values['rotations']
                                                        and values['task_rotations'] == 'none'),
-    message="--split lake, --rotations, --task_rotations: Omniglot's only; a --dataset folder is split at "
-                    'random, unrotated')
+    message="--split lake, --rotations, --task_rotations: Omniglot's only; another --dataset has its own split "
+            '(a folder: at random), unrotated')
 
 # Tasks -------------------------------------------------------------------------
 flags.DEFINE_integer('n_way', 5, 'Classes per task (N).', lower_bound=2)

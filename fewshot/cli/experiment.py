@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from fewshot import data, machine, network, plotting, results, training
+from fewshot import data, datasets, machine, network, plotting, results, training
 from fewshot.cli import config, strategy
 from fewshot.errors import FlagError
 
@@ -29,9 +29,15 @@ RESTORED_ON_RESUME = (('precision',), ('tasks_per_chunk', 'memory_budget_gb'))
 
 
 def load_splits():
-    """The class splits of --dataset (Omniglot's characters as the flags choose them, or a folder's
-    classes), and the data's checksum."""
-    if FLAGS.dataset != 'omniglot':
+    """The class splits of --dataset (Omniglot's characters as the flags choose them, a named dataset's
+    standard split, or a folder's classes), and the data's checksum."""
+    if FLAGS.dataset in config.NAMED_DATASETS:
+        dataset = datasets.load(FLAGS.dataset, FLAGS.dataset_dir, FLAGS.cache_dir)
+        if not len(dataset.splits.train):
+            raise FlagError(f'--dataset {FLAGS.dataset}: its classes are all meta-test (too few to meta-train on); '
+                            f'meta-train on another dataset and meta-test on it with --test_dataset {FLAGS.dataset}')
+        return dataset.splits, dataset.checksum
+    if FLAGS.dataset.startswith('folder:'):
         folder = FLAGS.dataset.removeprefix('folder:')
         check_fits(sum(map(len, data.image_folder_files(folder)[1])), 4 * FLAGS.image_size ** 2 * FLAGS.channels,
                    f'--image_size {FLAGS.image_size}', 'images')
@@ -43,6 +49,13 @@ def load_splits():
     splits = data.make_splits(omniglot, FLAGS.split, FLAGS.num_train_classes, FLAGS.num_val_classes,
                               FLAGS.split_seed, FLAGS.rotations)
     return splits, omniglot.checksum
+
+
+def image_shape():
+    """(H, W, channels) of --dataset's images as the network takes them."""
+    if FLAGS.dataset in config.NAMED_DATASETS:
+        return datasets.source(FLAGS.dataset).image_shape
+    return FLAGS.image_size, FLAGS.image_size, FLAGS.channels
 
 
 def evaluation_batches(images, split_name, num_tasks, offset, n_way=None, k_shot=None, num_query=None):
@@ -83,8 +96,7 @@ def episode_stream(splits, n_way=None, n_way_flag='--n_way'):
 
 def episode_sampler(images, n_way, k_shot, num_query, seed, split_name, rotate, n_way_flag='--n_way'):
     """A `data.EpisodeSampler`, whose task shape is checked first in the flags' terms."""
-    per_class = max(map(len, images)) if isinstance(images, (list, tuple)) else images.shape[1]
-    data.check_task_shape(len(images), n_way, k_shot, num_query, split_name, per_class,
+    data.check_task_shape(len(images), n_way, k_shot, num_query, split_name, data.images_per_class(images),
                           (n_way_flag, '--k_shot', '--num_query'))
     return data.EpisodeSampler(images, n_way, k_shot, num_query, seed, split_name, rotate,
                                rotate_per_task=FLAGS.task_rotations_per == 'task')
@@ -98,6 +110,7 @@ class Tasks(NamedTuple):
     checksum: of the data the tasks come from; a resumed run must have the same.
     facts: recorded beside it in hyperparameters.json (the image tasks' classes per split).
     splits: the image tasks' `data.Splits` (given to `build` and `schedule_for`), else None.
+    cross_domain: a `CrossDomain` meta-test for each --test_dataset.
     """
     val: list
     test: list
@@ -105,6 +118,71 @@ class Tasks(NamedTuple):
     checksum: str
     facts: dict
     splits: object = None
+    cross_domain: tuple = ()
+
+
+class CrossDomain(NamedTuple):
+    """Another dataset's meta-test (--test_dataset): its fixed `batches`, their task shape, and the data's
+    checksum."""
+    dataset: str
+    n_way: int
+    k_shot: int
+    batches: list
+    checksum: str
+
+    @property
+    def file(self):
+        """Where a run folder keeps its result."""
+        return f'meta_test_{self.dataset}_{self.n_way}way{self.k_shot}shot.json'
+
+
+def cross_domain_tasks():
+    """A `CrossDomain` meta-test for each --test_dataset, with --test_n_way and --test_k_shot: tasks of the
+    dataset's meta-test classes, drawn as the in-domain test's (--num_test_tasks, --num_query, --eval_seed
+    + 1), so every run and learner is scored on the same ones."""
+    tests = []
+    for name in FLAGS.test_dataset:
+        dataset = datasets.load(name, FLAGS.test_dataset_dir, FLAGS.cache_dir)
+        if tuple(dataset.image_shape) != tuple(image_shape()):
+            raise FlagError(f'--test_dataset {name}: its images are {"x".join(map(str, dataset.image_shape))}; the '
+                            f'network takes {"x".join(map(str, image_shape()))} (--dataset {FLAGS.dataset})')
+        n_way, k_shot = FLAGS.test_n_way or FLAGS.n_way, FLAGS.test_k_shot or FLAGS.k_shot
+        sampler = episode_sampler(dataset.splits.test, n_way, k_shot, FLAGS.num_query, FLAGS.eval_seed + 1,
+                                  f'{name} meta-test', False, '--test_n_way')
+        tests.append(CrossDomain(name, n_way, k_shot, fixed_batches(sampler, FLAGS.num_test_tasks, '--num_test_tasks'),
+                                 dataset.checksum))
+    return tuple(tests)
+
+
+def check_cross_domain(learner, cross_domain, algorithm):
+    """FlagError, before training, if `learner` cannot score the `cross_domain` meta-tests' tasks: another N
+    than its network's needs a learner without a head of N outputs (`learner.MetricLearner.test_n_way`)."""
+    for test in cross_domain:
+        if test.n_way != learner.net.n_way and not hasattr(learner, 'test_n_way'):
+            raise FlagError(f'--test_n_way {test.n_way}: {algorithm} adapts a head of {learner.net.n_way} outputs, '
+                            f'so it meta-tests {learner.net.n_way}-way tasks only')
+
+
+def cross_domain_test(learner, cross_domain, folder, num_eval_inner_steps):
+    """Meta-tests `learner` on `cross_domain`'s tasks and writes the result into the run folder; returns
+    what to print."""
+    if cross_domain.n_way != learner.net.n_way:
+        learner.test_n_way = cross_domain.n_way
+    try:
+        test = training.evaluate(learner, cross_domain.batches, num_eval_inner_steps)
+    finally:
+        if hasattr(learner, 'test_n_way'):
+            learner.test_n_way = None
+    result = {'test_dataset': cross_domain.dataset, 'n_way': cross_domain.n_way, 'k_shot': cross_domain.k_shot,
+              'num_query': FLAGS.num_query, 'test_tasks': len(test['query_post_accuracy']),
+              'data_checksum': cross_domain.checksum, 'task_checksum': data.tasks_checksum(cross_domain.batches)}
+    for when in ('pre', 'post'):
+        result[f'test_{when}_accuracy'], result[f'test_{when}_ci95'] = results.confidence_interval(
+            test[f'query_{when}_accuracy'])
+    results.write_json(folder.file(cross_domain.file), result)
+    return (f'{cross_domain.dataset} {cross_domain.n_way}-way {cross_domain.k_shot}-shot meta-test accuracy '
+            f'{result["test_post_accuracy"]:.2%} ± {result["test_post_ci95"]:.2%} over {result["test_tasks"]} tasks '
+            f'(in {folder.file(cross_domain.file)})')
 
 
 def image_tasks(training_stream=episode_stream):
@@ -117,7 +195,7 @@ def image_tasks(training_stream=episode_stream):
                      evaluation_batches(splits.test, 'meta-test', FLAGS.num_test_tasks, 1),
                      training_stream(splits), checksum,
                      {'classes': {'train': len(splits.train), 'val': len(splits.val), 'test': len(splits.test)}},
-                     splits)
+                     splits, cross_domain_tasks())
     return load
 
 
@@ -141,8 +219,9 @@ def accuracy_test(learner, tasks, folder, num_eval_inner_steps):
 def convnet(n_way=None, backbone='conv4', precision=None):
     """The network `backbone` as the flags shape it, with an `n_way`-output head (default --n_way),
     computing in `precision` (default --precision)."""
+    size, _, channels = image_shape()
     return network.build(backbone, n_way or FLAGS.n_way, FLAGS.num_filters, FLAGS.max_pool,
-                         precision or FLAGS.precision, FLAGS.image_size, FLAGS.channels)
+                         precision or FLAGS.precision, size, channels)
 
 
 def run_settings(run_folder):
@@ -265,6 +344,7 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         if memory_budget_gb:
             learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
                                                                      memory_budget_gb)
+    check_cross_domain(learner, tasks.cross_domain, algorithm)
     run_folder.check_checkpoint(learner.state_variables())  # The last check that can refuse a --resume.
     schedule = schedule_for(tasks.splits) if schedule_for else training.Schedule(
         num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
@@ -283,6 +363,23 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         rows = training.train(learner, tasks.stream, tasks.val, run_folder, schedule,
                               FLAGS.progress and cluster.is_chief, cluster)
 
+    finished = results.read_summary(run_folder.path) if tasks.cross_domain else None
+    if finished and finished['iterations'] == int(rows[-1]['iteration']):
+        # A finished run resumed for a cross-domain test: its own meta-test, summary and model stay as they are.
+        summary, message = finished, f'its own meta-test in {run_folder.file(results.SUMMARY_FILE)}, unchanged'
+    else:
+        summary, message = in_domain_test(learner, tasks, run_folder, rows, memory_after, test, num_eval_inner_steps,
+                                          (extra or {}).get('batch_norm', ''))
+    for cross_domain in tasks.cross_domain:
+        message += '; ' + cross_domain_test(learner, cross_domain, run_folder, num_eval_inner_steps)
+    if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
+        print(f'{algorithm}: {message}; results in {run_folder.path}')
+    return Outcome(summary, learner, tasks.splits, run_folder)
+
+
+def in_domain_test(learner, tasks, run_folder, rows, memory_after, test, num_eval_inner_steps, batch_norm):
+    """The run's own meta-test (`test`), written with its training's summary into summary.json, and its
+    model.keras; returns (the summary, what to print)."""
     logging.info('Meta-testing on %d tasks', FLAGS.num_test_tasks)
     score = learner.score_name
     summary = {'iterations': int(rows[-1]['iteration']), 'training_seconds': rows[-1]['seconds'],
@@ -293,10 +390,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
     tested, message = test(learner, tasks, run_folder, num_eval_inner_steps)
     summary.update(tested)
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
-    network.save_model(learner.model, run_folder.file(results.MODEL_FILE), (extra or {}).get('batch_norm', ''))
-    if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
-        print(f'{algorithm}: {message}; results in {run_folder.path}')
-    return Outcome(summary, learner, tasks.splits, run_folder)
+    network.save_model(learner.model, run_folder.file(results.MODEL_FILE), batch_norm)
+    return summary, message
 
 
 def _recorded(flag_values, unrecorded):

@@ -46,7 +46,8 @@ flags.register_multi_flags_validator(
             'for each other)')
 # Flags that may differ between the machines of a cluster: where files are, how progress shows, how
 # long to wait for the others.
-LOCAL_FLAGS = ('data_dir', 'cache_dir', 'results_dir', 'progress', 'peer_timeout_seconds')
+LOCAL_FLAGS = ('data_dir', 'dataset_dir', 'test_dataset_dir', 'cache_dir', 'results_dir', 'progress',
+               'peer_timeout_seconds')
 # The key of the cluster's coordination service under which TensorFlow's preemption notifier
 # publishes the process that received a SIGTERM ('/job:worker/task:1').
 _PREEMPTION_KEY = 'TF_DEFAULT_PREEMPTION_NOTICE_KEY'

@@ -1,0 +1,71 @@
+"""Running a recorded run again: its command with the flags it recorded, in a scratch copy of its folder.
+
+Tools that re-score a run (reference.py --evaluate, cross_domain.py) resume a copy of it with the flags
+its hyperparameters.json holds, so that the learner, network and tasks are exactly the run's, and add
+only what the re-scoring changes (e.g. --test_dataset): the run's own folder is never written.
+"""
+
+import os
+import subprocess
+import sys
+
+from fewshot import errors, results
+
+# Recorded flags not passed on: where things are on the machine that made the run, and how it was run.
+NOT_PASSED_ON = frozenset({'data_dir', 'cache_dir', 'dataset_dir', 'test_dataset_dir', 'results_dir', 'run_name',
+                           'resume', 'overwrite', 'progress', 'check_reuse', 'peer_timeout_seconds'})
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def flag_arguments(recorded):
+    """Command-line arguments that set every recorded flag (hyperparameters.json's 'flags') as the run
+    had it, except those of NOT_PASSED_ON and those left unset (None)."""
+    def text(value):
+        if isinstance(value, bool):
+            return 'true' if value else 'false'
+        return ','.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return [f'--{name}={text(value)}' for name, value in sorted(recorded.items())
+            if name not in NOT_PASSED_ON and value is not None]
+
+
+def script(hyperparameters, folder):
+    """The path of the command (a script of this repository) the run in `folder` recorded; RunError if it
+    is not one."""
+    command = os.path.basename(hyperparameters.get('command', '?').partition(' ')[0])
+    path = os.path.join(REPOSITORY, command)
+    if not command.endswith('.py') or not os.path.isfile(path):
+        raise errors.RunError(f'{folder}: the command it recorded ({command}) is not a command of this project, '
+                              'so it cannot be re-run')
+    return path
+
+
+def checkpoint_iteration(folder):
+    """The iteration of the run folder `folder`'s checkpoint (0 without one)."""
+    if not os.path.exists(os.path.join(folder, results.CHECKPOINT_FILE)):
+        return 0
+    return results.RunFolder(os.path.dirname(folder), os.path.basename(folder), resume=True).resume_point()[0]
+
+
+def copy_files(source, target, names):
+    """Copies the files `names` that exist in `source` into `target` (made if needed), each atomically."""
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+        if os.path.isfile(os.path.join(source, name)):
+            with open(os.path.join(source, name), 'rb') as f:
+                content = f.read()
+            results.atomic_write(os.path.join(target, name), lambda f: f.write(content))
+
+
+def resume_copy(folder, scratch, extra_arguments=(), quiet=False):
+    """Resumes a copy of the run folder `folder` in `scratch` (a folder) at its checkpoint's iteration, with
+    its recorded command and flags and `extra_arguments`; returns (the copy's path, the child's exit status,
+    its output if `quiet`, else None: it went to this process's)."""
+    hyperparameters = results.read_hyperparameters(folder)
+    name = os.path.basename(os.path.normpath(folder))
+    copy = os.path.join(scratch, name)
+    copy_files(folder, copy, (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE))
+    command = [sys.executable, script(hyperparameters, folder), *flag_arguments(hyperparameters['flags']),
+               f'--results_dir={scratch}', f'--run_name={name}', '--resume', '--progress=false',
+               f'--num_iterations={checkpoint_iteration(copy)}', *extra_arguments]
+    done = subprocess.run(command, capture_output=quiet, text=True)
+    return copy, done.returncode, (done.stdout + done.stderr) if quiet else None
