@@ -36,7 +36,7 @@ def test_a_cache_gives_back_each_split_class_by_class_memory_mapped(tmp_path):
     images, index = cache.read(str(tmp_path / 'c'))
     assert isinstance(images, np.memmap) and images.dtype == np.uint8 and images.shape == (14, 6, 5, 3)
     assert index['splits']['val'] == {'starts': [8], 'names': []}  # An empty split between two others.
-    splits = data.Splits(*(datasets._split(images, index['splits'][s]) for s in datasets.SPLITS))
+    splits = data.Splits(*(datasets.split_of(images, index['splits'][s]) for s in datasets.SPLITS))
     assert [len(splits.train), len(splits.val), len(splits.test)] == [2, 0, 2]
     for split, name, expected in classes:
         part = getattr(splits, split)
@@ -282,3 +282,15 @@ def test_released_omniglot_weights_recognise_mnist_digits_from_one_example(tmp_p
     assert result['test_tasks'] == 600 and result['test_post_accuracy'] - result['test_post_ci95'] > 0.5  # Chance: 0.2.
     row = [line for line in table.read_text().splitlines() if 'protonet_paper_5way1shot' in line]
     assert len(row) == 1 and f"{100 * result['test_post_accuracy']:.2f}" in row[0]
+
+
+def test_dataset_py_prepares_a_named_dataset_and_measures_it(tmp_path):
+    write_mnist(tmp_path / 'mnist', np.arange(200) % 10)
+    done = subprocess.run([sys.executable, os.path.join(REPO, 'dataset.py'), '--dataset=mnist',
+                           f'--dataset_dir={tmp_path / "mnist"}', f'--cache_dir={tmp_path / "cache"}', '--batches=3',
+                           '--iterations=2'], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'mnist: classes 0 / 0 / 10 (train / val / test), 200 images of 28x28x1' in done.stdout
+    assert re.search(r'FO-MAML .* s per meta-iteration over 2', done.stdout)
+    assert re.search(r'resident memory: [\d.]+ GB of the process', done.stdout)
+    assert len(os.listdir(tmp_path / 'cache')) == 1

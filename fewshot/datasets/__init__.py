@@ -112,11 +112,12 @@ def load(name, dataset_dir='', cache_dir='data'):
         cache.write(path, chosen.read(folder, os.path.join(cache_dir, 'tfds')), chosen.image_shape,
                     f'--dataset {name} ({folder or "tensorflow-datasets"})')
     images, index = cache.read(path)
-    return Dataset(name, data.Splits(*(_split(images, index['splits'][split]) for split in SPLITS)),
+    return Dataset(name, data.Splits(*(split_of(images, index['splits'][split]) for split in SPLITS)),
                    index['checksum'], chosen.image_shape)
 
 
-def _split(images, entry):
+def split_of(images, entry):
+    """The `data.ClassImages` of one split of a cache: its images (a view of the memory map) and classes."""
     start, stop = entry['starts'][0], entry['starts'][-1]
     starts = [offset - start for offset in entry['starts']]
     return data.ClassImages(images[start:stop], np.array(starts, np.int64), np.array(entry['names']))
