@@ -22,20 +22,18 @@ import numpy as np
 from absl import flags
 
 from fewshot import cli, data, datasets, machine, network, training
+from fewshot.cli import config  # noqa: F401  It defines --dataset, --dataset_dir and --cache_dir.
 from fewshot.datasets import cache
+from fewshot.errors import FlagError
 from fewshot.learners.maml import MAML
 
-flags.DEFINE_enum('dataset', None, list(datasets.NAMES), 'The named dataset to prepare (its files in --dataset_dir).')
-flags.DEFINE_string('dataset_dir', '', "The folder of --dataset's files (default: its environment variable).")
+for name in ('dataset', 'dataset_dir', 'cache_dir'):
+    flags.declare_key_flag(name)
 flags.DEFINE_enum('synthetic', None, ['tiered_imagenet', 'mini_imagenet'],
                   "Instead of --dataset: a cache of this dataset's size and layout with random pixels.")
-flags.DEFINE_string('cache_dir', 'data', 'Where the cache is (written if absent).')
 flags.DEFINE_integer('batches', 50, 'Meta-batches of tasks drawn to time the sampler.', lower_bound=1)
 flags.DEFINE_integer('iterations', 10, 'FO-MAML meta-iterations run to measure training memory and time (0: none).',
                      lower_bound=0)
-flags.register_multi_flags_validator(['dataset', 'synthetic'],
-                                     lambda values: (values['dataset'] is None) != (values['synthetic'] is None),
-                                     message='--dataset or --synthetic: give one of them')
 FLAGS = flags.FLAGS
 
 # Classes per split and images in all (Ren et al. 2018, Sec. 5: 608 classes, 779,165 images, 351 / 97 / 160;
@@ -85,12 +83,16 @@ def resident_memory_gb():
 
 
 def main(_):
+    if FLAGS.synthetic and FLAGS['dataset'].present:
+        raise FlagError('--dataset, --synthetic: give one of them')
+    if not FLAGS.synthetic and FLAGS.dataset not in datasets.NAMES:
+        raise FlagError(f'--dataset {FLAGS.dataset}: a named dataset ({", ".join(datasets.NAMES)}), or --synthetic')
     load = ((lambda: load_synthetic(FLAGS.synthetic, FLAGS.cache_dir)) if FLAGS.synthetic else
             (lambda: datasets.load(FLAGS.dataset, FLAGS.dataset_dir, FLAGS.cache_dir)))
     dataset, first = timed(load)
     dataset, again = timed(load)
     splits = dataset.splits
-    size = sum(np.asarray(part.images).nbytes for part in (splits.train, splits.val, splits.test))
+    size = sum(np.prod(part.images.shape) for part in (splits.train, splits.val, splits.test))  # uint8: bytes.
     print(f'{dataset.name}: classes {len(splits.train)} / {len(splits.val)} / {len(splits.test)} (train / val / test), '
           f'{sum(map(len, (s.images for s in (splits.train, splits.val, splits.test)))):,} images of '
           f'{"x".join(map(str, dataset.image_shape))}, {size / 1e9:.2f} GB uint8; checksum {dataset.checksum[:16]}')

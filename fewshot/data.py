@@ -388,7 +388,7 @@ class ClassImages:
     """The images of C classes, stored one class after another (as many images per class as it has).
 
     images: [M, H, W, channels], uint8 in 0..255 (converted to float32 in [0, 1] per task: a large set stays
-      uint8, and may be a read-only np.memmap of a cache on disk) or float32 in [0, 1].
+      uint8, and may be a read-only memory map of a cache on disk) or float32 in [0, 1].
     starts: [C + 1] int64; class c's images are images[starts[c]:starts[c + 1]].
     names: [C] str, the classes' names (None: unnamed, called by number).
     """

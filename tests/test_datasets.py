@@ -34,7 +34,7 @@ def test_a_cache_gives_back_each_split_class_by_class_memory_mapped(tmp_path):
     classes = _classes([('train', 3), ('train', 5), ('test', 2), ('test', 4)])
     cache.write(str(tmp_path / 'c'), classes, (6, 5, 3), 'test data')
     images, index = cache.read(str(tmp_path / 'c'))
-    assert isinstance(images, np.memmap) and images.dtype == np.uint8 and images.shape == (14, 6, 5, 3)
+    assert isinstance(images, cache.ImageRows) and images.dtype == np.uint8 and images.shape == (14, 6, 5, 3)
     assert index['splits']['val'] == {'starts': [8], 'names': []}  # An empty split between two others.
     splits = data.Splits(*(datasets.split_of(images, index['splits'][s]) for s in datasets.SPLITS))
     assert [len(splits.train), len(splits.val), len(splits.test)] == [2, 0, 2]
