@@ -9,9 +9,11 @@
 A kept run is a folder reference/<run name>/ holding the run's small files (REFERENCE_FILES) and,
 for runs kept since weights are released, its final weights (RELEASED_FILES: model.keras, and the
 final checkpoint, which holds the same weights with whatever else the learner learned, e.g. MAML++'s
-step sizes). The table, one row per kept run beside the paper's number from reference/papers.csv, is
-written from those folders alone between two marker lines of reference/README.md and of README.md,
-never by hand.
+step sizes). The table, one row per kept run beside the paper's number from reference/papers.csv (by
+algorithm, dataset, way and shot), is written from those folders and the protocols between two marker
+lines of reference/README.md and of README.md, never by hand. A protocol on a dataset that is not on
+this project's machines (any but DATA_HERE) and with no kept run is a row too, "not run", with the one
+command that runs it where the data is.
 
 --evaluate re-scores a kept run: it checks that model.keras holds the checkpoint's weights, resumes
 the finished run from that checkpoint in a temporary folder with every flag the run recorded (so
@@ -60,12 +62,15 @@ flags.DEFINE_string('continue', None, 'A protocol (protocols/<name>.flags) whose
                     '--reference_dir/running/<name>/ for --minutes, at the lowest priority; its state is written back.')
 flags.DEFINE_float('minutes', 60, 'With --continue: stop at the first checkpoint after this many minutes.',
                    lower_bound=0)
-flags.DEFINE_string('protocols_dir', 'protocols', 'With --continue: where the protocols\' flag files are.')
+flags.DEFINE_string('protocols_dir', 'protocols', 'Where the protocols\' flag files are: the one --continue runs, '
+                    'and those the tables show as not run (default for the tables: the protocols/ folder beside '
+                    'reference.py).')
 flags.DEFINE_string('evaluate', None, 'A kept run (a folder name in --reference_dir) whose released weights to '
                     're-score on its test tasks; exits with an error unless the meta-test is the table\'s exactly.')
 flags.declare_key_flag('results_dir')  # config's: where --continue runs.
 flags.declare_key_flag('data_dir')  # config's: passed on to the runs --continue and --evaluate start.
 flags.declare_key_flag('cache_dir')
+flags.declare_key_flag('dataset_dir')  # config's: where a named --dataset's files are, passed on likewise.
 FLAGS = flags.FLAGS
 
 REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png')
@@ -74,9 +79,19 @@ RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
 # Protocol prefix -> command.
 COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py', 'imaml': 'imaml.py',
-            'reptile': 'reptile.py', 'protonet': 'protonet.py', 'relationnet': 'relationnet.py'}
+            'reptile': 'reptile.py', 'protonet': 'protonet.py', 'relationnet': 'relationnet.py', 'anil': 'anil.py'}
+# Protocol prefix -> the algorithm its command records at the order its files set (papers.csv's name for it).
+ALGORITHMS = {'fomaml': 'FO-MAML', 'maml': 'MAML', 'mamlpp': 'MAML++', 'imaml': 'iMAML', 'reptile': 'Reptile',
+              'protonet': 'ProtoNet', 'relationnet': 'RelationNet', 'anil': 'ANIL'}
+PROTOCOLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'protocols')  # The tables', from anywhere.
+DATA_HERE = frozenset({'omniglot'})  # --dataset values whose data this project's machines hold.
+NOT_RUN = "not run: the data is not on this project's machines"
+# --dataset -> its name in the table (any other value, e.g. folder:PATH, as it is).
+DATASET_NAMES = {'omniglot': 'Omniglot', 'mini_imagenet': 'mini-ImageNet', 'tiered_imagenet': 'tiered-ImageNet',
+                 'cifar_fs': 'CIFAR-FS', 'fc100': 'FC100', 'cub': 'CUB', 'mnist': 'MNIST',
+                 'fashion_mnist': 'Fashion-MNIST', 'animal_mnist': 'Animal-MNIST'}
 PAPERS_FILE = 'papers.csv'
-PAPER_COLUMNS = ('algorithm', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
+PAPER_COLUMNS = ('algorithm', 'dataset', 'n_way', 'k_shot', 'accuracy', 'ci95', 'iterations', 'source')
 BEGIN = '<!-- reference results: written by python reference.py from reference/; do not edit -->'
 END = '<!-- end of reference results -->'
 FLAGFILE = re.compile(r'--flagfile[= ](\S+)')
@@ -84,8 +99,9 @@ LEFT_BY_ADD = re.compile(r'\.(.+)\.(adding|replaced)(\d+)')  # `add`'s temporary
 ACTIONS = ('add', 'check', 'continue', 'evaluate')  # One at a time; none: rewrite the tables.
 # The flags only some actions use -> those actions ('': none of them, the tables rewritten); given to
 # another, a flag would be ignored.
-USED_BY = {'replace': ('add',), 'minutes': ('continue',), 'protocols_dir': ('continue',),
+USED_BY = {'replace': ('add',), 'minutes': ('continue',), 'protocols_dir': ('', 'add', 'check', 'continue'),
            'results_dir': ('continue',), 'data_dir': ('continue', 'evaluate'), 'cache_dir': ('continue', 'evaluate'),
+           'dataset_dir': ('continue', 'evaluate'),
            'readme': ('', 'add', 'check', 'continue')}
 
 
@@ -159,14 +175,15 @@ def addable(run_dir, reference_dir, replace):
     return name, hyperparameters, summary, contents
 
 
-def add(run_dir, reference_dir, readmes, replace=False):
+def add(run_dir, reference_dir, readmes, replace=False, protocols_dir=PROTOCOLS_DIR):
     """Keeps the finished run `run_dir` in reference_dir/<its folder's name>/ and rewrites the tables
     in `readmes`. Everything that can refuse is checked first; the run is copied into a temporary
     folder beside its place and renamed there (a kept run it replaces is moved aside until the
     tables are written), so that a failure on the way leaves reference_dir and the READMEs as they
     were. Returns the kept folder."""
     name, hyperparameters, summary, contents = addable(run_dir, reference_dir, replace)
-    texts = tables(reference_dir, readmes, (name, hyperparameters, summary, results.MODEL_FILE in contents))
+    texts = tables(reference_dir, readmes, (name, hyperparameters, summary, results.MODEL_FILE in contents),
+                   protocols_dir)
     results.check_writable(reference_dir, '--reference_dir')
     for path in texts:  # A README is rewritten through a temporary file beside it.
         if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK | os.X_OK):
@@ -214,8 +231,9 @@ def _quietly(step, *arguments):
 
 
 def read_papers(reference_dir):
-    """The papers' numbers by (algorithm, n_way, k_shot): dicts with accuracy, ci95 (None if the paper
-    gives none), iterations and source."""
+    """The papers' numbers by (algorithm, dataset, n_way, k_shot), dataset as --dataset names it: dicts
+    with accuracy, ci95 (None if the paper gives none), iterations (None if no count is known) and source
+    (never empty: every number has one)."""
     path = os.path.join(reference_dir, PAPERS_FILE)
     try:
         with open(path, newline='', encoding='utf-8') as f:
@@ -225,12 +243,15 @@ def read_papers(reference_dir):
     papers = {}
     for line, row in enumerate(rows, start=2):
         try:
-            key = (row['algorithm'], int(row['n_way']), int(row['k_shot']))
+            key = (row['algorithm'], row['dataset'], int(row['n_way']), int(row['k_shot']))
             papers[key] = {'accuracy': float(row['accuracy']), 'ci95': float(row['ci95']) if row['ci95'] else None,
-                           'iterations': int(row['iterations']), 'source': row['source']}
-        except (KeyError, TypeError, ValueError):
+                           'iterations': int(row['iterations']) if row['iterations'] else None,
+                           'source': row['source'].strip()}
+            if not papers[key]['source'] or not row['algorithm'] or not row['dataset']:
+                raise ValueError('a cell left empty')
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise errors.RunError(f'{path}, line {line}: expected the columns {", ".join(PAPER_COLUMNS)}, '
-                                  'with numbers where numbers go') from None
+                                  'with numbers where numbers go and a source for each row') from None
     return papers
 
 
@@ -276,32 +297,109 @@ def recorded_command(hyperparameters):
     return f'{os.path.basename(script)} {arguments}'.strip()
 
 
+def protocol_of(hyperparameters):
+    """The protocol a run was made under (its --flagfile's name without folder and .flags), or None."""
+    protocol = FLAGFILE.search(recorded_command(hyperparameters))
+    return os.path.splitext(os.path.basename(protocol[1]))[0] if protocol else None
+
+
+def dataset_name(dataset):
+    """How the table names the --dataset value `dataset`."""
+    return DATASET_NAMES.get(dataset, dataset).replace('|', '\\|')
+
+
+def paper_cells(paper):
+    """The paper's number and source as the table shows them ('–' for both without a paper)."""
+    if not paper:
+        return '–', '–'
+    interval = f" ± {paper['ci95']:.2f}" if paper['ci95'] is not None else ''
+    return f"{paper['accuracy']:.2f}{interval}", paper['source']
+
+
 def row(name, hyperparameters, summary, papers, weights):
     """One line of the table (markdown) for a kept run; weights: the link to its model.keras, or None."""
     flags_ = hyperparameters['flags']
     algorithm = hyperparameters.get('algorithm', '?')
+    dataset = flags_.get('dataset', 'omniglot')
     setting = f"{flags_['n_way']}-way {flags_['k_shot']}-shot"
     ours = f"{100 * summary['test_post_accuracy']:.2f} ± {100 * summary['test_post_ci95']:.2f}"
     batch_norm = hyperparameters.get('batch_norm', '').split(' ')[0] or '?'
-    paper = papers.get((algorithm, flags_['n_way'], flags_['k_shot']))
+    paper = papers.get((algorithm, dataset, flags_['n_way'], flags_['k_shot']))
     command = recorded_command(hyperparameters)
-    protocol = FLAGFILE.search(command)
-    protocol = os.path.splitext(os.path.basename(protocol[1]))[0] if protocol else 'own flags'
+    protocol = protocol_of(hyperparameters) or 'own flags'
+    paper_text, source = paper_cells(paper)
     if paper:
-        paper_text = f"{paper['accuracy']:.2f}" + (f" ± {paper['ci95']:.2f}" if paper['ci95'] is not None else '')
         gap_text = difference(100 * summary['test_post_accuracy'], 100 * summary['test_post_ci95'], paper)
-        full = summary['iterations'] >= paper['iterations']
-        iterations = f"{summary['iterations']:,} of {paper['iterations']:,} ({'full' if full else 'shortened'})"
-        source = paper['source']
+        if paper['iterations'] is None:
+            iterations = f"{summary['iterations']:,} (the paper's count is not known)"
+        else:
+            full = summary['iterations'] >= paper['iterations']
+            iterations = f"{summary['iterations']:,} of {paper['iterations']:,} ({'full' if full else 'shortened'})"
     else:
-        paper_text = gap_text = source = '–'
+        gap_text = '–'
         iterations = f"{summary['iterations']:,}"
     hours = summary['training_seconds'] / 3600
     machine = hyperparameters.get('versions', {}).get('machine', '?')
-    cells = [algorithm, setting, f'`{protocol}`', f'{ours} ({batch_norm})', paper_text, gap_text, iterations,
-             f'{hours:.2f} h, {machine}', f'[model.keras]({weights})' if weights else '–', source,
+    cells = [algorithm, dataset_name(dataset), setting, f'`{protocol}`', f'{ours} ({batch_norm})', paper_text, gap_text,
+             iterations, f'{hours:.2f} h, {machine}', f'[model.keras]({weights})' if weights else '–', source,
              f'`python {command}`']
     return '| ' + ' | '.join(cells) + ' |'
+
+
+def read_protocol(path):
+    """The flags a protocol file sets, {name: value as text}, from its lines --name=value (comments and
+    blank lines skipped); RunError if it cannot be read or a line is not a flag."""
+    values = {}
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith('#'):
+            continue
+        name, equals, value = line.removeprefix('--').partition('=')
+        if not line.startswith('--') or not equals or not name:
+            raise errors.RunError(f'{path}, line {number}: not a flag --name=value ({line[:80]!r})')
+        values[name] = value
+    return values
+
+
+def protocol_setting(path):
+    """(dataset, n_way, k_shot) of the protocol file `path`, a flag it leaves out at its default;
+    RunError if a way or shot is not a whole number."""
+    values = read_protocol(path)
+    setting = [values.get('dataset', FLAGS['dataset'].default)]
+    for name in ('n_way', 'k_shot'):
+        try:
+            setting.append(int(values.get(name, FLAGS[name].default)))
+        except ValueError:
+            raise errors.RunError(f'{path}: --{name}={values[name]} is not a whole number') from None
+    return tuple(setting)
+
+
+def not_run_rows(protocols_dir, papers, kept_protocols):
+    """The rows of the protocols in protocols_dir of a command this tool runs, on a dataset not on this
+    project's machines (not DATA_HERE), that no kept run was made under: each 'not run', with the
+    command that runs it where the data is."""
+    if not os.path.isdir(protocols_dir):
+        return []
+    shown = 'protocols' if os.path.abspath(protocols_dir) == PROTOCOLS_DIR else protocols_dir
+    lines = []
+    for file in sorted(os.listdir(protocols_dir)):
+        name, extension = os.path.splitext(file)
+        prefix = name.split('_')[0]
+        if extension != '.flags' or prefix not in COMMANDS or name in kept_protocols:
+            continue
+        dataset, n_way, k_shot = protocol_setting(os.path.join(protocols_dir, file))
+        if dataset in DATA_HERE:
+            continue
+        algorithm = ALGORITHMS.get(prefix, '?')
+        paper = papers.get((algorithm, dataset, n_way, k_shot))
+        paper_text, source = paper_cells(paper)
+        iterations = f"0 of {paper['iterations']:,}" if paper and paper['iterations'] is not None else '–'
+        where = '/path/to/' + dataset.replace('_', '-')
+        command = f'python {COMMANDS[prefix]} --flagfile={shown}/{file} --dataset_dir={where}'
+        cells = [algorithm, dataset_name(dataset), f'{n_way}-way {k_shot}-shot', f'`{name}`', NOT_RUN, paper_text,
+                 '–', iterations, '–', '–', source, f'`{command}`']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def difference(ours, ours_ci95, paper):
@@ -314,9 +412,10 @@ def difference(ours, ours_ci95, paper):
     return f"{gap:+.2f} ± {half:.2f} ({verdict}{'' if both else '; ours ± only: the paper gives no interval'})"
 
 
-def table(reference_dir, where, added=None):
-    """The markdown table of every kept run, with its marker lines, for a file in the folder `where`
-    (the links to the weights are relative to it).
+def table(reference_dir, where, added=None, protocols_dir=PROTOCOLS_DIR):
+    """The markdown table of every kept run, then of every protocol in protocols_dir not run for want
+    of its data (see `not_run_rows`), with its marker lines, for a file in the folder `where` (the links
+    to the weights are relative to it).
 
     added: (name, hyperparameters, summary, whether it has model.keras) of a run about to be kept,
     in the place of a kept run of that name: the table as it will be, before anything is copied.
@@ -326,15 +425,17 @@ def table(reference_dir, where, added=None):
             for name, hyperparameters, summary in kept_runs(reference_dir)}
     if added:
         runs[added[0]] = added[1:]
-    header = ('| algorithm | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | ours − paper, '
-              'points ± 95% CI | iterations run, of the paper\'s | training time, CPU | weights | paper\'s source '
-              '| command |')
+    header = ('| algorithm | dataset | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | '
+              'ours − paper, points ± 95% CI | iterations run, of the paper\'s | training time, CPU | weights | '
+              'paper\'s source | command |')
     lines = [BEGIN, header, '|' + '---|' * header.count(' | ') + '---|']
     for name in sorted(runs):
         hyperparameters, summary, released = runs[name]
         model = os.path.join(reference_dir, name, results.MODEL_FILE)
         weights = os.path.relpath(model, where).replace(os.sep, '/') if released else None
         lines.append(row(name, hyperparameters, summary, papers, weights))
+    kept_protocols = {protocol_of(hyperparameters) for hyperparameters, _, _ in runs.values()}
+    lines += not_run_rows(protocols_dir, papers, kept_protocols)
     return '\n'.join(lines + [END])
 
 
@@ -359,15 +460,15 @@ def with_table(path, new_table, text=None):
     return text[:start] + new_table + text[end + len(END):]
 
 
-def tables(reference_dir, readmes, added=None):
-    """{path: (its text with the table the kept runs give, and `added` (see `table`), its text now)}
-    for each README of `readmes`; RunError if one cannot be read or has no markers, or the table
-    cannot be made."""
+def tables(reference_dir, readmes, added=None, protocols_dir=PROTOCOLS_DIR):
+    """{path: (its text with the table the kept runs, `added` (see `table`) and the protocols give, its
+    text now)} for each README of `readmes`; RunError if one cannot be read or has no markers, or the
+    table cannot be made."""
     texts = {}
     for path in readmes:
         current = read_text(path)
-        texts[path] = (with_table(path, table(reference_dir, os.path.dirname(os.path.abspath(path)), added), current),
-                       current)
+        new_table = table(reference_dir, os.path.dirname(os.path.abspath(path)), added, protocols_dir)
+        texts[path] = (with_table(path, new_table, current), current)
     return texts
 
 
@@ -399,16 +500,18 @@ def checkpoint_iteration(folder):
         if os.path.exists(path) else 0
 
 
-def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readmes, data_dir=None, cache_dir=None):
+def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readmes, data_dir=None, cache_dir=None,
+                 dataset_dir=None, table_protocols_dir=PROTOCOLS_DIR):
     """One sitting of the full-protocol run `name` (see the module docstring); returns its iteration.
     What keeping the run when it finishes needs (the tables in `readmes`, its place in reference_dir)
-    is checked before the sitting starts. data_dir, cache_dir: passed on to the run if given."""
+    is checked before the sitting starts. data_dir, cache_dir, dataset_dir: passed on to the run if given;
+    table_protocols_dir: the protocols the tables show (see `table`)."""
     flagfile = os.path.join(protocols_dir, f'{name}.flags')
     script = COMMANDS.get(name.split('_')[0])
     if not results.is_run_name(name) or not os.path.isfile(flagfile) or script is None:
         raise errors.FlagError(f'--continue {name}: no protocol {flagfile} of a command this tool runs '
                                f'({", ".join(f"{prefix}_*" for prefix in COMMANDS)})')
-    tables(reference_dir, readmes)
+    tables(reference_dir, readmes, protocols_dir=table_protocols_dir)
     kept_target(reference_dir, name, True, f'--continue {name}')
     state, folder = os.path.join(reference_dir, RUNNING, name), os.path.join(results_dir, name)
     if os.path.isdir(state) and checkpoint_iteration(state) > (checkpoint_iteration(folder)
@@ -416,7 +519,8 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
         copy_files(state, folder, RUNNING_FILES)  # The committed state is further than this machine's.
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script),
                f'--flagfile={flagfile}', f'--run_name={name}', f'--results_dir={results_dir}', '--progress=false']
-    command += [f'--{flag}={value}' for flag, value in (('data_dir', data_dir), ('cache_dir', cache_dir)) if value]
+    command += [f'--{flag}={value}' for flag, value in
+                (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
     if os.path.isdir(folder):
         command.append('--resume')
     print(f'reference.py: {name} from iteration {checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
@@ -435,7 +539,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
                 child.wait()
                 stopped = True
     if results.read_summary(folder) is not None:
-        add(folder, reference_dir, readmes, replace=True)
+        add(folder, reference_dir, readmes, replace=True, protocols_dir=table_protocols_dir)
         shutil.rmtree(state, ignore_errors=True)
         print(f'reference.py: {name} finished; kept in {reference_dir}/{name}')
         return results.read_summary(folder)['iterations']
@@ -456,8 +560,8 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
 # own temporary folder replaces them, and a resumed run may change them); the data's place is this
 # machine's (its checksum is checked instead); how long a process of a cluster waits for the others
 # is its machine's too (and given without --strategy multi_worker, is refused).
-NOT_PASSED_ON = frozenset({'data_dir', 'cache_dir', 'results_dir', 'run_name', 'resume', 'overwrite', 'progress',
-                           'check_reuse', 'peer_timeout_seconds'})
+NOT_PASSED_ON = frozenset({'data_dir', 'cache_dir', 'dataset_dir', 'test_dataset_dir', 'results_dir', 'run_name',
+                           'resume', 'overwrite', 'progress', 'check_reuse', 'peer_timeout_seconds'})
 
 
 def flag_arguments(recorded):
@@ -507,7 +611,7 @@ def one_line(error, limit=300):
     return f'{type(error).__name__}: {text}'
 
 
-def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None):
+def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None, dataset_dir=None):
     """Re-scores the kept run `name` from its released weights (see the module docstring); RunError
     unless the meta-test is the kept one exactly. Returns the re-scored summary."""
     folder = os.path.join(reference_dir, name)
@@ -528,7 +632,8 @@ def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None):
                    (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE))
         command = [sys.executable, script, *flag_arguments(hyperparameters['flags']), f'--results_dir={scratch}',
                    f'--run_name={name}', '--resume', '--progress=false']
-        command += [f'--{flag}={value}' for flag, value in (('data_dir', data_dir), ('cache_dir', cache_dir)) if value]
+        command += [f'--{flag}={value}' for flag, value in
+                    (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
         print(f'reference.py: re-scoring {name} on its {kept["test_tasks"]} test tasks: {" ".join(command)}',
               flush=True)
         if subprocess.run(command).returncode != 0:
@@ -549,15 +654,20 @@ def main(_):
     action = chosen_action()  # Before anything runs: one action, and no flag it would ignore.
     reference_dir, readmes = FLAGS.reference_dir, (os.path.join(FLAGS.reference_dir, 'README.md'), FLAGS.readme)
     if action == 'evaluate':
-        evaluate_kept(FLAGS.evaluate, reference_dir, FLAGS.data_dir, FLAGS.cache_dir)
+        evaluate_kept(FLAGS.evaluate, reference_dir, FLAGS.data_dir, FLAGS.cache_dir,
+                      FLAGS.dataset_dir if FLAGS['dataset_dir'].present else None)
         return
+    protocols_dir = FLAGS.protocols_dir if FLAGS['protocols_dir'].present else PROTOCOLS_DIR  # The tables'.
+    if not os.path.isdir(protocols_dir):
+        raise errors.FlagError(f'--protocols_dir {protocols_dir}: ' + ('not a folder' if os.path.lexists(protocols_dir)
+                                                                      else 'does not exist'))
     if action == 'continue':
-        given = {flag: FLAGS[flag].value for flag in ('data_dir', 'cache_dir') if FLAGS[flag].present}
+        given = {flag: FLAGS[flag].value for flag in ('data_dir', 'cache_dir', 'dataset_dir') if FLAGS[flag].present}
         continue_run(FLAGS['continue'].value, FLAGS.minutes, reference_dir, FLAGS.results_dir, FLAGS.protocols_dir,
-                     readmes, **given)
+                     readmes, **given, table_protocols_dir=protocols_dir)
     elif action == 'add':
-        add(FLAGS.add, reference_dir, readmes, FLAGS.replace)
-    texts = tables(reference_dir, readmes)  # Both checked before either is written.
+        add(FLAGS.add, reference_dir, readmes, FLAGS.replace, protocols_dir)
+    texts = tables(reference_dir, readmes, protocols_dir=protocols_dir)  # Both checked before either is written.
     for path, (text, current) in texts.items():
         if action == 'check':
             if text != current:

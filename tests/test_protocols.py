@@ -70,6 +70,33 @@ EXPECTED.update({f'relationnet_paper_5way{k_shot}shot.flags': dict(
     task_rotations='all', task_rotations_per='task', rotations=False, num_iterations=1000000, val_interval=5000,
     num_test_tasks=600) for k_shot in (1, 5)})
 
+# mini-ImageNet (the named source --dataset mini_imagenet: its own 64 / 16 / 20 split, 84x84x3 images).
+MINI_IMAGENET = dict(dataset='mini_imagenet', n_way=5, num_test_tasks=600)
+MAML_MINI_IMAGENET = dict(**MINI_IMAGENET, num_query=15, inner_lr=0.01, num_inner_steps=5, num_eval_inner_steps=10,
+                          meta_lr=0.001, num_filters=32, max_pool=True, num_iterations=60000, val_interval=500)
+EXPECTED.update({f'{prefix}_miniimagenet_5way{k_shot}shot.flags': dict(
+    **MAML_MINI_IMAGENET, k_shot=k_shot, meta_batch_size=4 if k_shot == 1 else 2, first_order=first_order)
+    for prefix, first_order in (('maml_paper', False), ('fomaml_paper', True), ('anil_maml', False))
+    for k_shot in (1, 5)})
+EXPECTED.update({f'protonet_paper_miniimagenet_5way{k_shot}shot.flags': dict(
+    **MINI_IMAGENET, k_shot=k_shot, train_n_way=30 if k_shot == 1 else 20, num_query=15, meta_batch_size=1,
+    meta_lr=0.001, meta_lr_halving_interval=2000, num_filters=64, max_pool=True, num_iterations=30000,
+    val_interval=500) for k_shot in (1, 5)})
+EXPECTED.update({f'reptile_paper_miniimagenet_5way{k_shot}shot.flags': dict(
+    **MINI_IMAGENET, k_shot=k_shot, num_query=15 - k_shot, meta_batch_size=5, inner_optimizer='adam',
+    inner_adam_state='carried', inner_lr=0.001, inner_batch_size=10, num_inner_steps=8, num_eval_inner_steps=50,
+    meta_step_size=1.0, final_meta_step_size=0.0, num_filters=32, max_pool=True, num_iterations=100000,
+    val_interval=2500) for k_shot in (1, 5)})
+EXPECTED.update({f'mamlpp_paper_miniimagenet_5way{k_shot}shot.flags': dict(
+    **MINI_IMAGENET, k_shot=k_shot, num_query=15, meta_batch_size=2, inner_lr=0.01, num_inner_steps=5,
+    num_eval_inner_steps=5, da=False, msl=True, msl_iterations=7500, bnrs=True, bnwb=True, lslr=True,
+    cosine_annealing=True, meta_lr=0.001, min_meta_lr=0.001, eval_batch_norm='transductive', num_filters=48,
+    max_pool=True, num_iterations=50000, val_interval=500) for k_shot in (1, 5)})
+EXPECTED.update({f'relationnet_paper_miniimagenet_5way{k_shot}shot.flags': dict(
+    **MINI_IMAGENET, k_shot=k_shot, num_query=15 if k_shot == 1 else 10, meta_batch_size=1, meta_lr=0.001,
+    meta_lr_halving_interval=100000, clip_norm=0.5, backbone='relationnet', num_filters=64, relation_blocks=2,
+    relation_max_pool=True, max_pool=False, num_iterations=500000, val_interval=5000) for k_shot in (1, 5)})
+
 
 def _file_values(*argv):
     """The flags a command line with flag files sets, by name, each parsed by its flag (validators
@@ -91,6 +118,77 @@ def test_every_protocol_file_is_checked():
 
 def test_reference_py_can_continue_every_protocol():
     assert {name.split('_')[0] for name in EXPECTED} <= set(reference.COMMANDS)
+
+
+# One process per command, each reading its protocol files as the command itself does: its flags and
+# validators only (in this process every command's flags and validators are defined at once, e.g.
+# MAML++'s --num_eval_inner_steps <= --num_inner_steps, which MAML's mini-ImageNet protocol breaks).
+PARSE = """
+import sys
+from absl import flags
+import {module}
+for path in sys.argv[1:]:
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(['{module}.py', '--flagfile=' + path])
+    except flags.Error as error:
+        print('refused', path, ' '.join(str(error).split()))
+    else:
+        print('parsed', path)
+"""
+
+
+@pytest.mark.parametrize('script', sorted(set(reference.COMMANDS.values())))
+def test_every_protocol_file_parses_with_its_command(script):
+    """Each protocol file, read by the command reference.py --continue runs it with, every validator
+    of that command applied. (The mini-ImageNet files name --dataset mini_imagenet: they parse once
+    that named source is accepted.)"""
+    names = sorted(name for name in EXPECTED if reference.COMMANDS[name.split('_')[0]] == script)
+    paths = [os.path.join(PROTOCOLS, name) for name in names]
+    result = subprocess.run([sys.executable, '-c', PARSE.format(module=script.removesuffix('.py')), *paths],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcomes = [line for line in result.stdout.splitlines() if line.startswith(('parsed ', 'refused '))]
+    assert outcomes == [f'parsed {path}' for path in paths], '\n'.join(outcomes)
+
+
+def test_every_protocol_has_the_papers_number_and_its_algorithm():
+    """Each protocol's (algorithm, dataset, way, shot) has a row of papers.csv, under the name its
+    command records at the order the file sets."""
+    papers = reference.read_papers(os.path.join(REPO, 'reference'))
+    for name in EXPECTED:
+        prefix = name.split('_')[0]
+        algorithm = reference.ALGORITHMS[prefix]
+        if 'first_order' in EXPECTED[name]:  # maml.py and anil.py: 'FO-' at first order.
+            assert algorithm.startswith('FO-') == EXPECTED[name]['first_order'], name
+        path = os.path.join(PROTOCOLS, name)
+        assert reference.protocol_setting(path) == (EXPECTED[name].get('dataset', 'omniglot'),
+                                                    EXPECTED[name]['n_way'], EXPECTED[name]['k_shot']), name
+        assert (algorithm, *reference.protocol_setting(path)) in papers, name
+
+
+def test_the_table_shows_each_protocol_whose_data_is_not_here_as_not_run():
+    """Every protocol on a dataset not on this project's machines, with no kept run, is a row of both
+    committed tables: 'not run', the paper's number and the one command that runs it where the data is."""
+    kept = {reference.protocol_of(hyperparameters) for _, hyperparameters, _ in
+            reference.kept_runs(os.path.join(REPO, 'reference'))}
+    away = sorted(name for name, values in EXPECTED.items()
+                  if values.get('dataset', 'omniglot') not in reference.DATA_HERE)
+    assert len(away) == 14 and not kept & {name.removesuffix('.flags') for name in away}
+    papers = reference.read_papers(os.path.join(REPO, 'reference'))
+    for readme in (os.path.join(REPO, 'README.md'), os.path.join(REPO, 'reference', 'README.md')):
+        with open(readme, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+        for name in away:
+            protocol, values = name.removesuffix('.flags'), EXPECTED[name]
+            rows = [line for line in lines if f'| `{protocol}` |' in line]
+            assert len(rows) == 1, (readme, name)
+            algorithm = reference.ALGORITHMS[name.split('_')[0]]
+            paper = papers[(algorithm, values['dataset'], values['n_way'], values['k_shot'])]
+            assert f'| {reference.NOT_RUN} | {paper["accuracy"]:.2f} ± {paper["ci95"]:.2f} |' in rows[0], rows[0]
+            script = reference.COMMANDS[name.split('_')[0]]
+            assert rows[0].endswith(f'| `python {script} --flagfile=protocols/{name} '
+                                    '--dataset_dir=/path/to/mini-imagenet` |'), rows[0]
 
 
 @pytest.mark.parametrize('name', sorted(EXPECTED))
