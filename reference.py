@@ -48,7 +48,7 @@ import zipfile
 
 from absl import flags
 
-from fewshot import cli, errors, results
+from fewshot import cli, errors, replay, results
 from fewshot.cli import config  # noqa: F401  config defines --results_dir
 
 flags.DEFINE_string('add', None, 'A finished run folder (e.g. results/fomaml_paper_5way1shot) to keep in '
@@ -472,16 +472,6 @@ def tables(reference_dir, readmes, added=None, protocols_dir=PROTOCOLS_DIR):
     return texts
 
 
-def copy_files(source, target, names):
-    """Copies the files `names` that exist in `source` into `target` (made if needed), each atomically."""
-    os.makedirs(target, exist_ok=True)
-    for name in names:
-        if os.path.isfile(os.path.join(source, name)):
-            with open(os.path.join(source, name), 'rb') as f:
-                content = f.read()
-            results.atomic_write(os.path.join(target, name), lambda f: f.write(content))
-
-
 def lowest_priority():
     """In the child, before it runs: its own autogroup at the lowest weight, and nice 19; SIGINT, which
     stops it, at its default (a shell's background job inherits it ignored)."""
@@ -492,12 +482,6 @@ def lowest_priority():
     except OSError:
         pass  # No autogroups here: nice alone lowers it.
     os.nice(19)
-
-
-def checkpoint_iteration(folder):
-    path = os.path.join(folder, results.CHECKPOINT_FILE)
-    return results.RunFolder(os.path.dirname(folder), os.path.basename(folder), resume=True).resume_point()[0] \
-        if os.path.exists(path) else 0
 
 
 def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readmes, data_dir=None, cache_dir=None,
@@ -514,16 +498,16 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
     tables(reference_dir, readmes, protocols_dir=table_protocols_dir)
     kept_target(reference_dir, name, True, f'--continue {name}')
     state, folder = os.path.join(reference_dir, RUNNING, name), os.path.join(results_dir, name)
-    if os.path.isdir(state) and checkpoint_iteration(state) > (checkpoint_iteration(folder)
+    if os.path.isdir(state) and replay.checkpoint_iteration(state) > (replay.checkpoint_iteration(folder)
                                                               if os.path.isdir(folder) else -1):
-        copy_files(state, folder, RUNNING_FILES)  # The committed state is further than this machine's.
+        replay.copy_files(state, folder, RUNNING_FILES)  # The committed state is further than this machine's.
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script),
                f'--flagfile={flagfile}', f'--run_name={name}', f'--results_dir={results_dir}', '--progress=false']
     command += [f'--{flag}={value}' for flag, value in
                 (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
     if os.path.isdir(folder):
         command.append('--resume')
-    print(f'reference.py: {name} from iteration {checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
+    print(f'reference.py: {name} from iteration {replay.checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
           f'for {minutes:g} minutes at the lowest priority: {" ".join(command)}', flush=True)
     child = subprocess.Popen(command, preexec_fn=lowest_priority, start_new_session=True)
     deadline, stamp, stopped = time.time() + 60 * minutes, None, False
@@ -546,33 +530,14 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
     if not os.path.exists(checkpoint):
         raise errors.RunError(f'{name} stopped (exit status {child.returncode}) before its first checkpoint; '
                               'nothing to keep')
-    copy_files(folder, state, RUNNING_FILES)
-    iteration = checkpoint_iteration(state)
+    replay.copy_files(folder, state, RUNNING_FILES)
+    iteration = replay.checkpoint_iteration(state)
     if not stopped:
         raise errors.RunError(f'{name} stopped by itself (exit status {child.returncode}; its message is above) '
                               f'at iteration {iteration}; its state is kept in {state}')
     print(f'reference.py: {name} at iteration {iteration}; its state is in {state} (commit it to continue '
           'elsewhere)')
     return iteration
-
-
-# Recorded flags a re-scoring does not pass on: where the run was and how it showed progress (its
-# own temporary folder replaces them, and a resumed run may change them); the data's place is this
-# machine's (its checksum is checked instead); how long a process of a cluster waits for the others
-# is its machine's too (and given without --strategy multi_worker, is refused).
-NOT_PASSED_ON = frozenset({'data_dir', 'cache_dir', 'dataset_dir', 'test_dataset_dir', 'results_dir', 'run_name',
-                           'resume', 'overwrite', 'progress', 'check_reuse', 'peer_timeout_seconds'})
-
-
-def flag_arguments(recorded):
-    """Command-line arguments that set every recorded flag (hyperparameters.json's 'flags') as the run
-    had it, except those of NOT_PASSED_ON and those left unset (None)."""
-    def text(value):
-        if isinstance(value, bool):
-            return 'true' if value else 'false'
-        return ','.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    return [f'--{name}={text(value)}' for name, value in sorted(recorded.items())
-            if name not in NOT_PASSED_ON and value is not None]
 
 
 def check_released_weights(folder, name):
@@ -622,21 +587,11 @@ def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None, dataset_di
         raise errors.RunError(f'--evaluate {name}: {folder} has no {results.SUMMARY_FILE}; a kept run is finished')
     check_record(folder, hyperparameters)
     check_released_weights(folder, name)
-    command = recorded_command(hyperparameters).split(' ')[0]
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), command)
-    if not command.endswith('.py') or not os.path.isfile(script):
-        raise errors.RunError(f'--evaluate {name}: the command it recorded ({command}) is not a command of this '
-                              'project, so it cannot be re-run')
     with tempfile.TemporaryDirectory() as scratch:
-        copy_files(folder, os.path.join(scratch, name),
-                   (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE))
-        command = [sys.executable, script, *flag_arguments(hyperparameters['flags']), f'--results_dir={scratch}',
-                   f'--run_name={name}', '--resume', '--progress=false']
-        command += [f'--{flag}={value}' for flag, value in
-                    (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
-        print(f'reference.py: re-scoring {name} on its {kept["test_tasks"]} test tasks: {" ".join(command)}',
-              flush=True)
-        if subprocess.run(command).returncode != 0:
+        extra = [f'--{flag}={value}' for flag, value in
+                 (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
+        print(f'reference.py: re-scoring {name} on its {kept["test_tasks"]} test tasks', flush=True)
+        if replay.resume_copy(folder, scratch, extra)[1] != 0:
             raise errors.RunError(f'--evaluate {name}: the re-scoring run failed (its message is above)')
         again = results.read_summary(os.path.join(scratch, name))
     keys = ('test_post_accuracy', 'test_post_ci95', 'test_pre_accuracy')

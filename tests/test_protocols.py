@@ -14,7 +14,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO
-from fewshot import data, results
+from fewshot import data, replay, results
 from fewshot.cli import experiment
 import maml  # noqa: F401 (defines MAML's flags)
 import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
@@ -376,11 +376,11 @@ def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_
         return result.stdout
 
     sitting(0)
-    first = reference.checkpoint_iteration(state)
+    first = replay.checkpoint_iteration(state)
     assert 0 <= first < 300 and sorted(os.listdir(state)) == sorted(reference.RUNNING_FILES)
     shutil.rmtree(tmp_path / 'results')  # Another machine: only the committed state is there.
     assert f'fomaml_tiny from iteration {first} ' in sitting(0)
-    assert reference.checkpoint_iteration(state) > first
+    assert replay.checkpoint_iteration(state) > first
     rows = [row['iteration'] for row in results.read_metrics(os.path.join(state, 'metrics.csv'), required=True)]
     assert rows == list(range(0, rows[-1] + 1, 20))  # One row per validation, none lost or repeated.
     assert 'finished' in sitting(60)
