@@ -55,7 +55,7 @@ def measure(folder, keep_dir):
             print(f'cross_domain.py: {name}, {n_way}-way {k_shot}-shot on {", ".join(FLAGS.test_datasets)}', flush=True)
             copy, status, output = replay.resume_copy(
                 folder, scratch, [f'--test_dataset={",".join(FLAGS.test_datasets)}', f'--test_n_way={n_way}',
-                                  f'--test_k_shot={k_shot}'], quiet=True)
+                                  f'--test_k_shot={k_shot}'], quiet=True, with_summary=True)
             if status != 0 and 'error: --test_n_way' in output:
                 continue  # A head of the run's N outputs: the table says so.
             if status != 0:

@@ -56,14 +56,16 @@ def copy_files(source, target, names):
             results.atomic_write(os.path.join(target, name), lambda f: f.write(content))
 
 
-def resume_copy(folder, scratch, extra_arguments=(), quiet=False):
+def resume_copy(folder, scratch, extra_arguments=(), quiet=False, with_summary=False):
     """Resumes a copy of the run folder `folder` in `scratch` (a folder) at its checkpoint's iteration, with
     its recorded command and flags and `extra_arguments`; returns (the copy's path, the child's exit status,
-    its output if `quiet`, else None: it went to this process's)."""
+    its output if `quiet`, else None: it went to this process's). with_summary: copy its summary.json too
+    (a finished run resumed for a cross-domain test then keeps its own meta-test rather than repeating it)."""
     hyperparameters = results.read_hyperparameters(folder)
     name = os.path.basename(os.path.normpath(folder))
     copy = os.path.join(scratch, name)
-    copy_files(folder, copy, (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE))
+    copy_files(folder, copy, (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE)
+               + ((results.SUMMARY_FILE,) if with_summary else ()))
     command = [sys.executable, script(hyperparameters, folder), *flag_arguments(hyperparameters['flags']),
                f'--results_dir={scratch}', f'--run_name={name}', '--resume', '--progress=false',
                f'--num_iterations={checkpoint_iteration(copy)}', *extra_arguments]

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -428,7 +429,8 @@ class RunFolder:
         resume_flag: how to tell the user to continue an existing folder, or None if the
           command cannot continue one.
         fixed_on_resume: flags of RESUMABLE_CHANGES that this run must nevertheless keep (MAML++'s
-          cosine schedule is spread over --num_iterations, so extending the run would change it).
+          cosine schedule is spread over --num_iterations, so extending the run would change it), unless
+          it is resumed with nothing left to train (--num_iterations at most its checkpoint's: only tested).
         """
         problem = run_name_problem(run_name)
         if problem:
@@ -526,8 +528,11 @@ class RunFolder:
         if not self.resume or not os.path.exists(self.file(HYPERPARAMETERS_FILE)):
             return
         recorded = {**(defaults or {}), **read_hyperparameters(self.path)['flags']}
+        resumable = self.resumable_changes
+        if resumable != RESUMABLE_CHANGES and flags.get('num_iterations', math.inf) <= self.resume_point()[0]:
+            resumable = RESUMABLE_CHANGES  # Nothing left to train: what its schedule was spread over is unused.
         changed = sorted(name for name in set(recorded) | set(flags)
-                         if name not in self.resumable_changes and recorded.get(name) != flags.get(name))
+                         if name not in resumable and recorded.get(name) != flags.get(name))
         if changed:
             raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
                            'resume it with the same flags or start a new --run_name')

@@ -294,3 +294,18 @@ def test_dataset_py_prepares_a_named_dataset_and_measures_it(tmp_path):
     assert re.search(r'FO-MAML .* s per meta-iteration over 2', done.stdout)
     assert re.search(r'resident memory: [\d.]+ GB of the process', done.stdout)
     assert len(os.listdir(tmp_path / 'cache')) == 1
+
+
+def test_a_run_whose_schedule_is_fixed_is_tested_at_its_checkpoint_but_never_extended(world, tmp_path):
+    """MAML++ spreads its schedule over --num_iterations, so a resumed run must keep it; a resume that trains
+    nothing (cross_domain.py's, at the checkpoint) may give fewer, and the weights stay the checkpoint's."""
+    done = _command('maml_plusplus.py', ['--run_name=run', '--num_iterations=4'], world, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = (tmp_path / 'run' / 'checkpoint.npz').read_bytes()
+    done = _command('maml_plusplus.py', ['--run_name=run', '--resume', '--num_iterations=2', '--test_dataset=mnist'],
+                    world, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / 'run' / 'meta_test_mnist_3way1shot.json').exists()
+    assert (tmp_path / 'run' / 'checkpoint.npz').read_bytes() == checkpoint
+    done = _command('maml_plusplus.py', ['--run_name=run', '--resume', '--num_iterations=6'], world, tmp_path)
+    assert done.returncode == 1 and 'was started with other settings (num_iterations)' in done.stderr
