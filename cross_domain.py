@@ -5,12 +5,14 @@
     python cross_domain.py                                   # rewrite docs/cross_domain.md from what is kept
 
 Each run folder (finished, or in progress: it is scored at its checkpoint) is resumed in a scratch copy
-with the flags it recorded plus --test_dataset, --test_n_way and --test_k_shot (fewshot/replay.py), so the
-learner, its weights and the adaptation at test are the run's own; the tasks of a dataset and shape are
-the same for every run (--eval_seed + 1, --num_test_tasks of the run, 600 for the papers' protocols). A
-shape another N than the run's is measured only for learners without a head of N outputs; for the others
-the table says so. The results are kept in --keep_dir/<run>/ (one JSON file per dataset and shape, and
-run.json: what the run is) and the table between the marker lines of --table is written from them alone.
+with the flags it recorded plus --test_dataset, --test_n_way, --test_k_shot and --test_num_query
+(fewshot/replay.py), so the learner, its weights and the adaptation at test are the run's own; the tasks of
+a dataset and shape are the same for every run (--num_query queries per class whatever the run trained
+with, --eval_seed + 1 and --num_test_tasks of the run, 600 for the papers' protocols), and the table is
+refused if their checksums say otherwise. A shape another N than the run's is measured only for learners
+without a head of N outputs; for the others the table says so. The results are kept in --keep_dir/<run>/
+(one JSON file per dataset and shape, and run.json: what the run is) and the table between the marker lines
+of --table is written from them alone.
 """
 
 import os
@@ -25,6 +27,8 @@ from fewshot import cli, datasets, errors, replay, results
 flags.DEFINE_list('test_datasets', ['mnist', 'fashion_mnist', 'animal_mnist'],
                   'Named datasets to meta-test on (their files in their environment variables, e.g. MNIST_DIR).')
 flags.DEFINE_list('shapes', ['5x1', '5x5', '10x1'], 'Task shapes to meta-test, NxK: N-way K-shot.')
+flags.DEFINE_integer('num_query', 15, 'Query examples per class of every test task, whatever the runs were trained '
+                     'with: so that every run meets the same tasks of a shape.', lower_bound=1)
 flags.DEFINE_string('keep_dir', os.path.join('docs', 'cross_domain'), 'Where the measured results are kept.')
 flags.DEFINE_string('table', os.path.join('docs', 'cross_domain.md'), 'The page whose table is rewritten.')
 flags.register_validator('test_datasets', lambda value: bool(value) and set(value) <= set(datasets.NAMES),
@@ -55,7 +59,8 @@ def measure(folder, keep_dir):
             print(f'cross_domain.py: {name}, {n_way}-way {k_shot}-shot on {", ".join(FLAGS.test_datasets)}', flush=True)
             copy, status, output = replay.resume_copy(
                 folder, scratch, [f'--test_dataset={",".join(FLAGS.test_datasets)}', f'--test_n_way={n_way}',
-                                  f'--test_k_shot={k_shot}'], quiet=True, with_summary=True)
+                                  f'--test_k_shot={k_shot}', f'--test_num_query={FLAGS.num_query}'],
+                quiet=True, with_summary=True)
             if status != 0 and 'error: --test_n_way' in output:
                 continue  # A head of the run's N outputs: the table says so.
             if status != 0:
@@ -86,6 +91,7 @@ def table(keep_dir):
                    key=lambda t: (list(datasets.NAMES).index(t[0]), int(t[1]), int(t[2])))
     test_sets = sorted({t[0] for t in tests}, key=list(datasets.NAMES).index)
     shapes = sorted({(int(t[1]), int(t[2])) for t in tests})
+    _check_same_tasks(keep_dir, runs)
     lines = ['| learner (run) | meta-trained on | test tasks | in-domain test % ± 95% CI | '
              + ' | '.join(f'{NAMES.get(d, d)} %' for d in test_sets) + ' |',
              '|---|---|---|---|' + '---|' * len(test_sets)]
@@ -106,6 +112,19 @@ def table(keep_dir):
             lines.append(f"| {about['algorithm']} (`{run}`) | {trained} | {n_way}-way {k_shot}-shot | {in_domain} | "
                          + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def _check_same_tasks(keep_dir, runs):
+    """RunError unless every kept result of a dataset and shape was measured on the same tasks."""
+    seen = {}
+    for run in runs:
+        for file in sorted(os.listdir(os.path.join(keep_dir, run))):
+            if file.startswith('meta_test_'):
+                checksum = results.read_json(os.path.join(keep_dir, run, file))['task_checksum']
+                first = seen.setdefault(file, (run, checksum))
+                if first[1] != checksum:
+                    raise errors.RunError(f'{keep_dir}: {run} and {first[0]} were tested on different tasks ({file}); '
+                                          'measure them again with the same --eval_seed, tasks and --num_query')
 
 
 def write_table(path, keep_dir):

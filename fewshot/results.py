@@ -56,7 +56,7 @@ METRICS_COLUMNS = metrics_columns('accuracy')
 RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress', 'data_dir', 'dataset_dir',
                                'cache_dir', 'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb',
                                'strategy', 'cpu_replicas', 'check_reuse', 'peer_timeout_seconds', 'test_dataset',
-                               'test_dataset_dir', 'test_n_way', 'test_k_shot'})
+                               'test_dataset_dir', 'test_n_way', 'test_k_shot', 'test_num_query'})
 
 
 # What `replacing` names its temporary files: <name>.tmp<pid><extension>, beside the file they replace.

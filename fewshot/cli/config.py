@@ -75,10 +75,15 @@ flags.DEFINE_integer('test_n_way', 0, 'With --test_dataset: classes per test tas
                      lower_bound=0)
 flags.DEFINE_integer('test_k_shot', 0, 'With --test_dataset: support examples per class of a test task (0: --k_shot).',
                      lower_bound=0)
+flags.DEFINE_integer('test_num_query', 0, 'With --test_dataset: query examples per class of a test task (0: '
+                     '--num_query; cross_domain.py gives 15, so that runs of different protocols meet the same tasks).',
+                     lower_bound=0)
 flags.register_multi_flags_validator(
-    ['test_dataset', 'test_n_way', 'test_k_shot'],
-    lambda values: values['test_dataset'] or not (values['test_n_way'] or values['test_k_shot']),
-    message='--test_n_way, --test_k_shot: the task shape of --test_dataset\'s meta-test; give --test_dataset')
+    ['test_dataset', 'test_n_way', 'test_k_shot', 'test_num_query'],
+    lambda values: values['test_dataset'] or not (values['test_n_way'] or values['test_k_shot']
+                                                  or values['test_num_query']),
+    message='--test_n_way, --test_k_shot, --test_num_query: the task shape of --test_dataset\'s meta-test; give '
+            '--test_dataset')
 flags.DEFINE_integer('image_size', 28, '--dataset folder:PATH: images are resized to this many pixels square '
                      "(Omniglot's are 28; a named dataset's, its own).", lower_bound=4)
 flags.DEFINE_integer('channels', 1, '--dataset folder:PATH: 1 (grayscale, as Omniglot) or 3 (RGB).',

@@ -127,6 +127,7 @@ class CrossDomain(NamedTuple):
     dataset: str
     n_way: int
     k_shot: int
+    num_query: int
     batches: list
     checksum: str
 
@@ -137,9 +138,9 @@ class CrossDomain(NamedTuple):
 
 
 def cross_domain_tasks():
-    """A `CrossDomain` meta-test for each --test_dataset, with --test_n_way and --test_k_shot: tasks of the
-    dataset's meta-test classes, drawn as the in-domain test's (--num_test_tasks, --num_query, --eval_seed
-    + 1), so every run and learner is scored on the same ones."""
+    """A `CrossDomain` meta-test for each --test_dataset, with --test_n_way, --test_k_shot and --test_num_query:
+    tasks of the dataset's meta-test classes, drawn as the in-domain test's (--num_test_tasks, --eval_seed + 1),
+    so every run of that task shape is scored on the same ones."""
     tests = []
     for name in FLAGS.test_dataset:
         dataset = datasets.load(name, FLAGS.test_dataset_dir, FLAGS.cache_dir)
@@ -147,10 +148,11 @@ def cross_domain_tasks():
             raise FlagError(f'--test_dataset {name}: its images are {"x".join(map(str, dataset.image_shape))}; the '
                             f'network takes {"x".join(map(str, image_shape()))} (--dataset {FLAGS.dataset})')
         n_way, k_shot = FLAGS.test_n_way or FLAGS.n_way, FLAGS.test_k_shot or FLAGS.k_shot
-        sampler = episode_sampler(dataset.splits.test, n_way, k_shot, FLAGS.num_query, FLAGS.eval_seed + 1,
+        num_query = FLAGS.test_num_query or FLAGS.num_query
+        sampler = episode_sampler(dataset.splits.test, n_way, k_shot, num_query, FLAGS.eval_seed + 1,
                                   f'{name} meta-test', False, '--test_n_way')
-        tests.append(CrossDomain(name, n_way, k_shot, fixed_batches(sampler, FLAGS.num_test_tasks, '--num_test_tasks'),
-                                 dataset.checksum))
+        tests.append(CrossDomain(name, n_way, k_shot, num_query,
+                                 fixed_batches(sampler, FLAGS.num_test_tasks, '--num_test_tasks'), dataset.checksum))
     return tuple(tests)
 
 
@@ -174,7 +176,7 @@ def cross_domain_test(learner, cross_domain, folder, num_eval_inner_steps):
         if hasattr(learner, 'test_n_way'):
             learner.test_n_way = None
     result = {'test_dataset': cross_domain.dataset, 'n_way': cross_domain.n_way, 'k_shot': cross_domain.k_shot,
-              'num_query': FLAGS.num_query, 'test_tasks': len(test['query_post_accuracy']),
+              'num_query': cross_domain.num_query, 'test_tasks': len(test['query_post_accuracy']),
               'data_checksum': cross_domain.checksum, 'task_checksum': data.tasks_checksum(cross_domain.batches)}
     for when in ('pre', 'post'):
         result[f'test_{when}_accuracy'], result[f'test_{when}_ci95'] = results.confidence_interval(
