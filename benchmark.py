@@ -8,6 +8,14 @@
     python benchmark.py --algorithms maml --profile                      # where the time goes
     python benchmark.py --algorithms maml --strategy mirrored --cpu_replicas 2   # the meta-batch on 2 replicas
     python benchmark.py --algorithms maml --peer ~/.cache/peers/l2l/bin/python   # beside learn2learn
+    python benchmark.py --setting miniimagenet --algorithms maml --peer ~/.cache/peers/l2l/bin/python
+                                              # the MAML paper's mini-ImageNet shape, beside learn2learn
+
+--setting omniglot (the default) times the flags' setting above, the MAML paper's Omniglot; --setting
+miniimagenet its mini-ImageNet protocol (Finn et al. 2017, Sec. 5.2): Conv-4 of 32 filters with 2x2
+max-pooling (dropping an odd edge), its 5x5x32 maps flattened into the head, 84x84x3 images, T=4,
+5-way 1-shot, 15 queries, 5 inner steps at 0.01, as ../shared/peers/bench_learn2learn.py --setting
+miniimagenet. A setting gives those flags their defaults: a flag on the command line still wins.
 
 It prints the CPU (model, and whether it computes bfloat16 natively) and the measured peak of a
 large 64->64 convolution (forward and backward) in float32 and bfloat16. For each algorithm and
@@ -15,7 +23,10 @@ derivative order it prints the median seconds per meta-iteration and the peak re
 runs in its own process, so the peaks do not mix). MAML++ is timed with every fix on, without and
 with the multi-step loss (which adds a query pass per inner step while it is active), and its ratio
 to MAML of the same order is printed. MAML's convolution work divided by the convolution peak of
-the precision it ran in is the lower bound its ratio is taken against. --profile adds, for each,
+the precision it ran in is the lower bound its ratio is taken against. Each line also gives the time to
+produce a meta-batch of tasks (drawn from random images of the setting's dataset shape, as stored:
+Omniglot's float32, mini-ImageNet's uint8 converted to float32 per task, as a run's task stream does)
+and its share of a meta-iteration with it, which a run spends in sequence. --profile adds, for each,
 where a meta-iteration's operations spend their time. --peer times learn2learn's MAML on the same
 setting (../shared/peers/bench_learn2learn.py in another Python, a measurement aid that is never a
 dependency) right after ours, and prints the ratio, with the share of convolution work its
@@ -38,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
 import keras
@@ -46,7 +58,7 @@ import tensorflow as tf
 from absl import flags
 
 from fewshot import cli, data, errors, machine, network, profiling, training
-from fewshot.cli import commands, experiment, runs, strategy  # noqa: F401  runs: defines --algorithms
+from fewshot.cli import commands, runs, strategy  # noqa: F401  runs: defines --algorithms
 import maml  # noqa: F401  (MAML's flags, which set what is timed)
 import maml_plusplus
 
@@ -58,29 +70,97 @@ flags.DEFINE_string('measure', '', 'Internal: measure one "algorithm:order" in t
 flags.DEFINE_boolean('profile', False,
                      "Also trace one meta-iteration of each and print where its operations' time goes.")
 flags.DEFINE_string('peer', '', 'A Python interpreter with learn2learn (see ../shared/peers/README.md): time its MAML '
-                    'on the same setting right after ours and print the ratio (only the default setting).')
+                    "on the same setting right after ours and print the ratio (only with the --setting's own flags).")
 flags.DEFINE_string('peer_script', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'peers',
                                                 'bench_learn2learn.py'), "The peer's timing script (with --peer).")
 flags.register_validator('orders', lambda orders: bool(orders) and set(orders) <= {'first', 'second'},
                          message='--orders: a list of first, second')
 PLUS_PLUS = ('maml++', 'maml++ with MSL')  # MAML++ held at one derivative order, without or with MSL.
-SETTING = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
-           'num_inner_steps', 'meta_lr', 'precision', 'tasks_per_chunk',
-           'strategy', 'cpu_replicas')  # Shared flags that set what is timed.
-for _name in SETTING:
+SETTING_FLAGS = ('n_way', 'k_shot', 'num_query', 'meta_batch_size', 'num_filters', 'max_pool', 'inner_lr',
+                 'num_inner_steps', 'meta_lr', 'precision', 'tasks_per_chunk',
+                 'strategy', 'cpu_replicas')  # Shared flags that set what is timed.
+for _name in SETTING_FLAGS:
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
+class Setting(NamedTuple):
+    """A shape of meta-iteration to time.
+
+    flags: defaults it gives flags of SETTING_FLAGS (a flag on the command line overrides them).
+    image_size, channels: of the images, image_size x image_size x channels.
+    flatten, pool_padding: the Conv-4's head input and (with --max_pool) pooling (`network.ConvNet`'s).
+    source_shape, source_dtype: the random images tasks are drawn from, [C, M, H, W(, channels)] (M images
+      of each of C classes), in the type a run holds its dataset in.
+    """
+    flags: dict
+    image_size: int
+    channels: int
+    flatten: bool
+    pool_padding: str
+    source_shape: tuple
+    source_dtype: type
+
+
+SETTINGS = {
+    # The MAML paper's Omniglot: the flags' own defaults (T=32, 5-way 5-shot, 15 queries, 5 steps at 0.4, 64 filters).
+    'omniglot': Setting({}, 28, 1, False, 'same', (200, 20, 28, 28), np.float32),
+    # Its mini-ImageNet (Sec. 5.2, and its code): 64 meta-training classes of 600 images, stored as uint8.
+    'miniimagenet': Setting(dict(n_way=5, k_shot=1, num_query=15, meta_batch_size=4, num_filters=32, max_pool=True,
+                                 inner_lr=0.01, num_inner_steps=5),
+                            84, 3, True, 'valid', (64, 600, 84, 84, 3), np.uint8),
+}
+flags.DEFINE_enum('setting', 'omniglot', list(SETTINGS),
+                  "The shape timed: 'omniglot', the MAML paper's Omniglot (the flags' defaults); 'miniimagenet', its "
+                  'mini-ImageNet protocol (Conv-4 of 32 filters with max-pooling, flattened into the head, 84x84x3 '
+                  'images, T=4, 5-way 1-shot, 15 queries, 5 inner steps at 0.01).')
+
+
+def apply_setting():
+    """Gives the flags of --setting their defaults (flags given on the command line keep their values)."""
+    for name, value in SETTINGS[FLAGS.setting].flags.items():
+        try:
+            FLAGS.set_default(name, value)
+        except flags.IllegalFlagValueError as error:  # A flag on the command line that the setting's values refuse.
+            raise errors.FlagError(f'--setting {FLAGS.setting} (--{name}={value}): {error}') from None
+
+
+def timed_network():
+    """The Conv-4 timed, as --setting and the flags shape it."""
+    setting = SETTINGS[FLAGS.setting]
+    return network.build('conv4', FLAGS.n_way, FLAGS.num_filters, FLAGS.max_pool, FLAGS.precision,
+                         setting.image_size, setting.channels, setting.flatten,
+                         setting.pool_padding if FLAGS.max_pool else 'same')
+
+
+def source_images():
+    """The random images of --setting's dataset shape and type that tasks are drawn from."""
+    setting = SETTINGS[FLAGS.setting]
+    rng = np.random.default_rng(0)
+    if setting.source_dtype == np.uint8:
+        return rng.integers(0, 256, setting.source_shape, dtype=np.uint8)
+    return rng.random(setting.source_shape).astype(setting.source_dtype)
+
+
+def conv_sizes(net):
+    """H' = W' of each block's convolution output."""
+    size, sizes = net.image_size, []
+    for _ in range(net.num_blocks):
+        if not net.max_pool:  # Stride 2; with max-pooling the convolution keeps the size, the pool halves it.
+            size = (size + 1) // 2
+        sizes.append(size)
+        if net.max_pool:
+            size = size // 2 if net.pool_padding == 'valid' else (size + 1) // 2
+    return sizes
+
+
 def conv_macs(net, backward):
     """Multiply-adds of the convolutions for one image: forward, or backward (input + weight grads)."""
-    size, channels, total = net.image_size, 1, 0
-    for block in range(net.num_blocks):
-        out = size if net.max_pool else (size + 1) // 2
+    channels, total = net.channels, 0
+    for block, out in enumerate(conv_sizes(net)):
         layer = out * out * 9 * channels * net.num_filters
         # Backward: the weight gradient always; the input gradient except for the first layer.
         total += (layer if block == 0 else 2 * layer) if backward else layer
-        size = (out + 1) // 2 if net.max_pool else out
         channels = net.num_filters
     return total
 
@@ -126,10 +206,10 @@ def build(algorithm, first_order):
     """The learner to time: a learner command's, or MAML++ held at one derivative order, with or
     without MSL."""
     keras.utils.set_random_seed(0)
+    net = timed_network()
     if algorithm not in PLUS_PLUS:
-        net, learner = commands.find(algorithm, '--algorithms').build(FLAGS.n_way, first_order)
+        learner = commands.find(algorithm, '--algorithms').build_learner(net, first_order)
     else:
-        net = experiment.convnet()
         never = 10 ** 9  # A schedule switch that is never reached.
         fixes = maml_plusplus.Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never,
                                     da=first_order, da_iterations=never)
@@ -148,9 +228,12 @@ def measure(what):
     cluster.check_meta_batch(FLAGS.meta_batch_size)
     with cluster.scope():
         net, learner = build(algorithm, first_order)
-    images = np.random.default_rng(0).random((200, 20, 28, 28)).astype(np.float32)
-    sampler = data.EpisodeSampler(images, FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, seed=0)
-    batches = [sampler.sample(i, FLAGS.meta_batch_size) for i in range(FLAGS.repeats + 2)]
+    sampler = data.EpisodeSampler(source_images(), FLAGS.n_way, FLAGS.k_shot, FLAGS.num_query, seed=0)
+    batches, sampling = [], []
+    for i in range(FLAGS.repeats + 2):
+        start = time.perf_counter()
+        batches.append(sampler.sample(i, FLAGS.meta_batch_size))
+        sampling.append(time.perf_counter() - start)
     start = time.perf_counter()
     learner.meta_train_step(batches[0])
     first_call = time.perf_counter() - start
@@ -163,6 +246,7 @@ def measure(what):
     chunk = min(learner.tasks_per_chunk or FLAGS.meta_batch_size, FLAGS.meta_batch_size)  # Tasks per compiled call.
     figures = {'algorithm': algorithm, 'order': order, 'median_seconds': statistics.median(seconds),
                'min_seconds': min(seconds), 'first_call_seconds': first_call,
+               'task_seconds': statistics.median(sampling[2:]),  # Those of the timed iterations.
                'peak_rss_gb': training.peak_memory_gb(), 'macs': meta_iteration_macs(net, first_order),
                'peer_macs': meta_iteration_macs(net, first_order, accuracies=False),
                'replicas': cluster.num_replicas,
@@ -185,20 +269,14 @@ def profile(net, learner, batch, chunk):
         graph = learner._meta_direction.get_concrete_function(data.task_slice(episodes, 0, chunk), **options).graph
     else:
         graph = learner._train_step.get_concrete_function(episodes, **options).graph
-    size, layers = net.image_size, {}
-    for block in range(1, net.num_blocks + 1):
-        if not net.max_pool:  # Stride 2; with max-pooling the convolution keeps the size, the pool halves it.
-            size = (size + 1) // 2
-        layers[(size, size)] = f'conv{block}'
-        if net.max_pool:
-            size = (size + 1) // 2
+    layers = {(size, size): f'conv{block}' for block, size in enumerate(conv_sizes(net), 1)}
     return profiling.profile(lambda: learner.meta_train_step(batch), graph, layers)
 
 
 def peer(order):
     """(median seconds, peak memory GB) of the peer's meta-iteration of `order` ('first' or 'second')."""
     command = [os.path.expanduser(FLAGS.peer), FLAGS.peer_script, '--order', '1' if order == 'first' else '2',
-               '--iters', str(FLAGS.repeats)]
+               '--iters', str(FLAGS.repeats), '--setting', FLAGS.setting]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
     except OSError as error:
@@ -224,6 +302,7 @@ def print_profile(figures):
 
 def main(argv):
     del argv
+    apply_setting()
     if FLAGS.measure.startswith('peak:'):
         print(json.dumps(conv_peak(FLAGS.measure.removeprefix('peak:'), repeats=FLAGS.repeats)))
         return
@@ -235,10 +314,10 @@ def main(argv):
         if algorithm not in PLUS_PLUS:
             commands.find(algorithm, '--algorithms')
     if FLAGS.peer:
-        changed = [name for name in SETTING if FLAGS[name].value != FLAGS[name].default and name != 'precision']
+        changed = [name for name in SETTING_FLAGS if FLAGS[name].value != FLAGS[name].default and name != 'precision']
         if changed or 'maml' not in FLAGS.algorithms:
             fix = 'drop ' + ', '.join('--' + name for name in changed) if changed else 'add maml to --algorithms'
-            raise errors.FlagError(f'--peer: the peer times MAML at the default setting only; {fix}')
+            raise errors.FlagError(f'--peer: the peer times MAML at the flags of --setting {FLAGS.setting} only; {fix}')
         if not os.path.isfile(FLAGS.peer_script):
             raise errors.FlagError(f'--peer_script: {FLAGS.peer_script} does not exist (see ../shared/peers/README.md)')
         if not shutil.which(os.path.expanduser(FLAGS.peer)):
@@ -246,7 +325,8 @@ def main(argv):
     if FLAGS.profile and FLAGS.strategy != 'default':
         raise errors.FlagError('--profile: profiles a meta-iteration computed in one process; drop --strategy')
     # What each measurement needs (a flag without a value, --tasks_per_chunk's default, serializes to '').
-    passed = [flag for flag in (FLAGS[name].serialize() for name in ('repeats', 'profile', *SETTING)) if flag]
+    passed = [flag for flag in (FLAGS[name].serialize() for name in ('repeats', 'profile', 'setting', *SETTING_FLAGS))
+              if flag]
 
     def in_subprocess(what):
         result = subprocess.run([sys.executable, __file__, f'--measure={what}', *passed],
@@ -260,6 +340,14 @@ def main(argv):
     print(f'Meta-iteration, T={FLAGS.meta_batch_size} tasks, {FLAGS.n_way}-way '
           f'{FLAGS.k_shot}-shot, {FLAGS.num_query} queries, {FLAGS.num_inner_steps} inner steps, '
           f'{FLAGS.num_filters} filters, precision {FLAGS.precision}')
+    net, setting = timed_network(), SETTINGS[FLAGS.setting]
+    source = f'[{", ".join(map(str, setting.source_shape))}] {np.dtype(setting.source_dtype).name}'
+    print(f'Setting {FLAGS.setting}: {net.image_size}x{net.image_size}x{net.channels} images, inner rate '
+          f'{FLAGS.inner_lr:g}, Conv-4 ({"max-pooling" if net.max_pool else "stride 2"}) with its '
+          f'{net.feature_map_size()}x{net.feature_map_size()} maps {"flattened" if net.flatten else "averaged"} '
+          f'into the head; tasks drawn from random images {source} '
+          f'({np.prod(setting.source_shape) * np.dtype(setting.source_dtype).itemsize / 1e9:.2f} GB, '
+          'in each peak memory below), as float32')
     peaks = {dtype: in_subprocess(f'peak:{dtype}') for dtype in ('float32', 'bfloat16')}
     print('convolution peak (3x3, 64 -> 64 channels, 256 images of 28x28, forward and backward): '
           + ', '.join(f'{dtype} {2 * macs / 1e9:.0f} GFLOP/s' for dtype, macs in peaks.items()))
@@ -276,6 +364,8 @@ def main(argv):
                     f'(min {figures["min_seconds"]:.3f}, first call with tracing '
                     f'{figures["first_call_seconds"]:.1f} s), {FLAGS.meta_batch_size / seconds:.1f} tasks/s, '
                     f'peak memory {figures["peak_rss_gb"]:.2f} GB')
+            tasks = figures['task_seconds']
+            line += f'; producing its tasks {tasks:.3f} s, {tasks / (tasks + seconds):.1%} of an iteration with them'
             if FLAGS.strategy != 'default':
                 line += f'; --strategy {FLAGS.strategy}, {figures["replicas"]} replicas'
             if algorithm == 'maml':

@@ -2,9 +2,10 @@
 
 The network is the MAML paper's Omniglot net (`ConvNet`): `num_blocks` blocks of
 3x3 convolution (`num_filters` filters, stride 2, or stride 1 and 2x2 max-pool),
-batch norm and ReLU, then the spatial mean and a linear head; a residual network
-over the same pieces (`ResNet`); or the Relation Network paper's variant (`RelationEmbedding`,
-5x5 feature maps). `build` makes each by its --backbone name.
+batch norm and ReLU, then the spatial mean and a linear head; with `flatten`, the last feature
+maps flattened into the head instead, as the MAML paper's mini-ImageNet net; a residual network
+over the same pieces (`ResNet`); the Relation Network paper's variant (`RelationEmbedding`,
+5x5 feature maps); or MetaOptNet's ResNet-12 (`ResNet12`). `build` makes each by its --backbone name.
 
 With precision 'bfloat16' the convolution blocks compute in bfloat16 (mixed precision): the
 weights stay float32 and are cast where a convolution uses them, batch norm's moments and scales
@@ -72,7 +73,18 @@ class Classifier(LinearHead):
 
 @dataclasses.dataclass(frozen=True)
 class ConvNet(Classifier):
-    """Architecture of the few-shot classifier; `forward` is a pure function of its weights."""
+    """Architecture of the few-shot classifier; `forward` is a pure function of its weights.
+
+    The default is the MAML paper's Omniglot network (Finn et al. 2017, Sec. 5.2): 28x28x1 images,
+    four blocks of 64 stride-2 convolutions, and the spatial mean of the last (2x2) feature maps, 64
+    features, into the head. Its mini-ImageNet network is
+
+        ConvNet(n_way, num_filters=32, max_pool=True, image_size=84, channels=3, flatten=True, pool_padding='valid'):
+
+    stride-1 convolutions each followed by 2x2 max-pooling that drops an odd edge, 84 -> 42 -> 21 -> 10
+    -> 5, and the 5x5x32 maps flattened, 800 features, into the head (the authors' code; learn2learn's
+    MiniImagenetCNN likewise).
+    """
     n_way: int
     num_filters: int = 64
     num_blocks: int = 4
@@ -80,6 +92,16 @@ class ConvNet(Classifier):
     image_size: int = 28
     precision: str = 'float32'  # Or 'bfloat16': the blocks' convolutions (see the module's docstring).
     channels: int = 1  # Of the images: 1 (grayscale, Omniglot) or 3 (RGB).
+    flatten: bool = False  # The head's input: the last feature maps flattened, or (False) their spatial mean.
+    # With max_pool: 'same' pools an odd edge on its own (H -> ceil(H/2)); 'valid' drops it (floor(H/2)),
+    # as the MAML paper's code and PyTorch's nn.MaxPool2d(2).
+    pool_padding: str = 'same'
+
+    def __post_init__(self):
+        if self.pool_padding not in ('same', 'valid'):
+            raise ValueError(f"pool_padding: 'same' or 'valid', not {self.pool_padding!r}")
+        if self.pool_padding != 'same' and not self.max_pool:
+            raise ValueError('pool_padding: the padding of max_pool\'s pooling; only with max_pool')
 
     def keras_model(self):
         """The same network as a Keras model; its trainable weights are the meta-parameters."""
@@ -92,10 +114,14 @@ class ConvNet(Classifier):
                 keras.layers.ReLU(name=f'relu{block}'),
             ]
             if self.max_pool:
-                layers.append(keras.layers.MaxPooling2D(2, padding='same', name=f'pool{block}'))
-        layers += [keras.layers.GlobalAveragePooling2D(name='spatial_mean'),
-                   keras.layers.Dense(self.n_way, name='head')]
-        return keras.Sequential(layers, name='convnet')
+                layers.append(keras.layers.MaxPooling2D(2, padding=self.pool_padding, name=f'pool{block}'))
+        return keras.Sequential(layers + self._keras_head(), name='convnet')
+
+    def _keras_head(self):
+        """The Keras layers after the body: the spatial mean (or with `flatten`, the flattening) and the head."""
+        features = (keras.layers.Flatten(name='flatten') if self.flatten
+                    else keras.layers.GlobalAveragePooling2D(name='spatial_mean'))
+        return [features, keras.layers.Dense(self.n_way, name='head')]
 
     def forward(self, params, images, statistics=None):
         """Logits of every task's images under that task's weights.
@@ -124,24 +150,29 @@ class ConvNet(Classifier):
         return self.head_outputs(params, features), moments
 
     def features(self, params, images, statistics=None):
-        """The penultimate features [T, B, num_filters]: everything but the head (see `forward`)."""
+        """The penultimate features [T, B, F]: everything but the head (see `forward`); F = F', the
+        channels of `feature_maps`, or with `flatten` H' * W' * F' (800 for the mini-ImageNet network)."""
         return self._features(params, images, statistics)[0]
 
     def feature_map_size(self):
-        """H' = W' of the body's last feature maps: the image size halved (rounding up) by each block."""
+        """H' = W' of the body's last feature maps: the image size halved by each block, rounding up
+        (stride 2, or max-pooling with padding 'same') or down (padding 'valid')."""
         size = self.image_size
         for _ in range(self.num_blocks):
-            size = -(-size // 2)
+            size = size // 2 if self.pool_padding == 'valid' else -(-size // 2)
         return size
 
     def feature_maps(self, params, images):
-        """The body's last feature maps [T, B, H', W', num_filters] (2x2 for 28x28 images), before
-        the spatial mean; batch norm with each task's own batch moments."""
+        """The body's last feature maps [T, B, H', W', F'] (2x2 for 28x28 images), before the spatial
+        mean or flattening; F' = num_filters (ResNet-12: 10 num_filters); batch norm with each task's
+        own batch moments."""
         return self._feature_maps(params, images, None)[0]
 
     def _features(self, params, images, statistics):
         """(features [T, B, F], batch moments by name, empty when `statistics` are given)."""
         maps, moments = self._feature_maps(params, images, statistics)
+        if self.flatten:  # In Keras' Flatten order: row by row, each position's channels together.
+            return tf.reshape(maps, [maps.shape[0], maps.shape[1], -1]), moments
         return tf.reduce_mean(maps, axis=[2, 3]), moments
 
     def _feature_maps(self, params, images, statistics):
@@ -174,12 +205,12 @@ class ConvNet(Classifier):
         return tf.cast(x, tf.bfloat16) if self.precision == 'bfloat16' else x
 
     def _body(self, params, h, normalise):
-        """The convolution blocks over grouped images h [B, 28, 28, T] -> [B, H', W', T*F]."""
+        """The convolution blocks over grouped images h [B, H, W, T*channels] -> [B, H', W', T*F]."""
         for block in range(1, self.num_blocks + 1):
             h = grouped_conv2d(h, params[f'conv{block}/kernel'], 1 if self.max_pool else 2)
             h = tf.nn.relu(normalise(h, f'bn{block}'))
             if self.max_pool:
-                h = tf.nn.max_pool2d(h, 2, 2, 'SAME')
+                h = tf.nn.max_pool2d(h, 2, 2, self.pool_padding.upper())
         return h
 
 
@@ -199,6 +230,7 @@ class ResNet(ConvNet):
         if self.max_pool:
             raise ValueError('max_pool: the residual network downsamples with strided convolutions; '
                              'max-pooling is the ConvNet\'s')
+        super().__post_init__()
 
     def keras_model(self):
         inputs = keras.Input((self.image_size, self.image_size, self.channels))
@@ -208,8 +240,9 @@ class ResNet(ConvNet):
             residual = self._keras_conv_bn(residual, f'{block}b', 3, 1, relu=False)
             shortcut = self._keras_conv_bn(h, f'{block}s', 1, 2, relu=False)
             h = keras.layers.ReLU(name=f'relu{block}')(keras.layers.Add(name=f'add{block}')([residual, shortcut]))
-        h = keras.layers.GlobalAveragePooling2D(name='spatial_mean')(h)
-        return keras.Model(inputs, keras.layers.Dense(self.n_way, name='head')(h), name='resnet')
+        for layer in self._keras_head():
+            h = layer(h)
+        return keras.Model(inputs, h, name='resnet')
 
     def _keras_conv_bn(self, h, suffix, size, stride, relu):
         if size == 1 and stride > 1:  # As `grouped_conv2d`: subsample, then a stride-1 1x1 convolution.
@@ -231,13 +264,107 @@ class ResNet(ConvNet):
         return h
 
 
+LEAKY_SLOPE = 0.1  # ResNet-12's LeakyReLU: x for x > 0, 0.1 x otherwise.
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet12(ConvNet):
+    """ResNet-12 as MetaOptNet has it (Lee, Maji, Ravichandran & Soatto, "Meta-Learning with
+    Differentiable Convex Optimization", CVPR 2019, and the authors' models/ResNet12_embedding.py),
+    over the same grouped convolutions and exact batch norm as `ConvNet`.
+
+    Four residual blocks of `widths` filters, 64, 160, 320 and 640 at num_filters=64 (the paper's;
+    another num_filters scales all four alike, num_filters x 1, 2.5, 5, 10), each
+
+        r = BN(conv3x3(a(BN(conv3x3(a(BN(conv3x3(h))))))),    a = LeakyReLU(0.1),
+        h <- maxpool2x2(a(r + BN(conv1x1(h)))),
+
+    every convolution stride 1, zero-padded, without bias; the max-pooling drops an odd edge, as
+    PyTorch's nn.MaxPool2d(2): 84x84x3 images give 5x5x640 maps (84 -> 42 -> 21 -> 10 -> 5), 28x28
+    ones 1x1 (28 -> 14 -> 7 -> 3 -> 1). Kernels start as the authors' (He normal over the fan-out,
+    standard deviation sqrt(2 / (k² F)) for k x k kernels of F filters); batch norm at γ = 1, β = 0.
+
+    What the paper does and what this does differently:
+    - Its embedding is the 5x5x640 maps flattened, 16,000 features (its training script builds
+      resnet12(avg_pool=False)); here their spatial mean, 640 features, as the other backbones'
+      (`flatten=True` gives theirs).
+    - It regularises training with dropout (rate 0.1) after the first two blocks and DropBlock (rate
+      0.1, 5x5 blocks on mini-ImageNet) after the last two; both are left out: the forward is a
+      deterministic function of the weights, as the learners' inner loops over explicit weights take it.
+    - Its classifier is a differentiable SVM (or ridge regression) solved on each task's support
+      features; here, as under every backbone, a linear head that the learner adapts or makes.
+    - Its batch norm's ε is PyTorch's 10^-5; here every network's, 10^-3.
+
+    About 3.5 G multiply-adds of convolution per 84x84x3 image forward at num_filters=64: about 130
+    times the MAML paper's mini-ImageNet Conv-4 (32 filters).
+    """
+
+    def __post_init__(self):
+        if self.max_pool:
+            raise ValueError('max_pool: ResNet-12 max-pools after each of its residual blocks already; '
+                             'max_pool is the ConvNet\'s')
+        if self.num_blocks != 4:
+            raise ValueError(f'num_blocks: ResNet-12 has four residual blocks, not {self.num_blocks}')
+        super().__post_init__()
+
+    @property
+    def widths(self):
+        """Filters of the four residual blocks: (64, 160, 320, 640) at num_filters=64."""
+        return self.num_filters, 5 * self.num_filters // 2, 5 * self.num_filters, 10 * self.num_filters
+
+    def feature_map_size(self):
+        size = self.image_size
+        for _ in range(self.num_blocks):
+            size //= 2
+        return size
+
+    def keras_model(self):
+        inputs = keras.Input((self.image_size, self.image_size, self.channels))
+        h = inputs
+        for block, width in enumerate(self.widths, 1):
+            residual = h
+            for part in 'ab':
+                residual = self._keras_conv_bn(residual, f'{block}{part}', width, 3)
+                residual = keras.layers.LeakyReLU(LEAKY_SLOPE, name=f'relu{block}{part}')(residual)
+            residual = self._keras_conv_bn(residual, f'{block}c', width, 3)
+            shortcut = self._keras_conv_bn(h, f'{block}s', width, 1)
+            h = keras.layers.Add(name=f'add{block}')([residual, shortcut])
+            h = keras.layers.LeakyReLU(LEAKY_SLOPE, name=f'relu{block}')(h)
+            h = keras.layers.MaxPooling2D(2, name=f'pool{block}')(h)
+        for layer in self._keras_head():
+            h = layer(h)
+        return keras.Model(inputs, h, name='resnet12')
+
+    @staticmethod
+    def _keras_conv_bn(h, suffix, filters, size):
+        initializer = keras.initializers.VarianceScaling(2.0, 'fan_out', 'untruncated_normal')
+        h = keras.layers.Conv2D(filters, size, padding='same', use_bias=False, kernel_initializer=initializer,
+                                name=f'conv{suffix}')(h)
+        return keras.layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, name=f'bn{suffix}')(h)
+
+    def _body(self, params, h, normalise):
+        """The residual blocks over grouped images h [B, H, W, T*channels] -> [B, H', W', T*10*num_filters]."""
+        def conv_bn(h, suffix):
+            return normalise(grouped_conv2d(h, params[f'conv{suffix}/kernel'], 1), f'bn{suffix}')
+
+        for block in range(1, self.num_blocks + 1):
+            residual = h
+            for part in 'ab':
+                residual = tf.nn.leaky_relu(conv_bn(residual, f'{block}{part}'), LEAKY_SLOPE)
+            residual = conv_bn(residual, f'{block}c')
+            h = tf.nn.leaky_relu(residual + conv_bn(h, f'{block}s'), LEAKY_SLOPE)
+            h = tf.nn.max_pool2d(h, 2, 2, 'VALID')
+        return h
+
+
 @dataclasses.dataclass(frozen=True)
 class RelationEmbedding(ConvNet):
     """The Relation Network paper's Omniglot embedding (Sung et al., 2018, and its authors' code):
     four blocks of 3x3 convolution, batch norm and ReLU, the first two unpadded and each followed by
     2x2 max-pooling, the last two padded, so that 28x28 images give 5x5 feature maps
     (28 -> 26 -> 13 -> 11 -> 5 -> 5 -> 5), which the paper's relation module pools twice more. As in
-    `ConvNet`, the spatial mean and a linear head follow, for the learners that ask for features.
+    `ConvNet`, the spatial mean (or with `flatten`, the flattening) and a linear head follow, for the
+    learners that ask for features.
     """
     unpadded_blocks = 2  # Blocks whose convolution is unpadded and followed by max-pooling.
 
@@ -245,6 +372,7 @@ class RelationEmbedding(ConvNet):
         if self.max_pool:
             raise ValueError('max_pool: the Relation Network embedding pools after its first two blocks '
                              'and never after the last two; max_pool is the ConvNet\'s')
+        super().__post_init__()
 
     def feature_map_size(self):
         size = self.image_size
@@ -264,9 +392,7 @@ class RelationEmbedding(ConvNet):
             ]
             if unpadded:
                 layers.append(keras.layers.MaxPooling2D(2, name=f'pool{block}'))  # Floors 11 to 5, as the paper's.
-        layers += [keras.layers.GlobalAveragePooling2D(name='spatial_mean'),
-                   keras.layers.Dense(self.n_way, name='head')]
-        return keras.Sequential(layers, name='relation_embedding')
+        return keras.Sequential(layers + self._keras_head(), name='relation_embedding')
 
     def _body(self, params, h, normalise):
         for block in range(1, self.num_blocks + 1):
@@ -354,14 +480,15 @@ def _name_of(model, variable):
     return next(name for name, value in parameters(model).items() if value is variable)
 
 
-BACKBONES = {'conv4': ConvNet, 'resnet': ResNet, 'relationnet': RelationEmbedding}
+BACKBONES = {'conv4': ConvNet, 'resnet': ResNet, 'relationnet': RelationEmbedding, 'resnet12': ResNet12}
 
 
-def build(backbone, n_way, num_filters, max_pool, precision='float32', image_size=28, channels=1):
+def build(backbone, n_way, num_filters, max_pool, precision='float32', image_size=28, channels=1, flatten=False,
+          pool_padding='same'):
     """The network named `backbone` (a key of BACKBONES) with an `n_way`-output head, of images
-    image_size x image_size x channels."""
+    image_size x image_size x channels; flatten and pool_padding as `ConvNet`'s."""
     return BACKBONES[backbone](n_way, num_filters, max_pool=max_pool, precision=precision, image_size=image_size,
-                               channels=channels)
+                               channels=channels, flatten=flatten, pool_padding=pool_padding)
 
 
 def head(kernel, bias, features):

@@ -33,15 +33,19 @@ flags.DEFINE_enum('backbone', 'conv4', list(network.BACKBONES),
                   "The network: 'conv4', the MAML paper's four convolution blocks; 'resnet', a stem "
                   "convolution and three residual blocks (about twice the convolution work); 'relationnet', "
                   "the Relation Network paper's four blocks (the first two unpadded, each followed by 2x2 "
-                  'max-pooling: 5x5 feature maps of 28x28 images).')
+                  "max-pooling: 5x5 feature maps of 28x28 images); 'resnet12', MetaOptNet's ResNet-12, four "
+                  'residual blocks of three convolutions each followed by 2x2 max-pooling, --num_filters x 1, '
+                  '2.5, 5 and 10 filters (the paper: 64, 160, 320, 640; about 130 times the convolution work of '
+                  'conv4 at 32 filters on 84x84 images).')
 flags.register_multi_flags_validator(
     ['backbone', 'max_pool'], lambda values: values['backbone'] == 'conv4' or not values['max_pool'],
     message='--max_pool: only with --backbone conv4 (the residual network downsamples with strided '
-            'convolutions, the Relation Network embedding pools in its own way)')
+            'convolutions, the Relation Network embedding and ResNet-12 pool in their own ways)')
 flags.register_multi_flags_validator(
     ['backbone', 'image_size'],
     lambda values: network.BACKBONES[values['backbone']](2, image_size=values['image_size']).feature_map_size() >= 1,
-    message="--image_size: too small for --backbone relationnet's unpadded convolutions (at least 10 pixels)")
+    message='--image_size: too small for --backbone relationnet (its unpadded convolutions: at least 10 pixels) '
+            'or resnet12 (its four max-poolings: at least 16 pixels)')
 flags.DEFINE_float('meta_lr', 1e-3, 'Meta learning rate: the step size of the meta-optimizer, Adam (MAML calls '
                    'it beta).', lower_bound=1e-12)
 FLAGS = flags.FLAGS
