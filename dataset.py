@@ -9,7 +9,7 @@ every run then memory-maps. --synthetic writes a cache of a dataset's size and l
 classes per split and images, random pixels), for measuring memory and speed at that scale without the
 data. Then, either way: the first load (reading and caching) and a later load, the time to draw a
 meta-batch of the MAML paper's mini-ImageNet tasks (5-way 1-shot, 15 queries, 4 tasks), and a few
-iterations of FO-MAML (Conv-4, 32 filters, max-pooling, its images' size) with the process's resident
+iterations of FO-MAML (the MAML paper's mini-ImageNet Conv-4 at its images' size) with the process's resident
 memory after them: anonymous (its own) and file-backed (pages of the cache the kernel may drop at will).
 """
 
@@ -104,7 +104,8 @@ def main(_):
           f'{statistics.median(seconds) * 1e3:.1f} ms, first {seconds[0] * 1e3:.1f} ms, over {FLAGS.batches}')
     if FLAGS.iterations:
         height, _, channels = dataset.image_shape
-        net = network.build('conv4', TASKS['n_way'], 32, True, 'float32', height, channels)
+        net = network.build('conv4', TASKS['n_way'], 32, True, 'float32', height, channels, flatten=True,
+                            pool_padding='valid')  # The MAML paper's mini-ImageNet network.
         learner = MAML(net, inner_lr=0.01, num_inner_steps=5, first_order=True)
         iteration_seconds = [timed(lambda i=i: learner.meta_train_step(sampler.sample(FLAGS.batches + i, 4)))[1]
                              for i in range(FLAGS.iterations)]

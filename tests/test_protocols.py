@@ -73,19 +73,20 @@ EXPECTED.update({f'relationnet_paper_5way{k_shot}shot.flags': dict(
 # mini-ImageNet (the named source --dataset mini_imagenet: its own 64 / 16 / 20 split, 84x84x3 images).
 MINI_IMAGENET = dict(dataset='mini_imagenet', n_way=5, num_test_tasks=600)
 MAML_MINI_IMAGENET = dict(**MINI_IMAGENET, num_query=15, inner_lr=0.01, num_inner_steps=5, num_eval_inner_steps=10,
-                          meta_lr=0.001, num_filters=32, max_pool=True, num_iterations=60000, val_interval=500)
+                          meta_lr=0.001, num_filters=32, max_pool=True, pool_padding='valid', flatten=True,
+                          num_iterations=60000, val_interval=500)
 EXPECTED.update({f'{prefix}_miniimagenet_5way{k_shot}shot.flags': dict(
     **MAML_MINI_IMAGENET, k_shot=k_shot, meta_batch_size=4 if k_shot == 1 else 2, first_order=first_order)
     for prefix, first_order in (('maml_paper', False), ('fomaml_paper', True), ('anil_maml', False))
     for k_shot in (1, 5)})
 EXPECTED.update({f'protonet_paper_miniimagenet_5way{k_shot}shot.flags': dict(
     **MINI_IMAGENET, k_shot=k_shot, train_n_way=30 if k_shot == 1 else 20, num_query=15, meta_batch_size=1,
-    meta_lr=0.001, meta_lr_halving_interval=2000, num_filters=64, max_pool=True, num_iterations=30000,
-    val_interval=500) for k_shot in (1, 5)})
+    meta_lr=0.001, meta_lr_halving_interval=2000, num_filters=64, max_pool=True, pool_padding='valid', flatten=True,
+    num_iterations=30000, val_interval=500) for k_shot in (1, 5)})
 EXPECTED.update({f'reptile_paper_miniimagenet_5way{k_shot}shot.flags': dict(
     **MINI_IMAGENET, k_shot=k_shot, num_query=15 - k_shot, meta_batch_size=5, inner_optimizer='adam',
     inner_adam_state='carried', inner_lr=0.001, inner_batch_size=10, num_inner_steps=8, num_eval_inner_steps=50,
-    meta_step_size=1.0, final_meta_step_size=0.0, num_filters=32, max_pool=True, num_iterations=100000,
+    meta_step_size=1.0, final_meta_step_size=0.0, num_filters=32, max_pool=True, flatten=True, num_iterations=100000,
     val_interval=2500) for k_shot in (1, 5)})
 EXPECTED.update({f'mamlpp_paper_miniimagenet_5way{k_shot}shot.flags': dict(
     **MINI_IMAGENET, k_shot=k_shot, num_query=15, meta_batch_size=2, inner_lr=0.01, num_inner_steps=5,

@@ -46,6 +46,18 @@ flags.register_multi_flags_validator(
     lambda values: network.BACKBONES[values['backbone']](2, image_size=values['image_size']).feature_map_size() >= 1,
     message='--image_size: too small for --backbone relationnet (its unpadded convolutions: at least 10 pixels) '
             'or resnet12 (its four max-poolings: at least 16 pixels)')
+flags.DEFINE_boolean('flatten', False, "The head's input: the last feature maps flattened (the MAML paper's "
+                     'mini-ImageNet network: 5x5x32 = 800 features of 84x84 images with --num_filters 32 --max_pool '
+                     '--pool_padding valid) instead of their spatial mean (its Omniglot network).')
+flags.DEFINE_enum('pool_padding', 'same', ['same', 'valid'], "With --max_pool: 'same' pools an odd edge on its own "
+                  "(28 -> 14 -> 7 -> 4 -> 2); 'valid' drops it (84 -> 42 -> 21 -> 10 -> 5), as the MAML paper's code "
+                  'and PyTorch do.')
+flags.register_multi_flags_validator(
+    ['backbone', 'flatten'], lambda values: values['backbone'] in ('conv4', 'resnet') or not values['flatten'],
+    message='--flatten: only with --backbone conv4 or resnet (the Relation Network and ResNet-12 have their own heads)')
+flags.register_multi_flags_validator(
+    ['max_pool', 'pool_padding'], lambda values: values['max_pool'] or values['pool_padding'] == 'same',
+    message="--pool_padding: the padding of --max_pool's pooling; give --max_pool")
 flags.DEFINE_float('meta_lr', 1e-3, 'Meta learning rate: the step size of the meta-optimizer, Adam (MAML calls '
                    'it beta).', lower_bound=1e-12)
 FLAGS = flags.FLAGS

@@ -223,7 +223,7 @@ def convnet(n_way=None, backbone='conv4', precision=None):
     computing in `precision` (default --precision)."""
     size, _, channels = image_shape()
     return network.build(backbone, n_way or FLAGS.n_way, FLAGS.num_filters, FLAGS.max_pool,
-                         precision or FLAGS.precision, size, channels)
+                         precision or FLAGS.precision, size, channels, FLAGS.flatten, FLAGS.pool_padding)
 
 
 def run_settings(run_folder):
