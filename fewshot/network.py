@@ -154,6 +154,10 @@ class ConvNet(Classifier):
         channels of `feature_maps`, or with `flatten` H' * W' * F' (800 for the mini-ImageNet network)."""
         return self._features(params, images, statistics)[0]
 
+    def feature_channels(self):
+        """F', the channels of the body's last feature maps."""
+        return self.num_filters
+
     def feature_map_size(self):
         """H' = W' of the body's last feature maps: the image size halved by each block, rounding up
         (stride 2, or max-pooling with padding 'same') or down (padding 'valid')."""
@@ -311,6 +315,9 @@ class ResNet12(ConvNet):
     def widths(self):
         """Filters of the four residual blocks: (64, 160, 320, 640) at num_filters=64."""
         return self.num_filters, 5 * self.num_filters // 2, 5 * self.num_filters, 10 * self.num_filters
+
+    def feature_channels(self):
+        return self.widths[-1]
 
     def feature_map_size(self):
         size = self.image_size

@@ -127,3 +127,13 @@ def test_learner_improves_on_real_validation_tasks(real_omniglot, network_and_mo
     initial, trained = _improvement(_relationnet(n_way=5, num_filters=32, **network_and_module), real_omniglot,
                                     k_shot=1, num_query=5, meta_batch_size=8)
     assert trained > initial + 0.05, (initial, trained)
+
+
+def test_the_relation_module_takes_the_embedding_s_own_channels():
+    """ResNet-12's maps have 10 x num_filters channels (its last block's), not num_filters: the module's
+    input is a pair of them."""
+    from fewshot.learners import relationnet as relation
+    net = network.build('resnet12', 3, 4, False, image_size=16)
+    model = relation.keras_model(net, relation_blocks=1)
+    pairs = [layer for layer in model.inputs if layer.name.startswith('pairs')][0]
+    assert pairs.shape[-1] == 2 * 40

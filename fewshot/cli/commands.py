@@ -53,8 +53,8 @@ flags.DEFINE_enum('pool_padding', 'same', ['same', 'valid'], "With --max_pool: '
                   "(28 -> 14 -> 7 -> 4 -> 2); 'valid' drops it (84 -> 42 -> 21 -> 10 -> 5), as the MAML paper's code "
                   'and PyTorch do.')
 flags.register_multi_flags_validator(
-    ['backbone', 'flatten'], lambda values: values['backbone'] in ('conv4', 'resnet') or not values['flatten'],
-    message='--flatten: only with --backbone conv4 or resnet (the Relation Network and ResNet-12 have their own heads)')
+    ['backbone', 'flatten'], lambda values: values['backbone'] != 'relationnet' or not values['flatten'],
+    message="--flatten: not with --backbone relationnet (the Relation Network compares feature maps, not features)")
 flags.register_multi_flags_validator(
     ['max_pool', 'pool_padding'], lambda values: values['max_pool'] or values['pool_padding'] == 'same',
     message="--pool_padding: the padding of --max_pool's pooling; give --max_pool")

@@ -57,7 +57,7 @@ def keras_model(net, relation_blocks=1, relation_max_pool=False):
         raise ValueError(f'relation_blocks={relation_blocks} with max-pooling: the {size}x{size} feature maps of '
                          f'this network allow at most {max_pooled_blocks(net)} pooled block(s)')
     embedding = net.keras_model()
-    pairs = keras.Input((size, size, 2 * net.num_filters), name='pairs')
+    pairs = keras.Input((size, size, 2 * net.feature_channels()), name='pairs')
     h = pairs
     for conv, bn in block_names(relation_blocks):
         h = keras.layers.Conv2D(net.num_filters, 3, padding='same', use_bias=False, name=conv)(h)
