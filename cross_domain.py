@@ -7,7 +7,7 @@
 Each run folder (finished, or in progress: it is scored at its checkpoint) is resumed in a scratch copy
 with the flags it recorded plus --test_dataset, --test_n_way, --test_k_shot and --test_num_query
 (fewshot/replay.py), so the learner, its weights and the adaptation at test are the run's own; the tasks of
-a dataset and shape are the same for every run (--num_query queries per class whatever the run trained
+a dataset and shape are the same for every run (--queries per class whatever the run trained
 with, --eval_seed + 1 and --num_test_tasks of the run, 600 for the papers' protocols), and the table is
 refused if their checksums say otherwise. A shape another N than the run's is measured only for learners
 without a head of N outputs; for the others the table says so. The results are kept in --keep_dir/<run>/
@@ -27,7 +27,7 @@ from fewshot import cli, datasets, errors, replay, results
 flags.DEFINE_list('test_datasets', ['mnist', 'fashion_mnist', 'animal_mnist'],
                   'Named datasets to meta-test on (their files in their environment variables, e.g. MNIST_DIR).')
 flags.DEFINE_list('shapes', ['5x1', '5x5', '10x1'], 'Task shapes to meta-test, NxK: N-way K-shot.')
-flags.DEFINE_integer('num_query', 15, 'Query examples per class of every test task, whatever the runs were trained '
+flags.DEFINE_integer('queries', 15, 'Query examples per class of every test task, whatever the runs were trained '
                      'with: so that every run meets the same tasks of a shape.', lower_bound=1)
 flags.DEFINE_string('keep_dir', os.path.join('docs', 'cross_domain'), 'Where the measured results are kept.')
 flags.DEFINE_string('table', os.path.join('docs', 'cross_domain.md'), 'The page whose table is rewritten.')
@@ -59,7 +59,7 @@ def measure(folder, keep_dir):
             print(f'cross_domain.py: {name}, {n_way}-way {k_shot}-shot on {", ".join(FLAGS.test_datasets)}', flush=True)
             copy, status, output = replay.resume_copy(
                 folder, scratch, [f'--test_dataset={",".join(FLAGS.test_datasets)}', f'--test_n_way={n_way}',
-                                  f'--test_k_shot={k_shot}', f'--test_num_query={FLAGS.num_query}'],
+                                  f'--test_k_shot={k_shot}', f'--test_num_query={FLAGS.queries}'],
                 quiet=True, with_summary=True)
             if status != 0 and 'error: --test_n_way' in output:
                 continue  # A head of the run's N outputs: the table says so.
@@ -124,7 +124,7 @@ def _check_same_tasks(keep_dir, runs):
                 first = seen.setdefault(file, (run, checksum))
                 if first[1] != checksum:
                     raise errors.RunError(f'{keep_dir}: {run} and {first[0]} were tested on different tasks ({file}); '
-                                          'measure them again with the same --eval_seed, tasks and --num_query')
+                                          'measure them again with the same --eval_seed, tasks and --queries')
 
 
 def write_table(path, keep_dir):

@@ -19,7 +19,7 @@ import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
-for _name in maml.LEARNER_FLAGS:
+for _name in (*maml.LEARNER_FLAGS, "flatten", "pool_padding"):  # And the network's head, as maml.py's.
     flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
 
 COMMAND = maml.command('meta_sgd', MetaSGD, 'FO-Meta-SGD', defaults={'num_inner_steps': 1})  # The paper's one step.
