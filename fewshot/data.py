@@ -96,7 +96,7 @@ def _archive_members(data_dir, archive):
         for path in _files_under(location):
             match = _PNG_PATH.search(os.path.relpath(path, data_dir).replace(os.sep, '/'))
             if match:
-                yield (match[1], match[2], int(match[3])), _read_bytes(path), path
+                yield (match[1], match[2], int(match[3])), read_bytes(path), path
         return
     zip_path = location
     try:
@@ -111,13 +111,13 @@ def _archive_members(data_dir, archive):
         raise DataError(f'{zip_path}: cannot be read ({error.strerror or error})') from None
 
 
-def _read_bytes(path):
+def read_bytes(path):
     """The content of a data file; DataError naming it if it cannot be read."""
     try:
         with open(path, 'rb') as f:
             return f.read()
     except OSError as error:
-        raise DataError(f'{path}: cannot be read ({error.strerror})') from None
+        raise DataError(f'{path}: cannot be read ({error.strerror or error})') from None
 
 
 def read_archives(data_dir):
@@ -164,7 +164,7 @@ def source_checksum(data_dir):
         for path in paths:
             if kind == 'folder':
                 digest.update(os.path.relpath(path, data_dir).encode())
-            digest.update(_read_bytes(path))
+            digest.update(read_bytes(path))
     return digest.hexdigest()
 
 

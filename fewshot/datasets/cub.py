@@ -27,6 +27,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from fewshot import data
 from fewshot.datasets import SPLITS, Source, tfds_builder
 from fewshot.errors import DataError
 
@@ -59,15 +60,6 @@ def preprocess(encoded, where):
     except Exception as error:  # PIL raises many types for a damaged or cut-short file.
         raise DataError(f'{where}: not a readable image ({error})') from None
     return np.asarray(scaled)[CROP:CROP + IMAGE_SIZE, CROP:CROP + IMAGE_SIZE]
-
-
-def _read_bytes(path):
-    """The content of an image file; DataError naming it if it cannot be read."""
-    try:
-        with open(path, 'rb') as file:
-            return file.read()
-    except OSError as error:
-        raise DataError(f'{path}: cannot be read ({error.strerror or error})') from None
 
 
 def _read_table(path):
@@ -123,7 +115,7 @@ def read_folder(folder):
             raise DataError(f'{os.path.join(folder, "image_class_labels.txt")}: no images of class '
                             f'{names[class_id]!r}')
         paths = [os.path.join(folder, 'images', path) for path in sorted(files[class_id], key=os.path.basename)]
-        yield split, names[class_id].lower(), np.stack([preprocess(_read_bytes(path), path) for path in paths])
+        yield split, names[class_id].lower(), np.stack([preprocess(data.read_bytes(path), path) for path in paths])
 
 
 def _tfds_examples(tfds_dir):
