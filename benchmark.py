@@ -58,9 +58,8 @@ import tensorflow as tf
 from absl import flags
 
 from fewshot import cli, data, errors, machine, network, profiling, training
-from fewshot.cli import commands, runs, strategy  # noqa: F401  runs: defines --algorithms
-import maml  # noqa: F401  (MAML's flags, which set what is timed)
-import maml_plusplus
+from fewshot.cli import commands, gradient, runs, strategy  # noqa: F401  runs: --algorithms; gradient: MAML's flags
+from fewshot.learners.maml_plusplus import Fixes, MAMLPlusPlus
 
 flags.DEFINE_integer('repeats', 10, 'Timed meta-iterations per order (after 2 warm-up ones), and timed runs of '
                      'the convolution peak (after one).', lower_bound=1)
@@ -211,10 +210,9 @@ def build(algorithm, first_order):
         learner = commands.find(algorithm, '--algorithms').build_learner(net, first_order)
     else:
         never = 10 ** 9  # A schedule switch that is never reached.
-        fixes = maml_plusplus.Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never,
-                                    da=first_order, da_iterations=never)
-        learner = maml_plusplus.MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
-                                             keras.optimizers.Adam(FLAGS.meta_lr), fixes)
+        fixes = Fixes(msl=algorithm == 'maml++ with MSL', msl_iterations=never, da=first_order, da_iterations=never)
+        learner = MAMLPlusPlus(net, net.keras_model(), FLAGS.inner_lr, FLAGS.num_inner_steps,
+                               keras.optimizers.Adam(FLAGS.meta_lr), fixes)
     if FLAGS.tasks_per_chunk:  # Else the learner's own, as a run has it (second order: 8 tasks at a time).
         learner.tasks_per_chunk = FLAGS.tasks_per_chunk
     return net, learner

@@ -3,7 +3,7 @@
     python boil.py                                         # first order, 5-way 5-shot Omniglot
     python boil.py --first_order=false                     # second order
 
-The learner is `BOIL` (fewshot/learners/boil.py); the flags are MAML's (see maml.py).
+The learner is `BOIL` (fewshot/learners/boil.py); the flags are MAML's (fewshot/cli/gradient.py).
 """
 
 import sys
@@ -12,16 +12,12 @@ import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read a
 from absl import flags
 
 from fewshot import cli
-from fewshot.cli import commands, config, strategy
+from fewshot.cli import commands, gradient
 from fewshot.learners.boil import BOIL
-import maml
 
-flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
-for _name in (*maml.LEARNER_FLAGS, "flatten", "pool_padding"):  # And the network's head, as maml.py's.
-    flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
+flags.adopt_module_key_flags(gradient)  # MAML's flags, the shared ones and the network's.
 
-COMMAND = maml.command('boil', BOIL, 'FO-BOIL')
+COMMAND = gradient.command('boil', BOIL, 'FO-BOIL')
 
 if __name__ == '__main__':
     cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -28,8 +28,7 @@ import os
 from absl import flags
 
 from fewshot import cli, comparison, errors, network, results
-from fewshot.cli import commands, runs
-import maml  # noqa: F401 (defines --first_order, which compare.py passes to the learners that have an order)
+from fewshot.cli import commands, gradient, runs  # noqa: F401  gradient: --first_order, passed to the learners with one
 
 flags.DEFINE_list('backbones', ['conv4'], 'Networks to train every learner with (maml.py --backbone).')
 flags.DEFINE_float('budget_minutes', 0, 'Equal training time instead of equal iterations: every run trains '

@@ -17,10 +17,9 @@ import keras
 from absl import flags
 
 from fewshot import cli
-from fewshot.cli import commands, config, strategy
+from fewshot.cli import commands, config, gradient, strategy
 from fewshot.learners.imaml import (IMAML, REGULARIZATIONS, conjugate_gradient,  # noqa: F401  (visible from imaml)
                                     implicit_gradient)
-import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
@@ -51,7 +50,7 @@ def build_learner(net, first_order):
 PAPER_WAY = {'regularization': 'every_step', 'cg_damping': 0.0, 'lam_damping': 0.0}
 COMMAND = commands.Command('imaml', IMAML, 'iMAML', build_learner, OWN_MAML_FLAGS,
                            defaults={'inner_lr': 0.1, 'num_inner_steps': 16}, older_runs=PAPER_WAY,
-                           eval_inner_steps=maml.eval_inner_steps)
+                           eval_inner_steps=gradient.eval_inner_steps)
 
 if __name__ == '__main__':
     cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

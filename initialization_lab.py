@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from fewshot import cli, data, errors, mnist, network, plotting, results
 from fewshot.cli import config, experiment
-import maml
+from fewshot.learners import MAML
 
 TASKS = {'A': (0, 1), 'B': (2, 3), 'C': (4, 5), 'D': (6, 7), 'E': (8, 9)}
 METHODS = {'1': 'scratch on A (train set)', '2A': 'random init, fine-tuned on A',
@@ -142,7 +142,7 @@ def meta_trained_maml(train_set, validation, digits):
     sees whether --maml_iterations is enough)."""
     keras.utils.set_random_seed(0)
     net = network.SmallCNN(2)
-    learner = maml.MAML(net, net.keras_model(), FLAGS.maml_inner_lr, FLAGS.maml_inner_steps, True,
+    learner = MAML(net, net.keras_model(), FLAGS.maml_inner_lr, FLAGS.maml_inner_steps, True,
                         keras.optimizers.Adam(FLAGS.train_lr))
     sampler = data.EpisodeSampler(by_class(train_set, digits), 2, 5, 10, seed=0, split_name='meta-train digits')
     curve = {'iteration': [], 'accuracy': []}

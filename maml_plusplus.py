@@ -8,7 +8,7 @@ The learner is `MAMLPlusPlus` (fewshot/learners/maml_plusplus.py, whose docstrin
 fixes and why evaluation's batch norm is 'support' by default). Each fix is a flag here, on by
 default: --msl (--msl_iterations), --da (--da_iterations), --bnrs, --bnwb, --lslr, and
 --cosine_annealing from --meta_lr to --min_meta_lr; --eval_batch_norm chooses evaluation's batch
-norm. The other flags are MAML's (see maml.py).
+norm. The other flags are MAML's (fewshot/cli/gradient.py).
 """
 
 import dataclasses
@@ -19,10 +19,9 @@ import keras
 from absl import flags
 
 from fewshot import cli
-from fewshot.cli import commands, config, strategy
+from fewshot.cli import commands, config, gradient, strategy
 from fewshot.learners.maml_plusplus import (  # noqa: F401  (visible from maml_plusplus)
     BATCH_NORM_MODES, INNER_LR, PER_STEP, PER_STEP_FILE, RUNNING, Fixes, MAMLPlusPlus, cosine_meta_lr, msl_weights)
-import maml  # MAML's flags, which this command declares, and how evaluation's inner steps follow them.
 
 flags.adopt_module_key_flags(config)
 flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
@@ -97,7 +96,7 @@ def fixed_on_resume():
 COMMAND = commands.Command(
     'maml_plusplus', MAMLPlusPlus, 'MAML++', build_learner,
     learner_flags=('inner_lr', 'num_inner_steps', 'num_eval_inner_steps', 'meta_lr', 'backbone'),
-    eval_inner_steps=maml.eval_inner_steps, fixed_on_resume=fixed_on_resume, prefix='maml++',
+    eval_inner_steps=gradient.eval_inner_steps, fixed_on_resume=fixed_on_resume, prefix='maml++',
     name_suffix=name_suffix, batch_norm=lambda: BATCH_NORM_MODES[FLAGS.eval_batch_norm])
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
     python meta_sgd.py                                     # one inner step, first order, 5-way 5-shot
     python meta_sgd.py --first_order=false                 # second order, as in the paper
 
-The learner is `MetaSGD` (fewshot/learners/meta_sgd.py); the flags are MAML's (see maml.py), with
+The learner is `MetaSGD` (fewshot/learners/meta_sgd.py); the flags are MAML's (fewshot/cli/gradient.py), with
 one inner step by default, as in the paper.
 """
 
@@ -13,16 +13,12 @@ import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read a
 from absl import flags
 
 from fewshot import cli
-from fewshot.cli import commands, config, strategy
+from fewshot.cli import commands, gradient
 from fewshot.learners.meta_sgd import RATES_FILE, MetaSGD  # noqa: F401  RATES_FILE: what a run keeps.
-import maml
 
-flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
-flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
-for _name in (*maml.LEARNER_FLAGS, "flatten", "pool_padding"):  # And the network's head, as maml.py's.
-    flags.declare_key_flag(_name)  # MAML's flags, meaning the same here.
+flags.adopt_module_key_flags(gradient)  # MAML's flags, the shared ones and the network's.
 
-COMMAND = maml.command('meta_sgd', MetaSGD, 'FO-Meta-SGD', defaults={'num_inner_steps': 1})  # The paper's one step.
+COMMAND = gradient.command('meta_sgd', MetaSGD, 'FO-Meta-SGD', defaults={'num_inner_steps': 1})  # The paper's one step.
 
 if __name__ == '__main__':
     cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -14,41 +14,30 @@ compare.py compares like with like.
 import sys
 
 import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read as TensorFlow loads.
-import keras
 from absl import flags
 
 from fewshot import cli
-from fewshot.cli import commands, config, experiment, strategy
+from fewshot.cli import commands, config, experiment, metric, strategy
 from fewshot.learners.protonet import PrototypicalNetwork
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 flags.adopt_module_key_flags(commands)  # --backbone and --meta_lr.
+flags.adopt_module_key_flags(metric)  # --meta_lr_halving_interval.
 flags.DEFINE_integer('train_n_way', 0, 'Classes per meta-training task (0: --n_way; else at least 2, as a '
                      'one-way task has nothing to tell apart). The paper trains Omniglot 60-way for 5-way testing: '
                      'about 12 times the images per task here.', lower_bound=0)
 flags.register_validator('train_n_way', lambda value: value != 1,
                          message='--train_n_way: 0 (the test\'s --n_way) or at least 2; a one-way task has nothing '
                                  'to tell apart')
-flags.DEFINE_integer('meta_lr_halving_interval', 0, 'Halve --meta_lr every this many meta-iterations (0: never). '
-                     'The paper halves it every 2000 episodes (one task per step); the Relation Network code '
-                     'every 100,000.', lower_bound=0)
 FLAGS = flags.FLAGS
-
-
-def meta_optimizer():
-    """Adam at --meta_lr, halved every --meta_lr_halving_interval meta-iterations if given."""
-    learning_rate = FLAGS.meta_lr
-    if FLAGS.meta_lr_halving_interval:
-        learning_rate = keras.optimizers.schedules.ExponentialDecay(
-            FLAGS.meta_lr, FLAGS.meta_lr_halving_interval, decay_rate=0.5, staircase=True)
-    return keras.optimizers.Adam(learning_rate)
 
 
 def build_learner(net, first_order):
     """The Prototypical Network as the flags say, meta-trained by Adam."""
     del first_order  # No inner loop, no order.
-    return PrototypicalNetwork(net, meta_optimizer=meta_optimizer(), train_n_way=FLAGS.train_n_way or FLAGS.n_way)
+    return PrototypicalNetwork(net, meta_optimizer=metric.meta_optimizer(),
+                               train_n_way=FLAGS.train_n_way or FLAGS.n_way)
 
 
 def training_stream(splits):

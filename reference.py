@@ -25,7 +25,8 @@ checkpoint, metrics and hyperparameters, about 1.4 MB at 64 filters), so that an
 it: --continue copies the state into --results_dir, resumes the protocol's command there at the
 lowest priority (its own session, autogroup and nice 19: `nice` alone does not lower a process
 below other sessions' here), stops it at the first checkpoint after --minutes, and copies the state
-back; a run that finishes is kept (as --add) and its state removed.
+back (Ctrl-C stops the run too, and copies back its last checkpoint); a run that finishes is kept
+(as --add) and its state removed.
 
 One action at a time (none: rewrite the tables), and only the flags it uses (USED_BY): a pair of
 actions, or a flag the action would ignore, is an error before anything runs. --add checks all
@@ -510,18 +511,17 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
     print(f'reference.py: {name} from iteration {replay.checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
           f'for {minutes:g} minutes at the lowest priority: {" ".join(command)}', flush=True)
     child = subprocess.Popen(command, preexec_fn=lowest_priority, start_new_session=True)
-    deadline, stamp, stopped = time.time() + 60 * minutes, None, False
     checkpoint = os.path.join(folder, results.CHECKPOINT_FILE)
-    while child.poll() is None:
-        time.sleep(1)
-        if time.time() >= deadline:
-            if stamp is None:  # The checkpoint when time ran out: stop at the next one.
-                stamp = os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else 0
-            if os.path.exists(checkpoint) and os.path.getmtime(checkpoint) > stamp:
-                time.sleep(2)  # The checkpoint is renamed into place last: the row and state are whole.
-                child.send_signal(signal.SIGINT)
-                child.wait()
-                stopped = True
+    try:
+        stopped = sitting(child, time.time() + 60 * minutes, checkpoint)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the child, in a session of its own, was not sent it.
+        child.send_signal(signal.SIGINT)
+        child.wait()
+        if os.path.exists(checkpoint):  # Its last checkpoint, which the next sitting resumes from.
+            replay.copy_files(folder, state, RUNNING_FILES)
+            print(f'reference.py: {name} interrupted; its state at iteration {replay.checkpoint_iteration(state)} '
+                  f'is in {state}', file=sys.stderr, flush=True)
+        raise
     if results.read_summary(folder) is not None:
         add(folder, reference_dir, readmes, replace=True, protocols_dir=table_protocols_dir)
         shutil.rmtree(state, ignore_errors=True)
@@ -538,6 +538,23 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
     print(f'reference.py: {name} at iteration {iteration}; its state is in {state} (commit it to continue '
           'elsewhere)')
     return iteration
+
+
+def sitting(child, deadline, checkpoint):
+    """Waits for the run `child` to end, or stops it (SIGINT) at its first checkpoint after `deadline`;
+    returns whether it was stopped."""
+    stamp = None
+    while child.poll() is None:
+        time.sleep(1)
+        if time.time() >= deadline:
+            if stamp is None:  # The checkpoint when time ran out: stop at the next one.
+                stamp = os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else 0
+            if os.path.exists(checkpoint) and os.path.getmtime(checkpoint) > stamp:
+                time.sleep(2)  # The checkpoint is renamed into place last: the row and state are whole.
+                child.send_signal(signal.SIGINT)
+                child.wait()
+                return True
+    return False
 
 
 def check_released_weights(folder, name):

@@ -14,15 +14,14 @@ import fewshot  # noqa: F401  First: it sets up TensorFlow's CPU backend, read a
 from absl import flags
 
 from fewshot import cli, network
-from fewshot.cli import commands, config, strategy
+from fewshot.cli import commands, config, metric, strategy
 from fewshot.learners.relationnet import RelationNetwork, max_pooled_blocks
 from fewshot.learners.relationnet import keras_model  # noqa: F401  (visible from relationnet)
-import protonet
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
 flags.adopt_module_key_flags(commands)  # --backbone and --meta_lr.
-flags.declare_key_flag('meta_lr_halving_interval')  # protonet.py's, meaning the same here.
+flags.adopt_module_key_flags(metric)  # --meta_lr_halving_interval, as protonet.py's.
 flags.DEFINE_integer('relation_blocks', 1, 'Convolution blocks of the relation module (the paper: 2, over the '
                      '5x5 maps of --backbone relationnet; 1 suits the 2x2 maps of conv4).', lower_bound=1)
 flags.DEFINE_boolean('relation_max_pool', False, 'Follow each block of the relation module with 2x2 max-pooling '
@@ -49,7 +48,7 @@ def _pooling_leaves_a_map(values):
 def build_learner(net, first_order):
     """The Relation Network as the flags say, meta-trained by Adam (on --meta_lr_halving_interval's schedule)."""
     del first_order  # No inner loop, no order.
-    return RelationNetwork(net, meta_optimizer=protonet.meta_optimizer(), train_n_way=FLAGS.n_way,
+    return RelationNetwork(net, meta_optimizer=metric.meta_optimizer(), train_n_way=FLAGS.n_way,
                            relation_blocks=FLAGS.relation_blocks, relation_max_pool=FLAGS.relation_max_pool,
                            clip_norm=FLAGS.clip_norm)
 

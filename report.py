@@ -22,18 +22,14 @@ from absl import flags
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-from fewshot import cli, comparison, errors, results
-from fewshot.cli import config  # noqa: F401  config defines --results_dir
-import figures
-import stability
+from fewshot import cli, comparison, errors, folders, results, stability
+from fewshot.cli import config, handin  # noqa: F401  config defines --results_dir
 
 flags.declare_key_flag('results_dir')  # config's: where to look for run folders.
 flags.DEFINE_list('runs', [], 'Run folders to report on (default: every run folder under --results_dir).')
 flags.DEFINE_string('output', 'report.md',
                     'The Markdown report to write; the PDF is written beside it (.pdf).')
-flags.DEFINE_string('name', None, "Your name, on the report's first page and in the zip's name (submit.py).")
-flags.DEFINE_string('student_number', None, "Your student number, on the report's first page and in the zip's "
-                    'name (submit.py), e.g. 2020-12345.')
+flags.adopt_module_key_flags(handin)  # --name and --student_number.
 FLAGS = flags.FLAGS
 logging.getLogger('fontTools').setLevel(logging.WARNING)  # Its font subsetting logs every table.
 
@@ -64,20 +60,21 @@ def load_run(folder):
             'metrics': results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)}
 
 
-def find_runs(results_dir, folders=()):
-    """The runs to report on and the stability folder (or None). The MNIST lab is not part of it."""
+def find_runs(results_dir, chosen=()):
+    """The runs to report on (the `chosen` folders, else those under results_dir) and the stability
+    folder (or None). The MNIST lab is not part of it."""
     # The user's own runs: not those the tools keep in <tool>/runs/, studies, comparisons or the lab.
-    found = [folder for folder in list(folders) or figures.find_folders(results_dir)
-             if folders or os.path.dirname(os.path.normpath(folder)) == os.path.normpath(results_dir)]
-    found = [folder for folder in found if figures.is_run_folder(folder) or figures.is_stability_folder(folder)]
-    found = [folder for folder in found if not figures.is_lab_folder(folder)]
-    runs = [load_run(folder) for folder in found if not figures.is_stability_folder(folder)]
+    found = [folder for folder in list(chosen) or folders.find_folders(results_dir)
+             if chosen or os.path.dirname(os.path.normpath(folder)) == os.path.normpath(results_dir)]
+    found = [folder for folder in found if folders.is_run_folder(folder) or folders.is_stability_folder(folder)]
+    found = [folder for folder in found if not folders.is_lab_folder(folder)]
+    runs = [load_run(folder) for folder in found if not folders.is_stability_folder(folder)]
     if not runs and not os.path.isdir(os.path.join(results_dir, 'compare')):
         raise results.RunError(f'no run folders found under {results_dir} (a run folder has '
                                f'{results.HYPERPARAMETERS_FILE}); run maml.py first')
-    stability_dirs = [folder for folder in found if figures.is_stability_folder(folder)]
+    stability_dirs = [folder for folder in found if folders.is_stability_folder(folder)]
     default = os.path.join(results_dir, 'stability')
-    if not stability_dirs and not folders and figures.is_stability_folder(default):
+    if not stability_dirs and not chosen and folders.is_stability_folder(default):
         stability_dirs = [default]
     return runs, (stability_dirs[0] if stability_dirs else None)
 

@@ -16,9 +16,8 @@ import keras
 from absl import flags
 
 from fewshot import cli
-from fewshot.cli import commands, config, strategy
+from fewshot.cli import commands, config, gradient, strategy
 from fewshot.learners.reptile import INNER_ADAM_STATES, Reptile, every_example  # noqa: F401  (visible from reptile)
-import maml
 
 flags.adopt_module_key_flags(config)  # --help lists the shared flags too.
 flags.adopt_module_key_flags(strategy)  # --strategy and --cpu_replicas.
@@ -68,7 +67,7 @@ def fixed_on_resume():
 COMMAND = commands.Command('reptile', Reptile, 'Reptile', build_learner, OWN_MAML_FLAGS,
                            defaults={'inner_lr': 1e-3, 'num_inner_steps': 5, 'num_eval_inner_steps': 50},
                            older_runs={'inner_adam_state': 'fresh'},  # Runs before the flag (2026-12-05).
-                           eval_inner_steps=maml.eval_inner_steps, fixed_on_resume=fixed_on_resume)
+                           eval_inner_steps=gradient.eval_inner_steps, fixed_on_resume=fixed_on_resume)
 
 if __name__ == '__main__':
     cli.run(commands.main_for(COMMAND, sys.modules[__name__]))

@@ -6,8 +6,8 @@
 
 A task is y = A sin(x − φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5]: K support points to
 adapt on and query points to be scored on, by mean squared error. The network is the paper's
-1-40-40-1 ReLU perceptron, and the learners are the family's own classes (maml.py, meta_sgd.py,
-anil.py, reptile.py), unchanged: only the network and the tasks differ from Omniglot. The paper's
+1-40-40-1 ReLU perceptron, and the learners are the family's own classes (fewshot/learners/: maml,
+meta_sgd, anil, reptile), unchanged: only the network and the tasks differ from Omniglot. The paper's
 setting is the default: one inner step of 0.01, meta-batch 25, Adam 0.001, 70,000 meta-iterations.
 Reptile has no such paper setting here; its flags follow the sine demo of its authors (SGD steps of
 0.02 on minibatches of K points) but with the meta-batch of the others, over which ε = 1 (annealed
@@ -36,16 +36,13 @@ import numpy as np
 from absl import flags, logging
 
 from fewshot import cli, data, errors, plotting, regression, results
-from fewshot.cli import experiment, studies
-import anil
-import maml
-import meta_sgd
-import reptile
+from fewshot.cli import experiment, gradient, studies  # noqa: F401  gradient: --inner_lr, --num_inner_steps
+from fewshot.learners import ANIL, MAML, MetaSGD, Reptile
 
 # learner -> (class, first order, the name results give it); 'pretrained' is the baseline.
-LEARNERS = {'maml': (maml.MAML, False, 'MAML'), 'fomaml': (maml.MAML, True, 'FO-MAML'),
-            'meta_sgd': (meta_sgd.MetaSGD, False, 'Meta-SGD'), 'anil': (anil.ANIL, False, 'ANIL'),
-            'reptile': (reptile.Reptile, True, 'Reptile'), 'pretrained': (maml.MAML, True, 'pretrained, fine-tuned')}
+LEARNERS = {'maml': (MAML, False, 'MAML'), 'fomaml': (MAML, True, 'FO-MAML'), 'meta_sgd': (MetaSGD, False, 'Meta-SGD'),
+            'anil': (ANIL, False, 'ANIL'), 'reptile': (Reptile, True, 'Reptile'),
+            'pretrained': (MAML, True, 'pretrained, fine-tuned')}
 FIXED_ON_RESUME = {'reptile': ('num_iterations',)}  # Its ε anneals over them.
 FIT_STEPS = (0, 1, 10)  # The paper's Figure 2: before adaptation, after 1 and after 10 steps.
 FITS_FILE = 'function_fits.json'
@@ -82,8 +79,8 @@ def build(name, inner_lr):
     if name == 'reptile':
         step_size = keras.optimizers.schedules.PolynomialDecay(FLAGS.reptile_meta_step_size,
                                                                max(FLAGS.num_iterations, 1), 0.0)
-        return reptile.Reptile(net, net.keras_model(), FLAGS.reptile_inner_lr, inner_steps(name),
-                               keras.optimizers.SGD(step_size), 'sgd', FLAGS.k_shot)
+        return Reptile(net, net.keras_model(), FLAGS.reptile_inner_lr, inner_steps(name),
+                       keras.optimizers.SGD(step_size), 'sgd', FLAGS.k_shot)
     return learner_class(net, net.keras_model(), inner_lr, inner_steps(name), first_order,
                          keras.optimizers.Adam(FLAGS.meta_lr))
 
@@ -103,7 +100,7 @@ def tuned_baseline(learner, val_batches):
     validation error averaged over 1..--num_curve_steps steps: (that learner, the step size)."""
     chosen = None
     for rate in sorted(float(r) for r in FLAGS.baseline_lrs):
-        tuned = maml.MAML(learner.net, learner.model, rate, 0, True, keras.optimizers.Adam())
+        tuned = MAML(learner.net, learner.model, rate, 0, True, keras.optimizers.Adam())
         with np.errstate(invalid='ignore', over='ignore'):  # A step size too large diverges: infinite error.
             error = float(np.mean(error_curve(tuned, val_batches, FLAGS.num_curve_steps)[0][1:]))
         logging.info('Baseline step size %g: validation error %.4f over 1..%d steps', rate, error,

@@ -30,11 +30,10 @@ import zipfile
 from absl import flags
 
 from fewshot import cli, errors, results
-from fewshot.cli import config  # noqa: F401  config defines --results_dir
-import report  # noqa: F401  Defines --name and --student_number, which the report's first page shows too.
+from fewshot.cli import config, handin  # noqa: F401  They define --results_dir, --name and --student_number.
 
 for _name in ('results_dir', 'name', 'student_number'):
-    flags.declare_key_flag(_name)  # config's run folders to include; report's name and number.
+    flags.declare_key_flag(_name)  # config's run folders to include; the name and number the report shows too.
 flags.DEFINE_string('report', 'report.md', 'The report written by report.py (its .pdf must be beside it).')
 flags.DEFINE_string('zip_dir', '.', 'Where to write the zip.')
 flags.DEFINE_boolean('force', False, 'Replace an existing zip of the same name.')

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from fewshot import regression
+from fewshot import data, regression
 
 GOAL_RANGE = 0.5  # Goals ~ U[−0.5, 0.5]².
 MAX_SPEED = 0.1  # The action box: a step moves each coordinate by at most this.
@@ -223,3 +223,27 @@ def score_weights(post_returns, phase_returns):
     others_improvement = ((tf.reduce_sum(improvement) - improvement) / (num_tasks - 1) if num_tasks > 1
                           else tf.zeros_like(improvement))
     return post_returns[:, None] - others_in_task - others_improvement[:, None]
+
+
+class Tasks(NamedTuple):
+    """A meta-batch of navigation tasks with the randomness of their rollouts.
+
+    goals: [T, 2].
+    noise: [T, S + 1, N, H, 2] standard normal draws: phase s < S samples the trajectories of
+      policy-gradient step s, phase S those the adapted policy is scored on.
+    """
+    goals: np.ndarray
+    noise: np.ndarray
+
+
+class GoalSampler(data.TaskStream):
+    """The navigation task stream: goals and the rollouts' draws (see `data.TaskStream`)."""
+
+    def __init__(self, num_steps, num_trajectories, horizon, seed):
+        self.num_steps, self.num_trajectories, self.horizon, self.seed = num_steps, num_trajectories, horizon, seed
+
+    def sample(self, index, num_tasks):
+        rng = np.random.default_rng([self.seed, index])
+        goals = sample_goals(rng, num_tasks)
+        noise = rng.standard_normal((num_tasks, self.num_steps + 1, self.num_trajectories, self.horizon, 2))
+        return Tasks(goals, noise.astype(np.float32))

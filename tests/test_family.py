@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fewshot import data, network, results
+from fewshot import data, folders, network, results
 from fewshot.cli import commands
 from test_maml import _directional_fd, _dot, _episodes, _improvement, _meta_gradient, _params, _random_direction
 from test_training import REPO, _without_time
 import discovered
 import anil
 import boil
-import figures
 import maml
 import meta_sgd
 import proto_maml
@@ -190,4 +189,4 @@ def test_each_command_trains_checkpoints_resumes_exactly_and_reports(script, syn
     with np.load(os.path.join(parts, results.CHECKPOINT_FILE)) as checkpoint:
         assert 'model/conv1/kernel' in checkpoint.files and int(checkpoint['iteration']) == 4
     assert report.load_run(parts)['summary'] == summaries[1]
-    assert os.path.basename(figures.redraw(parts)[0]) == 'val_accuracy.png'
+    assert os.path.basename(folders.redraw(parts)[0]) == 'val_accuracy.png'

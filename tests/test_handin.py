@@ -8,9 +8,8 @@ import zipfile
 
 import pytest
 
-import figures
 import report
-from fewshot import results
+from fewshot import folders, results
 import stability
 import submit
 
@@ -69,8 +68,8 @@ def results_dir(tmp_path):
             make_run(stability.run_folder(str(out), method, '5way5shot', seed), method, [0.3, final - 0.1, final],
                      final - 0.005, seed=seed)
     stability.compare(str(out), str(out / 'stability'), ['5way5shot'], [0, 1, 2])
-    for folder in figures.find_folders(str(out)):
-        figures.redraw(folder)
+    for folder in folders.find_folders(str(out)):
+        folders.redraw(folder)
     return out
 
 
@@ -80,23 +79,23 @@ def test_redrawing_from_the_same_logs_gives_the_same_figures(results_dir):
     run = results_dir / 'maml++_5way5shot_5steps_seed0'
     results.write_csv(str(run / results.INNER_LR_FILE),
                       [{'parameter': 'conv1/kernel', 'step': s, 'inner_lr': 0.4 - 0.01 * s} for s in range(5)])
-    first = {path: open(path, 'rb').read() for path in figures.redraw(str(run))}
+    first = {path: open(path, 'rb').read() for path in folders.redraw(str(run))}
     assert sorted(os.path.basename(p) for p in first) == ['inner_learning_rates.png', 'val_accuracy.png']
-    again = {path: open(path, 'rb').read() for path in figures.redraw(str(run))}
+    again = {path: open(path, 'rb').read() for path in folders.redraw(str(run))}
     assert first == again
-    stability_figures = figures.redraw(str(results_dir / 'stability'))
+    stability_figures = folders.redraw(str(results_dir / 'stability'))
     assert sorted(os.path.basename(p) for p in stability_figures) == [
         'val_fo-maml_5way5shot.png', 'val_maml++_5way5shot.png', 'val_overlay_5way5shot.png']
-    assert [os.path.basename(p) for p in figures.redraw(str(results_dir / 'transfer_5way5shot_seed0'), '.svg')] \
+    assert [os.path.basename(p) for p in folders.redraw(str(results_dir / 'transfer_5way5shot_seed0'), '.svg')] \
         == ['val_accuracy.svg', 'comparison.svg']
 
 
 def test_a_truncated_metrics_file_is_drawn_up_to_its_last_complete_row(results_dir, caplog):
     run = results_dir / 'maml_fo_5way5shot_5steps_seed0'
-    intact = open(figures.redraw(str(run))[0], 'rb').read()
+    intact = open(folders.redraw(str(run))[0], 'rb').read()
     with open(run / results.METRICS_FILE, 'a') as f:
         f.write('150,90.0,0.2,0.01,0.9')  # A row cut off by a kill.
-    redrawn = figures.redraw(str(run))[0]
+    redrawn = folders.redraw(str(run))[0]
     assert open(redrawn, 'rb').read() == intact
     assert 'line 5 is incomplete or malformed; using the 3 rows before it' in caplog.text
 
@@ -199,7 +198,7 @@ def test_the_mnist_lab_folder_is_left_out_of_figures_and_report(results_dir):
     lab = results_dir / 'initialization_lab'
     lab.mkdir()
     results.write_json(str(lab / results.HYPERPARAMETERS_FILE), {'flags': {}})
-    results.write_json(str(lab / figures.LAB_FILE), {'per_seed': []})
+    results.write_json(str(lab / folders.LAB_FILE), {'per_seed': []})
     runs, _ = report.find_runs(str(results_dir))
     assert 'initialization_lab' not in {run['name'] for run in runs}
     result = subprocess.run([sys.executable, os.path.join(REPO, 'figures.py'), f'--results_dir={results_dir}'],

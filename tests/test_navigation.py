@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from fewshot import navigation as nav
 from fewshot import data, network, results, training
-import navigation
+from fewshot.learners.policy_maml import PolicyMAML
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,7 +133,7 @@ def _meta_gradient_problem():
     out of reach (no episode ends early), 16 trajectories per step, in float64."""
     keras.utils.set_random_seed(3)
     policy = nav.GaussianPolicy(hidden=(6,))
-    learner = navigation.PolicyMAML(policy, inner_lr=0.5, num_inner_steps=1, discount=1.0,
+    learner = PolicyMAML(policy, inner_lr=0.5, num_inner_steps=1, discount=1.0,
                                     meta_optimizer=keras.optimizers.SGD(0.0))
     learner.log_std.assign(np.log([0.5, 0.5]))
     # Biases off zero: at the origin every draw shares the hidden units' inputs, and a ReLU exactly
@@ -143,7 +143,7 @@ def _meta_gradient_problem():
     rng = np.random.default_rng(7)
     num_tasks = 3000
     goals = np.stack([rng.choice([-0.45, 0.45], num_tasks), rng.uniform(-0.5, 0.5, num_tasks)], -1)
-    tasks = navigation.Tasks(tf.constant(goals), tf.constant(rng.standard_normal((num_tasks, 2, 16, 3, 2))))
+    tasks = nav.Tasks(tf.constant(goals), tf.constant(rng.standard_normal((num_tasks, 2, 16, 3, 2))))
     return learner, tasks
 
 
@@ -169,7 +169,7 @@ def test_the_meta_gradient_matches_finite_differences_of_the_expected_post_updat
     learner, tasks = _meta_gradient_problem()
     theta = {name: tf.convert_to_tensor(v) for name, v in learner.params.items()}
     groups = 30  # Meta-batches of 100 tasks: their directions' spread is the estimate's error bar.
-    chunks = [navigation.Tasks(*(x[i::groups] for x in tasks)) for i in range(groups)]
+    chunks = [nav.Tasks(*(x[i::groups] for x in tasks)) for i in range(groups)]
     directions = {}
     for estimator in ('unbiased', 'no_sampling_term'):
         learner.estimator = estimator
@@ -232,12 +232,12 @@ def test_maml_adapts_better_than_the_pretrained_policy_after_a_short_meta_traini
     horizon, scores = 10, {}
     for name, steps in (('maml', 1), ('pretrained', 0)):
         keras.utils.set_random_seed(0)
-        learner = navigation.PolicyMAML(nav.GaussianPolicy(hidden=(32, 32)), inner_lr=0.1, num_inner_steps=steps,
+        learner = PolicyMAML(nav.GaussianPolicy(hidden=(32, 32)), inner_lr=0.1, num_inner_steps=steps,
                                         discount=0.99, meta_optimizer=keras.optimizers.Adam(0.01))
-        stream = navigation.GoalSampler(steps, 10, horizon, seed=0)
+        stream = nav.GoalSampler(steps, 10, horizon, seed=0)
         for iteration in range(30):
             learner.meta_train_step(stream.sample(iteration, 10))
-        scores[name] = learner.evaluate(navigation.GoalSampler(1, 20, horizon, seed=5).sample(0, 40), 1)
+        scores[name] = learner.evaluate(nav.GoalSampler(1, 20, horizon, seed=5).sample(0, 40), 1)
     gain = scores['maml']['query_post_return'] - scores['pretrained']['query_post_return']
     assert np.mean(gain) > 3 * np.std(gain, ddof=1) / np.sqrt(len(gain)), gain
     assert np.mean(scores['maml']['query_post_return']) > np.mean(scores['maml']['query_pre_return']) + 1.0
@@ -270,7 +270,7 @@ def test_navigation_trains_tests_and_compares_every_learner(tmp_path):
 
 
 def test_evaluation_goals_do_not_depend_on_the_batch_size():
-    sampler = navigation.GoalSampler(1, 3, 6, seed=9)
+    sampler = nav.GoalSampler(1, 3, 6, seed=9)
     checksums = {size: data.tasks_checksum(sampler.fixed_batches(10, size)) for size in (1, 3, 10, 40)}
     assert len(set(checksums.values())) == 1
 
@@ -278,16 +278,16 @@ def test_evaluation_goals_do_not_depend_on_the_batch_size():
 def test_a_resumed_run_equals_one_straight_through(tmp_path):
     """The goals and draws of meta-batch i depend only on (seed, i), and a checkpoint holds θ, log_std
     and Adam's state: stopping after 2 iterations and resuming gives the straight run's numbers."""
-    val = navigation.GoalSampler(1, 3, 6, seed=9).fixed_batches(4, 4)
+    val = nav.GoalSampler(1, 3, 6, seed=9).fixed_batches(4, 4)
     schedule = lambda iterations: training.Schedule(iterations, 3, 2, 1)  # noqa: E731
 
     def train(folder, iterations, resume):
         keras.utils.set_random_seed(0)
-        learner = navigation.PolicyMAML(nav.GaussianPolicy(hidden=(8,)), 0.1, 1, 0.99, keras.optimizers.Adam(0.01))
+        learner = PolicyMAML(nav.GaussianPolicy(hidden=(8,)), 0.1, 1, 0.99, keras.optimizers.Adam(0.01))
         run = results.RunFolder(str(tmp_path), folder, resume=resume)
         if not resume:
             run.write_hyperparameters({'seed': 0}, {})
-        return training.train(learner, navigation.GoalSampler(1, 3, 6, seed=0), val, run, schedule(iterations),
+        return training.train(learner, nav.GoalSampler(1, 3, 6, seed=0), val, run, schedule(iterations),
                               progress=False)
 
     straight = train('straight', 4, False)

@@ -131,3 +131,17 @@ def test_the_library_defines_and_reads_no_flag_and_imports_no_command():
         imported = set(re.findall(r'^\s*(?:import|from)\s+(\w+)', text, re.MULTILINE))
         assert not imported & commands, module
         assert not re.search(r'\bFLAGS\b|absl import .*\bflags\b', text), module
+
+
+def test_no_command_imports_another_command():
+    """The commands stand side by side above the package: what several share (flags, learners, the
+    readers of run folders) is in fewshot/cli/, fewshot/learners/ or the library, so no top-level script,
+    nor the command layer, imports a command (`commands.find` loads one by name, as a plugin)."""
+    commands = {name[:-3] for name in os.listdir(REPO) if name.endswith('.py')}
+    layer = [os.path.join('fewshot', 'cli', name) for name in os.listdir(os.path.join(REPO, 'fewshot', 'cli'))
+             if name.endswith('.py')]
+    assert len(commands) > 20 and len(layer) > 5
+    for path in sorted([f'{command}.py' for command in commands] + layer):
+        with open(os.path.join(REPO, path), encoding='utf-8') as f:
+            imported = set(re.findall(r'^\s*(?:import|from)\s+(\w+)', f.read(), re.MULTILINE))
+        assert not imported & commands, f'{path} imports {sorted(imported & commands)}'

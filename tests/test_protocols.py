@@ -5,8 +5,10 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -406,3 +408,46 @@ def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_
     results.write_json(summary_path, summary)
     differs = _command(*evaluate)
     assert differs.returncode == 1 and 'the meta-test differs from the kept one' in differs.stderr
+
+
+def test_an_interrupted_sitting_stops_its_run_and_keeps_its_state(synthetic_dir, tmp_path):
+    """Ctrl-C to reference.py --continue stops the run it started (in a session of its own, the run is
+    not sent the terminal's Ctrl-C) and writes its last checkpoint to reference/running/<protocol>/."""
+    protocols, reference_dir = tmp_path / 'protocols', str(tmp_path / 'reference')
+    protocols.mkdir()
+    (protocols / 'fomaml_tiny.flags').write_text('\n'.join([
+        '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2', '--num_filters=4',
+        '--num_train_classes=9', '--num_val_classes=5', '--num_val_tasks=4', '--num_test_tasks=4',
+        '--num_iterations=100000', '--val_interval=20', f'--data_dir={synthetic_dir}',
+        f'--cache_dir={tmp_path}/cache']) + '\n')
+    shutil.copytree(os.path.join(REPO, 'reference'), reference_dir)
+    shutil.copy(os.path.join(REPO, 'README.md'), tmp_path / 'README.md')
+    tool = subprocess.Popen([sys.executable, os.path.join(REPO, 'reference.py'), '--continue=fomaml_tiny',
+                             '--minutes=60', f'--protocols_dir={protocols}', f'--results_dir={tmp_path}/results',
+                             f'--reference_dir={reference_dir}', f'--readme={tmp_path}/README.md'],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / 'results' / 'fomaml_tiny' / results.CHECKPOINT_FILE
+    deadline = time.time() + 300
+    while not checkpoint.exists() and tool.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert checkpoint.exists(), tool.communicate(timeout=60)
+    tool.send_signal(signal.SIGINT)
+    _, stderr = tool.communicate(timeout=120)
+    assert tool.returncode == 1 and stderr.rstrip().endswith('error: interrupted'), stderr[-2000:]
+    state = os.path.join(reference_dir, reference.RUNNING, 'fomaml_tiny')
+    assert replay.checkpoint_iteration(state) == replay.checkpoint_iteration(str(checkpoint.parent))
+    assert f'interrupted; its state at iteration {replay.checkpoint_iteration(state)} is in {state}' in stderr
+    assert not _processes_naming(f'--results_dir={tmp_path}/results')  # Neither the tool nor the run goes on.
+
+
+def _processes_naming(text):
+    """The ids of the processes whose command line holds `text`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:  # Ended meanwhile.
+            pass
+    return found

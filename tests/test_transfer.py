@@ -13,16 +13,16 @@ import tensorflow as tf
 
 from fewshot import data, network
 from fewshot.cli import experiment
-import maml_transfer
+from fewshot.learners import transfer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _classifier(num_classes=6, n_way=3, **adaptation):
     keras.utils.set_random_seed(0)
-    return maml_transfer.PretrainedClassifier(
+    return transfer.PretrainedClassifier(
         network.ConvNet(num_classes, num_filters=8), keras.optimizers.Adam(1e-3),
-        maml_transfer.Adaptation(steps=20, **adaptation), n_way)
+        transfer.Adaptation(steps=20, **adaptation), n_way)
 
 
 def _episodes(num_tasks=3, n_way=3, k_shot=2):
@@ -50,10 +50,10 @@ def test_the_new_head_is_the_only_thing_that_adapts_and_it_fits_the_support_set(
     stats = network.tile({k: tf.convert_to_tensor(v) for k, v in network.statistics(learner.model).items()}, 3)
     features = net.features(params, tf.constant(episodes.support_images), stats)
     adaptation = dataclasses.replace(learner.adaptation, steps=200)
-    head = net.head_weights(*maml_transfer._initial_head(features, tf.constant(episodes.support_labels), 3,
+    head = net.head_weights(*transfer._initial_head(features, tf.constant(episodes.support_labels), 3,
                                                          adaptation))
     assert head['head/kernel'].shape == (3, 8, 3) and head['head/bias'].shape == (3, 3)
-    adapted = maml_transfer._fit(lambda w: tf.reduce_sum(network.task_losses(
+    adapted = transfer._fit(lambda w: tf.reduce_sum(network.task_losses(
         network.head(w['head/kernel'], w['head/bias'], features), tf.constant(episodes.support_labels))),
         head, adaptation)
     assert set(adapted) == {'head/kernel', 'head/bias'}
@@ -96,8 +96,8 @@ def test_pretraining_loss_falls_on_real_data(real_omniglot):
     splits = data.make_splits(real_omniglot)
     stream = data.ImageStream(splits.train, 64, seed=0)
     keras.utils.set_random_seed(0)
-    learner = maml_transfer.PretrainedClassifier(network.ConvNet(len(splits.train)), keras.optimizers.Adam(1e-3),
-                                                 maml_transfer.Adaptation(), 5)
+    learner = transfer.PretrainedClassifier(network.ConvNet(len(splits.train)), keras.optimizers.Adam(1e-3),
+                                                 transfer.Adaptation(), 5)
     first = [np.mean(learner.meta_train_step(stream.sample(i, 64))['loss']) for i in range(1, 11)]
     for i in range(11, 300):
         learner.meta_train_step(stream.sample(i, 64))

@@ -147,7 +147,7 @@ class Command(NamedTuple):
     def build(self, n_way, first_order, precision=None):
         """(network, learner) as the flags say, with an `n_way`-way head, the given order and
         `precision` (default --precision)."""
-        net = experiment.convnet(n_way, FLAGS.backbone, precision)
+        net = experiment.convnet(n_way, FLAGS.backbone, precision, FLAGS.flatten, FLAGS.pool_padding)
         return net, self.build_learner(net, first_order)
 
 

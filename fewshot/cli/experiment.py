@@ -218,12 +218,13 @@ def accuracy_test(learner, tasks, folder, num_eval_inner_steps):
                      f'{summary["test_pre_accuracy"]:.2%})')
 
 
-def convnet(n_way=None, backbone='conv4', precision=None):
-    """The network `backbone` as the flags shape it, with an `n_way`-output head (default --n_way),
-    computing in `precision` (default --precision)."""
+def convnet(n_way=None, backbone='conv4', precision=None, flatten=False, pool_padding='same'):
+    """The network `backbone` as the shared flags shape it, with an `n_way`-output head (default --n_way),
+    computing in `precision` (default --precision); flatten, pool_padding: `network.ConvNet`'s (the
+    learner commands' --flatten and --pool_padding)."""
     size, _, channels = image_shape()
     return network.build(backbone, n_way or FLAGS.n_way, FLAGS.num_filters, FLAGS.max_pool,
-                         precision or FLAGS.precision, size, channels, FLAGS.flatten, FLAGS.pool_padding)
+                         precision or FLAGS.precision, size, channels, flatten, pool_padding)
 
 
 def run_settings(run_folder):

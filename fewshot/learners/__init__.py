@@ -10,6 +10,8 @@ arguments alone (a network, and the algorithm's hyperparameters, with the papers
     maml_plusplus  MAML++: the six fixes of "How to train your MAML"
     protonet       Prototypical Networks: no inner loop, the nearest class mean
     relationnet    Relation Networks: a learned module scores (class, query) pairs
+    policy_maml    MAML of a Gaussian policy by policy gradient (the paper's 2D navigation)
+    transfer       the transfer baseline: a pretrained classifier, a new head fitted per task
 
     from fewshot import network
     from fewshot.learners import MAML
