@@ -356,19 +356,26 @@ def test_a_protocol_run_completes_and_is_kept_in_the_table(synthetic_dir, tmp_pa
     assert again.returncode == 1 and 'pass --replace' in again.stderr
 
 
-def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_state(synthetic_dir, tmp_path):
-    """reference.py --continue: a sitting stops at the first checkpoint after --minutes and writes the
-    run's state to reference/running/<protocol>/; a later sitting on a machine without the run folder
-    continues from that state; the sitting that finishes keeps the run as a row of the table."""
+def _tiny_protocol(synthetic_dir, tmp_path, iterations):
+    """(the protocols folder, the reference folder) of a copy of reference/ and README.md in tmp_path with
+    one protocol, fomaml_tiny, of a tiny network trained `iterations` meta-iterations on synthetic_dir."""
     protocols, reference_dir = tmp_path / 'protocols', str(tmp_path / 'reference')
     protocols.mkdir()
     (protocols / 'fomaml_tiny.flags').write_text('\n'.join([
         '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2', '--num_filters=4',
         '--num_train_classes=9', '--num_val_classes=5', '--num_val_tasks=4', '--num_test_tasks=4',
-        '--num_iterations=300', '--val_interval=20', f'--data_dir={synthetic_dir}',
+        f'--num_iterations={iterations}', '--val_interval=20', f'--data_dir={synthetic_dir}',
         f'--cache_dir={tmp_path}/cache']) + '\n')
     shutil.copytree(os.path.join(REPO, 'reference'), reference_dir)
     shutil.copy(os.path.join(REPO, 'README.md'), tmp_path / 'README.md')
+    return protocols, reference_dir
+
+
+def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_state(synthetic_dir, tmp_path):
+    """reference.py --continue: a sitting stops at the first checkpoint after --minutes and writes the
+    run's state to reference/running/<protocol>/; a later sitting on a machine without the run folder
+    continues from that state; the sitting that finishes keeps the run as a row of the table."""
+    protocols, reference_dir = _tiny_protocol(synthetic_dir, tmp_path, iterations=300)
     state = os.path.join(reference_dir, reference.RUNNING, 'fomaml_tiny')
 
     def sitting(minutes):
@@ -413,15 +420,7 @@ def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_
 def test_an_interrupted_sitting_stops_its_run_and_keeps_its_state(synthetic_dir, tmp_path):
     """Ctrl-C to reference.py --continue stops the run it started (in a session of its own, the run is
     not sent the terminal's Ctrl-C) and writes its last checkpoint to reference/running/<protocol>/."""
-    protocols, reference_dir = tmp_path / 'protocols', str(tmp_path / 'reference')
-    protocols.mkdir()
-    (protocols / 'fomaml_tiny.flags').write_text('\n'.join([
-        '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2', '--num_filters=4',
-        '--num_train_classes=9', '--num_val_classes=5', '--num_val_tasks=4', '--num_test_tasks=4',
-        '--num_iterations=100000', '--val_interval=20', f'--data_dir={synthetic_dir}',
-        f'--cache_dir={tmp_path}/cache']) + '\n')
-    shutil.copytree(os.path.join(REPO, 'reference'), reference_dir)
-    shutil.copy(os.path.join(REPO, 'README.md'), tmp_path / 'README.md')
+    protocols, reference_dir = _tiny_protocol(synthetic_dir, tmp_path, iterations=100000)
     tool = subprocess.Popen([sys.executable, os.path.join(REPO, 'reference.py'), '--continue=fomaml_tiny',
                              '--minutes=60', f'--protocols_dir={protocols}', f'--results_dir={tmp_path}/results',
                              f'--reference_dir={reference_dir}', f'--readme={tmp_path}/README.md'],
