@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from fewshot import network
-from test_maml import (_assert_gradient_matches_finite_differences, _directional_fd, _dot, _episodes,
-                       _meta_gradient, _params, _random_direction)
+from test_contract import assert_second_order_matches_finite_differences
+from test_maml import _assert_gradient_matches_finite_differences
 import maml
 
 
@@ -327,16 +327,7 @@ def test_second_order_maml_through_resnet12_matches_float64_finite_differences()
     keras.utils.set_random_seed(0)
     net = network.ResNet12(2, 2)
     learner = maml.MAML(net, net.keras_model(), 0.01, 2, False, keras.optimizers.Adam(1e-3))
-    params = _params(learner, tf.float64)
-    episodes = _episodes(1, dtype=np.float64)
-    gradient = _meta_gradient(learner, params, episodes, 2, first_order=False)
-    first_order = _meta_gradient(learner, params, episodes, 2, first_order=True)
-    rng = np.random.default_rng(3)
-    for _ in range(2):
-        direction = _random_direction(params, rng)
-        numeric = _directional_fd(learner, params, episodes, 2, direction, epsilon=1e-7)
-        assert _dot(gradient, direction) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
-        assert abs(_dot(first_order, direction) - numeric) > 1e-2 * abs(numeric)
+    assert_second_order_matches_finite_differences(learner, directions=2, first_order_gap=1e-2)
 
 
 @pytest.mark.parametrize('which', ['conv4, flattened, 84x84', 'resnet12, 16x16'])
