@@ -26,7 +26,9 @@ it: --continue copies the state into --results_dir, resumes the protocol's comma
 lowest priority (its own session, autogroup and nice 19: `nice` alone does not lower a process
 below other sessions' here), stops it at the first checkpoint after --minutes, and copies the state
 back (Ctrl-C stops the run too, and copies back its last checkpoint); a run that finishes is kept
-(as --add) and its state removed.
+(as --add) and its state removed. The run is given the paper's number (--keep_checkpoint_at), so that
+the checkpoint of its first validation at or above it is kept with it (REACHED_FILES): how soon it got
+there, to meta-test.
 
 One action at a time (none: rewrite the tables), and only the flags it uses (USED_BY): a pair of
 actions, or a flag the action would ignore, is an error before anything runs. --add checks all
@@ -78,6 +80,9 @@ REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_a
 RELEASED_FILES = (results.MODEL_FILE, results.CHECKPOINT_FILE)  # The final weights, kept when the run has them.
 RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows of the table.
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
+# The checkpoint of the first validation that reached the paper's number, and when (--keep_checkpoint_at,
+# which --continue gives): kept with a run in progress and a kept run, where the run has them.
+REACHED_FILES = (results.REACHED_FILE, results.REACHED_CHECKPOINT_FILE)
 # Protocol prefix -> command.
 COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py', 'imaml': 'imaml.py',
             'reptile': 'reptile.py', 'protonet': 'protonet.py', 'relationnet': 'relationnet.py', 'anil': 'anil.py'}
@@ -163,7 +168,7 @@ def addable(run_dir, reference_dir, replace):
     check_record(run_dir, hyperparameters)
     kept_target(reference_dir, name, replace, '--add')
     contents = {}
-    for file in REFERENCE_FILES + RELEASED_FILES:
+    for file in REFERENCE_FILES + RELEASED_FILES + REACHED_FILES:
         path = os.path.join(run_dir, file)
         if os.path.isfile(path):
             with open(path, 'rb') as f:
@@ -501,11 +506,14 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
     state, folder = os.path.join(reference_dir, RUNNING, name), os.path.join(results_dir, name)
     if os.path.isdir(state) and replay.checkpoint_iteration(state) > (replay.checkpoint_iteration(folder)
                                                               if os.path.isdir(folder) else -1):
-        replay.copy_files(state, folder, RUNNING_FILES)  # The committed state is further than this machine's.
+        replay.copy_files(state, folder, RUNNING_FILES + REACHED_FILES)  # The committed state is further along.
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script),
                f'--flagfile={flagfile}', f'--run_name={name}', f'--results_dir={results_dir}', '--progress=false']
     command += [f'--{flag}={value}' for flag, value in
                 (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
+    paper = read_papers(reference_dir).get((ALGORITHMS[name.split('_')[0]], *protocol_setting(flagfile)))
+    if paper:  # How soon the run reaches the paper's number: its checkpoint there is kept.
+        command.append(f'--keep_checkpoint_at={paper["accuracy"] / 100:g}')
     if os.path.isdir(folder):
         command.append('--resume')
     print(f'reference.py: {name} from iteration {replay.checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
@@ -518,7 +526,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
         child.send_signal(signal.SIGINT)
         child.wait()
         if os.path.exists(checkpoint):  # Its last checkpoint, which the next sitting resumes from.
-            replay.copy_files(folder, state, RUNNING_FILES)
+            replay.copy_files(folder, state, RUNNING_FILES + REACHED_FILES)
             print(f'reference.py: {name} interrupted; its state at iteration {replay.checkpoint_iteration(state)} '
                   f'is in {state}', file=sys.stderr, flush=True)
         raise
@@ -530,7 +538,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
     if not os.path.exists(checkpoint):
         raise errors.RunError(f'{name} stopped (exit status {child.returncode}) before its first checkpoint; '
                               'nothing to keep')
-    replay.copy_files(folder, state, RUNNING_FILES)
+    replay.copy_files(folder, state, RUNNING_FILES + REACHED_FILES)
     iteration = replay.checkpoint_iteration(state)
     if not stopped:
         raise errors.RunError(f'{name} stopped by itself (exit status {child.returncode}; its message is above) '

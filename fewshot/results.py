@@ -36,6 +36,9 @@ HYPERPARAMETERS_FILE = 'hyperparameters.json'
 CHECKPOINT_FILE = 'checkpoint.npz'
 SUMMARY_FILE = 'summary.json'
 MODEL_FILE = 'model.keras'
+# --keep_checkpoint_at: the checkpoint of the first validation that reached a score, and what it reached.
+REACHED_CHECKPOINT_FILE = 'checkpoint_reached.npz'
+REACHED_FILE = 'reached.json'
 INNER_LR_FILE = 'inner_learning_rates.csv'  # MAML++: learned inner learning rates per tensor and step.
 COMPARISON_TASKS_FILE = 'comparison_tasks.csv'  # Transfer vs FO-MAML, per meta-test task.
 # The columns every metrics.csv has; train_<metric> columns follow, by learner.
@@ -52,11 +55,13 @@ METRICS_COLUMNS = metrics_columns('accuracy')
 # memory_budget_gb change only the memory a meta-step takes (and the order of a sum), e.g. on
 # another machine; strategy and cpu_replicas only where its tasks are computed (a run outgrowing
 # one machine continues on a cluster), and peer_timeout_seconds only how long its processes wait for
-# each other. The --test_ flags choose an extra meta-test (another dataset's classes), not the run.
+# each other. The --test_ flags choose an extra meta-test (another dataset's classes), not the run, and
+# --keep_checkpoint_at an extra copy of a checkpoint.
 RESUMABLE_CHANGES = frozenset({'resume', 'overwrite', 'num_iterations', 'progress', 'data_dir', 'dataset_dir',
                                'cache_dir', 'results_dir', 'run_name', 'tasks_per_chunk', 'memory_budget_gb',
                                'strategy', 'cpu_replicas', 'check_reuse', 'peer_timeout_seconds', 'test_dataset',
-                               'test_dataset_dir', 'test_n_way', 'test_k_shot', 'test_num_query'})
+                               'test_dataset_dir', 'test_n_way', 'test_k_shot', 'test_num_query',
+                               'keep_checkpoint_at'})
 
 
 # What `replacing` names its temporary files: <name>.tmp<pid><extension>, beside the file they replace.

@@ -61,12 +61,32 @@ class Schedule:
     num_eval_inner_steps: inner steps when evaluating (may differ from training).
     time_budget_seconds: training stops at the first validation after this much of it, even
       before `num_iterations`.
+    keep_checkpoint_at: a validation score (post-adaptation): the checkpoint of the first validation
+      that reaches it is kept beside the run's (`keep_first_reaching`); None: none is kept.
     """
     num_iterations: int
     meta_batch_size: int
     val_interval: int
     num_eval_inner_steps: int
     time_budget_seconds: float = math.inf
+    keep_checkpoint_at: float = None
+
+
+def keep_first_reaching(run, row, score, target):
+    """If the validation `row` is the run's first whose post-adaptation `score` reaches `target` (an
+    error, 'mse', at or below it), keeps a copy of the checkpoint just saved, results.REACHED_CHECKPOINT_FILE,
+    and then results.REACHED_FILE (its iteration, score and the target), so that how soon the run reached
+    a number can be meta-tested later, at that point. A run that reached it once keeps that copy."""
+    value = row[f'val_post_{score}']
+    if (value > target if score == 'mse' else value < target) or os.path.exists(run.file(results.REACHED_FILE)):
+        return
+    with open(run.file(results.CHECKPOINT_FILE), 'rb') as f:
+        checkpoint = f.read()
+    results.atomic_write(run.file(results.REACHED_CHECKPOINT_FILE), lambda f: f.write(checkpoint))
+    results.write_json(run.file(results.REACHED_FILE), {'iteration': int(row['iteration']), f'val_post_{score}': value,
+                                                        'val_post_ci95': row['val_post_ci95'], 'target': target})
+    logging.info('Iteration %d: validation %s reached %g; its checkpoint is kept in %s', row['iteration'], score,
+                 target, run.file(results.REACHED_CHECKPOINT_FILE))
 
 
 def evaluate(learner, batches, num_steps):
@@ -153,6 +173,8 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
         rows.append(row)
         run.write_metrics(rows, columns)
         run.save_checkpoint(variables, iteration)
+        if schedule.keep_checkpoint_at is not None and cluster.is_chief:
+            keep_first_reaching(run, row, score, schedule.keep_checkpoint_at)
         with writer.as_default(step=iteration):
             for when in ('pre', 'post'):
                 tf.summary.scalar(f'validation/{when}_{score}', row[f'val_{when}_{score}'])

@@ -1,5 +1,6 @@
 """The training loop and run folders: resume equals an uninterrupted run, failures are safe."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -81,6 +82,27 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert list(whole.state_variables()) == list(resumed.state_variables())
     for a, b in zip(whole.state_variables().values(), resumed.state_variables().values()):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_the_checkpoint_of_the_first_validation_reaching_a_score_is_kept(tmp_path):
+    """keep_checkpoint_at: a copy of the checkpoint of the first validation at or above it, with
+    reached.json saying when; later validations, above it too, leave that copy alone."""
+    train, val = _task_sources()
+    schedule = dataclasses.replace(SCHEDULE, num_iterations=16)
+    rows = training.train(_learner(seed=0), train, val, _run_folder(str(tmp_path), 'plain'), schedule, progress=False)
+    scores = [row['val_post_accuracy'] for row in rows]
+    first = next(i for i, score in enumerate(scores) if score > scores[0])
+    target = (scores[0] + scores[first]) / 2  # First reached at validation `first`,
+    assert max(scores[first + 1:]) >= target  # and again after it.
+    folder = _run_folder(str(tmp_path), 'kept')
+    schedule = dataclasses.replace(schedule, keep_checkpoint_at=target)
+    assert _without_time(training.train(_learner(seed=0), train, val, folder, schedule, progress=False)) == \
+        _without_time(rows)
+    reached = json.load(open(folder.file(results.REACHED_FILE)))
+    assert reached == {'iteration': rows[first]['iteration'], 'val_post_accuracy': scores[first],
+                       'val_post_ci95': rows[first]['val_post_ci95'], 'target': target}
+    assert np.load(folder.file(results.REACHED_CHECKPOINT_FILE))['iteration'] == rows[first]['iteration'] < \
+        np.load(folder.file(results.CHECKPOINT_FILE))['iteration'] == rows[-1]['iteration']
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):

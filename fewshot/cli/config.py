@@ -138,6 +138,11 @@ flags.DEFINE_float('time_budget_minutes', 0, 'Stop meta-training at the first va
                    '--budget_minutes sets it to compare methods at equal wall-clock time.', lower_bound=0)
 flags.DEFINE_integer('val_interval', 50, 'Validate, log and checkpoint every this many iterations.',
                      lower_bound=1)
+flags.DEFINE_float('keep_checkpoint_at', None, 'Keep a copy of the checkpoint of the first validation whose '
+                   'post-adaptation accuracy reaches this fraction (e.g. a paper\'s number, 0.987), '
+                   'checkpoint_reached.npz, with reached.json saying when: how soon the run got there, to '
+                   'meta-test later (reference.py --continue gives the paper\'s number). Default: none kept.',
+                   lower_bound=0)
 flags.DEFINE_integer('num_val_tasks', 160, 'Fixed meta-validation tasks per validation (at least 2: the 95% '
                      'confidence interval needs two).', lower_bound=2)
 flags.DEFINE_integer('num_test_tasks', 600, 'Meta-test tasks for the final evaluation (at least 2: the 95% '

@@ -354,6 +354,8 @@ def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, 
         val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
     if FLAGS.time_budget_minutes:
         schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
+    if FLAGS.keep_checkpoint_at is not None:
+        schedule = dataclasses.replace(schedule, keep_checkpoint_at=FLAGS.keep_checkpoint_at)
     # Only now is anything written. A failure before the first checkpoint (the first validation, an
     # interrupt) leaves no folder behind.
     with run_folder.started():
