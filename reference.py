@@ -188,7 +188,7 @@ def add(run_dir, reference_dir, readmes, replace=False, protocols_dir=PROTOCOLS_
     tables are written), so that a failure on the way leaves reference_dir and the READMEs as they
     were. Returns the kept folder."""
     name, hyperparameters, summary, contents = addable(run_dir, reference_dir, replace)
-    texts = tables(reference_dir, readmes, (name, hyperparameters, summary, results.MODEL_FILE in contents),
+    texts = tables(reference_dir, readmes, (name, hyperparameters, summary, results.MODEL_FILE in contents, run_dir),
                    protocols_dir)
     results.check_writable(reference_dir, '--reference_dir')
     for path in texts:  # A README is rewritten through a temporary file beside it.
@@ -322,8 +322,22 @@ def paper_cells(paper):
     return f"{paper['accuracy']:.2f}{interval}", paper['source']
 
 
-def row(name, hyperparameters, summary, papers, weights):
-    """One line of the table (markdown) for a kept run; weights: the link to its model.keras, or None."""
+def how_soon(folder, summary, paper):
+    """The table's "how soon" cell of a full-protocol run whose files are in `folder` (None: not read): the
+    first validation at or above the paper's number (the meta-test of a checkpoint there is still to be
+    run: --keep_checkpoint_at keeps one as runs go)."""
+    if not paper or paper['iterations'] is None or summary['iterations'] < paper['iterations'] or folder is None:
+        return '–'
+    rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)
+    first = next((row['iteration'] for row in rows if 100 * row['val_post_accuracy'] >= paper['accuracy']), None)
+    if first is None:
+        return f"not earlier: no validation reached {paper['accuracy']:.2f}"
+    return f'validation at {int(first):,} (a meta-test there: not yet run)'
+
+
+def row(name, hyperparameters, summary, papers, weights, folder=None):
+    """One line of the table (markdown) for a kept run; weights: the link to its model.keras, or None;
+    folder: where its files are (for `how_soon`)."""
     flags_ = hyperparameters['flags']
     algorithm = hyperparameters.get('algorithm', '?')
     dataset = flags_.get('dataset', 'omniglot')
@@ -347,7 +361,8 @@ def row(name, hyperparameters, summary, papers, weights):
     hours = summary['training_seconds'] / 3600
     machine = hyperparameters.get('versions', {}).get('machine', '?')
     cells = [algorithm, dataset_name(dataset), setting, f'`{protocol}`', f'{ours} ({batch_norm})', paper_text, gap_text,
-             iterations, f'{hours:.2f} h, {machine}', f'[model.keras]({weights})' if weights else '–', source,
+             iterations, how_soon(folder, summary, paper), f'{hours:.2f} h, {machine}',
+             f'[model.keras]({weights})' if weights else '–', source,
              f'`python {command}`']
     return '| ' + ' | '.join(cells) + ' |'
 
@@ -403,7 +418,7 @@ def not_run_rows(protocols_dir, papers, kept_protocols):
         where = '/path/to/' + dataset.replace('_', '-')
         command = f'python {COMMANDS[prefix]} --flagfile={shown}/{file} --dataset_dir={where}'
         cells = [algorithm, dataset_name(dataset), f'{n_way}-way {k_shot}-shot', f'`{name}`', NOT_RUN, paper_text,
-                 '–', iterations, '–', '–', source, f'`{command}`']
+                 '–', iterations, '–', '–', '–', source, f'`{command}`']
         lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
 
@@ -423,24 +438,26 @@ def table(reference_dir, where, added=None, protocols_dir=PROTOCOLS_DIR):
     of its data (see `not_run_rows`), with its marker lines, for a file in the folder `where` (the links
     to the weights are relative to it).
 
-    added: (name, hyperparameters, summary, whether it has model.keras) of a run about to be kept,
-    in the place of a kept run of that name: the table as it will be, before anything is copied.
+    added: (name, hyperparameters, summary, whether it has model.keras[, the folder its files are in]) of a
+    run about to be kept, in the place of a kept run of that name: the table as it will be, before
+    anything is copied.
     """
     papers = read_papers(reference_dir)
-    runs = {name: (hyperparameters, summary, os.path.isfile(os.path.join(reference_dir, name, results.MODEL_FILE)))
+    runs = {name: (hyperparameters, summary, os.path.isfile(os.path.join(reference_dir, name, results.MODEL_FILE)),
+                   os.path.join(reference_dir, name))
             for name, hyperparameters, summary in kept_runs(reference_dir)}
     if added:
-        runs[added[0]] = added[1:]
+        runs[added[0]] = (*added[1:4], added[4] if len(added) > 4 else None)
     header = ('| algorithm | dataset | setting | protocol | ours: meta-test % ± 95% CI (batch norm) | paper | '
-              'ours − paper, points ± 95% CI | iterations run, of the paper\'s | training time, CPU | weights | '
-              'paper\'s source | command |')
+              'ours − paper, points ± 95% CI | iterations run, of the paper\'s | how soon: the first validation at '
+              'the paper\'s number | training time, CPU | weights | paper\'s source | command |')
     lines = [BEGIN, header, '|' + '---|' * header.count(' | ') + '---|']
     for name in sorted(runs):
-        hyperparameters, summary, released = runs[name]
+        hyperparameters, summary, released, folder = runs[name]
         model = os.path.join(reference_dir, name, results.MODEL_FILE)
         weights = os.path.relpath(model, where).replace(os.sep, '/') if released else None
-        lines.append(row(name, hyperparameters, summary, papers, weights))
-    kept_protocols = {protocol_of(hyperparameters) for hyperparameters, _, _ in runs.values()}
+        lines.append(row(name, hyperparameters, summary, papers, weights, folder))
+    kept_protocols = {protocol_of(hyperparameters) for hyperparameters, _, _, _ in runs.values()}
     lines += not_run_rows(protocols_dir, papers, kept_protocols)
     return '\n'.join(lines + [END])
 

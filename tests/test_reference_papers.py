@@ -86,7 +86,7 @@ def test_protocols_on_the_data_here_are_not_rows_until_run(tmp_path):
     (protocols / 'unknown_miniimagenet.flags').write_text('--dataset=mini_imagenet\n')  # No command of this tool.
     rows = reference.not_run_rows(str(protocols), reference.read_papers(REFERENCE), set())
     assert rows == [f'| ProtoNet | tiered-ImageNet | 5-way 5-shot | `protonet_tiered_5way5shot` | {reference.NOT_RUN} '
-                    '| – | – | – | – | – | – | `python protonet.py --flagfile=' + str(protocols) +
+                    '| – | – | – | – | – | – | – | `python protonet.py --flagfile=' + str(protocols) +
                     '/protonet_tiered_5way5shot.flags --dataset_dir=/path/to/tiered-imagenet` |']
 
 
@@ -145,3 +145,19 @@ def test_a_protocols_dir_that_is_not_there_is_one_error_line(sandbox):
     assert refused.returncode == 1 and 'Traceback' not in refused.stderr, refused.stderr[-2000:]
     assert refused.stderr.strip().splitlines()[-1] == \
         f'error: --protocols_dir {sandbox}/no_such_folder: does not exist'
+
+
+def test_how_soon_is_the_first_validation_at_the_papers_number_of_a_full_protocol_run(tmp_path):
+    """The table's "how soon" cell, from the run's metrics.csv: the first validation at or above the
+    paper's number; 'not earlier' if none reached it; nothing for a shortened run."""
+    results.write_csv(str(tmp_path / results.METRICS_FILE),
+                      [{'iteration': i, 'seconds': i, 'val_pre_accuracy': 0.2, 'val_pre_ci95': 0.0,
+                        'val_post_accuracy': accuracy, 'val_post_ci95': 0.01}
+                       for i, accuracy in ((0, 0.5), (500, 0.985), (1000, 0.991), (1500, 0.987))],
+                      results.METRICS_COLUMNS)
+    paper = {'accuracy': 98.7, 'ci95': 0.4, 'iterations': 1500, 'source': 'a paper'}
+    assert reference.how_soon(str(tmp_path), {'iterations': 1500}, paper) == \
+        'validation at 1,000 (a meta-test there: not yet run)'
+    assert reference.how_soon(str(tmp_path), {'iterations': 1500}, dict(paper, accuracy=99.5)) == \
+        'not earlier: no validation reached 99.50'
+    assert reference.how_soon(str(tmp_path), {'iterations': 1000}, paper) == '–'  # Shortened: not a full row.
