@@ -160,7 +160,7 @@ def main(argv):
                                  num_eval_inner_steps=FLAGS.adapt_steps)
 
     maml_runs = {run_dir: load_maml_run(run_dir) for run_dir in FLAGS.compare_with}  # Before pretraining.
-    outcome = experiment.run(
+    outcome = experiment.run(experiment.Run(
         algorithm='transfer', default_run_name=f'transfer_{FLAGS.n_way}way{FLAGS.k_shot}shot_seed{FLAGS.seed}',
         build=build, tasks=experiment.image_tasks(stream), flag_modules=[config, sys.modules[__name__]],
         num_eval_inner_steps=FLAGS.adapt_steps,
@@ -168,7 +168,7 @@ def main(argv):
                else 'frozen pretraining statistics (not transductive)',
                'accuracy_figure': {'train_column': 'train_accuracy', 'xlabel': 'pretraining step',
                                    'train_label': 'pretraining minibatch accuracy'}},
-        schedule_for=schedule)
+        schedule_for=schedule))
     if not FLAGS.compare_with:
         return
     for row in compare(outcome.learner, outcome.splits, outcome.folder, maml_runs):

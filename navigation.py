@@ -132,10 +132,10 @@ def run_learner(name, study_dir, tasks, figure_tasks):
                                  FLAGS.val_interval, num_eval_inner_steps=FLAGS.num_inner_steps)
 
     stream = GoalSampler(inner_steps(name), FLAGS.num_trajectories, FLAGS.horizon, FLAGS.seed)
-    outcome = experiment.run(
+    outcome = experiment.run(experiment.Run(
         algorithm, name, lambda splits, precision: build(name), [sys.modules[__name__]], FLAGS.num_inner_steps,
         schedule_for=schedule, tasks=lambda: tasks._replace(stream=stream), test=test, location=(study_dir, name),
-        unrecorded_flags=('learners',), resume=studies.resumes(study_dir, name))
+        unrecorded_flags=('learners',), resume=studies.resumes(study_dir, name)))
     outcome.learner.save(outcome.folder.path)
     return outcome.summary
 

@@ -147,11 +147,11 @@ def run_learner(name, study_dir, tasks, figure_tasks):
                 f'test error after 1 step {means[1]:.3f} ± {cis[1]:.3f}, after {FLAGS.num_curve_steps} '
                 f'{means[-1]:.3f} ± {cis[-1]:.3f}')
 
-    return experiment.run(
+    return experiment.run(experiment.Run(
         algorithm, name, lambda splits, precision: build(name, FLAGS.inner_lr), [sys.modules[__name__]],
         inner_steps(name), fixed_on_resume=FIXED_ON_RESUME.get(name, ()), tasks=lambda: tasks, test=test,
         location=(study_dir, name), unrecorded_flags=('learners',),
-        resume=studies.resumes(study_dir, name)).summary
+        resume=studies.resumes(study_dir, name))).summary
 
 
 def write_comparison(study_dir, names):

@@ -146,96 +146,111 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
     Returns:
       The metrics rows, one per validation.
     """
-    score = learner.score_name
-    columns = list(results.metrics_columns(score)) + [f'train_{n}' for n in learner.train_metrics]
-    variables = learner.state_variables()
-    start, rows = run.resume_point()
-    run.restore_checkpoint(variables)
-    start, rows = chief_resume_point(cluster, start, rows, columns)
-    cluster.broadcast_variables(variables)
-    state_is_finite = finiteness_check(list(variables.values()))
-    if start:
-        logging.info('Resuming %s from iteration %d', run.path, start)
-    elapsed = rows[-1]['seconds'] if rows else 0.0
-    writer = tensorboard_writer(run, start)
-
-    def validate(iteration, train_metrics):
-        val = evaluate(learner, val_batches, schedule.num_eval_inner_steps)
-        pre, pre_ci = results.confidence_interval(val[f'query_pre_{score}'])
-        post, post_ci = results.confidence_interval(val[f'query_post_{score}'])
-        # The chief's clock: every process must make the same time-budget decision.
-        seconds, = cluster.broadcast([elapsed + time.perf_counter() - clock])
-        row = {'iteration': iteration, 'seconds': float(seconds),
-               f'val_pre_{score}': pre, 'val_pre_ci95': pre_ci,
-               f'val_post_{score}': post, 'val_post_ci95': post_ci}
-        for name in learner.train_metrics:
-            row[f'train_{name}'] = float(np.mean(train_metrics[name])) if train_metrics else math.nan
-        rows.append(row)
-        run.write_metrics(rows, columns)
-        run.save_checkpoint(variables, iteration)
-        if schedule.keep_checkpoint_at is not None and cluster.is_chief:
-            keep_first_reaching(run, row, score, schedule.keep_checkpoint_at)
-        with writer.as_default(step=iteration):
-            for when in ('pre', 'post'):
-                tf.summary.scalar(f'validation/{when}_{score}', row[f'val_{when}_{score}'])
-            for tag, value in getattr(learner, 'summaries', dict)().items():
-                tf.summary.scalar(tag, value)
-        log_progress(row)
-        return row
-
-    def log_progress(row):
-        """A log line per validation with the time left at this session's pace: runs of hours are
-        often watched through their log rather than the progress bar."""
-        done = row['iteration'] - start
-        if done <= 0:
-            return
-        pace = (row['seconds'] - elapsed) / done
-        left = datetime.timedelta(seconds=round(pace * (schedule.num_iterations - row['iteration'])))
-        value, ci = row[f'val_post_{score}'], row['val_post_ci95']
-        shown = f'{100 * value:.2f}% +- {100 * ci:.2f}%' if score == 'accuracy' else f'{value:.4g} +- {ci:.2g}'
-        logging.info('Iteration %d of %d: validation %s %s; %.3f s per iteration, %s left',
-                     row['iteration'], schedule.num_iterations, score, shown, pace, left)
-
-    clock = time.perf_counter()
-    last = rows[-1] if rows else validate(0, None)
-    bar = tqdm(total=schedule.num_iterations, initial=start, disable=not progress,
+    loop = _Loop(learner, val_batches, run, schedule, cluster)
+    last = loop.rows[-1] if loop.rows else loop.validate(0, None)
+    bar = tqdm(total=schedule.num_iterations, initial=loop.start, disable=not progress,
                desc='meta-training', unit='it', dynamic_ncols=True)
     interval = []
-    for iteration in range(start + 1, schedule.num_iterations + 1):
+    for iteration in range(loop.start + 1, schedule.num_iterations + 1):
         if last['seconds'] >= schedule.time_budget_seconds:
             logging.info('Time budget of %.1f minutes spent at iteration %d', schedule.time_budget_seconds / 60,
                          iteration - 1)
             break
         began = time.perf_counter()
         metrics = learner.meta_train_step(train_sampler.sample(iteration, schedule.meta_batch_size))
-        step_seconds = time.perf_counter() - began
+        means = loop.record_step(iteration, metrics, time.perf_counter() - began, last)
+        interval.append(metrics)
+        if iteration % schedule.val_interval == 0 or iteration == schedule.num_iterations:
+            last = loop.validate(iteration, {name: np.concatenate([m[name] for m in interval]) for name in metrics})
+            interval = []
+        bar.update(1)
+        bar.set_postfix(loss=f'{means[learner.train_metrics[0]]:.3f}', val=f'{last[f"val_post_{loop.score}"]:.3f}',
+                        **{name: f'{means[name]:.3f}' for name in learner.train_metrics[1:2]})
+    bar.close()
+    loop.writer.flush()
+    return loop.rows
+
+
+class _Loop:
+    """The state of `train` and its steps: resuming, a meta-iteration's record, a validation."""
+
+    def __init__(self, learner, val_batches, run, schedule, cluster):
+        """Restores the run's checkpoint (the chief's, on a cluster) into the learner's variables."""
+        self.learner, self.val_batches, self.run, self.schedule, self.cluster = (learner, val_batches, run, schedule,
+                                                                                 cluster)
+        self.score = learner.score_name
+        self.columns = list(results.metrics_columns(self.score)) + [f'train_{n}' for n in learner.train_metrics]
+        self.variables = learner.state_variables()
+        start, rows = run.resume_point()
+        run.restore_checkpoint(self.variables)
+        self.start, self.rows = chief_resume_point(cluster, start, rows, self.columns)
+        cluster.broadcast_variables(self.variables)
+        self.state_is_finite = finiteness_check(list(self.variables.values()))
+        if self.start:
+            logging.info('Resuming %s from iteration %d', run.path, self.start)
+        self.elapsed = self.rows[-1]['seconds'] if self.rows else 0.0  # Training seconds of earlier sessions.
+        self.writer = tensorboard_writer(run, self.start)
+        self.clock = time.perf_counter()
+
+    def record_step(self, iteration, metrics, seconds, last):
+        """The means of a meta-iteration's per-task metrics, written to TensorBoard; TrainingError if they or
+        the state are no longer finite (`last`: the last validation's row, whose checkpoint is kept)."""
         means = {name: float(np.mean(values)) for name, values in metrics.items()}
-        loss = means[learner.train_metrics[0]]
         # NaN weights can give a finite loss (a ReLU passes NaN as 0 on some kernels): check both.
         broken = [name for name, value in means.items() if not math.isfinite(value)]
-        if broken or not state_is_finite():
+        if broken or not self.state_is_finite():
             what = (f'the training metrics {", ".join(broken)}' if broken
                     else 'the weights or the optimizer state')
-            if not start and last['iteration'] == 0 and run.discard():  # Only the initial weights were saved.
+            if not self.start and last['iteration'] == 0 and self.run.discard():  # Only the initial weights saved.
                 raise TrainingError(f'{what} became NaN or infinite at iteration {iteration}; stopped there, '
-                                    f'before anything worth resuming, so the new run folder {run.path} was '
+                                    f'before anything worth resuming, so the new run folder {self.run.path} was '
                                     'removed. Try smaller learning rates.')
             raise TrainingError(
                 f'{what} became NaN or infinite at iteration {iteration}; stopped there, and the last '
-                f'finite checkpoint (iteration {int(last["iteration"])}) is kept in {run.path}. '
+                f'finite checkpoint (iteration {int(last["iteration"])}) is kept in {self.run.path}. '
                 'Try smaller learning rates.')
-        interval.append(metrics)
-        with writer.as_default(step=iteration):
+        with self.writer.as_default(step=iteration):
             for name, value in means.items():
                 tf.summary.scalar(f'train/{name}', value)
-            tf.summary.scalar('seconds_per_iteration', step_seconds)  # The task draw and the meta-step.
-        if iteration % schedule.val_interval == 0 or iteration == schedule.num_iterations:
-            merged = {name: np.concatenate([m[name] for m in interval]) for name in metrics}
-            last = validate(iteration, merged)
-            interval = []
-        bar.update(1)
-        bar.set_postfix(loss=f'{loss:.3f}', val=f'{last[f"val_post_{score}"]:.3f}',
-                        **{name: f'{means[name]:.3f}' for name in learner.train_metrics[1:2]})
-    bar.close()
-    writer.flush()
-    return rows
+            tf.summary.scalar('seconds_per_iteration', seconds)  # The task draw and the meta-step.
+        return means
+
+    def validate(self, iteration, train_metrics):
+        """Evaluates the validation tasks, appends and writes the metrics row (with the means of
+        `train_metrics`, the per-task metrics since the last row), checkpoints; returns the row."""
+        score = self.score
+        val = evaluate(self.learner, self.val_batches, self.schedule.num_eval_inner_steps)
+        pre, pre_ci = results.confidence_interval(val[f'query_pre_{score}'])
+        post, post_ci = results.confidence_interval(val[f'query_post_{score}'])
+        # The chief's clock: every process must make the same time-budget decision.
+        seconds, = self.cluster.broadcast([self.elapsed + time.perf_counter() - self.clock])
+        row = {'iteration': iteration, 'seconds': float(seconds),
+               f'val_pre_{score}': pre, 'val_pre_ci95': pre_ci,
+               f'val_post_{score}': post, 'val_post_ci95': post_ci}
+        for name in self.learner.train_metrics:
+            row[f'train_{name}'] = float(np.mean(train_metrics[name])) if train_metrics else math.nan
+        self.rows.append(row)
+        self.run.write_metrics(self.rows, self.columns)
+        self.run.save_checkpoint(self.variables, iteration)
+        if self.schedule.keep_checkpoint_at is not None and self.cluster.is_chief:
+            keep_first_reaching(self.run, row, score, self.schedule.keep_checkpoint_at)
+        with self.writer.as_default(step=iteration):
+            for when in ('pre', 'post'):
+                tf.summary.scalar(f'validation/{when}_{score}', row[f'val_{when}_{score}'])
+            for tag, value in getattr(self.learner, 'summaries', dict)().items():
+                tf.summary.scalar(tag, value)
+        self.log_progress(row)
+        return row
+
+    def log_progress(self, row):
+        """A log line per validation with the time left at this session's pace: runs of hours are
+        often watched through their log rather than the progress bar."""
+        done = row['iteration'] - self.start
+        if done <= 0:
+            return
+        pace = (row['seconds'] - self.elapsed) / done
+        left = datetime.timedelta(seconds=round(pace * (self.schedule.num_iterations - row['iteration'])))
+        value, ci = row[f'val_post_{self.score}'], row['val_post_ci95']
+        shown = f'{100 * value:.2f}% +- {100 * ci:.2f}%' if self.score == 'accuracy' else f'{value:.4g} +- {ci:.2g}'
+        logging.info('Iteration %d of %d: validation %s %s; %.3f s per iteration, %s left',
+                     row['iteration'], self.schedule.num_iterations, self.score, shown, pace, left)

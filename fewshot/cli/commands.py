@@ -164,14 +164,14 @@ def run(command, flag_module):
         return command.build(FLAGS.n_way, first_order, precision)[1]
 
     num_inner_steps = FLAGS.num_inner_steps if command.takes('num_inner_steps') else None
-    outcome = experiment.run(
+    outcome = experiment.run(experiment.Run(
         algorithm=command.algorithm_name(first_order),
         default_run_name=command.run_name(FLAGS.n_way, FLAGS.k_shot, FLAGS.seed, FLAGS.backbone, first_order,
                                           num_inner_steps, command.name_suffix() if command.name_suffix else ''),
         build=build, tasks=experiment.image_tasks(command.training_stream or experiment.episode_stream),
         flag_modules=[config, flag_module], num_eval_inner_steps=command.eval_inner_steps(),
         extra={'batch_norm': command.batch_norm() if command.batch_norm else command.learner_class.batch_norm},
-        fixed_on_resume=command.fixed_on_resume(), older_runs=command.older_runs)
+        fixed_on_resume=command.fixed_on_resume(), older_runs=command.older_runs))
     outcome.learner.save(outcome.folder.path)
     return outcome
 

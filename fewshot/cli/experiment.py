@@ -12,7 +12,7 @@ import dataclasses
 import shutil
 import sys
 import tempfile
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import keras
 import numpy as np
@@ -273,113 +273,153 @@ class Outcome(NamedTuple):
     folder: results.RunFolder
 
 
-def run(algorithm, default_run_name, build, flag_modules, num_eval_inner_steps, extra=None,
-        schedule_for=None, fixed_on_resume=(), tasks=None, test=accuracy_test, location=None,
-        unrecorded_flags=(), older_runs=None, resume=None):
-    """Runs one experiment from the flags and writes its run folder.
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What a command runs: one experiment, from the flags, into one run folder (see `run`).
 
-    Args:
-      algorithm: name recorded in the hyperparameters, e.g. 'FO-MAML'.
-      default_run_name: folder name if --run_name is empty.
-      build: function(splits, precision) -> learner (see training.py), its network computing in
-        `precision` ('float32', 'bfloat16': --precision, or a resumed run's own); splits: the
-        tasks' (`Tasks.splits`).
-      flag_modules: modules whose key flags are recorded in hyperparameters.json (the shared ones
-        are `config`'s).
-      num_eval_inner_steps: adaptation steps at validation and test.
-      extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
-      schedule_for: function(splits) -> training.Schedule (default: from the flags).
-      fixed_on_resume: flags a resumed run must keep even though runs may usually change them
-        (see results.RunFolder).
-      tasks: function() -> `Tasks`, called after the flags are checked and before the run folder is
-        made (default: `image_tasks()`).
-      test: function(learner, tasks, folder, num_eval_inner_steps) -> (summary entries, what to
-        print), the meta-test after training (default: `accuracy_test`).
-      location: (folder of run folders, run folder name) of a study's learner (default: --results_dir
-        and --run_name or default_run_name).
-      unrecorded_flags: flags of `flag_modules` not recorded (a study's --learners: each run is one).
-      older_runs: {flag: value} a resumed run that did not record the flag was trained with (default:
-        the flag's default; see `commands.Command`).
-      resume: whether to continue the run folder (default --resume; see `studies.resumes`).
-    Returns:
-      An `Outcome`.
+    algorithm: name recorded in the hyperparameters, e.g. 'FO-MAML'.
+    default_run_name: folder name if --run_name is empty.
+    build: function(splits, precision) -> learner (see training.py), its network computing in
+      `precision` ('float32', 'bfloat16': --precision, or a resumed run's own); splits: the
+      tasks' (`Tasks.splits`).
+    flag_modules: modules whose key flags are recorded in hyperparameters.json (the shared ones
+      are `config`'s).
+    num_eval_inner_steps: adaptation steps at validation and test.
+    extra: further facts for hyperparameters.json (e.g. the batch-norm mode).
+    schedule_for: function(splits) -> training.Schedule (default: from the flags).
+    fixed_on_resume: flags a resumed run must keep even though runs may usually change them
+      (see results.RunFolder).
+    tasks: function() -> `Tasks`, called after the flags are checked and before the run folder is
+      made (default: `image_tasks()`).
+    test: function(learner, tasks, folder, num_eval_inner_steps) -> (summary entries, what to
+      print), the meta-test after training (default: `accuracy_test`).
+    location: (folder of run folders, run folder name) of a study's learner (default: --results_dir
+      and --run_name or default_run_name).
+    unrecorded_flags: flags of `flag_modules` not recorded (a study's --learners: each run is one).
+    older_runs: {flag: value} a resumed run that did not record the flag was trained with (default:
+      the flag's default; see `commands.Command`).
+    resume: whether to continue the run folder (default --resume; see `studies.resumes`).
     """
+    algorithm: str
+    default_run_name: str
+    build: Callable
+    flag_modules: Sequence
+    num_eval_inner_steps: int
+    extra: dict = None
+    schedule_for: Callable = None
+    fixed_on_resume: tuple = ()
+    tasks: Callable = None
+    test: Callable = accuracy_test
+    location: tuple = None
+    unrecorded_flags: tuple = ()
+    older_runs: dict = None
+    resume: bool = None
+
+
+def run(description):
+    """Runs the experiment `description` (a `Run`) from the flags and writes its run folder: everything
+    that can be checked is checked before the data is loaded and the folder made; returns an `Outcome`."""
     cluster = strategy.cluster_from_flags()  # First: TensorFlow must not have started yet.
-    # Everything that can be checked is checked before the data is loaded and the folder made.
     cluster.check_meta_batch(FLAGS.meta_batch_size)
-    parent, run_name = location or (FLAGS.results_dir, FLAGS.run_name or default_run_name)
-    results_dir, resume, overwrite = _results_dir_and_resume(cluster, parent,
-                                                             FLAGS.resume if resume is None else resume)
-    run_folder = results.RunFolder(results_dir, run_name, resume, overwrite, create=False,
-                                   fixed_on_resume=fixed_on_resume)
-    flag_values, flag_defaults = (_recorded(config.flag_values(flag_modules, kind), unrecorded_flags)
-                                  for kind in ('value', 'default'))
-    flag_defaults.update(older_runs or {})  # Only what a run did not record is read from these.
-    # Settings restored on resume, for a command that has them.
-    settings = {name: value for name, value in run_settings(run_folder).items() if name in flag_values}
-    flag_values.update(settings)
-    run_folder.check_flags(flag_values, flag_defaults)
-    run_folder.check_algorithm(algorithm)
-    if FLAGS.check_reuse:
-        if not FLAGS.resume:
-            raise FlagError('--check_reuse: give --resume and the --run_name of the run folder to check')
-        print(f'{run_folder.path}: a run of {algorithm} with these flags')
-        sys.exit(0)
+    run_folder, flag_values, flag_defaults, settings = _checked_folder(description, cluster)
     memory_budget_gb = settings.get('memory_budget_gb', 0)
     if 0 < memory_budget_gb <= training.peak_memory_gb():
         raise FlagError(f'--memory_budget_gb {memory_budget_gb:g}: this process already holds '
                         f'{training.peak_memory_gb():.2f} GB before any data or learner')
-    tasks = (tasks or image_tasks())()
+    tasks = (description.tasks or image_tasks())()
     cluster.check_same({**{name: value for name, value in flag_values.items() if name not in strategy.LOCAL_FLAGS},
                         'data (its checksum)': tasks.checksum})
     run_folder.check_data(tasks.checksum)
     # Peak memory from here on: the data's preprocessing (several GB the first time) is not the run's.
     memory_after = 'data loading' if training.reset_peak_memory() else 'process start'
-    precision = settings.get('precision', FLAGS.precision)
-    if 'precision' in settings:
-        log_precision(precision)
-    keras.utils.set_random_seed(FLAGS.seed)
-    with cluster.scope():
-        learner = build(tasks.splits, precision)
-    if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
-        if settings.get('tasks_per_chunk'):  # Else the learner's own (second order: chunks of 8).
-            learner.tasks_per_chunk = settings['tasks_per_chunk']
-        if memory_budget_gb:
-            learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
-                                                                     memory_budget_gb)
-    check_cross_domain(learner, tasks.cross_domain, algorithm)
+    learner = _learner(description, tasks, settings, cluster)
     run_folder.check_checkpoint(learner.state_variables())  # The last check that can refuse a --resume.
-    schedule = schedule_for(tasks.splits) if schedule_for else training.Schedule(
-        num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
-        val_interval=FLAGS.val_interval, num_eval_inner_steps=num_eval_inner_steps)
-    if FLAGS.time_budget_minutes:
-        schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
-    if FLAGS.keep_checkpoint_at is not None:
-        schedule = dataclasses.replace(schedule, keep_checkpoint_at=FLAGS.keep_checkpoint_at)
     # Only now is anything written. A failure before the first checkpoint (the first validation, an
     # interrupt) leaves no folder behind.
     with run_folder.started():
         run_folder.write_hyperparameters(
             flag_values,
-            {'algorithm': algorithm, 'seed': FLAGS.seed, 'data_checksum': tasks.checksum,
+            {'algorithm': description.algorithm, 'seed': FLAGS.seed, 'data_checksum': tasks.checksum,
              'task_checksums': {'val': data.tasks_checksum(tasks.val), 'test': data.tasks_checksum(tasks.test)},
              'command': ' '.join(sys.argv), 'replicas': cluster.num_replicas, 'workers': cluster.num_workers,
-             **tasks.facts, **(extra or {})}, flag_defaults)
-        rows = training.train(learner, tasks.stream, tasks.val, run_folder, schedule,
+             **tasks.facts, **(description.extra or {})}, flag_defaults)
+        rows = training.train(learner, tasks.stream, tasks.val, run_folder, _schedule(description, tasks),
                               FLAGS.progress and cluster.is_chief, cluster)
+    summary, message = _tests(description, learner, tasks, run_folder, rows, memory_after)
+    if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
+        print(f'{description.algorithm}: {message}; results in {run_folder.path}')
+    return Outcome(summary, learner, tasks.splits, run_folder)
 
+
+def _checked_folder(description, cluster):
+    """(the run folder, the flags' values and defaults to record, the settings a resumed run restores),
+    once the flags are checked against the folder's run if it is resumed (--check_reuse ends here)."""
+    parent, run_name = description.location or (FLAGS.results_dir, FLAGS.run_name or description.default_run_name)
+    results_dir, resume, overwrite = _results_dir_and_resume(
+        cluster, parent, FLAGS.resume if description.resume is None else description.resume)
+    run_folder = results.RunFolder(results_dir, run_name, resume, overwrite, create=False,
+                                   fixed_on_resume=description.fixed_on_resume)
+    flag_values, flag_defaults = (_recorded(config.flag_values(description.flag_modules, kind),
+                                            description.unrecorded_flags) for kind in ('value', 'default'))
+    flag_defaults.update(description.older_runs or {})  # Only what a run did not record is read from these.
+    # Settings restored on resume, for a command that has them.
+    settings = {name: value for name, value in run_settings(run_folder).items() if name in flag_values}
+    flag_values.update(settings)
+    run_folder.check_flags(flag_values, flag_defaults)
+    run_folder.check_algorithm(description.algorithm)
+    if FLAGS.check_reuse:
+        if not FLAGS.resume:
+            raise FlagError('--check_reuse: give --resume and the --run_name of the run folder to check')
+        print(f'{run_folder.path}: a run of {description.algorithm} with these flags')
+        sys.exit(0)
+    return run_folder, flag_values, flag_defaults, settings
+
+
+def _learner(description, tasks, settings, cluster):
+    """The run's learner, seeded, in its precision and with its tasks per chunk (a resumed run's own)."""
+    precision = settings.get('precision', FLAGS.precision)
+    if 'precision' in settings:
+        log_precision(precision)
+    keras.utils.set_random_seed(FLAGS.seed)
+    with cluster.scope():
+        learner = description.build(tasks.splits, precision)
+    if hasattr(learner, 'tasks_per_chunk'):  # A meta-learner (not maml_transfer.py's classifier).
+        if settings.get('tasks_per_chunk'):  # Else the learner's own (second order: chunks of 8).
+            learner.tasks_per_chunk = settings['tasks_per_chunk']
+        memory_budget_gb = settings.get('memory_budget_gb', 0)
+        if memory_budget_gb:
+            learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
+                                                                     memory_budget_gb)
+    check_cross_domain(learner, tasks.cross_domain, description.algorithm)
+    return learner
+
+
+def _schedule(description, tasks):
+    """The run's `training.Schedule`: the description's, or the flags', with the flags' time budget and
+    checkpoint to keep."""
+    schedule = description.schedule_for(tasks.splits) if description.schedule_for else training.Schedule(
+        num_iterations=FLAGS.num_iterations, meta_batch_size=FLAGS.meta_batch_size,
+        val_interval=FLAGS.val_interval, num_eval_inner_steps=description.num_eval_inner_steps)
+    if FLAGS.time_budget_minutes:
+        schedule = dataclasses.replace(schedule, time_budget_seconds=60 * FLAGS.time_budget_minutes)
+    if FLAGS.keep_checkpoint_at is not None:
+        schedule = dataclasses.replace(schedule, keep_checkpoint_at=FLAGS.keep_checkpoint_at)
+    return schedule
+
+
+def _tests(description, learner, tasks, run_folder, rows, memory_after):
+    """The run's meta-test and its cross-domain ones: (the summary, what to print)."""
     finished = results.read_summary(run_folder.path) if tasks.cross_domain else None
     if finished and finished['iterations'] == int(rows[-1]['iteration']):
         # A finished run resumed for a cross-domain test: its own meta-test, summary and model stay as they are.
         summary, message = finished, f'its own meta-test in {run_folder.file(results.SUMMARY_FILE)}, unchanged'
     else:
-        summary, message = in_domain_test(learner, tasks, run_folder, rows, memory_after, test, num_eval_inner_steps,
-                                          (extra or {}).get('batch_norm', ''))
+        summary, message = in_domain_test(learner, tasks, run_folder, rows, memory_after, description.test,
+                                          description.num_eval_inner_steps,
+                                          (description.extra or {}).get('batch_norm', ''))
     for cross_domain in tasks.cross_domain:
-        message += '; ' + cross_domain_test(learner, cross_domain, run_folder, num_eval_inner_steps)
-    if cluster.is_chief:  # Another process's folder is temporary: not a result to point at.
-        print(f'{algorithm}: {message}; results in {run_folder.path}')
-    return Outcome(summary, learner, tasks.splits, run_folder)
+        message += '; ' + cross_domain_test(learner, cross_domain, run_folder, description.num_eval_inner_steps)
+    return summary, message
 
 
 def in_domain_test(learner, tasks, run_folder, rows, memory_after, test, num_eval_inner_steps, batch_norm):
