@@ -142,8 +142,8 @@ def meta_trained_maml(train_set, validation, digits):
     sees whether --maml_iterations is enough)."""
     keras.utils.set_random_seed(0)
     net = network.SmallCNN(2)
-    learner = MAML(net, net.keras_model(), FLAGS.maml_inner_lr, FLAGS.maml_inner_steps, True,
-                        keras.optimizers.Adam(FLAGS.train_lr))
+    learner = MAML(net, inner_lr=FLAGS.maml_inner_lr, num_inner_steps=FLAGS.maml_inner_steps, first_order=True,
+                   meta_optimizer=keras.optimizers.Adam(FLAGS.train_lr))
     sampler = data.EpisodeSampler(by_class(train_set, digits), 2, 5, 10, seed=0, split_name='meta-train digits')
     curve = {'iteration': [], 'accuracy': []}
 

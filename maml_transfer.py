@@ -89,7 +89,8 @@ def load_maml_run(run_dir):
         raise results.RunError(f'{model_path} cannot be loaded ({type(error).__name__})') from None
     if model.output_shape != (None, hyper['n_way']):
         raise results.RunError(f'{model_path} has {model.output_shape[-1]} outputs, its run {hyper["n_way"]} classes')
-    learner = MAML(net, model, hyper['inner_lr'], hyper['num_inner_steps'], True, keras.optimizers.Adam())
+    learner = MAML(net, model, inner_lr=hyper['inner_lr'], num_inner_steps=hyper['num_inner_steps'], first_order=True,
+                   meta_optimizer=keras.optimizers.Adam())
     return learner, hyper
 
 

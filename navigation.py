@@ -78,8 +78,8 @@ def inner_steps(name):
 def build(name):
     """The learner `name`: its policy, α and inner steps from the flags ('random' is never trained)."""
     policy = navigation.GaussianPolicy(hidden=tuple(int(width) for width in FLAGS.hidden))
-    return PolicyMAML(policy, FLAGS.inner_lr, inner_steps(name), FLAGS.discount,
-                      keras.optimizers.Adam(FLAGS.meta_lr), FLAGS.meta_gradient)
+    return PolicyMAML(policy, inner_lr=FLAGS.inner_lr, num_inner_steps=inner_steps(name), discount=FLAGS.discount,
+                      meta_optimizer=keras.optimizers.Adam(FLAGS.meta_lr), estimator=FLAGS.meta_gradient)
 
 
 def return_curve(learner, batches):

@@ -79,10 +79,11 @@ def build(name, inner_lr):
     if name == 'reptile':
         step_size = keras.optimizers.schedules.PolynomialDecay(FLAGS.reptile_meta_step_size,
                                                                max(FLAGS.num_iterations, 1), 0.0)
-        return Reptile(net, net.keras_model(), FLAGS.reptile_inner_lr, inner_steps(name),
-                       keras.optimizers.SGD(step_size), 'sgd', FLAGS.k_shot)
-    return learner_class(net, net.keras_model(), inner_lr, inner_steps(name), first_order,
-                         keras.optimizers.Adam(FLAGS.meta_lr))
+        return Reptile(net, inner_lr=FLAGS.reptile_inner_lr, num_inner_steps=inner_steps(name),
+                       meta_optimizer=keras.optimizers.SGD(step_size), inner_optimizer='sgd',
+                       inner_batch_size=FLAGS.k_shot)
+    return learner_class(net, inner_lr=inner_lr, num_inner_steps=inner_steps(name), first_order=first_order,
+                         meta_optimizer=keras.optimizers.Adam(FLAGS.meta_lr))
 
 
 def error_curve(learner, batches, num_steps):
@@ -100,7 +101,8 @@ def tuned_baseline(learner, val_batches):
     validation error averaged over 1..--num_curve_steps steps: (that learner, the step size)."""
     chosen = None
     for rate in sorted(float(r) for r in FLAGS.baseline_lrs):
-        tuned = MAML(learner.net, learner.model, rate, 0, True, keras.optimizers.Adam())
+        tuned = MAML(learner.net, learner.model, inner_lr=rate, num_inner_steps=0, first_order=True,
+                     meta_optimizer=keras.optimizers.Adam())
         with np.errstate(invalid='ignore', over='ignore'):  # A step size too large diverges: infinite error.
             error = float(np.mean(error_curve(tuned, val_batches, FLAGS.num_curve_steps)[0][1:]))
         logging.info('Baseline step size %g: validation error %.4f over 1..%d steps', rate, error,
