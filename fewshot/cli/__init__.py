@@ -81,6 +81,10 @@ def _parse_flags(argv, takes_arguments):
         sys.exit(f'error: --flagfile: cannot be opened ({str(error).partition("flagfile: ")[2] or error})')
     except UnicodeDecodeError:  # absl reads a flag file as text.
         sys.exit('error: --flagfile: not a text file of flags (one --name=value a line, as in protocols/)')
+    except flags.UnrecognizedFlagError as error:  # absl's "Unknown command line flag 'x'" names no command.
+        suggested = str(error).partition('Did you mean: ')[2].rstrip(' ?')  # absl keeps them only in the text
+        tip = f' (did you mean --{suggested.replace(", ", " or --")}?)' if suggested else ' (see --help)'
+        sys.exit(f'error: --{error.flagname} is not a flag of {os.path.basename(argv[0])}{tip}')
     except (flags.Error, FlagError) as error:
         sys.exit(f'error: {error}')
     return remaining
