@@ -72,13 +72,18 @@ class Schedule:
     keep_checkpoint_at: float = None
 
 
-def keep_first_reaching(run, row, score, target):
-    """If the validation `row` is the run's first whose post-adaptation `score` reaches `target` (an
-    error, 'mse', at or below it), keeps a copy of the checkpoint just saved, results.REACHED_CHECKPOINT_FILE,
-    and then results.REACHED_FILE (its iteration, score and the target), so that how soon the run reached
-    a number can be meta-tested later, at that point. A run that reached it once keeps that copy."""
+def keep_first_reaching(run, rows, score, target):
+    """If the last validation of `rows` (the run's, in order) is its first whose post-adaptation `score`
+    reaches `target` (an error, 'mse', at or below it), keeps a copy of the checkpoint just saved,
+    results.REACHED_CHECKPOINT_FILE, and then results.REACHED_FILE (its iteration, score and the target),
+    so that how soon the run reached a number can be meta-tested later, at that point. A run that reached
+    it before, kept or not (resumed with a target it had already reached), keeps no later one."""
+    def reached(row):
+        value = float(row[f'val_post_{score}'])
+        return value <= target if score == 'mse' else value >= target
+    row = rows[-1]
     value = row[f'val_post_{score}']
-    if (value > target if score == 'mse' else value < target) or os.path.exists(run.file(results.REACHED_FILE)):
+    if not reached(row) or any(map(reached, rows[:-1])) or os.path.exists(run.file(results.REACHED_FILE)):
         return
     with open(run.file(results.CHECKPOINT_FILE), 'rb') as f:
         checkpoint = f.read()
@@ -233,7 +238,7 @@ class _Loop:
         self.run.write_metrics(self.rows, self.columns)
         self.run.save_checkpoint(self.variables, iteration)
         if self.schedule.keep_checkpoint_at is not None and self.cluster.is_chief:
-            keep_first_reaching(self.run, row, score, self.schedule.keep_checkpoint_at)
+            keep_first_reaching(self.run, self.rows, score, self.schedule.keep_checkpoint_at)
         with self.writer.as_default(step=iteration):
             for when in ('pre', 'post'):
                 tf.summary.scalar(f'validation/{when}_{score}', row[f'val_{when}_{score}'])

@@ -103,6 +103,14 @@ def test_the_checkpoint_of_the_first_validation_reaching_a_score_is_kept(tmp_pat
                        'val_post_ci95': rows[first]['val_post_ci95'], 'target': target}
     assert np.load(folder.file(results.REACHED_CHECKPOINT_FILE))['iteration'] == rows[first]['iteration'] < \
         np.load(folder.file(results.CHECKPOINT_FILE))['iteration'] == rows[-1]['iteration']
+    # A run that reached it before it was asked to keep it (resumed with the target) keeps no later copy.
+    late = _run_folder(str(tmp_path), 'late')
+    early = dataclasses.replace(SCHEDULE, num_iterations=int(rows[first]['iteration']))
+    training.train(_learner(seed=0), train, val, late, early, progress=False)
+    late = results.RunFolder(str(tmp_path), 'late', resume=True)
+    training.train(_learner(seed=0), train, val, late, schedule, progress=False)
+    assert not os.path.exists(late.file(results.REACHED_FILE))
+    assert not os.path.exists(late.file(results.REACHED_CHECKPOINT_FILE))
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
