@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from fewshot import data, folders, network, results
-from fewshot.cli import commands
+from fewshot.cli import commands, gradient
 from test_contract import assert_second_order_matches_finite_differences
 from test_maml import _episodes, _improvement, _meta_gradient, _params
 from test_training import REPO, _without_time
@@ -25,7 +25,12 @@ import meta_sgd
 import proto_maml
 import report
 
-LEARNERS = {'ANIL': anil.ANIL, 'BOIL': boil.BOIL, 'Meta-SGD': meta_sgd.MetaSGD, 'Proto-MAML': proto_maml.ProtoMAML}
+# MAML's variants with a command of MAML's shape (ANIL, BOIL, Meta-SGD, Proto-MAML, ...), found, not listed:
+# the learner and its command's default inner steps.
+VARIANTS = {name: (command.learner_class, command.defaults.get('num_inner_steps', 3))
+            for name, (command, first_order) in discovered.learners().items()
+            if first_order and command.learner_flags == gradient.LEARNER_FLAGS
+            and command.learner_class is not maml.MAML}
 
 
 def _learner(kind, inner_lr=0.4, num_inner_steps=2, first_order=False, n_way=2, num_filters=4, seed=0,
@@ -55,11 +60,12 @@ def test_anil_adapts_the_head_only_and_the_body_stays_bit_identical():
     learner = _learner(anil.ANIL, n_way=2)
     episodes = _episodes(2)
     body_before = {k: v.numpy().copy() for k, v in learner.params.items() if not k.startswith('head/')}
-    weights, body, adapted = _adapted(learner, episodes)
+    weights, context, adapted = _adapted(learner, episodes)
+    body = context['body']
     assert set(adapted) == {'head/kernel', 'head/bias'} == set(weights)
     assert float(tf.reduce_max(tf.abs(adapted['head/kernel'] - network.tile(weights, 2)['head/kernel']))) > 0
     # The adapted network is the untouched body with the adapted head, exactly.
-    logits = learner.forward(adapted, learner.represent(episodes.query_images, body), 0, body)[0]
+    logits = learner.forward(adapted, learner.represent(episodes.query_images, context), 0, context)[0]
     full = learner.net.forward({**network.tile(body, 2), **adapted}, episodes.query_images)
     np.testing.assert_array_equal(logits, full)
     for name, value in body_before.items():
@@ -70,12 +76,13 @@ def test_boil_adapts_the_body_only_and_the_head_stays_bit_identical():
     learner = _learner(boil.BOIL, n_way=2)
     episodes = _episodes(2)
     head_before = {k: v.numpy().copy() for k, v in learner.params.items() if k.startswith('head/')}
-    weights, head, adapted = _adapted(learner, episodes)
+    weights, context, adapted = _adapted(learner, episodes)
+    head = context['head']
     assert set(adapted) == set(weights) and not any(name.startswith('head/') for name in adapted)
     assert float(tf.reduce_max(tf.abs(adapted['conv1/kernel'] - network.tile(weights, 2)['conv1/kernel']))) > 0
     for name, value in head_before.items():
         np.testing.assert_array_equal(head[name], value)
-    logits = learner.forward(adapted, episodes.query_images, 0, head)[0]
+    logits = learner.forward(adapted, episodes.query_images, 0, context)[0]
     np.testing.assert_array_equal(logits, learner.net.forward({**adapted, **network.tile(head, 2)},
                                                               episodes.query_images))
 
@@ -128,11 +135,12 @@ def test_proto_maml_initial_head_is_twice_the_prototypes_and_minus_their_squared
     np.testing.assert_array_equal(logits.argmax(-1), distances.argmin(-1))
 
 
-@pytest.mark.parametrize('name', list(LEARNERS))
+@pytest.mark.parametrize('name', list(VARIANTS))
 def test_learner_improves_on_real_validation_tasks(name, real_omniglot):
     """A few dozen first-order meta-iterations beat the initial weights on the same fixed tasks."""
-    learner = _learner(LEARNERS[name], inner_lr=0.4, num_inner_steps=1 if name == 'Meta-SGD' else 3,
-                       first_order=True, n_way=5, num_filters=32)
+    learner_class, num_inner_steps = VARIANTS[name]
+    learner = _learner(learner_class, inner_lr=0.4, num_inner_steps=num_inner_steps, first_order=True, n_way=5,
+                       num_filters=32)
     initial, trained = _improvement(learner, real_omniglot, k_shot=1, num_query=5, meta_batch_size=8)
     assert trained > initial + 0.05, (initial, trained)
 

@@ -10,24 +10,14 @@ and query sets are computed once, not once per inner step: that is ANIL's speed.
 anil.py at the top of the repository is its command.
 """
 
-from fewshot import network
-from fewshot.learners.maml import MAML, tensors
+from fewshot.learners.maml import MAML
 
 
 class ANIL(MAML):
-    """MAML adapting only the head, over body features computed once per set (see the module docstring)."""
+    """MAML adapting only the head, over body features computed once per set (see the module docstring):
+    `MAML(..., adapted='head')`."""
 
-    def split(self, params, training):
-        """The head adapts; the body is context (the network's groups, `network.LinearHead.groups`)."""
-        del training
-        groups = self.net.groups(params)
-        return groups['head'], tensors(groups['body'])
-
-    def represent(self, images, body):
-        """The body's features [T, B, F] of images [T, B, 28, 28, 1] (batch norm on each task's batch)."""
-        return self.net.features(network.tile(body, images.shape[0]), images)
-
-    def forward(self, params, features, step, context):
-        """Logits [T, B, N] of the head θ'_h on features [T, B, F]."""
-        del step, context
-        return self.net.head_outputs(params, features), None
+    def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, first_order=True, meta_optimizer=None,
+                 **variant):
+        """Arguments as for `MAML`, whose other variants (`inner_rule`, `head_start`) it takes too."""
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, adapted='head', **variant)

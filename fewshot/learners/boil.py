@@ -10,20 +10,14 @@ changing its representation (the paper's "representation change" rather than reu
 boil.py at the top of the repository is its command.
 """
 
-from fewshot import network
-from fewshot.learners.maml import MAML, tensors
+from fewshot.learners.maml import MAML
 
 
 class BOIL(MAML):
-    """MAML adapting only the body; the head is read, not adapted, by the inner loop."""
+    """MAML adapting only the body; the head is read, not adapted, by the inner loop:
+    `MAML(..., adapted='body')`."""
 
-    def split(self, params, training):
-        """The body adapts; the head is context (the network's groups, `network.LinearHead.groups`)."""
-        del training
-        groups = self.net.groups(params)
-        return groups['body'], tensors(groups['head'])
-
-    def forward(self, params, images, step, head):
-        """Logits [T, B, N] of images [T, B, 28, 28, 1] under the adapted body and the shared head."""
-        del step
-        return self.net.forward({**params, **network.tile(head, images.shape[0])}, images), None
+    def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, first_order=True, meta_optimizer=None,
+                 **variant):
+        """Arguments as for `MAML`, whose other variant (`inner_rule`) it takes too."""
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, adapted='body', **variant)

@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from fewshot import network
-from fewshot.learner import Learner
+from fewshot import network, results
+from fewshot.learner import Learner, named_groups
+from fewshot.learners import inner
 
 
 class Trajectory(NamedTuple):
@@ -33,6 +34,12 @@ class Trajectory(NamedTuple):
     support_moments: list
     inner_state: object = ()
 
+
+# Which of the network's weights the inner loop adapts (its named groups, `network.LinearHead.groups`).
+ADAPTED = ('all', 'head', 'body')
+# Where each task's head starts: θ's head (meta-learned), or its support set's prototypes (Proto-MAML).
+HEAD_STARTS = ('meta-learned', 'prototypes')
+NETWORK = 'network'  # θ's group of network weights, when θ has other groups (learned rates, ...).
 
 # Second order keeps every inner step's activations for the meta-gradient: computed 8 tasks at a
 # time it measured faster than the whole meta-batch of 32, in under half the memory (docs/speed).
@@ -55,18 +62,24 @@ class MAML(Learner):
     All tasks of a meta-batch are adapted at once: weights carry a leading task
     axis T and `network.forward` keeps the tasks apart.
 
-    Variants (anil.py, boil.py, meta_sgd.py, proto_maml.py, reptile.py, maml_plusplus.py)
-    override the hooks: `split` (which parameters the inner loop adapts), `represent` (what its
-    network sees of the images), `initial_weights` (where each task starts), `inner_batch` (what
-    a step trains on), `forward` (which weights and statistics a step uses), `inner_loss` (what
-    a step descends), `inner_state` and `inner_update` (the step rule), `query_forward` (how the
-    query set is scored), `query_loss` (the meta-loss), `meta_gradients` (the direction of the
-    meta-step), `measure` and `track` (state kept across meta-steps) and `save` (what else a run
-    keeps).
+    The family's variants are arguments: which weights adapt (`adapted`: ANIL the head, BOIL the
+    body), how a step moves them (`inner_rule`: Meta-SGD's learned rates, Reptile's Adam) and where a
+    task's head starts (`head_start`: Proto-MAML's prototypes), in any combination:
+
+        MAML(net, adapted='head', inner_rule=inner.LearnedRates('weight'))   # ANIL + Meta-SGD
+        MAML(net, adapted='body', inner_rule=inner.LearnedRates('step'))     # BOIL, a rate per layer and step
+        MAML(net, adapted='head', head_start='prototypes')                  # Proto-MAML over ANIL
+
+    The named learners (anil.py, boil.py, meta_sgd.py, proto_maml.py) are such calls. What is not
+    one (Reptile's minibatches and direction, iMAML's implicit gradient, MAML++'s per-step batch
+    norm) overrides the hooks: `inner_batch` (what a step trains on), `forward` (which weights and
+    statistics a step uses), `inner_loss` (what a step descends), `query_forward` (how the query set
+    is scored), `query_loss` (the meta-loss), `meta_gradients` (the direction of the meta-step),
+    `measure` and `track` (state kept across meta-steps) and `save` (what else a run keeps).
     """
 
     def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, first_order=True,
-                 meta_optimizer=None, params=None):
+                 meta_optimizer=None, adapted='all', inner_rule=inner.SGD(), head_start='meta-learned', groups=None):
         """
         Args:
           net: a `network.ConvNet` (or another network with `forward` over explicit weights and
@@ -77,14 +90,37 @@ class MAML(Learner):
           first_order: if True, FO-MAML; otherwise differentiate through the inner loop, by
             `SECOND_ORDER_TASKS_PER_CHUNK` tasks at a time (`tasks_per_chunk`).
           meta_optimizer: a Keras optimizer for θ (default: Adam at 1e-3, as the paper).
-          params: the meta-parameters by name (default: the model's trainable weights,
-            `network.parameters(model)`), or named groups of them that `split` takes apart
-            (Meta-SGD's {'network': ..., 'inner_lr': ...}).
+          adapted: the network's weights the inner loop adapts, one of `ADAPTED`: 'all' (MAML), 'head'
+            (ANIL: the body's features are computed once per set) or 'body' (BOIL); the others are
+            meta-learned in the outer loop alone.
+          inner_rule: how an inner step moves them (fewshot/learners/inner.py): `inner.SGD()` (MAML),
+            `inner.LearnedRates(per)` (Meta-SGD, MAML++'s LSLR, rates starting at `inner_lr`) or
+            `inner.Adam(carried)`.
+          head_start: one of `HEAD_STARTS`: 'meta-learned' (θ's head), or 'prototypes' (Proto-MAML: every
+            task's head starts at its support set's prototypes, and θ holds the body alone).
+          groups: θ as named groups, {NETWORK: the network's weights by name, other groups the inner loop
+            reads: MAML++'s per-step batch norm} (default: {NETWORK: the model's trainable weights}).
         """
+        _check_choice('adapted', adapted, ADAPTED)
+        _check_choice('head_start', head_start, HEAD_STARTS)
+        if head_start == 'prototypes' and adapted == 'body':
+            raise ValueError("head_start='prototypes' makes a head for the inner loop to adapt: adapted must be "
+                             "'all' or 'head', not 'body'")
         self.inner_lr = inner_lr
         self.num_inner_steps = num_inner_steps
         self.first_order = first_order
-        super().__init__(net, model, meta_optimizer, params)
+        self.adapted, self.inner_rule, self.head_start = adapted, inner_rule, head_start
+        model = net.keras_model() if model is None else model
+        groups = dict(groups or {NETWORK: network.parameters(model)})
+        adaptable = _part(net, groups[NETWORK], adapted)
+        if head_start == 'prototypes':  # The head is made per task, not learned; rates are learned for it too.
+            adaptable = _part(net, network.parameters(model), adapted)
+            groups[NETWORK] = net.groups(groups[NETWORK])['body']
+        rates = inner_rule.learned_rates(adaptable, inner_lr, num_inner_steps)
+        if rates is not None:
+            groups[inner.RATES] = rates
+        self.carried = inner_rule.carried_state(adaptable)
+        super().__init__(net, model, meta_optimizer, groups if len(groups) > 1 else groups[NETWORK])
         if not first_order:
             self.tasks_per_chunk = SECOND_ORDER_TASKS_PER_CHUNK
 
@@ -97,12 +133,13 @@ class MAML(Learner):
             labels: [T, N*K] int32.
           num_steps: number of inner steps.
           first_order: overrides `self.first_order` (evaluation needs no second order).
-          context: what `forward` and `inner_update` need besides the task weights
-            (None for MAML; per-step weights and statistics for MAML++).
+          context: what `forward` and `inner_update` need besides the task weights, by group (`split`'s;
+            None: nothing).
         Returns:
           A `Trajectory`; its params[-1] are the adapted weights.
         """
         first_order = self.first_order if first_order is None else first_order
+        context = {} if context is None else context
         weights, scores, moments = [params], [], []
         state = self.inner_state(params)
         for step in range(num_steps):
@@ -133,13 +170,14 @@ class MAML(Learner):
         return tf.reduce_sum(self.net.task_losses(logits, labels))
 
     def forward(self, params, images, step, context):
-        """Logits [T, B, N] of images [T, B, 28, 28, 1] under task weights θ'_step.
+        """Logits [T, B, N] of images [T, B, 28, 28, 1] (adapting the head: their features [T, B, F],
+        `represent`) under task weights θ'_step and the network's weights the context holds.
 
-        MAML uses the same network at every step and keeps no batch-norm moments:
-        returns (logits, None).
+        The same network at every step, and no batch-norm moments kept: returns (logits, None).
         """
-        del step, context
-        return self.net.forward(params, images), None
+        if self.adapted == 'head':
+            return self.net.head_outputs(params, images), None
+        return self.net.forward(self.network_weights(params, step, context), images), None
 
     def inner_batch(self, images, labels, step):
         """What inner step `step` trains on, from the support set [T, N*K, ...] and its labels
@@ -148,15 +186,13 @@ class MAML(Learner):
         return images, labels
 
     def inner_state(self, params):
-        """The inner optimizer's state for task weights `params` at the first step: SGD keeps none."""
-        del params
-        return ()
+        """The inner rule's state for task weights `params` at the first step (SGD keeps none)."""
+        return self.inner_rule.start(params, self.carried)
 
     def inner_update(self, params, grads, step, context, state):
-        """One step of the inner loop, (θ'_{s+1}, the optimizer's next state): SGD's θ' − α g (the
-        same α at every step)."""
-        del step, context
-        return {name: params[name] - self.inner_lr * grads[name] for name in params}, state
+        """One step of the inner loop, (θ'_{s+1}, the rule's next state): `inner_rule`'s step, with the
+        learned rates if it has them."""
+        return self.inner_rule.step(params, grads, step, context.get(inner.RATES), state, self.inner_lr)
 
     def meta_objective(self, params, episodes, num_steps, first_order=None, training=True,
                        **loss_options):
@@ -204,28 +240,44 @@ class MAML(Learner):
                 for step in range(num_steps + 1)]
 
     def split(self, params, training):
-        """(the weights the inner loop adapts, the context it only reads); MAML adapts all of θ."""
+        """(the weights the inner loop adapts, the context it only reads: θ's other groups by name, the
+        network's weights that do not adapt as 'head' or 'body'), both dicts of tensors by name."""
         del training
-        return params, {}
+        grouped = NETWORK in params
+        weights = params[NETWORK] if grouped else params
+        context = {group: tensors(named) for group, named in params.items() if group != NETWORK} if grouped else {}
+        if self.adapted == 'all':
+            return weights, context
+        # With prototype heads θ holds the body alone: the head that adapts is made by `initial_weights`.
+        groups = {'body': weights, 'head': {}} if self.head_start == 'prototypes' else self.net.groups(weights)
+        fixed = 'body' if self.adapted == 'head' else 'head'
+        return groups[self.adapted], {**context, fixed: tensors(groups[fixed])}
 
     def represent(self, images, context):
-        """What the inner loop's `forward` is applied to, from images [T, B, 28, 28, 1].
-
-        MAML: the images themselves. A learner that adapts only the head (ANIL) returns the
-        body's features [T, B, F] here, computed once per set instead of at every inner step.
-        """
-        del context
-        return images
+        """What the inner loop's `forward` is applied to, from images [T, B, 28, 28, 1]: the images
+        themselves, or, adapting only the head, the body's features [T, B, F], computed once per set
+        instead of at every inner step (ANIL's speed)."""
+        if self.adapted != 'head':
+            return images
+        return self.net.features(network.tile(context['body'], images.shape[0]), images)
 
     def initial_weights(self, weights, context, support, labels, first_order):
         """θ'_0, where every task's inner loop starts: dict name -> [T, *shape].
 
-        MAML starts every task at θ (`weights` tiled over the T tasks). Proto-MAML computes a
-        head from the support set here. support: `represent`ed support set [T, N*K, ...];
-        labels: [T, N*K]; first_order: whether the meta-gradient may ignore how θ'_0 was made.
+        Every task starts at θ (`weights` tiled over the T tasks), with `head_start='prototypes'` its head
+        at its support set's prototypes, W_k = 2 c_k, b_k = −‖c_k‖², c_k the mean feature of class k
+        (`network.prototype_head`). support: `represent`ed support set [T, N*K, ...]; labels: [T, N*K];
+        first_order: whether the meta-gradient may ignore how θ'_0 was made (the head is then a constant).
         """
-        del context, labels, first_order
-        return network.tile(weights, support.shape[0])
+        del context
+        start = network.tile(weights, support.shape[0])
+        if self.head_start != 'prototypes':
+            return start
+        features = support if self.adapted == 'head' else self.net.features(start, support)
+        head = self.net.head_weights(*network.prototype_head(features, labels, self.net.n_way))
+        if first_order:
+            head = tf.nest.map_structure(tf.stop_gradient, head)
+        return {**start, **head}
 
     def query_forward(self, params, images, step, context, trajectory, training):
         """Query logits [T, Q, N] under θ'_step.
@@ -315,14 +367,30 @@ class MAML(Learner):
         """Every weight of the network by name, [T, ...], at inner step `step`: the task weights
         θ'_step and the network's weights the context holds (ANIL's body, BOIL's head), tiled."""
         del step
-        num_tasks = next(iter(params.values())).shape[0]
-        return {**network.tile(context, num_tasks), **params}
+        fixed = {**context.get('body', {}), **context.get('head', {})}
+        return {**network.tile(fixed, next(iter(params.values())).shape[0]), **params}
 
     def measure(self, trajectory):
         """What `track` keeps across meta-iterations from a training trajectory, as means over its
-        tasks (MAML keeps nothing: {}; MAML++ the batch-norm moments)."""
-        del trajectory
-        return {}
+        tasks: what the inner rule carries (inner Adam's v), if it carries anything."""
+        return {} if self.carried is None else self.inner_rule.measure(trajectory.inner_state)
+
+    def track(self, measured):
+        """Moves the inner rule's carried state after the meta-step."""
+        if self.carried is not None:
+            self.inner_rule.track(self.carried, measured, self.num_inner_steps)
+
+    def state_variables(self):
+        """By name: the model's weights, θ's other groups (<group>/<weight>: Meta-SGD's inner_lr/conv1/kernel),
+        what is kept across meta-iterations (`carried_variables`) and the meta-optimizer's state."""
+        groups = {group: named for group, named in self.params.items() if group != NETWORK} \
+            if NETWORK in self.params else {}
+        return {**results.named_variables('model', self.model), **named_groups(groups), **self.carried_variables(),
+                **results.named_variables('optimizer', self.meta_optimizer)}
+
+    def carried_variables(self):
+        """State kept across meta-iterations by checkpoint key: the inner rule's (inner_adam/...)."""
+        return {} if self.carried is None else self.inner_rule.carried_variables(self.carried)
 
     def train_step(self, episodes, **options):
         return self.outer_loop(episodes, self.num_inner_steps, train=True, **options)
@@ -339,3 +407,13 @@ class MAML(Learner):
 def tensors(params):
     """`params` (variables by name) as tensors: what the inner loop reads but does not adapt."""
     return {name: tf.convert_to_tensor(value) for name, value in params.items()}
+
+
+def _part(net, weights, adapted):
+    """The part of the network's `weights` (by name) that `adapted` names: all of them, or a named group."""
+    return weights if adapted == 'all' else net.groups(weights)[adapted]
+
+
+def _check_choice(argument, value, choices):
+    if value not in choices:
+        raise ValueError(f'{argument}: {value!r} is not one of {", ".join(map(repr, choices))}')

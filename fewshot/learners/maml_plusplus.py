@@ -36,13 +36,14 @@ import tensorflow as tf
 
 from fewshot import network, plotting, results
 from fewshot.learner import named_groups
-from fewshot.learners.maml import MAML, tensors
+from fewshot.learners import inner
+from fewshot.learners.maml import MAML, NETWORK, tensors
 
 # The meta-parameters are named groups: {'network': the weights the inner loop adapts, by name;
 # PER_STEP: batch norm's weights per step, bn1/gamma [S + 1, F] (BNWB); INNER_LR: the learned
 # learning rates, conv1/kernel [S] (LSLR)}. Evaluating with RUNNING statistics, the context has them
 # too: bn1/moving_mean [S + 1, F]. Checkpoints key them as <group>/<name> (`named_groups`).
-PER_STEP, INNER_LR, RUNNING = 'per_step', 'inner_lr', 'running'
+PER_STEP, INNER_LR, RUNNING = 'per_step', inner.RATES, 'running'
 STATISTICS_MOMENTUM = 0.9  # Running statistic ← 0.9 · itself + 0.1 · the meta-batch's moments.
 PER_STEP_FILE = 'per_step_parameters.npz'
 
@@ -109,23 +110,19 @@ class MAMLPlusPlus(MAML):
         model = net.keras_model() if model is None else model
         weights = network.parameters(model)
         steps = num_inner_steps + 1
-        params = {'network': weights}
+        groups = {NETWORK: weights}
         if fixes.bnwb:  # Batch norm's weights leave the network's group, one copy per step.
-            params[PER_STEP] = {name: keras.Variable(np.tile(weights.pop(name).numpy(), [steps, 1]),
+            groups[PER_STEP] = {name: keras.Variable(np.tile(weights.pop(name).numpy(), [steps, 1]),
                                                      name=f'per_step_{name.replace("/", "_")}')
                                 for name in network.batch_norm_parameters(model)}
-        if fixes.lslr:
-            params[INNER_LR] = {name: keras.Variable(np.full(num_inner_steps, inner_lr, np.float32),
-                                                     name=f'inner_lr_{name.replace("/", "_")}')
-                                for name in weights}
         self.statistics = {}
         if fixes.bnrs:
             for name, variable in network.statistics(model).items():
                 initial = np.tile(variable.numpy(), [steps, 1])  # Keras' initial mean 0, variance 1.
                 self.statistics[name] = keras.Variable(initial, trainable=False,
                                                        name=f'running_{name.replace("/", "_")}')
-        super().__init__(net, model, inner_lr, num_inner_steps, first_order=False,
-                         meta_optimizer=meta_optimizer, params=params)
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order=False, meta_optimizer=meta_optimizer,
+                         inner_rule=inner.LearnedRates('step') if fixes.lslr else inner.SGD(), groups=groups)
 
     @property
     def batch_norm(self):
@@ -155,22 +152,15 @@ class MAMLPlusPlus(MAML):
         per_step = {name: value[step] for name, value in context.get(PER_STEP, {}).items()}
         return {**params, **network.tile(per_step, next(iter(params.values())).shape[0])}
 
-    def inner_update(self, params, grads, step, context, state):
-        """θ'_{s+1} = θ'_s − α_{l,s} g for every weight tensor l (LSLR), else − α g."""
-        if not self.fixes.lslr:
-            return super().inner_update(params, grads, step, context, state)
-        rates = context[INNER_LR]
-        return {name: params[name] - rates[name][step] * grads[name] for name in params}, state
-
     # The outer loop ------------------------------------------------------------
 
     def split(self, params, training):
         """The network's weights adapt; the per-step parameters, and the running statistics
         when evaluation uses them, are context."""
-        context = {group: tensors(named) for group, named in params.items() if group != 'network'}
+        weights, context = super().split(params, training)
         if self.batch_norm_mode(training) == 'running':
             context[RUNNING] = tensors(self.statistics)
-        return params['network'], context
+        return weights, context
 
     def query_forward(self, params, images, step, context, trajectory, training):
         """Query logits [T, Q, N] under θ'_step; in `support` evaluation the query set is
@@ -224,15 +214,14 @@ class MAMLPlusPlus(MAML):
         return {'first_order': first_order,
                 'msl_weights': None if weights is None else tf.constant(weights, tf.float32)}
 
-    def state_variables(self):
-        """By name: the model's weights, the per-step parameters and statistics, the optimizer's state."""
-        return {**results.named_variables('model', self.model), **named_groups(self.learned_groups()),
-                **results.named_variables('optimizer', self.meta_optimizer)}
+    def carried_variables(self):
+        """BNRS's running statistics (running/<statistic>), kept across meta-iterations."""
+        return {**super().carried_variables(), **named_groups({RUNNING: self.statistics})}
 
     def learned_groups(self):
         """What MAML++ learns besides the network's weights, as named groups: PER_STEP, INNER_LR
         (those on) and RUNNING (BNRS's statistics, if on)."""
-        groups = {group: named for group, named in self.params.items() if group != 'network'}
+        groups = {group: named for group, named in self.params.items() if group != NETWORK}
         return {**groups, RUNNING: self.statistics} if self.statistics else groups
 
     # What a run keeps ----------------------------------------------------------

@@ -11,50 +11,32 @@ meta_sgd.py at the top of the repository is its command.
 
 import os
 
-import keras
 import numpy as np
 
-from fewshot import network, plotting, results
-from fewshot.learner import named_groups
-from fewshot.learners.maml import MAML, tensors
+from fewshot import plotting, results
+from fewshot.learners import inner
+from fewshot.learners.maml import MAML
 
 RATES_FILE = 'meta_sgd_learning_rates.npz'
+# The rates' variables keep the names Meta-SGD's checkpoints know their optimizer slots by.
+RATES = inner.LearnedRates('weight', variable_name='meta_sgd_lr')
 
 
 class MetaSGD(MAML):
-    """MAML with a learned learning rate per weight. The meta-parameters are two named groups,
-    {'network': θ by name, 'inner_lr': α by the same names}; the inner loop adapts the first and
-    reads the second."""
+    """MAML with a learned learning rate per weight: `MAML(..., inner_rule=inner.LearnedRates('weight'))`.
+    The meta-parameters are two named groups, {'network': θ by name, 'inner_lr': α by the same names};
+    the inner loop adapts the first and reads the second."""
 
-    def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=1, first_order=True, meta_optimizer=None):
-        """Arguments as for `MAML`; every weight's learned rate starts at `inner_lr`."""
-        model = net.keras_model() if model is None else model
-        weights = network.parameters(model)
-        rates = {name: keras.Variable(np.full(value.shape, inner_lr, np.float32),
-                                      name=f'meta_sgd_lr_{name.replace("/", "_")}')
-                 for name, value in weights.items()}
-        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer,
-                         params={'network': weights, 'inner_lr': rates})
-
-    def split(self, params, training):
-        """The network's weights adapt; the learning rates are context."""
-        del training
-        return params['network'], tensors(params['inner_lr'])
-
-    def inner_update(self, params, grads, step, rates, state):
-        """θ'_{s+1} = θ'_s − α ∘ g, elementwise (every task [T, ...] with the same α [...])."""
-        del step
-        return {name: params[name] - rates[name] * grads[name] for name in params}, state
-
-    def state_variables(self):
-        """By name: the model's weights, the learning rates (inner_lr/<weight>), the optimizer's state."""
-        return {**results.named_variables('model', self.model),
-                **named_groups({'inner_lr': self.params['inner_lr']}),
-                **results.named_variables('optimizer', self.meta_optimizer)}
+    def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=1, first_order=True, meta_optimizer=None,
+                 **variant):
+        """Arguments as for `MAML`, whose other variants (`adapted`, `head_start`) it takes too; every
+        weight's learned rate starts at `inner_lr`."""
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, inner_rule=RATES,
+                         **variant)
 
     def learning_rates(self):
         """{weight tensor name: its learned rates (NumPy, same shape)}."""
-        return {name: value.numpy() for name, value in self.params['inner_lr'].items()}
+        return {name: value.numpy() for name, value in self.params[inner.RATES].items()}
 
     def save(self, folder):
         """Writes the learned rates (npz) and the distribution of each tensor's rates (png)."""

@@ -14,27 +14,16 @@ its own).
 proto_maml.py at the top of the repository is its command.
 """
 
-import tensorflow as tf
-
-from fewshot import network
 from fewshot.learners.maml import MAML
 
 
 class ProtoMAML(MAML):
-    """MAML with a head computed from each task's support prototypes (see the module docstring)."""
+    """MAML with a head computed from each task's support prototypes (see the module docstring):
+    `MAML(..., head_start='prototypes')`."""
 
-    def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, first_order=True, meta_optimizer=None):
-        """Arguments as for `MAML`; the meta-parameters are the body's weights alone."""
-        model = net.keras_model() if model is None else model
-        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer,
-                         params=net.groups(network.parameters(model))['body'])
-
-    def initial_weights(self, weights, context, support, labels, first_order):
-        """θ'_0: the body θ for every task, and the prototype head of its support set under θ."""
-        del context
-        start = network.tile(weights, support.shape[0])
-        head = self.net.head_weights(*network.prototype_head(self.net.features(start, support), labels,
-                                                             self.net.n_way))
-        if first_order:
-            head = tf.nest.map_structure(tf.stop_gradient, head)
-        return {**start, **head}
+    def __init__(self, net, model=None, inner_lr=0.4, num_inner_steps=5, first_order=True, meta_optimizer=None,
+                 **variant):
+        """Arguments as for `MAML`, whose other variants (`adapted`, `inner_rule`) it takes too; the
+        meta-parameters are the body's weights alone."""
+        super().__init__(net, model, inner_lr, num_inner_steps, first_order, meta_optimizer, head_start='prototypes',
+                         **variant)

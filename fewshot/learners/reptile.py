@@ -46,12 +46,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fewshot import data, results
-from fewshot.learner import named_groups
+from fewshot import data
+from fewshot.learners import inner
 from fewshot.learners.maml import MAML
 
-ADAM_BETA2, ADAM_EPSILON = 0.999, 1e-8
 INNER_ADAM_STATES = ('carried', 'fresh')
+INNER_OPTIMIZERS = ('adam', 'sgd')
 
 
 class Reptile(MAML):
@@ -71,15 +71,13 @@ class Reptile(MAML):
         """
         if inner_adam_state not in INNER_ADAM_STATES:
             raise ValueError(f'inner_adam_state {inner_adam_state!r}: one of {", ".join(INNER_ADAM_STATES)}')
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f'inner_optimizer {inner_optimizer!r}: one of {", ".join(INNER_OPTIMIZERS)}')
         meta_optimizer = keras.optimizers.SGD(1.0) if meta_optimizer is None else meta_optimizer
-        super().__init__(net, model, inner_lr, num_inner_steps, True, meta_optimizer)
+        rule = inner.Adam(carried=inner_adam_state == 'carried') if inner_optimizer == 'adam' else inner.SGD()
+        super().__init__(net, model, inner_lr, num_inner_steps, True, meta_optimizer, inner_rule=rule)
         self.inner_optimizer = inner_optimizer
         self.inner_batch_size = inner_batch_size
-        self.carried = None
-        if inner_adam_state == 'carried' and inner_optimizer == 'adam':  # v by weight name, and its steps t.
-            self.carried = {'moments': {name: tf.Variable(tf.zeros_like(value), trainable=False)
-                                        for name, value in self.params.items()},
-                            'steps': tf.Variable(0.0, trainable=False)}
 
     def meta_direction(self, episodes, num_steps=None, **options):
         """The meta-step's direction with every task adapted on all its examples (`every_example`)."""
@@ -97,52 +95,6 @@ class Reptile(MAML):
         position = (step * batch + np.arange(batch)) % size
         index = (position % n_way) * (size // n_way) + position // n_way
         return tf.gather(images, index, axis=1), tf.gather(labels, index, axis=1)
-
-    def inner_state(self, params):
-        """Adam's second-moment estimates for every task's weights [T, ...] at the first step, with
-        the steps taken before: zero and 0 ('fresh'), or the carried ones."""
-        if self.inner_optimizer != 'adam':
-            return ()
-        if self.carried is None:
-            return {name: tf.zeros_like(value) for name, value in params.items()}, 0.0
-        return ({name: tf.broadcast_to(self.carried['moments'][name], value.shape) for name, value in params.items()},
-                tf.convert_to_tensor(self.carried['steps']))
-
-    def inner_update(self, params, grads, step, context, state):
-        """SGD's θ' − α g, or Adam's with β1 = 0 at its step s (from 1; t + step + 1 after t steps before):
-        v ← β2 v + (1 − β2) g²,  θ' − α g / (√(v / (1 − β2^s)) + ϵ)."""
-        if self.inner_optimizer == 'sgd':
-            return super().inner_update(params, grads, step, context, state)
-        moments, steps_before = state
-        moments = {name: ADAM_BETA2 * moments[name] + (1 - ADAM_BETA2) * tf.square(grads[name]) for name in params}
-        correction = 1 - ADAM_BETA2 ** (steps_before + step + 1)
-        return ({name: params[name] - self.inner_lr * grads[name] / (tf.sqrt(moments[name] / correction) + ADAM_EPSILON)
-                 for name in params}, (moments, steps_before))
-
-    def measure(self, trajectory):
-        """'carried': the mean over tasks of where their moment estimates ended; else nothing."""
-        if self.carried is None:
-            return {}
-        moments, _ = trajectory.inner_state
-        return {'inner_moments': {name: tf.reduce_mean(value, axis=0) for name, value in moments.items()}}
-
-    def track(self, measured):
-        """'carried': v ← the tasks' mean, t ← t + k."""
-        if self.carried is None:
-            return
-        for name, variable in self.carried['moments'].items():
-            variable.assign(measured['inner_moments'][name])
-        self.carried['steps'].assign_add(float(self.num_inner_steps))
-
-    def state_variables(self):
-        """By name: the model's weights, the meta-optimizer's state and the carried Adam state
-        (inner_adam/moments/<weight>, inner_adam/steps), if carried."""
-        carried = {}
-        if self.carried is not None:
-            carried = {**named_groups({'inner_adam/moments': self.carried['moments']}),
-                       'inner_adam/steps': self.carried['steps']}
-        return {**results.named_variables('model', self.model), **carried,
-                **results.named_variables('optimizer', self.meta_optimizer)}
 
     def meta_gradients(self, tape, meta_loss, trajectory, episodes):
         """θ − mean_t θ'_t, which the meta-optimizer (SGD, learning rate ε) descends."""
