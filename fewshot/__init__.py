@@ -1,8 +1,8 @@
 """The library under the commands: everything an algorithm or a tool shares.
 
-    learners    the learners, one module each, built from keyword arguments: MAML (maml), ANIL,
-                BOIL, Meta-SGD, Proto-MAML, Reptile, iMAML, MAML++, the Prototypical and
-                Relation Networks
+    learners    the learners, one module each, built from keyword arguments (their list:
+                help(fewshot.learners)); MAML's variants are its arguments (learners.inner: the
+                inner step rules)
     learner     Learner, what every learner shares (θ, meta-optimizer, compiled steps, state);
                 MetricLearner, a learner without an inner loop
     network     ConvNet and ResNet: a Keras model for storage, a pure forward over explicit weights;

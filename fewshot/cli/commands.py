@@ -6,7 +6,10 @@ A learner script defines its flags and ends with its description,
     COMMAND = commands.Command('anil', ANIL, 'FO-ANIL', build_learner, learner_flags, ...)
 
     if __name__ == '__main__':
-        cli.run(commands.main_for(COMMAND, sys.modules[__name__]))
+        commands.main(COMMAND)
+
+(a learner of MAML's shape takes MAML's flags and needs no more: its command is
+`COMMAND = gradient.command('anil', ANIL, 'FO-ANIL', script=__name__)` and those two lines)
 
 and is then trained, meta-tested and saved by `run`; compare.py finds it by its name or its path
 (`find`) and learns from its `Command` how to run it and where its runs are, so that a new learner
@@ -23,7 +26,7 @@ from typing import Callable, NamedTuple
 
 from absl import flags
 
-from fewshot import errors, network
+from fewshot import cli, errors, network
 from fewshot.cli import config, experiment
 
 # The flags of every learner that `run` builds: its network, and its meta-optimizer's step size where
@@ -174,6 +177,11 @@ def run(command, flag_module):
         fixed_on_resume=command.fixed_on_resume(), older_runs=command.older_runs))
     outcome.learner.save(outcome.folder.path)
     return outcome
+
+
+def main(command):
+    """Runs the learner command `command` as the running script: its flags, then `run`."""
+    cli.run(main_for(command, sys.modules['__main__']))
 
 
 def main_for(command, flag_module):

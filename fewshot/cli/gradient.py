@@ -3,12 +3,19 @@ derivative order, meaning the same in every command that takes them (maml.py, an
 meta_sgd.py, proto_maml.py; iMAML, Reptile and MAML++ take some of them), and `command`, the
 `commands.Command` of a learner of MAML's shape built from them.
 
-A command of MAML's shape adopts this module's key flags, which are its own, the shared ones (config,
-strategy) and the network's (commands):
+A command of MAML's shape takes this module's key flags, which are its own, the shared ones (config,
+strategy) and the network's (commands), by naming itself; anil.py is, besides its docstring,
 
-    flags.adopt_module_key_flags(gradient)
-    COMMAND = gradient.command('anil', ANIL, 'FO-ANIL')
+    from fewshot.cli import commands, gradient
+    from fewshot.learners.anil import ANIL
+
+    COMMAND = gradient.command('anil', ANIL, 'FO-ANIL', script=__name__)
+
+    if __name__ == '__main__':
+        commands.main(COMMAND)
 """
+
+import sys
 
 import keras
 from absl import flags
@@ -35,9 +42,18 @@ def eval_inner_steps():
     return FLAGS.num_eval_inner_steps or FLAGS.num_inner_steps
 
 
-def command(name, learner_class, algorithm, defaults=None):
+def command(name, learner_class, algorithm, defaults=None, script=None):
     """The `commands.Command` of a learner of MAML's shape, built from these flags: its constructor
-    takes (net, inner_lr=, num_inner_steps=, first_order=, meta_optimizer=), meta-trained by Adam."""
+    takes (net, inner_lr=, num_inner_steps=, first_order=, meta_optimizer=), meta-trained by Adam.
+
+    script: the command's `__name__`: these flags become its key flags, as
+    `flags.adopt_module_key_flags(gradient)` there would make them (--help lists them, and
+    `cli.check_used_flags` takes no other), so that a learner command is its `COMMAND` line and a `main`.
+    """
+    if script is not None:  # absl names the main module by its path.
+        module = sys.argv[0] if script == '__main__' else script
+        for flag in FLAGS.get_key_flags_for_module(__name__):
+            FLAGS.register_key_flag_for_module(module, flag)
     def build_learner(net, first_order):
         return learner_class(net, inner_lr=FLAGS.inner_lr, num_inner_steps=FLAGS.num_inner_steps,
                              first_order=first_order, meta_optimizer=keras.optimizers.Adam(FLAGS.meta_lr))
