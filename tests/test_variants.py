@@ -20,7 +20,6 @@ VARIANTS = {
     'BOIL + a rate per layer and step': lambda net, **kw: MAML(net, adapted='body',
                                                                 inner_rule=inner.LearnedRates('step'), **kw),
     'Proto-MAML over ANIL': lambda net, **kw: MAML(net, adapted='head', head_start='prototypes', **kw),
-    'MAML + a rate per layer': lambda net, **kw: MAML(net, inner_rule=inner.LearnedRates('layer'), **kw),
     'ANIL + inner Adam, carried': lambda net, **kw: MAML(net, adapted='head', inner_rule=inner.Adam(carried=True),
                                                           **kw),
 }
