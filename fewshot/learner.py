@@ -24,9 +24,8 @@ are averaged (`tasks_per_chunk`): the same meta-step in the memory of one chunk.
 import numpy as np
 import tensorflow as tf
 import keras
-from absl import logging
 
-from fewshot import data, distribution, errors, network, results, training
+from fewshot import data, distribution, network, results
 
 class Learner:
     """Meta-parameters θ (`params`: variables by name, or named groups of them) in a Keras model,
@@ -152,29 +151,6 @@ class Learner:
             metrics.append(chunk_metrics)
         self._update(*total)
         return {k: np.concatenate([m[k].numpy() for m in metrics]) for k in metrics[0]}
-
-    def tasks_per_chunk_within(self, episodes, budget_gb, probe=4):
-        """The most tasks per chunk of the meta-batch `episodes` whose meta-step fits in `budget_gb` GB
-        for the whole process: the meta-gradient of `probe` of its tasks is computed once to measure
-        the memory a task takes (TensorFlow's allocator peak), and what the process already holds
-        (its peak so far) is set aside. SetupError if not even one task fits."""
-        episodes = _as_tensors(episodes)
-        num_tasks = episodes.support_labels.shape[0]
-        probe = min(probe, num_tasks)
-        tf.config.experimental.reset_memory_stats('CPU:0')
-        allocated = tf.config.experimental.get_memory_info('CPU:0')['current']
-        self._meta_direction(type(episodes)(*(x[:probe] for x in episodes)), **self.train_step_options())
-        # Tiny networks allocate too little for the allocator to see: 1 kB at least.
-        per_task = max(tf.config.experimental.get_memory_info('CPU:0')['peak'] - allocated, 1e3) / probe / 1e9
-        held_gb = training.peak_memory_gb()
-        if budget_gb - held_gb < per_task:
-            raise errors.SetupError(f'--memory_budget_gb {budget_gb:g}: this process already holds {held_gb:.2f} GB '
-                                    f'and a task of the meta-step needs {per_task:.3f} GB more; give a larger budget')
-        chosen = min(num_tasks, int((budget_gb - held_gb) / per_task))
-        chosen = -(-num_tasks // -(-num_tasks // chosen))  # As many chunks, as even as they can be.
-        logging.info('--memory_budget_gb %g: a task takes %.3f GB (measured on %d), %.2f GB is held: %d of the '
-                     '%d tasks per chunk', budget_gb, per_task, probe, held_gb, chosen, num_tasks)
-        return chosen
 
     def evaluate(self, episodes, num_steps=0):
         """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""

@@ -26,7 +26,7 @@ from tensorboard.plugins.hparams import api as hparams
 from tqdm import tqdm
 
 from fewshot import distribution, results
-from fewshot.errors import TrainingError
+from fewshot.errors import SetupError, TrainingError
 
 
 def peak_memory_gb():
@@ -70,6 +70,30 @@ class Schedule:
     num_eval_inner_steps: int
     time_budget_seconds: float = math.inf
     keep_checkpoint_at: float = None
+
+
+def tasks_per_chunk_within(learner, episodes, budget_gb, probe=4):
+    """The most tasks per chunk (`Learner.tasks_per_chunk`) of the meta-batch `episodes` whose meta-step
+    of `learner` fits in `budget_gb` GB for the whole process: the meta-gradient of `probe` of its tasks
+    is computed once to measure the memory a task takes (TensorFlow's allocator peak), and what the
+    process already holds (its peak so far) is set aside. SetupError if not even one task fits."""
+    episodes = type(episodes)(*(tf.convert_to_tensor(x) for x in episodes))
+    num_tasks = episodes.support_labels.shape[0]
+    probe = min(probe, num_tasks)
+    tf.config.experimental.reset_memory_stats('CPU:0')
+    allocated = tf.config.experimental.get_memory_info('CPU:0')['current']
+    learner._meta_direction(type(episodes)(*(x[:probe] for x in episodes)), **learner.train_step_options())
+    # Tiny networks allocate too little for the allocator to see: 1 kB at least.
+    per_task = max(tf.config.experimental.get_memory_info('CPU:0')['peak'] - allocated, 1e3) / probe / 1e9
+    held_gb = peak_memory_gb()
+    if budget_gb - held_gb < per_task:
+        raise SetupError(f'--memory_budget_gb {budget_gb:g}: this process already holds {held_gb:.2f} GB '
+                         f'and a task of the meta-step needs {per_task:.3f} GB more; give a larger budget')
+    chosen = min(num_tasks, int((budget_gb - held_gb) / per_task))
+    chosen = -(-num_tasks // -(-num_tasks // chosen))  # As many chunks, as even as they can be.
+    logging.info('--memory_budget_gb %g: a task takes %.3f GB (measured on %d), %.2f GB is held: %d of the '
+                 '%d tasks per chunk', budget_gb, per_task, probe, held_gb, chosen, num_tasks)
+    return chosen
 
 
 def keep_first_reaching(run, rows, score, target):

@@ -388,8 +388,8 @@ def _learner(description, tasks, settings, cluster):
             learner.tasks_per_chunk = settings['tasks_per_chunk']
         memory_budget_gb = settings.get('memory_budget_gb', 0)
         if memory_budget_gb:
-            learner.tasks_per_chunk = learner.tasks_per_chunk_within(tasks.stream.sample(1, FLAGS.meta_batch_size),
-                                                                     memory_budget_gb)
+            meta_batch = tasks.stream.sample(1, FLAGS.meta_batch_size)
+            learner.tasks_per_chunk = training.tasks_per_chunk_within(learner, meta_batch, memory_budget_gb)
     check_cross_domain(learner, tasks.cross_domain, description.algorithm)
     return learner
 
