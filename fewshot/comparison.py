@@ -14,6 +14,7 @@ where a group is a task setting and a backbone (5way5shot, 5way5shot_resnet, ...
 import os
 
 from fewshot import plotting, results
+from fewshot.errors import named
 
 TABLE_FILE = 'compare.csv'
 COLUMNS = ('group', 'setting', 'backbone', 'algorithm', 'folder', 'batch_norm')
@@ -68,7 +69,7 @@ def check_same_tasks(runs):
         if len(checksums) > 1:
             folders = ', '.join(run['folder'] for run in runs if run['group'] == group)
             raise results.RunError(f'the {group} runs were meta-tested on different tasks ({folders}): '
-                                   'train them with the same --eval_seed, --num_test_tasks and data')
+                                   f'train them with the same {named("eval_seed")}, {named("num_test_tasks")} and data')
 
 
 def markdown_table(rows):

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from fewshot import results
-from fewshot.errors import DataError, OutputError
+from fewshot.errors import DataError, OutputError, named
 
 IMAGE_SIZE = 28
 ORIGINAL_SIZE = 105
@@ -144,7 +144,7 @@ def read_tfds(tfds_dir):
     except Exception as error:  # Network, checksum and disk errors come in many types.
         raise DataError(f'tensorflow-datasets could not prepare Omniglot ({type(error).__name__}: '
                         f'{str(error).splitlines()[0][:200]}); without network access, set OMNIGLOT_DIR '
-                        'or --data_dir to a folder with the original archives') from None
+                        f'or {named("data_dir")} to a folder with the original archives') from None
     alphabet_names = builder.info.features['alphabet'].names
     ink, keys = [], []
     for split, archive in (('train', ARCHIVES[0]), ('test', ARCHIVES[1])):
@@ -217,10 +217,10 @@ def _save_cache(path, data):
 def check_cache_path(path, cache_dir):
     """OutputError unless the cache file `path` in `cache_dir` can be written (checked before the
     minutes of preprocessing that would fill it)."""
-    results.check_writable(cache_dir, '--cache_dir')
+    results.check_writable(cache_dir, named('cache_dir'))
     if os.path.isdir(path):
-        raise OutputError(f'--cache_dir {cache_dir}: {path} is a folder, where the cache file goes; '
-                          'move it away or choose another --cache_dir')
+        raise OutputError(f'{named("cache_dir")} {cache_dir}: {path} is a folder, where the cache file goes; '
+                          f'move it away or choose another {named("cache_dir")}')
 
 
 def _load_cache(path):
@@ -248,7 +248,7 @@ def load_omniglot(data_dir=None, cache_dir='data'):
     """
     if data_dir:
         if not os.path.isdir(data_dir):
-            raise DataError(f'--data_dir / OMNIGLOT_DIR {data_dir}: folder does not exist')
+            raise DataError(f'{named("data_dir")} / OMNIGLOT_DIR {data_dir}: folder does not exist')
         key = 'archives-' + source_checksum(data_dir)[:20]
     else:
         key = 'tfds-omniglot-3.0.0'
@@ -291,7 +291,7 @@ def make_splits(data, split='random', num_train_classes=1100, num_val_classes=10
     count = len(data.images)
     if split == 'random':
         if num_train_classes + num_val_classes >= count:
-            raise DataError(f'--num_train_classes + --num_val_classes must leave test classes: '
+            raise DataError(f'{named("num_train_classes")} + {named("num_val_classes")} must leave test classes: '
                             f'{num_train_classes} + {num_val_classes} >= {count} characters')
         order = rng.permutation(count)
         train = order[:num_train_classes]
@@ -300,12 +300,12 @@ def make_splits(data, split='random', num_train_classes=1100, num_val_classes=10
     elif split == 'lake':
         evaluation = rng.permutation(np.flatnonzero(~data.background))
         if num_val_classes >= len(evaluation):
-            raise DataError(f'--num_val_classes must be below the {len(evaluation)} characters '
+            raise DataError(f'{named("num_val_classes")} must be below the {len(evaluation)} characters '
                             f'of the evaluation set, got {num_val_classes}')
         train = np.flatnonzero(data.background)
         val, test = evaluation[:num_val_classes], evaluation[num_val_classes:]
     else:
-        raise DataError(f"--split must be 'random' or 'lake', got {split!r}")
+        raise DataError(f"{named('split')} must be 'random' or 'lake', got {split!r}")
     images = data.images.astype(np.float32) / 255.0
     train_images = images[train]
     if rotations:
@@ -318,7 +318,7 @@ def split_classes(classes, num_train_classes, num_val_classes, seed=1):
     """Splits a list of classes (`load_image_folder`'s) at random with `seed`: the first
     `num_train_classes` train, the next `num_val_classes` validate, the rest test."""
     if num_train_classes + num_val_classes >= len(classes):
-        raise DataError(f'--num_train_classes + --num_val_classes must leave test classes: '
+        raise DataError(f'{named("num_train_classes")} + {named("num_val_classes")} must leave test classes: '
                         f'{num_train_classes} + {num_val_classes} >= {len(classes)} classes')
     order = np.random.default_rng(seed).permutation(len(classes))
     picked = [[classes[index] for index in part] for part in np.split(order, [num_train_classes,

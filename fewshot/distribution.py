@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from fewshot import data
-from fewshot.errors import FlagError, SetupError, TrainingError
+from fewshot.errors import FlagError, SetupError, TrainingError, named
 
 # What a lost or unreachable process makes the collective operations raise.
 LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
@@ -45,7 +45,7 @@ def read_tf_config():
     example = ('e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                '"task": {"type": "worker", "index": 0}}')
     if not text:
-        raise FlagError(f'--strategy multi_worker: the TF_CONFIG environment variable is not set; give each '
+        raise FlagError(f'{named("strategy")} multi_worker: the TF_CONFIG environment variable is not set; give each '
                         f'process the cluster and its own place in it, {example}')
     try:
         parsed = json.loads(text)
@@ -57,7 +57,7 @@ def read_tf_config():
     except (ValueError, KeyError, TypeError, AttributeError):
         valid = False
     if not valid or len(cluster.get('chief', [])) > 1:
-        raise FlagError(f'TF_CONFIG is not a cluster description for --strategy multi_worker: {text[:200]!r}; '
+        raise FlagError(f'TF_CONFIG is not a cluster description for {named("strategy")} multi_worker: {text[:200]!r}; '
                         f'expected a "cluster" of "worker" (and at most one "chief") addresses and this '
                         f'process\'s "task" in it, {example}')
     for job, hosts in cluster.items():
@@ -146,11 +146,11 @@ def meet(cluster, task_type, index, timeout_seconds):
 def _not_met(missing, tasks, own, timeout_seconds):
     if own in missing:
         return SetupError(f'TF_CONFIG: this process\'s address {tasks[own]} did not reach it within '
-                          f'{timeout_seconds:g} s (--peer_timeout_seconds); give the name or IP address of this '
-                          'machine by which the other machines reach it')
+                          f'{timeout_seconds:g} s ({named("peer_timeout_seconds")}); give the name or IP address '
+                          'of this machine by which the other machines reach it')
     others = ', '.join(tasks[task] for task in missing)
-    return SetupError(f'--strategy multi_worker: the cluster\'s other processes ({others}) '
-                      f'did not answer within {timeout_seconds:g} s (--peer_timeout_seconds); start the same '
+    return SetupError(f'{named("strategy")} multi_worker: the cluster\'s other processes ({others}) '
+                      f'did not answer within {timeout_seconds:g} s ({named("peer_timeout_seconds")}); start the same '
                       'command on every machine TF_CONFIG names, each with its own "task" index, and check that '
                       'their addresses reach them from this machine (host names, ports, firewalls)')
 
@@ -306,7 +306,8 @@ class Cluster:
     def check_meta_batch(self, meta_batch_size):
         """FlagError unless the replicas divide the meta-batch."""
         if meta_batch_size % self.num_replicas:
-            raise FlagError(f'--meta_batch_size {meta_batch_size}: the {self.num_replicas} replicas of --strategy '
+            raise FlagError(f'{named("meta_batch_size")} {meta_batch_size}: the {self.num_replicas} replicas of '
+                            f'{named("strategy")} '
                             f'{self.name} must divide it, each adapting an equal share of its tasks; '
                             f'use a multiple of {self.num_replicas}')
 
@@ -343,8 +344,8 @@ class Cluster:
         differ = [name for column, name in enumerate(names) if np.any(everyone[:, column] != everyone[0, column])]
         if differ:
             raise FlagError(f'the processes of the cluster were started with different {", ".join(differ)}; '
-                            'start the same command on every machine (on --resume give each the flags the run '
-                            'recorded, e.g. --precision)')
+                            f'start the same command on every machine (on {named("resume")} give each the flags the '
+                            f'run recorded, e.g. {named("precision")})')
 
     def collective(self, function, *args):
         """`function(strategy, *args)`, compiled, run by every process; TrainingError if another process
@@ -362,9 +363,9 @@ def lost_peer(error):
     reason = next((line.partition('aborted by:')[2].strip() for line in lines if 'aborted by:' in line),
                   next((line for line in lines if line), ''))
     if isinstance(error, tf.errors.DeadlineExceededError):  # CommunicationOptions(timeout_seconds) ran out.
-        reason = 'no answer within --peer_timeout_seconds'
+        reason = f'no answer within {named("peer_timeout_seconds")}'
     return TrainingError(f'a process of the cluster stopped or cannot be reached ({type(error).__name__}: '
-                         f'{reason[:200]}); every process stops here. Restart them all with --resume to '
+                         f'{reason[:200]}); every process stops here. Restart them all with {named("resume")} to '
                          "continue from the last checkpoint in the chief's run folder")
 
 

@@ -9,10 +9,26 @@ message that names the flag (or argument) or file and says what is expected:
     TrainingError   training cannot go on (for instance the weights became NaN)
     SetupError      this machine's TensorFlow cannot run the project as it is set up
 
+A message names what the user gave through `named`: the library knows arguments (run_name), the
+command layer spells them as its flags (--run_name) once a command runs (`name_arguments_as_flags`).
+
 Every command runs its `main` through `fewshot.cli.run`, which prints such an error as one line,
 `error: ...`, and exits with status 1 (SIGTERM: `error: terminated (SIGTERM)`, status 143, as a shell
 reports it). Anything else is a bug and keeps its traceback.
 """
+
+
+_AS_FLAGS = [False]  # Whether `named` spells an argument as a command's flag: set by `fewshot.cli.run`.
+
+
+def named(argument):
+    """How a message names the user's `argument`: 'run_name' to a Python caller, '--run_name' in a command."""
+    return f'--{argument}' if _AS_FLAGS[0] else argument
+
+
+def name_arguments_as_flags():
+    """From now on `named` spells arguments as the command line's flags (a command is running)."""
+    _AS_FLAGS[0] = True
 
 
 class UserError(Exception):

@@ -5,6 +5,7 @@ of a run or comparison folder redrawn from its logs alone: no retraining, no Ten
 import os
 
 from fewshot import comparison, plotting, results, stability
+from fewshot.errors import named
 
 LAB_FILE = 'per_seed.json'  # What initialization_lab.py redraws its figure from.
 STUDIES = {'sine_results.md': 'sine.py', 'navigation_results.md': 'navigation.py'}  # A study's table -> its command.
@@ -42,7 +43,7 @@ def find_folders(results_dir):
     folders the tools keep in <tool>/runs/, stability and comparison folders, studies and their
     learners' run folders, the MNIST lab."""
     if not os.path.isdir(results_dir):
-        raise results.RunError(f'--results_dir {results_dir}: folder does not exist')
+        raise results.RunError(f'{named("results_dir")} {results_dir}: folder does not exist')
     found = []
     for folder in subfolders(results_dir):
         kept_runs = os.path.join(folder, 'runs')
@@ -76,6 +77,9 @@ def read_logs(folder):
     if os.path.exists(inner_lr):
         logs['inner_learning_rates'] = results.read_csv(inner_lr, columns=('parameter',),
                                                         numbers=('step', 'inner_lr'))
+    learned_rates = os.path.join(folder, results.LEARNED_RATES_FILE)
+    if os.path.exists(learned_rates):
+        logs['learned_rates'] = results.read_arrays(learned_rates)
     if os.path.exists(transfer_tasks):
         logs['comparison'] = comparison_scores(transfer_tasks)
     return logs
@@ -91,6 +95,10 @@ def draw(folder, logs, suffix='.png'):
     if 'inner_learning_rates' in logs:
         written.append(os.path.join(folder, f'inner_learning_rates{suffix}'))
         plotting.plot_inner_learning_rates(logs['inner_learning_rates'], written[-1])
+    if 'learned_rates' in logs:
+        written.append(os.path.join(folder, f'meta_sgd_learning_rates{suffix}'))
+        plotting.plot_distributions(logs['learned_rates'], written[-1],
+                                    'Meta-SGD: learned inner learning rates per weight tensor', 'inner learning rate')
     if 'comparison' in logs:
         written.append(os.path.join(folder, f'comparison{suffix}'))
         plotting.plot_comparison(logs['comparison'], written[-1])

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fewshot.errors import DataError
+from fewshot.errors import DataError, named
 
 FILES = {'train_images': 'train-images-idx3-ubyte.gz', 'train_labels': 'train-labels-idx1-ubyte.gz',
          'test_images': 't10k-images-idx3-ubyte.gz', 'test_labels': 't10k-labels-idx1-ubyte.gz'}
@@ -70,7 +70,7 @@ def load_mnist(mnist_dir=None, cache_dir='data'):
     """MNIST from the IDX files in `mnist_dir`, or from tensorflow-datasets if it is empty."""
     if mnist_dir:
         if not os.path.isdir(mnist_dir):
-            raise DataError(f'--mnist_dir / MNIST_DIR {mnist_dir}: folder does not exist')
+            raise DataError(f'{named("mnist_dir")} / MNIST_DIR {mnist_dir}: folder does not exist')
         arrays = {name: read_idx(os.path.join(mnist_dir, file)) for name, file in FILES.items()}
         for split in ('train', 'test'):
             _check_pair(arrays, split, mnist_dir)
@@ -84,7 +84,7 @@ def load_mnist(mnist_dir=None, cache_dir='data'):
             except Exception as error:  # Network, checksum and disk errors come in many types.
                 raise DataError(f'tensorflow-datasets could not prepare MNIST ({type(error).__name__}: '
                                 f'{str(error).splitlines()[0][:200]}); without network access, set MNIST_DIR '
-                                'or --mnist_dir to a folder with the original IDX files') from None
+                                f'or {named("mnist_dir")} to a folder with the original IDX files') from None
             arrays[f'{split}_images'], arrays[f'{split}_labels'] = images[..., 0], labels
     train = _canonical(arrays['train_images'], arrays['train_labels'])
     test = _canonical(arrays['test_images'], arrays['test_labels'])

@@ -29,7 +29,7 @@ from importlib import metadata
 import numpy as np
 from absl import logging
 
-from fewshot.errors import OutputError, RunError, TrainingError
+from fewshot.errors import OutputError, RunError, TrainingError, named
 
 METRICS_FILE = 'metrics.csv'
 HYPERPARAMETERS_FILE = 'hyperparameters.json'
@@ -40,6 +40,7 @@ MODEL_FILE = 'model.keras'
 REACHED_CHECKPOINT_FILE = 'checkpoint_reached.npz'
 REACHED_FILE = 'reached.json'
 INNER_LR_FILE = 'inner_learning_rates.csv'  # MAML++: learned inner learning rates per tensor and step.
+LEARNED_RATES_FILE = 'meta_sgd_learning_rates.npz'  # Meta-SGD: its learned rate of every weight, by tensor.
 COMPARISON_TASKS_FILE = 'comparison_tasks.csv'  # Transfer vs FO-MAML, per meta-test task.
 # The columns every metrics.csv has; train_<metric> columns follow, by learner.
 def metrics_columns(score):
@@ -177,7 +178,7 @@ def run_name_problem(name):
     file name and a JSON file hold alike (UTF-8), without control characters (a newline), not blank
     and without spaces at either end (invisible in every listing)."""
     if not name or name in ('.', '..') or '/' in name or os.sep in name:
-        return 'a run name is one folder name inside --results_dir, without / and not . or ..'
+        return f'a run name is one folder name inside {named("results_dir")}, without / and not . or ..'
     try:
         name.encode('utf-8')
     except UnicodeEncodeError:  # Bytes that are not UTF-8 arrive as lone surrogates.
@@ -324,6 +325,16 @@ def read_summary(run_dir):
         'test_post_accuracy': number, 'test_post_ci95': number, 'test_tasks': int})
 
 
+def read_arrays(path):
+    """{name: array} of a NumPy .npz file a run wrote (pickles refused); RunError naming it if it is
+    damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except Exception as error:  # A foreign or damaged file raises many types.
+        raise RunError(f'{path} cannot be read ({error})') from None
+
+
 def read_metrics(path, required=False):
     """Rows of a metrics.csv as dicts of floats (NaN where empty).
 
@@ -426,44 +437,46 @@ class RunFolder:
     """
 
     def __init__(self, results_dir, run_name, resume=False, overwrite=False, create=True,
-                 resume_flag='--resume', fixed_on_resume=()):
+                 resume_flag='resume', fixed_on_resume=()):
         """Checks that the folder can be used as asked (RunError, OutputError otherwise).
 
         create: make (or, with `overwrite`, replace) the folder now; False leaves that to
           `create()`, so that a command checks everything before it starts working.
-        resume_flag: how to tell the user to continue an existing folder, or None if the
-          command cannot continue one.
+        resume_flag: the argument that continues an existing folder (told the user by `errors.named`), or
+          None if the command cannot continue one.
         fixed_on_resume: flags of RESUMABLE_CHANGES that this run must nevertheless keep (MAML++'s
           cosine schedule is spread over --num_iterations, so extending the run would change it), unless
           it is resumed with nothing left to train (--num_iterations at most its checkpoint's: only tested).
         """
         problem = run_name_problem(run_name)
         if problem:
-            raise RunError(f'--run_name {ascii(run_name)}: {problem}')
+            raise RunError(f'{named("run_name")} {ascii(run_name)}: {problem}')
         if resume and overwrite:
-            raise RunError('--resume and --overwrite contradict each other: continue the run, or replace it')
+            raise RunError(f'{named("resume")} and {named("overwrite")} contradict each other: continue the run, '
+                           'or replace it')
         self.path = os.path.join(results_dir, run_name)
         self.resume, self.overwrite = resume, overwrite
         self.resumable_changes = RESUMABLE_CHANGES - set(fixed_on_resume)
         exists = os.path.lexists(self.path)
         if exists and not os.path.isdir(self.path) or os.path.islink(self.path):
-            raise RunError(f'{self.path} exists and is not a folder; choose another --run_name')
+            raise RunError(f'{self.path} exists and is not a folder; choose another {named("run_name")}')
         if resume and not exists:
-            raise RunError(f'--resume: {self.path} does not exist, so there is nothing to continue '
-                           '(leave out --resume to start it)')
+            raise RunError(f'{named("resume")}: {self.path} does not exist, so there is nothing to continue '
+                           f'(leave out {named("resume")} to start it)')
         # A folder holding only what a killed process of this project left half-written is empty to us.
         empty = exists and set(os.listdir(self.path)) <= {os.path.basename(p) for p in leftovers(self.path)}
         # A folder this run makes (or replaces) holds nothing of the user's: `discard` may remove it.
         self.fresh = not exists or overwrite or empty
         if exists and not empty and not is_run_folder(self.path):
             raise RunError(f'{self.path} exists and is not a run folder (it has no {HYPERPARAMETERS_FILE}); '
-                           'it is left alone: choose another --run_name')
+                           f'it is left alone: choose another {named("run_name")}')
         if exists and not empty and not resume and not overwrite:
-            how = f'pass {resume_flag} to continue it or --overwrite to replace it' if resume_flag else \
-                'pass --overwrite to replace it'
+            how = f'pass {named("overwrite")} to replace it'
+            if resume_flag:
+                how = f'pass {named(resume_flag)} to continue it or {named("overwrite")} to replace it'
             raise RunError(f'{self.path} already exists; {how}')
-        check_writable(self.path if exists else results_dir, '--results_dir')
-        check_path_length(self.path, '--run_name')
+        check_writable(self.path if exists else results_dir, named('results_dir'))
+        check_path_length(self.path, named('run_name'))
         if resume and not empty:
             self.resume_point()  # Fails now, not after loading the data, if it cannot be resumed.
             self.check_entries()
@@ -489,7 +502,7 @@ class RunFolder:
         """Makes the folder, or empties it of what stopped processes left half-written (`leftovers`);
         with --overwrite, first removes the run folder of the same name."""
         if self.overwrite and os.path.isdir(self.path):
-            print(f'--overwrite: removing the previous run folder {self.path}', flush=True)
+            print(f'{named("overwrite")}: removing the previous run folder {self.path}', flush=True)
             shutil.rmtree(self.path)
         os.makedirs(self.path, exist_ok=True)
         remove_leftovers(self.path)
@@ -540,7 +553,7 @@ class RunFolder:
                          if name not in resumable and recorded.get(name) != flags.get(name))
         if changed:
             raise RunError(f'{self.path} was started with other settings ({", ".join(changed)}); '
-                           'resume it with the same flags or start a new --run_name')
+                           f'resume it with the same flags or start a new {named("run_name")}')
 
     def check_algorithm(self, algorithm):
         """On resume, RunError unless the run was made by `algorithm`: a run folder belongs to the command
@@ -550,7 +563,7 @@ class RunFolder:
         recorded = read_hyperparameters(self.path).get('algorithm')
         if recorded != algorithm:
             raise RunError(f'{self.path} is a run of {recorded}, not of {algorithm}: a run folder is continued '
-                           'only by the command and learner that made it; choose another --run_name')
+                           f'only by the command and learner that made it; choose another {named("run_name")}')
 
     def check_data(self, data_checksum):
         """On resume, RunError unless the run recorded the data checksum `data_checksum`."""
@@ -558,7 +571,7 @@ class RunFolder:
             return
         if read_hyperparameters(self.path).get('data_checksum') != data_checksum:
             raise RunError(f'{self.path} was started with other data (its checksum differs); '
-                           'resume it with the same data or start a new --run_name')
+                           f'resume it with the same data or start a new {named("run_name")}')
 
     def write_hyperparameters(self, flags, extra, defaults=None, versions=None):
         """Records the flags (and `extra` facts) or, on resume, checks they did not change (`check_flags`).
@@ -612,15 +625,16 @@ class RunFolder:
                 arrays = {key: checkpoint[key] for key in checkpoint.files if key != 'iteration'}
                 iteration = int(checkpoint['iteration'])
         except Exception as error:  # A foreign or damaged file raises many types.
-            raise RunError(f'{path} cannot be read ({error}); start the run again with --overwrite') from None
+            raise RunError(f'{path} cannot be read ({error}); start the run again with {named("overwrite")}') from None
         foreign = [key for key, array in arrays.items() if array.dtype.kind not in 'fiub']
         if foreign:
             raise RunError(f'{path} holds arrays that are not real numbers ({", ".join(foreign[:3])}: '
-                           f'{arrays[foreign[0]].dtype}) and cannot be resumed; start the run again with --overwrite')
+                           f'{arrays[foreign[0]].dtype}) and cannot be resumed; start the run again with '
+                           f'{named("overwrite")}')
         bad = [key for key, array in arrays.items() if not _finite(array)]
         if bad:
             raise RunError(f'{path} holds NaN or infinite values ({len(bad)} of its arrays) and cannot be '
-                           'resumed; start the run again with --overwrite')
+                           f'resumed; start the run again with {named("overwrite")}')
         return iteration, arrays
 
     def restore_checkpoint(self, variables):
@@ -679,12 +693,12 @@ class RunFolder:
             last = f'its last row is iteration {done[-1]}' if done else 'it is missing or has no row'
             raise RunError(f'{checkpoint} is at iteration {iteration} but {metrics} has no row for it '
                            f'({last}); the run cannot be resumed consistently: restore {METRICS_FILE} '
-                           'or start the run again with --overwrite')
+                           f'or start the run again with {named("overwrite")}')
         later = [i for i in done if i > iteration]
         if len(later) > 1:
             raise RunError(f'{metrics} goes on to iteration {later[-1]} but {checkpoint} is at iteration '
                            f'{iteration}; the run cannot be resumed consistently: restore {CHECKPOINT_FILE} '
-                           'or start the run again with --overwrite')
+                           f'or start the run again with {named("overwrite")}')
         return iteration, [row for row in rows if row['iteration'] <= iteration]
 
 

@@ -26,7 +26,7 @@ from tensorboard.plugins.hparams import api as hparams
 from tqdm import tqdm
 
 from fewshot import distribution, results
-from fewshot.errors import SetupError, TrainingError
+from fewshot.errors import SetupError, TrainingError, named
 
 
 def peak_memory_gb():
@@ -87,12 +87,12 @@ def tasks_per_chunk_within(learner, episodes, budget_gb, probe=4):
     per_task = max(tf.config.experimental.get_memory_info('CPU:0')['peak'] - allocated, 1e3) / probe / 1e9
     held_gb = peak_memory_gb()
     if budget_gb - held_gb < per_task:
-        raise SetupError(f'--memory_budget_gb {budget_gb:g}: this process already holds {held_gb:.2f} GB '
+        raise SetupError(f'{named("memory_budget_gb")} {budget_gb:g}: this process already holds {held_gb:.2f} GB '
                          f'and a task of the meta-step needs {per_task:.3f} GB more; give a larger budget')
     chosen = min(num_tasks, int((budget_gb - held_gb) / per_task))
     chosen = -(-num_tasks // -(-num_tasks // chosen))  # As many chunks, as even as they can be.
-    logging.info('--memory_budget_gb %g: a task takes %.3f GB (measured on %d), %.2f GB is held: %d of the '
-                 '%d tasks per chunk', budget_gb, per_task, probe, held_gb, chosen, num_tasks)
+    logging.info('%s %g: a task takes %.3f GB (measured on %d), %.2f GB is held: %d of the %d tasks per chunk',
+                 named('memory_budget_gb'), budget_gb, per_task, probe, held_gb, chosen, num_tasks)
     return chosen
 
 

@@ -151,7 +151,7 @@ def test_rotations_add_three_rotated_classes_to_train_only():
 
 
 def test_split_sizes_are_checked():
-    with pytest.raises(data.DataError, match='--num_train_classes'):
+    with pytest.raises(data.DataError, match='num_train_classes'):
         data.make_splits(_fake_omniglot(), 'random', 35, 5)
 
 

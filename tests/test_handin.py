@@ -6,10 +6,11 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 
 import report
-from fewshot import folders, results
+from fewshot import errors, folders, results
 import stability
 import submit
 
@@ -88,6 +89,17 @@ def test_redrawing_from_the_same_logs_gives_the_same_figures(results_dir):
         'val_fo-maml_5way5shot.png', 'val_maml++_5way5shot.png', 'val_overlay_5way5shot.png']
     assert [os.path.basename(p) for p in folders.redraw(str(results_dir / 'transfer_5way5shot_seed0'), '.svg')] \
         == ['val_accuracy.svg', 'comparison.svg']
+
+
+def test_a_meta_sgd_run_s_learned_rates_are_drawn_from_the_file_it_keeps(results_dir):
+    """The learner writes its rates (save); the figures are drawn from them like every other figure."""
+    run = results_dir / 'maml++_5way5shot_5steps_seed0'
+    np.savez(str(run / results.LEARNED_RATES_FILE), **{'conv1/kernel': np.full((3, 3, 1, 2), 0.4)})
+    assert sorted(os.path.basename(p) for p in folders.redraw(str(run))) == ['meta_sgd_learning_rates.png',
+                                                                             'val_accuracy.png']
+    open(run / results.LEARNED_RATES_FILE, 'wb').write(b'not an npz')
+    with pytest.raises(errors.RunError, match='meta_sgd_learning_rates.npz cannot be read'):
+        folders.redraw(str(run))
 
 
 def test_a_truncated_metrics_file_is_drawn_up_to_its_last_complete_row(results_dir, caplog):

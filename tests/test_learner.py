@@ -31,5 +31,5 @@ def test_a_memory_budget_chooses_the_most_tasks_per_chunk_that_fit():
     learner = _build('MAML', network.ConvNet(n_way=2, num_filters=32))
     episodes = data.Episodes(*(np.array(x) for x in _episodes(5)))
     assert training.tasks_per_chunk_within(learner, episodes, budget_gb=1000) == 5
-    with pytest.raises(errors.SetupError, match='--memory_budget_gb'):
+    with pytest.raises(errors.SetupError, match='memory_budget_gb'):
         training.tasks_per_chunk_within(learner, episodes, budget_gb=training.peak_memory_gb())

@@ -138,7 +138,7 @@ def test_existing_run_folder_is_kept_unless_asked(tmp_path):
     folder = _run_folder(str(tmp_path), 'run')
     with open(folder.file('notes.txt'), 'w') as f:
         f.write('precious')
-    with pytest.raises(results.RunError, match='already exists; pass --resume .* or --overwrite'):
+    with pytest.raises(results.RunError, match='already exists; pass (--)?resume .* or (--)?overwrite'):
         results.RunFolder(str(tmp_path), 'run')
     assert open(folder.file('notes.txt')).read() == 'precious'
     results.RunFolder(str(tmp_path), 'run', resume=True)
@@ -170,7 +170,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path)
 def test_unwritable_results_dir_is_refused(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
-    with pytest.raises(errors.OutputError, match='--results_dir .*a_file is a file, not a folder'):
+    with pytest.raises(errors.OutputError, match='results_dir .*a_file is a file, not a folder'):
         results.RunFolder(str(blocker), 'run')
     assert not os.path.exists(blocker / 'run')
 

@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags
 
-from fewshot.errors import FlagError, UserError, describe_os_error
+from fewshot.errors import FlagError, UserError, describe_os_error, name_arguments_as_flags
 
 
 def run(main, takes_arguments=False):
@@ -33,6 +33,7 @@ def run(main, takes_arguments=False):
     takes_arguments: whether the command accepts arguments other than flags (folders, or
     flags after -- for another script); if not, any is an error.
     """
+    name_arguments_as_flags()
     app.run(_reported(main), flags_parser=lambda argv: _parse_flags(argv, takes_arguments))
 
 

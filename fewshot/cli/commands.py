@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 
 from absl import flags
 
-from fewshot import cli, errors, network
+from fewshot import cli, errors, folders, network
 from fewshot.cli import config, experiment
 
 # The flags of every learner that `run` builds: its network, and its meta-optimizer's step size where
@@ -176,6 +176,7 @@ def run(command, flag_module):
         extra={'batch_norm': command.batch_norm() if command.batch_norm else command.learner_class.batch_norm},
         fixed_on_resume=command.fixed_on_resume(), older_runs=command.older_runs))
     outcome.learner.save(outcome.folder.path)
+    folders.redraw(outcome.folder.path)  # With what the learner saved (Meta-SGD's rates, MAML++'s).
     return outcome
 
 

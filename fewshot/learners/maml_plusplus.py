@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fewshot import network, plotting, results
+from fewshot import network, results
 from fewshot.learner import named_groups
 from fewshot.learners import inner
 from fewshot.learners.maml import MAML, NETWORK, tensors
@@ -241,10 +241,9 @@ class MAMLPlusPlus(MAML):
                                           for row in self.inner_learning_rates()}}
 
     def save(self, folder):
-        """Writes the learned inner learning rates (CSV and plot) and every per-step array (npz)."""
-        rows = self.inner_learning_rates()
-        results.write_csv(os.path.join(folder, results.INNER_LR_FILE), rows)
-        plotting.plot_inner_learning_rates(rows, os.path.join(folder, 'inner_learning_rates.png'))
+        """Writes the learned inner learning rates (CSV: `folders.redraw` plots them) and every per-step
+        array (npz)."""
+        results.write_csv(os.path.join(folder, results.INNER_LR_FILE), self.inner_learning_rates())
         arrays = {name: value.numpy() for name, value in named_groups(self.learned_groups()).items()}
         if arrays:
             results.atomic_write(os.path.join(folder, PER_STEP_FILE), lambda f: np.savez(f, **arrays))

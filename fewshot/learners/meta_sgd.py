@@ -3,8 +3,8 @@
 The inner step is θ' = θ − α ∘ ∇ L_support(θ), with α a tensor of the same shape as θ (one rate
 per weight, initialised at `inner_lr`), and (θ, α) are meta-learned together. As in the paper,
 adaptation is a single inner step by default. `save` writes the learned rates into a run folder
-(meta_sgd_learning_rates.npz) and plots their distribution per weight tensor
-(meta_sgd_learning_rates.png).
+(meta_sgd_learning_rates.npz), whose figures (`folders.redraw`) draw their distribution per weight
+tensor (meta_sgd_learning_rates.png).
 
 meta_sgd.py at the top of the repository is its command.
 """
@@ -13,11 +13,11 @@ import os
 
 import numpy as np
 
-from fewshot import plotting, results
+from fewshot import results
 from fewshot.learners import inner
 from fewshot.learners.maml import MAML
 
-RATES_FILE = 'meta_sgd_learning_rates.npz'
+RATES_FILE = results.LEARNED_RATES_FILE
 # The rates' variables keep the names Meta-SGD's checkpoints know their optimizer slots by.
 RATES = inner.LearnedRates('weight', variable_name='meta_sgd_lr')
 
@@ -39,9 +39,6 @@ class MetaSGD(MAML):
         return {name: value.numpy() for name, value in self.params[inner.RATES].items()}
 
     def save(self, folder):
-        """Writes the learned rates (npz) and the distribution of each tensor's rates (png)."""
+        """Writes the learned rates (npz)."""
         rates = self.learning_rates()
         results.atomic_write(os.path.join(folder, RATES_FILE), lambda f: np.savez(f, **rates))
-        plotting.plot_distributions(rates, os.path.join(folder, 'meta_sgd_learning_rates.png'),
-                                    'Meta-SGD: learned inner learning rates per weight tensor',
-                                    'inner learning rate')

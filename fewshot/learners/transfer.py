@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from fewshot import network, results
+from fewshot.errors import named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ def transfer_learn(net, model, episodes, n_way, adaptation):
     labels = np.asarray(episodes.support_labels)
     if labels.max() >= n_way:
         raise ValueError(f'the new head has {n_way} outputs but the tasks have '
-                         f'{labels.max() + 1} classes; the head size must equal --n_way')
+                         f'{labels.max() + 1} classes; the head size must equal {named("n_way")}')
     def tensors(variables):
         return {name: tf.convert_to_tensor(v) for name, v in variables.items()}
     metrics = _compiled_transfer(net, n_way, adaptation)(
