@@ -343,3 +343,12 @@ def test_tensorboard_has_every_curve_once_and_the_flags(tmp_path):
     assert seen['seconds_per_iteration'] == seen['train/query_post_loss'] == list(range(1, 8))
     assert seen['validation/post_accuracy'] == seen['meta_learning_rate'] == [0, 2, 4, 6, 7]
     assert 'hparams' in plugins
+
+
+def test_a_python_caller_is_told_its_argument_where_a_command_is_told_its_flag(tmp_path):
+    """errors.named: the library's messages name `overwrite`, which a command spells --overwrite
+    (test_errors: 'maml: --resume with --overwrite')."""
+    with pytest.raises(errors.RunError, match='^resume and overwrite contradict each other'):
+        results.RunFolder(str(tmp_path), 'run', resume=True, overwrite=True)
+    with pytest.raises(errors.DataError, match='^num_train_classes \\+ num_val_classes must leave test classes'):
+        data.split_classes(list(range(5)), 4, 1)
