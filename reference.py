@@ -5,6 +5,7 @@
     python reference.py --check                                # fail if a committed table is stale
     python reference.py --continue protonet_paper_5way1shot --minutes 60   # a full-protocol run, one sitting more
     python reference.py --evaluate fomaml_paper_5way1shot      # re-score a kept run's released weights
+    python reference.py --how_soon protonet_paper_5way1shot    # meta-test it where it first reached the paper
 
 A kept run is a folder reference/<run name>/ holding the run's small files (REFERENCE_FILES) and,
 for runs kept since weights are released, its final weights (RELEASED_FILES: model.keras, and the
@@ -29,6 +30,14 @@ back (Ctrl-C stops the run too, and copies back its last checkpoint); a run that
 (as --add) and its state removed. The run is given the paper's number (--keep_checkpoint_at), so that
 the checkpoint of its first validation at or above it is kept with it (REACHED_FILES): how soon it got
 there, to meta-test.
+
+--how_soon meta-tests a kept full-protocol run where it first reached its paper's number: it runs the
+protocol again, at the lowest priority, to the first validation at or above that number (in
+--results_dir/<run>_how_soon, resumable), whose meta-test on the protocol's test tasks (the full run's:
+the same --eval_seed) it keeps as reference/<run>/how_soon.json, with the validation there in both
+runs, for the table's "how soon" column. A protocol whose schedule spans its iterations (SPANS_RUN:
+Reptile's annealing, MAML++'s cosine) would train differently in a shorter run: its runs keep a
+checkpoint there as they go instead (--keep_checkpoint_at).
 
 One action at a time (none: rewrite the tables), and only the flags it uses (USED_BY): a pair of
 actions, or a flag the action would ignore, is an error before anything runs. --add checks all
@@ -70,13 +79,20 @@ flags.DEFINE_string('protocols_dir', 'protocols', 'Where the protocols\' flag fi
                     'reference.py).')
 flags.DEFINE_string('evaluate', None, 'A kept run (a folder name in --reference_dir) whose released weights to '
                     're-score on its test tasks; exits with an error unless the meta-test is the table\'s exactly.')
-flags.declare_key_flag('results_dir')  # config's: where --continue runs.
+flags.DEFINE_string('how_soon', None, 'A kept full-protocol run to meta-test where it first reached its paper\'s '
+                    'number: its protocol is run again to that validation, at the lowest priority, in --results_dir, '
+                    'and the meta-test kept as --reference_dir/<run>/how_soon.json (see the module docstring).')
+flags.DEFINE_boolean('lowest_priority', True, 'Run what --continue and --how_soon start at the lowest priority '
+                     '(its own autogroup at weight 19, and nice 19); --nolowest_priority: at this process\'s, on a '
+                     'machine nothing else needs (the tests: their other worker would starve it).')
+flags.declare_key_flag('results_dir')  # config's: where --continue and --how_soon run.
 flags.declare_key_flag('data_dir')  # config's: passed on to the runs --continue and --evaluate start.
 flags.declare_key_flag('cache_dir')
 flags.declare_key_flag('dataset_dir')  # config's: where a named --dataset's files are, passed on likewise.
 FLAGS = flags.FLAGS
 
-REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png')
+HOW_SOON_FILE = 'how_soon.json'  # --how_soon's meta-test where the run first reached the paper's number.
+REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png', HOW_SOON_FILE)
 RELEASED_FILES = (results.MODEL_FILE, results.CHECKPOINT_FILE)  # The final weights, kept when the run has them.
 RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows of the table.
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)
@@ -89,6 +105,8 @@ COMMANDS = {'fomaml': 'maml.py', 'maml': 'maml.py', 'mamlpp': 'maml_plusplus.py'
 # Protocol prefix -> the algorithm its command records at the order its files set (papers.csv's name for it).
 ALGORITHMS = {'fomaml': 'FO-MAML', 'maml': 'MAML', 'mamlpp': 'MAML++', 'imaml': 'iMAML', 'reptile': 'Reptile',
               'protonet': 'ProtoNet', 'relationnet': 'RelationNet', 'anil': 'ANIL'}
+# Protocol prefixes whose schedule spans the run's iterations: a shorter run trains differently.
+SPANS_RUN = {'reptile': "Reptile's meta step size anneals over them", 'mamlpp': "MAML++'s cosine schedule spans them"}
 PROTOCOLS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'protocols')  # The tables', from anywhere.
 DATA_HERE = frozenset({'omniglot'})  # --dataset values whose data this project's machines hold.
 NOT_RUN = "not run: the data is not on this project's machines"
@@ -102,13 +120,14 @@ BEGIN = '<!-- reference results: written by python reference.py from reference/;
 END = '<!-- end of reference results -->'
 FLAGFILE = re.compile(r'--flagfile[= ](\S+)')
 LEFT_BY_ADD = re.compile(r'\.(.+)\.(adding|replaced)(\d+)')  # `add`'s temporary folders: .<run>.adding<pid>.
-ACTIONS = ('add', 'check', 'continue', 'evaluate')  # One at a time; none: rewrite the tables.
+ACTIONS = ('add', 'check', 'continue', 'evaluate', 'how_soon')  # One at a time; none: rewrite the tables.
 # The flags only some actions use -> those actions ('': none of them, the tables rewritten); given to
 # another, a flag would be ignored.
-USED_BY = {'replace': ('add',), 'minutes': ('continue',), 'protocols_dir': ('', 'add', 'check', 'continue'),
-           'results_dir': ('continue',), 'data_dir': ('continue', 'evaluate'), 'cache_dir': ('continue', 'evaluate'),
-           'dataset_dir': ('continue', 'evaluate'),
-           'readme': ('', 'add', 'check', 'continue')}
+USED_BY = {'replace': ('add',), 'minutes': ('continue',), 'protocols_dir': ('', 'add', 'check', 'continue', 'how_soon'),
+           'results_dir': ('continue', 'how_soon'), 'lowest_priority': ('continue', 'how_soon'),
+           'data_dir': ('continue', 'evaluate', 'how_soon'), 'cache_dir': ('continue', 'evaluate', 'how_soon'),
+           'dataset_dir': ('continue', 'evaluate', 'how_soon'),
+           'readme': ('', 'add', 'check', 'continue', 'how_soon')}
 
 
 def chosen_action():
@@ -119,11 +138,12 @@ def chosen_action():
         raise errors.FlagError(f'--{given[0]} and --{given[1]} contradict each other: reference.py does one of '
                                f'{", ".join(f"--{name}" for name in ACTIONS)} at a time (the other would be ignored)')
     action = given[0] if given else ''
-    if action in ('add', 'continue', 'evaluate') and not FLAGS[action].value:
+    if action in ('add', 'continue', 'evaluate', 'how_soon') and not FLAGS[action].value:
         raise errors.FlagError(f'--{action} is empty: give it a ' +
                                {'add': 'finished run folder, e.g. --add=results/fomaml_paper_5way1shot',
                                 'continue': 'protocol, e.g. --continue=protonet_paper_5way1shot',
-                                'evaluate': 'kept run, e.g. --evaluate=fomaml_paper_5way1shot'}[action])
+                                'evaluate': 'kept run, e.g. --evaluate=fomaml_paper_5way1shot',
+                                'how_soon': 'kept run, e.g. --how_soon=protonet_paper_5way1shot'}[action])
     for name, actions in USED_BY.items():
         if FLAGS[name].present and action not in actions:
             users = ' or '.join(f'--{user}' for user in actions if user)
@@ -322,17 +342,28 @@ def paper_cells(paper):
     return f"{paper['accuracy']:.2f}{interval}", paper['source']
 
 
+def first_reaching(folder, paper):
+    """The metrics row of the first validation of the run in `folder` at or above the paper's number; None."""
+    rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)
+    return next((row for row in rows if 100 * row['val_post_accuracy'] >= paper['accuracy']), None)
+
+
 def how_soon(folder, summary, paper):
     """The table's "how soon" cell of a full-protocol run whose files are in `folder` (None: not read): the
-    first validation at or above the paper's number (the meta-test of a checkpoint there is still to be
-    run: --keep_checkpoint_at keeps one as runs go)."""
+    first validation at or above the paper's number, and the meta-test there (--how_soon's HOW_SOON_FILE)."""
     if not paper or paper['iterations'] is None or summary['iterations'] < paper['iterations'] or folder is None:
         return '–'
-    rows = results.read_metrics(os.path.join(folder, results.METRICS_FILE), required=True)
-    first = next((row['iteration'] for row in rows if 100 * row['val_post_accuracy'] >= paper['accuracy']), None)
+    first = first_reaching(folder, paper)
     if first is None:
         return f"not earlier: no validation reached {paper['accuracy']:.2f}"
-    return f'validation at {int(first):,} (a meta-test there: not yet run)'
+    cell = f"validation at {int(first['iteration']):,}"
+    path = os.path.join(folder, HOW_SOON_FILE)
+    if not os.path.exists(path):
+        return f'{cell} (a meta-test there: not yet run, `python reference.py --how_soon {os.path.basename(folder)}`)'
+    there = results.read_json(path)
+    share = there['iteration'] / summary['iterations']
+    return (f"{cell}: meta-test there {100 * there['test_post_accuracy']:.2f} ± {100 * there['test_post_ci95']:.2f}, "
+            f"{share:.0%} of the iterations")
 
 
 def row(name, hyperparameters, summary, papers, weights, folder=None):
@@ -495,10 +526,22 @@ def tables(reference_dir, readmes, added=None, protocols_dir=PROTOCOLS_DIR):
     return texts
 
 
-def lowest_priority():
-    """In the child, before it runs: its own autogroup at the lowest weight, and nice 19; SIGINT, which
-    stops it, at its default (a shell's background job inherits it ignored)."""
+def start_run(command):
+    """Starts the run `command` in a session of its own (the terminal's Ctrl-C is not sent to it: the tool
+    stops it), at the lowest priority unless --nolowest_priority."""
+    return subprocess.Popen(command, preexec_fn=lowest_priority if FLAGS.lowest_priority else _default_sigint,
+                            start_new_session=True)
+
+
+def _default_sigint():
+    """In the child: SIGINT, which stops it, at its default (a shell's background job inherits it ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def lowest_priority():
+    """In the child, before it runs: its own autogroup at the lowest weight, and nice 19; SIGINT at its
+    default."""
+    _default_sigint()
     try:
         with open('/proc/self/autogroup', 'w') as f:
             f.write('19')
@@ -535,7 +578,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
         command.append('--resume')
     print(f'reference.py: {name} from iteration {replay.checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
           f'for {minutes:g} minutes at the lowest priority: {" ".join(command)}', flush=True)
-    child = subprocess.Popen(command, preexec_fn=lowest_priority, start_new_session=True)
+    child = start_run(command)
     checkpoint = os.path.join(folder, results.CHECKPOINT_FILE)
     try:
         stopped = sitting(child, time.time() + 60 * minutes, checkpoint)
@@ -647,6 +690,62 @@ def evaluate_kept(name, reference_dir, data_dir=None, cache_dir=None, dataset_di
     return again
 
 
+def how_soon_run(name, reference_dir, results_dir, protocols_dir, data_dir=None, cache_dir=None, dataset_dir=None):
+    """Meta-tests the kept full-protocol run `name` at its first validation reaching the paper's number (see the
+    module docstring) and keeps the result in its HOW_SOON_FILE; returns what it keeps."""
+    folder, flag = os.path.join(reference_dir, name), f'--how_soon {name}'
+    if not results.is_run_name(name) or name == RUNNING or not os.path.isdir(folder):
+        raise errors.FlagError(f'{flag}: no kept run {folder}')
+    hyperparameters, summary = results.read_hyperparameters(folder), results.read_summary(folder)
+    flags_, prefix = hyperparameters['flags'], name.split('_')[0]
+    paper = read_papers(reference_dir).get((hyperparameters.get('algorithm'), flags_.get('dataset', 'omniglot'),
+                                            flags_['n_way'], flags_['k_shot']))
+    if summary is None or not paper or paper['iterations'] is None or summary['iterations'] < paper['iterations']:
+        raise errors.RunError(f'{flag}: not a finished full-protocol row (papers.csv gives its number and iterations)')
+    if prefix in SPANS_RUN:
+        raise errors.FlagError(f'{flag}: {SPANS_RUN[prefix]}, so a shorter run trains differently; its runs keep '
+                               'the checkpoint where they reach the paper as they go (--keep_checkpoint_at)')
+    first = first_reaching(folder, paper)
+    if first is None:
+        raise errors.RunError(f"{flag}: no validation reached the paper's {paper['accuracy']:.2f}: not earlier")
+    flagfile = os.path.join(protocols_dir, f'{protocol_of(hyperparameters)}.flags')
+    if not os.path.isfile(flagfile) or prefix not in COMMANDS:
+        raise errors.FlagError(f'{flag}: no protocol {flagfile} of a command this tool runs')
+    iteration, run_name = int(first['iteration']), f'{name}_how_soon'
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), COMMANDS[prefix]),
+               f'--flagfile={flagfile}', f'--run_name={run_name}', f'--results_dir={results_dir}',
+               f'--num_iterations={iteration}', '--progress=false']
+    command += [f'--{name_}={value}' for name_, value in
+                (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
+    if os.path.isdir(os.path.join(results_dir, run_name)):
+        command.append('--resume')
+    print(f'reference.py: {name} to iteration {iteration} at the lowest priority: {" ".join(command)}', flush=True)
+    child = start_run(command)
+    try:
+        child.wait()
+    except KeyboardInterrupt:  # Its checkpoints stay in --results_dir: the next --how_soon resumes them.
+        child.send_signal(signal.SIGINT)
+        child.wait()
+        raise
+    rerun = os.path.join(results_dir, run_name)
+    tested = results.read_summary(rerun) if child.returncode == 0 else None
+    if tested is None:
+        raise errors.RunError(f'{flag}: the run to iteration {iteration} failed (exit status {child.returncode}; '
+                              'its message is above)')
+    again = next(row for row in results.read_metrics(os.path.join(rerun, results.METRICS_FILE), required=True)
+                 if row['iteration'] == first['iteration'])
+    kept = {'iteration': iteration, 'paper_accuracy': paper['accuracy'],
+            'test_post_accuracy': tested['test_post_accuracy'], 'test_post_ci95': tested['test_post_ci95'],
+            'test_tasks': tested['test_tasks'], 'val_post_accuracy_full_run': first['val_post_accuracy'],
+            'val_post_accuracy_this_run': again['val_post_accuracy'], 'machine': results.machine(),
+            'training_seconds': tested['training_seconds'], 'command': ' '.join(command)}
+    results.write_json(os.path.join(folder, HOW_SOON_FILE), kept)
+    print(f"reference.py: {name} at iteration {iteration}: meta-test {100 * kept['test_post_accuracy']:.2f}% ± "
+          f"{100 * kept['test_post_ci95']:.2f}% (validation there {100 * again['val_post_accuracy']:.2f}%, the full "
+          f"run's {100 * first['val_post_accuracy']:.2f}%); kept in {folder}/{HOW_SOON_FILE}")
+    return kept
+
+
 def main(_):
     action = chosen_action()  # Before anything runs: one action, and no flag it would ignore.
     reference_dir, readmes = FLAGS.reference_dir, (os.path.join(FLAGS.reference_dir, 'README.md'), FLAGS.readme)
@@ -658,8 +757,10 @@ def main(_):
     if not os.path.isdir(protocols_dir):
         raise errors.FlagError(f'--protocols_dir {protocols_dir}: ' + ('not a folder' if os.path.lexists(protocols_dir)
                                                                       else 'does not exist'))
+    given = {flag: FLAGS[flag].value for flag in ('data_dir', 'cache_dir', 'dataset_dir') if FLAGS[flag].present}
+    if action == 'how_soon':
+        how_soon_run(FLAGS.how_soon, reference_dir, FLAGS.results_dir, FLAGS.protocols_dir, **given)
     if action == 'continue':
-        given = {flag: FLAGS[flag].value for flag in ('data_dir', 'cache_dir', 'dataset_dir') if FLAGS[flag].present}
         continue_run(FLAGS['continue'].value, FLAGS.minutes, reference_dir, FLAGS.results_dir, FLAGS.protocols_dir,
                      readmes, **given, table_protocols_dir=protocols_dir)
     elif action == 'add':

@@ -1,6 +1,7 @@
 """The papers' protocols (protocols/*.flags), rotation as augmentation, and the reference-results table."""
 
 import copy
+import csv
 import glob
 import json
 import os
@@ -379,7 +380,7 @@ def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_
     state = os.path.join(reference_dir, reference.RUNNING, 'fomaml_tiny')
 
     def sitting(minutes):
-        result = _command('reference.py', '--continue=fomaml_tiny', f'--minutes={minutes}',
+        result = _command('reference.py', '--continue=fomaml_tiny', f'--minutes={minutes}', '--nolowest_priority',
                           f'--protocols_dir={protocols}', f'--results_dir={tmp_path}/results',
                           f'--reference_dir={reference_dir}', f'--readme={tmp_path}/README.md')
         assert result.returncode == 0, result.stderr[-2000:]
@@ -416,13 +417,32 @@ def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_
     differs = _command(*evaluate)
     assert differs.returncode == 1 and 'the meta-test differs from the kept one' in differs.stderr
 
+    # How soon: given a paper number its validation first reached at iteration K, --how_soon runs the protocol
+    # again to K, meta-tests there and keeps it for the table.
+    rows = results.read_metrics(os.path.join(kept_folder, results.METRICS_FILE), required=True)
+    reached = next(row for row in rows if row['val_post_accuracy'] > rows[0]['val_post_accuracy'])
+    with open(os.path.join(reference_dir, 'papers.csv'), 'a', newline='') as f:
+        csv.writer(f).writerow(['FO-MAML', 'omniglot', 3, 1, 100 * reached['val_post_accuracy'], '', 300, 'a test'])
+    soon = _command('reference.py', '--how_soon=fomaml_tiny', '--nolowest_priority', f'--protocols_dir={protocols}',
+                    f'--results_dir={tmp_path}/results', f'--reference_dir={reference_dir}',
+                    f'--readme={tmp_path}/README.md')
+    assert soon.returncode == 0, soon.stderr[-2000:]
+    there = json.load(open(os.path.join(kept_folder, reference.HOW_SOON_FILE)))
+    assert there['iteration'] == reached['iteration'] < 300
+    assert there['val_post_accuracy_this_run'] == there['val_post_accuracy_full_run'] == reached['val_post_accuracy']
+    tested = results.read_summary(os.path.join(tmp_path, 'results', 'fomaml_tiny_how_soon'))
+    assert tested['iterations'] == reached['iteration'] and tested['test_post_accuracy'] == there['test_post_accuracy']
+    assert f"validation at {int(reached['iteration']):,}: meta-test there {100 * there['test_post_accuracy']:.2f}" in \
+        open(tmp_path / 'README.md', encoding='utf-8').read()
+
 
 def test_an_interrupted_sitting_stops_its_run_and_keeps_its_state(synthetic_dir, tmp_path):
     """Ctrl-C to reference.py --continue stops the run it started (in a session of its own, the run is
     not sent the terminal's Ctrl-C) and writes its last checkpoint to reference/running/<protocol>/."""
     protocols, reference_dir = _tiny_protocol(synthetic_dir, tmp_path, iterations=100000)
     tool = subprocess.Popen([sys.executable, os.path.join(REPO, 'reference.py'), '--continue=fomaml_tiny',
-                             '--minutes=60', f'--protocols_dir={protocols}', f'--results_dir={tmp_path}/results',
+                             '--minutes=60', '--nolowest_priority', f'--protocols_dir={protocols}',
+                             f'--results_dir={tmp_path}/results',
                              f'--reference_dir={reference_dir}', f'--readme={tmp_path}/README.md'],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / 'results' / 'fomaml_tiny' / results.CHECKPOINT_FILE
@@ -437,6 +457,17 @@ def test_an_interrupted_sitting_stops_its_run_and_keeps_its_state(synthetic_dir,
     assert replay.checkpoint_iteration(state) == replay.checkpoint_iteration(str(checkpoint.parent))
     assert f'interrupted; its state at iteration {replay.checkpoint_iteration(state)} is in {state}' in stderr
     assert not _processes_naming(f'--results_dir={tmp_path}/results')  # Neither the tool nor the run goes on.
+
+
+def test_a_sitting_s_run_starts_in_a_session_of_its_own_at_the_lowest_priority():
+    """What --continue and --how_soon start (the tests above pass --nolowest_priority: there the other test
+    worker would starve it): its own session, its autogroup at nice 19 where the kernel has autogroups."""
+    child = subprocess.run([sys.executable, '-c', 'import os; print(os.getsid(0) == os.getpid(), os.nice(0)); '
+                            'print(open("/proc/self/autogroup").read() if os.path.exists("/proc/self/autogroup") '
+                            'else "nice 19")'], preexec_fn=reference.lowest_priority, start_new_session=True,
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines()[0] == 'True 19' and child.stdout.split()[-1] == '19', child.stdout
 
 
 def _processes_naming(text):
