@@ -171,9 +171,9 @@ def test_evaluate_does_not_change_the_meta_parameters_but_training_does():
 
 def test_learner_improves_on_real_validation_tasks(real_omniglot):
     """A few dozen FO-MAML meta-iterations beat the initial weights on the same fixed tasks."""
-    learner = _maml(inner_lr=0.4, num_inner_steps=5, first_order=True, n_way=5, num_filters=64)
-    learner.meta_optimizer.learning_rate.assign(1e-3)
-    initial, trained = _improvement(learner, real_omniglot, k_shot=5, num_query=15, meta_batch_size=16)
+    learner = _maml(inner_lr=0.4, num_inner_steps=5, first_order=True, n_way=5, num_filters=32)
+    learner.meta_optimizer.learning_rate.assign(1e-3)  # 70% -> 83% measured (AMD EPYC, 25 s; 64 filters: 95 s).
+    initial, trained = _improvement(learner, real_omniglot, k_shot=5, num_query=15, meta_batch_size=8)
     assert trained > initial + 0.05, (initial, trained)
 
 
