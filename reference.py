@@ -91,8 +91,8 @@ flags.declare_key_flag('cache_dir')
 flags.declare_key_flag('dataset_dir')  # config's: where a named --dataset's files are, passed on likewise.
 FLAGS = flags.FLAGS
 
-HOW_SOON_FILE = 'how_soon.json'  # --how_soon's meta-test where the run first reached the paper's number.
-REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png', HOW_SOON_FILE)
+REFERENCE_FILES = ('hyperparameters.json', 'summary.json', 'metrics.csv', 'val_accuracy.png')
+HOW_SOON_FILE = 'how_soon.json'  # Written into a kept run's folder by --how_soon (not by the run: --add drops it).
 RELEASED_FILES = (results.MODEL_FILE, results.CHECKPOINT_FILE)  # The final weights, kept when the run has them.
 RUNNING = 'running'  # reference/running/<protocol>/: runs in progress, not rows of the table.
 RUNNING_FILES = ('hyperparameters.json', 'metrics.csv', results.CHECKPOINT_FILE)

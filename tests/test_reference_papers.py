@@ -157,7 +157,12 @@ def test_how_soon_is_the_first_validation_at_the_papers_number_of_a_full_protoco
                       results.METRICS_COLUMNS)
     paper = {'accuracy': 98.7, 'ci95': 0.4, 'iterations': 1500, 'source': 'a paper'}
     assert reference.how_soon(str(tmp_path), {'iterations': 1500}, paper) == \
-        'validation at 1,000 (a meta-test there: not yet run)'
+        f'validation at 1,000 (a meta-test there: not yet run, `python reference.py --how_soon {tmp_path.name}`)'
+    # Once --how_soon has meta-tested there: its number, and how far into the run that was.
+    results.write_json(str(tmp_path / reference.HOW_SOON_FILE), {'iteration': 1000, 'test_post_accuracy': 0.9875,
+                                                                 'test_post_ci95': 0.0042})
+    assert reference.how_soon(str(tmp_path), {'iterations': 1500}, paper) == \
+        'validation at 1,000: meta-test there 98.75 ± 0.42, 67% of the iterations'
     assert reference.how_soon(str(tmp_path), {'iterations': 1500}, dict(paper, accuracy=99.5)) == \
         'not earlier: no validation reached 99.50'
     assert reference.how_soon(str(tmp_path), {'iterations': 1000}, paper) == '–'  # Shortened: not a full row.
