@@ -240,8 +240,9 @@ class MAML(Learner):
                 for step in range(num_steps + 1)]
 
     def split(self, params, training):
-        """(the weights the inner loop adapts, the context it only reads: θ's other groups by name, the
-        network's weights that do not adapt as 'head' or 'body'), both dicts of tensors by name."""
+        """(the weights the inner loop adapts, as `params` holds them (variables: `initial_weights` starts
+        from them), the context it only reads, as tensors: θ's other groups by name and the network's
+        weights that do not adapt as 'head' or 'body'), both dicts by name."""
         del training
         grouped = NETWORK in params
         weights = params[NETWORK] if grouped else params
