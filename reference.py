@@ -533,6 +533,11 @@ def start_run(command):
                             start_new_session=True)
 
 
+def _priority():
+    """How start_run starts a run, as its log line says it."""
+    return 'at the lowest priority' if FLAGS.lowest_priority else "at this process's priority (--nolowest_priority)"
+
+
 def _default_sigint():
     """In the child: SIGINT, which stops it, at its default (a shell's background job inherits it ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -577,7 +582,7 @@ def continue_run(name, minutes, reference_dir, results_dir, protocols_dir, readm
     if os.path.isdir(folder):
         command.append('--resume')
     print(f'reference.py: {name} from iteration {replay.checkpoint_iteration(folder) if os.path.isdir(folder) else 0} '
-          f'for {minutes:g} minutes at the lowest priority: {" ".join(command)}', flush=True)
+          f'for {minutes:g} minutes {_priority()}: {" ".join(command)}', flush=True)
     child = start_run(command)
     checkpoint = os.path.join(folder, results.CHECKPOINT_FILE)
     try:
@@ -719,7 +724,7 @@ def how_soon_run(name, reference_dir, results_dir, protocols_dir, data_dir=None,
                 (('data_dir', data_dir), ('cache_dir', cache_dir), ('dataset_dir', dataset_dir)) if value]
     if os.path.isdir(os.path.join(results_dir, run_name)):
         command.append('--resume')
-    print(f'reference.py: {name} to iteration {iteration} at the lowest priority: {" ".join(command)}', flush=True)
+    print(f'reference.py: {name} to iteration {iteration} {_priority()}: {" ".join(command)}', flush=True)
     child = start_run(command)
     try:
         child.wait()

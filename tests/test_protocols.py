@@ -436,6 +436,12 @@ def test_a_full_protocol_run_continues_sitting_after_sitting_from_its_committed_
         open(tmp_path / 'README.md', encoding='utf-8').read()
 
 
+def _as_in_a_terminal():
+    """In the child: Ctrl-C at its default, as for a command typed in a terminal (the tests may run as a
+    shell's background job, whose children inherit it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_sitting_stops_its_run_and_keeps_its_state(synthetic_dir, tmp_path):
     """Ctrl-C to reference.py --continue stops the run it started (in a session of its own, the run is
     not sent the terminal's Ctrl-C) and writes its last checkpoint to reference/running/<protocol>/."""
@@ -444,7 +450,8 @@ def test_an_interrupted_sitting_stops_its_run_and_keeps_its_state(synthetic_dir,
                              '--minutes=60', '--nolowest_priority', f'--protocols_dir={protocols}',
                              f'--results_dir={tmp_path}/results',
                              f'--reference_dir={reference_dir}', f'--readme={tmp_path}/README.md'],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_in_a_terminal)
     checkpoint = tmp_path / 'results' / 'fomaml_tiny' / results.CHECKPOINT_FILE
     deadline = time.time() + 300
     while not checkpoint.exists() and tool.poll() is None and time.time() < deadline:
