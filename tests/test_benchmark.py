@@ -18,7 +18,9 @@ def test_benchmark_times_each_algorithm_in_its_own_process():
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'T=2 tasks' in result.stdout and '1 inner steps, 4 filters' in result.stdout
     assert re.search(r'CPUs, native bfloat16: ', result.stdout)
-    assert re.search(r'convolution peak .*: float32 \d+ GFLOP/s, bfloat16 \d+ GFLOP/s', result.stdout)
+    # bfloat16's peak where the CPU computes it (else emulated: measured only with --precision=bfloat16).
+    assert re.search(r'convolution peak .*: float32 \d+ GFLOP/s, bfloat16 (\d+ GFLOP/s|not measured \(emulated)',
+                     result.stdout)
     for algorithm in ('maml', 'maml++'):
         assert re.search(rf'^ +{re.escape(algorithm)},  first order \(1 task at a time\): median \d+\.\d+ s/iteration',
                          result.stdout, re.MULTILINE), result.stdout
