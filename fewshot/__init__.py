@@ -35,5 +35,16 @@ reads the switch once, as it loads, so import this package before TensorFlow.
 
 import os
 
+__version__ = '0.1.0'  # pyproject.toml reads it from here.
+
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+
+
+def load_model(path):
+    """The Keras model a learner or a run saved (`save_model`, a run's model.keras), its batch norm as the
+    learner normalised (fewshot's layer, which `keras.models.load_model` knows only once fewshot.network
+    is imported)."""
+    import keras  # Here, not above: the package is imported before TensorFlow (see above).
+    from fewshot import network  # noqa: F401 (registers the batch norm with Keras)
+    return keras.models.load_model(path)
 

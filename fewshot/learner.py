@@ -16,6 +16,15 @@ which `Learner` compiles and exposes as `training.train` expects them (`meta_tra
 `evaluate`, `state_variables`). A learner is built from keyword arguments alone; how a command's
 flags build one is the command's business (`commands.Command`).
 
+What a user calls (the rest are a learner's hooks):
+
+    meta_train_step(episodes)                 one meta-step on a meta-batch
+    evaluate(episodes, num_steps)             per-task metrics of a meta-batch, θ untouched
+    predict(support_images, support_labels, query_images)
+                                              one task's query scores [Q, N] after its support set
+    adapt(support_images, support_labels)     a Keras model adapted to one support set
+    save_model(path)                          θ as a .keras file
+
 The meta-step (`train_step`) applies the direction and tracks what was measured. Both are means
 over the meta-batch's tasks, so a meta-batch can be processed in chunks of tasks whose results
 are averaged (`tasks_per_chunk`): the same meta-step in the memory of one chunk.
@@ -35,6 +44,10 @@ class Learner:
     train_metrics = ('loss',)
     # How batch norm normalises in this learner's forward passes, recorded in hyperparameters.json.
     batch_norm = 'transductive (statistics of the batch being normalised)'
+    # Inner steps a task is adapted with when none are asked for (none without an inner loop).
+    num_inner_steps = 0
+    # Whether a task may have another number of classes than the network's head (nothing to adapt has N outputs).
+    any_n_way = False
 
     def __init__(self, net, model=None, meta_optimizer=None, params=None):
         """
@@ -53,6 +66,7 @@ class Learner:
         self.model = model
         self.meta_optimizer = meta_optimizer
         self.params = network.parameters(model) if params is None else params
+        self.image_shape = _input_shape(model)
         # Tasks of a meta-batch whose direction is computed at once (None: the whole meta-batch);
         # fewer bound the memory of the meta-step, which stays the same.
         self.tasks_per_chunk = None
@@ -64,6 +78,7 @@ class Learner:
         self._meta_direction = tf.function(self.meta_direction)
         self._update = tf.function(self.update)
         self._test_step = tf.function(self.test_step)
+        self._task_scores = tf.function(self.task_scores)
 
     @property
     def score_name(self):
@@ -94,6 +109,11 @@ class Learner:
 
     def test_step(self, episodes, num_steps):
         """Adapts to each task with `num_steps` steps and scores its query set; per-task metrics."""
+        raise NotImplementedError
+
+    def task_scores(self, episodes, num_steps, n_way):
+        """Query scores [T, Q, N] of `n_way`-way tasks whose query labels are not known (None) after their
+        support sets, with `num_steps` inner steps if the learner adapts; θ untouched."""
         raise NotImplementedError
 
     def apply(self, gradients):
@@ -135,7 +155,7 @@ class Learner:
         and the mean over the T tasks, Σ_c (T_c / T) · chunk c's mean, takes the meta-step. Across
         the replicas of a tf.distribute strategy the tasks are split the same way (distribution.py).
         """
-        episodes, options = _as_tensors(episodes), self.train_step_options()
+        episodes, options = _as_tensors(self.checked(episodes)), self.train_step_options()
         if self.replicated:
             return self.replicated.meta_train_step(episodes, options)
         num_tasks = data.num_tasks(episodes)
@@ -154,9 +174,91 @@ class Learner:
 
     def evaluate(self, episodes, num_steps=0):
         """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""
+        episodes = self.checked(episodes)
         if self.replicated:
             return self.replicated.evaluate(_as_tensors(episodes), num_steps)
         return {k: v.numpy() for k, v in self._test_step(_as_tensors(episodes), num_steps).items()}
+
+    def predict(self, support_images, support_labels, query_images, num_steps=None):
+        """The scores of one task's query images after its support set, θ untouched: the logits after
+        adapting to the support set (`adapt`), or a metric learner's scores; each row's highest is the
+        predicted class.
+
+        Args:
+          support_images: [N*K, H, W, C] float, the task's labelled images, prepared as the learner's
+            training images were (Omniglot's: 28x28x1 in [0, 1]); H, W, C the network's.
+          support_labels: [N*K] integers, the classes 0..N-1, each at least once (N: the network's
+            head's outputs, or any N for a learner without a head).
+          query_images: [Q, H, W, C] float, the images to classify.
+          num_steps: inner steps on the support set (default `num_inner_steps`; none without an inner loop).
+        Returns:
+          NumPy [Q, N].
+        Raises:
+          ValueError naming the argument that is not as above, before anything is computed.
+        """
+        episodes, n_way = self.one_task(support_images, support_labels, query_images)
+        return self._task_scores(episodes, self.steps(num_steps), n_way)[0].numpy()
+
+    def adapt(self, support_images, support_labels, num_steps=None):
+        """A Keras model [B, H, W, C] -> [B, N] adapted to one task's support set (arguments as `predict`'s)."""
+        del support_images, support_labels, num_steps
+        raise NotImplementedError(f'{type(self).__name__} adapts no Keras model to a support set; '
+                                  f'predict(support_images, support_labels, query_images) classifies with it')
+
+    def checked(self, episodes):
+        """`episodes` (a meta-batch, `data.Episodes`), if its images fit the network and a classifier's labels
+        its head; ValueError naming the first part that does not, before anything is traced. (Another kind
+        of task, the navigation's goals, is the learner's own business.)"""
+        if not isinstance(episodes, data.Episodes) or self.image_shape is None:
+            return episodes
+        shape = self.image_shape
+        num_tasks = None
+        for part in ('support', 'query'):
+            images, labels = getattr(episodes, f'{part}_images'), getattr(episodes, f'{part}_labels')
+            fits = len(images.shape) == len(shape) + 2 and all(
+                want in (None, have) for want, have in zip(shape, images.shape[2:]))
+            if not fits or images.shape[0] != (num_tasks or images.shape[0]):
+                raise ValueError(f'episodes.{part}_images: a meta-batch [T, B, '
+                                 f'{", ".join(map(str, shape))}] expected (T tasks of B images the network takes); '
+                                 f'got shape {tuple(images.shape)}')
+            num_tasks = images.shape[0]
+            if tuple(labels.shape[:2]) != tuple(images.shape[:2]):
+                raise ValueError(f'episodes.{part}_labels: [T, B] = {tuple(images.shape[:2])} '
+                                 f'expected, a label per image; got shape {tuple(labels.shape)}')
+            if self.score_name == 'accuracy' and not self.any_n_way and np.max(labels) >= self.net.n_way:
+                raise ValueError(f'episodes.{part}_labels: classes 0..{self.net.n_way - 1} '
+                                 f'expected (the head has {self.net.n_way} outputs); got {int(np.max(labels))}')
+        return episodes
+
+    def steps(self, num_steps):
+        """`num_steps`, checked, or `num_inner_steps` if None."""
+        if num_steps is None:
+            return self.num_inner_steps
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+            raise ValueError(f'num_steps: a whole number of inner steps, 0 or more, '
+                             f'not {num_steps!r}')
+        return int(num_steps)
+
+    def one_task(self, support_images, support_labels, query_images=None):
+        """(`data.Episodes` of the one task, T = 1, with no query labels, its N): the arguments of
+        `predict` checked against the network, ValueError naming the first that is not as it says."""
+        shape = self.image_shape or np.shape(support_images)[1:]
+        support_images = _images('support_images', support_images, shape)
+        query_images = support_images if query_images is None else _images('query_images', query_images, shape)
+        labels = np.asarray(support_labels)
+        if labels.shape != support_images.shape[:1] or labels.dtype.kind not in 'iu':
+            raise ValueError(f'support_labels: {len(support_images)} integer class labels, one '
+                             f'per support image, expected; got {labels.dtype} of shape {labels.shape}')
+        n_way = int(labels.max()) + 1 if labels.size else 0
+        missing = sorted(set(range(n_way)) - set(labels.tolist()))
+        if labels.min(initial=0) < 0 or missing or n_way < 2:
+            raise ValueError(f'support_labels: the classes 0..N-1 with N ≥ 2, each at least once '
+                             f'expected; got {sorted(set(labels.tolist()))}')
+        if n_way != self.net.n_way and not self.any_n_way:
+            raise ValueError(f'support_labels: {n_way} classes, but the network\'s head has '
+                             f'{self.net.n_way} outputs: a task of {self.net.n_way} classes expected')
+        episodes = data.Episodes(support_images[None], labels.astype(np.int32)[None], query_images[None], None)
+        return episodes, n_way
 
 
 class MetricLearner(Learner):
@@ -171,6 +273,7 @@ class MetricLearner(Learner):
     """
 
     train_metrics = ('query_loss', 'query_accuracy')
+    any_n_way = True
     batch_norm = "transductive (statistics of each task's support and query images together)"
     # Classes of the tasks `evaluate` is given when they are not the network's N (None): nothing here has a
     # head of N outputs, so a task of any N can be scored (cross-domain meta-testing, 10-way on a 5-way
@@ -214,6 +317,10 @@ class MetricLearner(Learner):
         metrics = {'query_loss': losses, 'query_accuracy': network.task_accuracies(scores, episodes.query_labels)}
         return tape.gradient(loss, self.params), metrics, {}
 
+    def task_scores(self, episodes, num_steps, n_way):
+        del num_steps  # Nothing adapts.
+        return self.scores(self.params, episodes, n_way)
+
     def test_step(self, episodes, num_steps):
         """Per-task query loss and accuracy after seeing the support set ('post') and before it
         ('pre': with no support set every class scores the same, the uniform prediction)."""
@@ -234,6 +341,26 @@ def named_groups(groups):
     """{group/name: value} of named groups {group: {name: value}}: how a checkpoint keys a learner's
     own meta-parameters (Meta-SGD's inner_lr/conv1/kernel)."""
     return {f'{group}/{name}': value for group, named in groups.items() for name, value in named.items()}
+
+
+def _input_shape(model):
+    """The shape of one image [H, W, C] (None: any size) the model's first input takes; None if the
+    model does not say (a subclassed model called on nothing yet)."""
+    try:
+        return tuple(model.inputs[0].shape[1:])
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+def _images(argument, images, shape):
+    """`images` as float32 [B, *shape] (None in `shape`: any size), B ≥ 1; ValueError naming `argument`
+    otherwise (integers too: pixels of 0..255 where the network was trained on 0..1 would be a silent error)."""
+    array = np.asarray(images)
+    fits = array.ndim == len(shape) + 1 and all(want in (None, have) for want, have in zip(shape, array.shape[1:]))
+    if array.dtype.kind != 'f' or not fits or not len(array):
+        raise ValueError(f'{argument}: float images [B, {", ".join(map(str, shape))}] (the network\'s '
+                         f'input) expected; got {array.dtype} of shape {array.shape}')
+    return array.astype(np.float32)
 
 
 def _as_tensors(episodes):

@@ -702,7 +702,12 @@ def save_model(model, path, batch_norm=''):
       is saved with `TransductiveBatchNormalization`, so that the loaded model normalises as
       the learner did, in Keras' inference mode too (a plain BatchNormalization would use moving
       statistics the learner never set).
+    Raises ValueError, before anything is written, if `path` does not end in .keras (Keras would write
+    another format, legacy HDF5 for .h5, that its docstring does not promise).
     """
+    if not str(path).endswith('.keras'):
+        raise ValueError(f'path: a file ending in .keras expected (the Keras format, which '
+                         f'keras.models.load_model reads back); got {str(path)!r}')
     if batch_norm.startswith('transductive'):
         model = with_transductive_batch_norm(model)
     with results.replacing(path) as temporary:

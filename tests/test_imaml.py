@@ -148,10 +148,10 @@ def test_the_pull_back_adapts_on_the_support_loss_then_steps_toward_theta_in_tra
     learner = _imaml(num_inner_steps=3, regularization='pull_back')
     plain = maml.MAML(learner.net, learner.model, 0.1, 3)
     episodes = _episodes(2)
-    start, _, _, evaluated = learner.adapt(learner.params, episodes, 3, True, training=False)
-    trained = learner.adapt(learner.params, episodes, 3, True, training=True)[3].params[-1]
-    expected = plain.adapt(plain.params, episodes, 3, True, training=False)[3].params[-1]
-    regularised = _imaml(num_inner_steps=3).adapt(learner.params, episodes, 3, True, training=False)[3].params[-1]
+    start, _, _, evaluated = learner.adapt_tasks(learner.params, episodes, 3, True, training=False)
+    trained = learner.adapt_tasks(learner.params, episodes, 3, True, training=True)[3].params[-1]
+    expected = plain.adapt_tasks(plain.params, episodes, 3, True, training=False)[3].params[-1]
+    regularised = _imaml(num_inner_steps=3).adapt_tasks(learner.params, episodes, 3, True, training=False)[3].params[-1]
     for name, value in evaluated.params[-1].items():
         np.testing.assert_allclose(value, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
         np.testing.assert_allclose(trained[name], start[name] + (1 - 0.1 * LAM) * (value - start[name]),

@@ -149,7 +149,7 @@ def _meta_gradient_problem():
 
 def _post_update_returns(learner, params, tasks):
     """Each task's mean return after the policy-gradient step from `params`, under the tasks' fixed draws."""
-    sampled, _, _ = learner.adapt(network.tile(params, tasks.goals.shape[0]), tasks, 1, learner.inner_lr,
+    sampled, _, _ = learner.adapt_tasks(network.tile(params, tasks.goals.shape[0]), tasks, 1, learner.inner_lr,
                                   create_graph=False)
     return tf.reduce_mean(sampled[-1].returns(), axis=1).numpy()
 

@@ -140,10 +140,10 @@ class IMAML(MAML):
         distance = tf.add_n([tf.reduce_sum(tf.square(params[name] - start[name])) for name in params])
         return loss + self.lam / 2 * distance
 
-    def adapt(self, params, episodes, num_steps, first_order, training):
+    def adapt_tasks(self, params, episodes, num_steps, first_order, training):
         """MAML's adaptation; with the pull back, in training, its last weights φ_S moved to
         θ + (1 − αλ)(φ_S − θ), one step α on λ/2 ‖φ − θ‖²."""
-        start, context, query, trajectory = super().adapt(params, episodes, num_steps, first_order, training)
+        start, context, query, trajectory = super().adapt_tasks(params, episodes, num_steps, first_order, training)
         if self.regularization == 'pull_back' and training:
             adapted, keep = trajectory.params[-1], 1 - self.inner_lr * self.lam
             pulled = {name: start[name] + keep * (adapted[name] - start[name]) for name in adapted}

@@ -210,7 +210,7 @@ class MAML(Learner):
           after adaptation, support score before and after adaptation, the `Trajectory`).
         """
         first_order = self.first_order if first_order is None else first_order
-        start, context, query, trajectory = self.adapt(params, episodes, num_steps, first_order, training)
+        start, context, query, trajectory = self.adapt_tasks(params, episodes, num_steps, first_order, training)
 
         def query_logits(step, step_weights, step_context):
             return self.query_forward(step_weights, query, step, step_context, trajectory, training)
@@ -222,7 +222,7 @@ class MAML(Learner):
         metrics = self.metrics(pre_logits, post_logits, episodes.query_labels, trajectory)
         return meta_loss, metrics, trajectory
 
-    def adapt(self, params, episodes, num_steps, first_order, training):
+    def adapt_tasks(self, params, episodes, num_steps, first_order, training):
         """(θ'_0, the context, the query set as `represent` gives it, the `Trajectory`): every task
         of `episodes` adapted on its support set with `num_steps` inner steps from θ = `params`."""
         weights, context = self.split(params, training)
@@ -235,7 +235,7 @@ class MAML(Learner):
     def query_outputs(self, episodes, num_steps):
         """The query outputs [T, Q, ...] after 0, 1, ..., `num_steps` inner steps, a list of S + 1:
         one adaptation (first order, as in evaluation) scored at every step, θ untouched."""
-        _, context, query, trajectory = self.adapt(self.params, episodes, num_steps, True, training=False)
+        _, context, query, trajectory = self.adapt_tasks(self.params, episodes, num_steps, True, training=False)
         return [self.query_forward(trajectory.params[step], query, step, context, trajectory, False)
                 for step in range(num_steps + 1)]
 
@@ -403,6 +403,36 @@ class MAML(Learner):
         """Adapts to each task with `num_steps` inner steps (default `num_inner_steps`) and scores
         its query set, without touching θ; per-task NumPy metrics."""
         return super().evaluate(episodes, self.num_inner_steps if num_steps is None else num_steps)
+
+    def task_scores(self, episodes, num_steps, n_way):
+        """The query logits [T, Q, N] after `num_steps` inner steps, as evaluation adapts (first order)."""
+        del n_way  # The head's.
+        _, context, query, trajectory = self.adapt_tasks(self.params, episodes, num_steps, True, training=False)
+        return self.query_forward(trajectory.params[-1], query, num_steps, context, trajectory, False)
+
+    def adapted_weights(self, episodes, num_steps):
+        """Every weight of the network by name, [T, ...], after `num_steps` inner steps on each task's
+        support set, as evaluation adapts."""
+        _, context, _, trajectory = self.adapt_tasks(self.params, episodes, num_steps, True, training=False)
+        return self.network_weights(trajectory.params[-1], num_steps, context)
+
+    def adapt(self, support_images, support_labels, num_steps=None):
+        """A copy of the Keras model with the weights adapted to one task's support set: `predict`'s
+        logits for any batch of query images [B, H, W, C] -> [B, N] (batch norm normalises each batch by
+        its own moments, as the learner scores a query set, in Keras' inference mode too). Arguments as
+        `predict`'s; θ untouched. NotImplementedError for a learner whose query scores a Keras model
+        cannot give (MAML++ normalising the query with the support set's moments)."""
+        if not self.batch_norm.startswith('transductive'):
+            raise NotImplementedError(f'{type(self).__name__}.adapt: its batch norm at evaluation is '
+                                      f'{self.batch_norm}, which a Keras model cannot do on a query batch alone; '
+                                      f'use predict()')
+        episodes, _ = self.one_task(support_images, support_labels)
+        adapted = tf.function(self.adapted_weights)(episodes, self.steps(num_steps))
+        model = network.with_transductive_batch_norm(self.model)
+        variables = network.parameters(model)
+        for name, value in adapted.items():
+            variables[name].assign(tf.cast(value[0], variables[name].dtype))
+        return model
 
 
 def tensors(params):

@@ -47,7 +47,7 @@ class PolicyMAML(Learner):
         self.eval_inner_lr = tf.Variable(inner_lr, trainable=False, name='eval_inner_lr')
         super().__init__(policy.mlp, model, meta_optimizer, {**network.parameters(model), 'log_std': self.log_std})
 
-    def adapt(self, params, tasks, num_steps, inner_lr, create_graph):
+    def adapt_tasks(self, params, tasks, num_steps, inner_lr, create_graph):
         """(trajectories of phases 0..S, the adapted weights θ'_S, for each phase s < S the log-probability
         [T, N] of each of its trajectories under the weights that drew them): S policy-gradient steps
         from `params` [T, ...] on each task's own draws.
@@ -70,7 +70,7 @@ class PolicyMAML(Learner):
         num_tasks = tasks.goals.shape[0]
         with tf.GradientTape() as tape:
             start = network.tile(self.params, num_tasks)
-            sampled, adapted, sampling_log_probs = self.adapt(start, tasks, self.num_inner_steps, self.inner_lr,
+            sampled, adapted, sampling_log_probs = self.adapt_tasks(start, tasks, self.num_inner_steps, self.inner_lr,
                                                               create_graph=True)
             post_return = tf.reduce_mean(sampled[-1].returns(), axis=1)
             objective = navigation.return_surrogate(self.policy, adapted, sampled[-1], self.discount)
@@ -86,7 +86,7 @@ class PolicyMAML(Learner):
     def test_step(self, tasks, num_steps):
         """Mean return of each task [T] after 0..num_steps steps (return_after_<s>), adapting with
         `eval_inner_lr`; query_pre_return / query_post_return are the first and the last."""
-        sampled, _, _ = self.adapt(network.tile(self.params, tasks.goals.shape[0]), tasks, num_steps,
+        sampled, _, _ = self.adapt_tasks(network.tile(self.params, tasks.goals.shape[0]), tasks, num_steps,
                                    self.eval_inner_lr, create_graph=False)
         returns = [tf.reduce_mean(trajectories.returns(), axis=1) for trajectories in sampled]
         return {'query_pre_return': returns[0], 'query_post_return': returns[-1],
@@ -94,7 +94,7 @@ class PolicyMAML(Learner):
 
     def trajectories(self, tasks, num_steps):
         """The positions [S + 1, T, N, H + 1, 2] of every phase's trajectories, from the origin."""
-        sampled, _, _ = self.adapt(network.tile(self.params, tasks.goals.shape[0]),
+        sampled, _, _ = self.adapt_tasks(network.tile(self.params, tasks.goals.shape[0]),
                                    type(tasks)(*(tf.convert_to_tensor(x) for x in tasks)), num_steps,
                                    self.eval_inner_lr, create_graph=False)
         paths = []
