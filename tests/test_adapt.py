@@ -87,6 +87,8 @@ def test_a_users_keras_model_adapted_is_a_keras_model_of_the_same_layers():
     adapted = learner.adapt(support, labels)
     assert [layer.name for layer in adapted.layers] == [layer.name for layer in model.layers]
     np.testing.assert_allclose(adapted(query), learner.predict(support, labels, query), rtol=1e-4, atol=1e-4)
+    learner.adapt(*_task(seed=6)[:2])  # Another task of the same shapes: the adaptation is not traced again.
+    assert learner._adapted_weights.experimental_get_tracing_count() == 1
 
 
 def test_a_learner_a_keras_model_cannot_stand_for_says_to_predict():

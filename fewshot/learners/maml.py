@@ -121,6 +121,7 @@ class MAML(Learner):
             groups[inner.RATES] = rates
         self.carried = inner_rule.carried_state(adaptable)
         super().__init__(net, model, meta_optimizer, groups if len(groups) > 1 else groups[NETWORK])
+        self._adapted_weights = tf.function(self.adapted_weights)
         if not first_order:
             self.tasks_per_chunk = SECOND_ORDER_TASKS_PER_CHUNK
 
@@ -427,7 +428,7 @@ class MAML(Learner):
                                       f'{self.batch_norm}, which a Keras model cannot do on a query batch alone; '
                                       f'use predict()')
         episodes, _ = self.one_task(support_images, support_labels)
-        adapted = tf.function(self.adapted_weights)(episodes, self.steps(num_steps))
+        adapted = self._adapted_weights(episodes, self.steps(num_steps))
         model = network.with_transductive_batch_norm(self.model)
         variables = network.parameters(model)
         for name, value in adapted.items():
