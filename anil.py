@@ -1,15 +1,9 @@
 """ANIL, Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
 
-    python anil.py                                         # first order, 5-way 5-shot Omniglot
-    python anil.py --first_order=false                     # second order
-
-The learner is `ANIL` (fewshot/learners/anil.py); the flags are MAML's (fewshot/cli/gradient.py).
+Its code: fewshot/cli/scripts/anil.py (installed, the command `fewshot anil`);
+this script runs it from a checkout.
 """
 
-from fewshot.cli import commands, gradient
-from fewshot.learners.anil import ANIL
+from fewshot.cli import scripts
 
-COMMAND = gradient.command('anil', ANIL, 'FO-ANIL', script=__name__)
-
-if __name__ == '__main__':
-    commands.main(COMMAND)
+scripts.enter(__name__, 'anil')

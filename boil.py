@@ -1,15 +1,9 @@
 """BOIL, Body Only update in the Inner Loop (Oh, Yoo, Kim & Yun, ICLR 2021).
 
-    python boil.py                                         # first order, 5-way 5-shot Omniglot
-    python boil.py --first_order=false                     # second order
-
-The learner is `BOIL` (fewshot/learners/boil.py); the flags are MAML's (fewshot/cli/gradient.py).
+Its code: fewshot/cli/scripts/boil.py (installed, the command `fewshot boil`);
+this script runs it from a checkout.
 """
 
-from fewshot.cli import commands, gradient
-from fewshot.learners.boil import BOIL
+from fewshot.cli import scripts
 
-COMMAND = gradient.command('boil', BOIL, 'FO-BOIL', script=__name__)
-
-if __name__ == '__main__':
-    commands.main(COMMAND)
+scripts.enter(__name__, 'boil')

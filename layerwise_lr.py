@@ -1,12 +1,9 @@
 """MAML with one learned inner learning rate per layer (fewshot/learners/layerwise_lr.py); MAML's flags.
 
-    python layerwise_lr.py                                 # first order, 5-way 5-shot Omniglot
+Its code: fewshot/cli/scripts/layerwise_lr.py (installed, the command `fewshot layerwise_lr`);
+this script runs it from a checkout.
 """
 
-from fewshot.cli import commands, gradient
-from fewshot.learners.layerwise_lr import LayerwiseLR
+from fewshot.cli import scripts
 
-COMMAND = gradient.command('layerwise_lr', LayerwiseLR, 'FO-MAML-LayerLR', script=__name__)
-
-if __name__ == '__main__':
-    commands.main(COMMAND)
+scripts.enter(__name__, 'layerwise_lr')

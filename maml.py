@@ -1,17 +1,9 @@
 """MAML and first-order MAML for few-shot classification (Finn, Abbeel & Levine, 2017).
 
-    python maml.py --num_inner_steps 5                     # FO-MAML, 5-way 5-shot Omniglot
-    python maml.py --first_order=false                     # full second-order MAML
-    python maml.py --run_name my_run --resume              # continue a stopped run
-
-The learner is `MAML` (fewshot/learners/maml.py: `inner_loop`, `meta_objective`, `outer_loop`); its
-flags, which every learner of MAML's shape shares (anil.py, boil.py, ...), are fewshot/cli/gradient.py's.
+Its code: fewshot/cli/scripts/maml.py (installed, the command `fewshot maml`);
+this script runs it from a checkout.
 """
 
-from fewshot.cli import commands, gradient
-from fewshot.learners.maml import MAML, Trajectory  # noqa: F401  The assignment's MAML, visible from maml.
+from fewshot.cli import scripts
 
-COMMAND = gradient.command('maml', MAML, 'FO-MAML', script=__name__)
-
-if __name__ == '__main__':
-    commands.main(COMMAND)
+scripts.enter(__name__, 'maml')

@@ -1,15 +1,9 @@
 """Proto-MAML (Triantafillou et al., "Meta-Dataset", ICLR 2020): MAML whose head starts at the prototypes.
 
-    python proto_maml.py                                   # first order, 5-way 5-shot Omniglot
-    python proto_maml.py --first_order=false               # second order, through the initial head too
-
-The learner is `ProtoMAML` (fewshot/learners/proto_maml.py); the flags are MAML's (fewshot/cli/gradient.py).
+Its code: fewshot/cli/scripts/proto_maml.py (installed, the command `fewshot proto_maml`);
+this script runs it from a checkout.
 """
 
-from fewshot.cli import commands, gradient
-from fewshot.learners.proto_maml import ProtoMAML
+from fewshot.cli import scripts
 
-COMMAND = gradient.command('proto_maml', ProtoMAML, 'FO-Proto-MAML', script=__name__)
-
-if __name__ == '__main__':
-    commands.main(COMMAND)
+scripts.enter(__name__, 'proto_maml')

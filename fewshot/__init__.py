@@ -22,10 +22,11 @@
     machine, profiling  what the CPU offers; where a compiled meta-iteration spends its time
     cli         the command layer, the only part that defines or reads a flag: the shared flags,
                 one run from flags (cli.experiment), learner commands (cli.commands), the error
-                path (cli.run); see its docstring
+                path (cli.run), the commands themselves (cli.scripts: `fewshot <command>`, and the
+                top-level scripts of a checkout); see its docstring
 
-The package never imports a command (the top-level scripts) but through `cli.commands.find`, which
-loads a learner script by name as a plug-in; commands import the package.
+The library (all but cli) never imports a command; cli imports one only through `cli.commands.find`,
+which loads a learner command by name as a plug-in, and `cli.scripts`, which runs one.
 
 Importing the package turns on TensorFlow's oneDNN CPU backend unless TF_ENABLE_ONEDNN_OPTS says
 otherwise: only oneDNN has a CPU gradient for the grouped convolutions of the task-batched network,
@@ -34,13 +35,17 @@ reads the switch once, as it loads, so import this package before TensorFlow.
 """
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Not at run time: the package is imported before TensorFlow (see above).
+    import keras
 
 __version__ = '0.1.0'  # pyproject.toml reads it from here.
 
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike) -> 'keras.Model':
     """The Keras model a learner or a run saved (`save_model`, a run's model.keras), its batch norm as the
     learner normalised (fewshot's layer, which `keras.models.load_model` knows only once fewshot.network
     is imported)."""

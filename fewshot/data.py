@@ -552,8 +552,10 @@ def load_image_folder(folder, image_size=28, channels=1):
     [M_c, image_size, image_size, channels], one per class), ready for `EpisodeSampler`.
     DataError naming the folder or file for a missing folder, an empty class or an unreadable image.
     """
-    if channels not in (1, 3):
-        raise DataError(f'channels {channels}: 1 (grayscale) or 3 (RGB)')
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise DataError(f'channels {channels!r}: 1 (grayscale) or 3 (RGB) expected')
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise DataError(f'image_size {image_size!r}: a whole number of pixels, 1 or more, expected')
     names, files = image_folder_files(folder)
     classes = [np.stack([_read_image(path, image_size, channels) for path in paths]) for paths in files]
     return names, classes

@@ -18,6 +18,8 @@ flags build one is the command's business (`commands.Command`).
 
 What a user calls (the rest are a learner's hooks):
 
+    fit(tasks, validation_tasks, num_iterations)   meta-training, Keras-style: callbacks, a run folder
+                                              that resumes exactly, a History
     meta_train_step(episodes)                 one meta-step on a meta-batch
     evaluate(episodes, num_steps)             per-task metrics of a meta-batch, θ untouched
     predict(support_images, support_labels, query_images)
@@ -30,11 +32,19 @@ over the meta-batch's tasks, so a meta-batch can be processed in chunks of tasks
 are averaged (`tasks_per_chunk`): the same meta-step in the memory of one chunk.
 """
 
+import gc
+import os
+import weakref
+
 import numpy as np
 import tensorflow as tf
 import keras
 
-from fewshot import data, distribution, network, results
+from fewshot import data, distribution, network, results, training
+
+# Keras model -> the learner whose θ it holds (weakly: a learner no longer used frees its model).
+_OWNERS = weakref.WeakKeyDictionary()
+
 
 class Learner:
     """Meta-parameters θ (`params`: variables by name, or named groups of them) in a Keras model,
@@ -54,13 +64,16 @@ class Learner:
         Args:
           net: a `network.ConvNet` (or `ResNet`, or `regression.MLP`), whose forward is evaluated
             over explicit weights and which scores a task (`score_name`).
-          model: its Keras model, holding the meta-parameters θ (default: `net.keras_model()`).
+          model: its Keras model, holding the meta-parameters θ (default: `net.keras_model()`, which
+            must not hold another living learner's: a `KerasNetwork`'s model is the user's own, and
+            two learners would silently train the same weights; pass `model` to share it on purpose).
           meta_optimizer: a Keras optimizer for θ (default: Adam at 1e-3).
           params: the meta-parameters: variables by name (default: the model's trainable weights,
             `network.parameters(model)`), or a dict of such named groups (Meta-SGD's
             {'network': ..., 'inner_lr': ...}); gradients and directions have the same structure.
         """
-        model = net.keras_model() if model is None else model
+        model = model_for(net, model)
+        _OWNERS[model] = weakref.ref(self)
         meta_optimizer = keras.optimizers.Adam(1e-3) if meta_optimizer is None else meta_optimizer
         self.net = net
         self.model = model
@@ -130,7 +143,7 @@ class Learner:
         schedules). Each distinct set of Python values compiles the training step once."""
         return {}
 
-    def save_model(self, path):
+    def save_model(self, path: str | os.PathLike) -> None:
         """Saves the model (the meta-learned θ) to `path` (.keras), atomically, so that
         `keras.models.load_model` (after `from fewshot import network`) normalises as this learner does
         (`network.save_model`)."""
@@ -147,7 +160,7 @@ class Learner:
         # A tensor first: under a tf.distribute strategy the rate is a mirrored variable.
         return {'meta_learning_rate': float(tf.convert_to_tensor(self.meta_optimizer.learning_rate))}
 
-    def meta_train_step(self, episodes):
+    def meta_train_step(self, episodes: data.Episodes) -> dict[str, np.ndarray]:
         """One meta-iteration on a meta-batch (compiled); returns per-task metrics as NumPy.
 
         With `tasks_per_chunk` below the meta-batch's T tasks, the direction of each chunk is
@@ -172,14 +185,15 @@ class Learner:
         self._update(*total)
         return {k: np.concatenate([m[k].numpy() for m in metrics]) for k in metrics[0]}
 
-    def evaluate(self, episodes, num_steps=0):
+    def evaluate(self, episodes: data.Episodes, num_steps: int = 0) -> dict[str, np.ndarray]:
         """Adapts to each task and scores its query set, without touching θ; per-task NumPy metrics."""
         episodes = self.checked(episodes)
         if self.replicated:
             return self.replicated.evaluate(_as_tensors(episodes), num_steps)
         return {k: v.numpy() for k, v in self._test_step(_as_tensors(episodes), num_steps).items()}
 
-    def predict(self, support_images, support_labels, query_images, num_steps=None):
+    def predict(self, support_images: np.ndarray, support_labels: np.ndarray, query_images: np.ndarray,
+                num_steps: int | None = None) -> np.ndarray:
         """The scores of one task's query images after its support set, θ untouched: the logits after
         adapting to the support set (`adapt`), or a metric learner's scores; each row's highest is the
         predicted class.
@@ -199,11 +213,45 @@ class Learner:
         episodes, n_way = self.one_task(support_images, support_labels, query_images)
         return self._task_scores(episodes, self.steps(num_steps), n_way)[0].numpy()
 
-    def adapt(self, support_images, support_labels, num_steps=None):
+    def adapt(self, support_images: np.ndarray, support_labels: np.ndarray,
+              num_steps: int | None = None) -> keras.Model:
         """A Keras model [B, H, W, C] -> [B, N] adapted to one task's support set (arguments as `predict`'s)."""
         del support_images, support_labels, num_steps
         raise NotImplementedError(f'{type(self).__name__} adapts no Keras model to a support set; '
                                   f'predict(support_images, support_labels, query_images) classifies with it')
+
+    def fit(self, tasks: data.TaskStream, validation_tasks: data.Episodes | list[data.Episodes],
+            num_iterations: int, meta_batch_size: int = 32, val_interval: int = 100, num_eval_steps: int | None = None,
+            callbacks: list[keras.callbacks.Callback] = (), run_dir: str | os.PathLike | None = None,
+            resume: bool = False, overwrite: bool = False, progress: bool = True) -> keras.callbacks.History:
+        """Meta-trains θ as the commands do, Keras-style; returns a `keras.callbacks.History` whose
+        `history` holds, for each validation of this call, its metrics row (val_post_accuracy,
+        val_post_ci95, val_pre_accuracy, train_loss, iteration, seconds).
+
+        Args:
+          tasks: a task source, `sample(i, T)` -> meta-batch i of T tasks (`data.EpisodeSampler`). Meta-batch
+            i depends on i alone, so a resumed run meets the tasks an uninterrupted one would.
+          validation_tasks: the fixed tasks every validation scores: a meta-batch (`data.Episodes`, e.g.
+            `sampler.sample(0, 100)`) or a list of them (`sampler.fixed_batches(600, 50)`).
+          num_iterations: meta-iterations in all, those of earlier calls on `run_dir` included.
+          meta_batch_size: tasks per meta-iteration, T.
+          val_interval: validate every this many iterations: a metrics row, a checkpoint, and for the
+            callbacks the end of an epoch (a meta-iteration is a batch).
+          num_eval_steps: inner steps at validation (default `num_inner_steps`).
+          callbacks: Keras callbacks, their model `self.model` (CSVLogger, EarlyStopping on
+            'val_post_accuracy', a LambdaCallback, ...); one that stops training stops it at a validation.
+          run_dir: the run folder, as a command writes it (hyperparameters.json, metrics.csv, the
+            checkpoint of the last validation, tensorboard/, and model.keras at the end); None: a
+            temporary one, removed after.
+          resume: continue `run_dir` from its checkpoint, exactly as if never stopped (RunError if the
+            learner, its settings, the task sources or the schedule are not those it recorded).
+          overwrite: replace `run_dir` (without `resume` or this, an existing run folder is an error).
+          progress: show a progress bar.
+
+        Arguments are checked before anything is traced or written (ValueError naming the argument).
+        """
+        return training.fit(self, tasks, validation_tasks, num_iterations, meta_batch_size, val_interval,
+                            num_eval_steps, callbacks, run_dir, resume, overwrite, progress)
 
     def checked(self, episodes):
         """`episodes` (a meta-batch, `data.Episodes`), if its images fit the network and a classifier's labels
@@ -215,9 +263,7 @@ class Learner:
         num_tasks = None
         for part in ('support', 'query'):
             images, labels = getattr(episodes, f'{part}_images'), getattr(episodes, f'{part}_labels')
-            fits = len(images.shape) == len(shape) + 2 and all(
-                want in (None, have) for want, have in zip(shape, images.shape[2:]))
-            if not fits or images.shape[0] != (num_tasks or images.shape[0]):
+            if not _fits(images.shape, shape, batch_axes=2) or images.shape[0] != (num_tasks or images.shape[0]):
                 raise ValueError(f'episodes.{part}_images: a meta-batch [T, B, '
                                  f'{", ".join(map(str, shape))}] expected (T tasks of B images the network takes); '
                                  f'got shape {tuple(images.shape)}')
@@ -288,7 +334,7 @@ class MetricLearner(Learner):
             network's N).
           params: the meta-parameters (default: the network's body, `net.groups(...)['body']`).
         """
-        model = net.keras_model() if model is None else model
+        model = model_for(net, model)
         params = net.groups(network.parameters(model))['body'] if params is None else params
         super().__init__(net, model, meta_optimizer, params=params)
         self.train_n_way = train_n_way or net.n_way
@@ -337,6 +383,24 @@ class MetricLearner(Learner):
         return tf.zeros_like(scores)
 
 
+def model_for(net, model=None):
+    """The Keras model a new learner over `net` holds θ in: `model` if given (shared on purpose), else
+    `net.keras_model()`, unless that holds another living learner's θ (a `KerasNetwork`'s model is the
+    user's own, and two learners would silently train the same weights): ValueError naming `net`."""
+    if model is not None:
+        return model
+    model = net.keras_model()
+    owner = _OWNERS.get(model, lambda: None)
+    if owner() is not None:
+        gc.collect()  # A learner no longer reachable may live on in reference cycles (its compiled steps).
+    owner = owner()
+    if owner is not None:
+        raise ValueError(f'net: its Keras model {model.name!r} already holds the meta-parameters of another '
+                         f'learner ({type(owner).__name__}), which would be trained as well; give each learner a '
+                         f'model of its own (keras.models.clone_model), or pass model= to share it on purpose')
+    return model
+
+
 def named_groups(groups):
     """{group/name: value} of named groups {group: {name: value}}: how a checkpoint keys a learner's
     own meta-parameters (Meta-SGD's inner_lr/conv1/kernel)."""
@@ -352,12 +416,18 @@ def _input_shape(model):
         return None
 
 
+def _fits(have, want, batch_axes):
+    """Whether an array of shape `have` holds images of shape `want` [H, W, C] (None: any size) behind
+    `batch_axes` leading axes ([B] or [T, B])."""
+    return len(have) == len(want) + batch_axes and all(
+        size in (None, got) for size, got in zip(want, have[batch_axes:]))
+
+
 def _images(argument, images, shape):
     """`images` as float32 [B, *shape] (None in `shape`: any size), B ≥ 1; ValueError naming `argument`
     otherwise (integers too: pixels of 0..255 where the network was trained on 0..1 would be a silent error)."""
     array = np.asarray(images)
-    fits = array.ndim == len(shape) + 1 and all(want in (None, have) for want, have in zip(shape, array.shape[1:]))
-    if array.dtype.kind != 'f' or not fits or not len(array):
+    if array.dtype.kind != 'f' or not _fits(array.shape, shape, batch_axes=1) or not len(array):
         raise ValueError(f'{argument}: float images [B, {", ".join(map(str, shape))}] (the network\'s '
                          f'input) expected; got {array.dtype} of shape {array.shape}')
     return array.astype(np.float32)

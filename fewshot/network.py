@@ -24,6 +24,7 @@ This is the hand-written equivalent of mapping a single-task forward over tasks
 
 import dataclasses
 import functools
+import numbers
 import os
 
 import keras
@@ -98,6 +99,15 @@ class ConvNet(Classifier):
     pool_padding: str = 'same'
 
     def __post_init__(self):
+        """ValueError naming the first argument that is not as the fields say, before anything is built."""
+        for name, least in (('n_way', 2), ('num_filters', 1), ('num_blocks', 1), ('image_size', 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f'{name}: a whole number, {least} or more, expected; got {value!r}')
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise ValueError(f'channels: 1 (grayscale) or 3 (RGB) expected; got {self.channels!r}')
+        if self.precision not in ('float32', 'bfloat16'):
+            raise ValueError(f"precision: 'float32' or 'bfloat16' expected; got {self.precision!r}")
         if self.pool_padding not in ('same', 'valid'):
             raise ValueError(f"pool_padding: 'same' or 'valid', not {self.pool_padding!r}")
         if self.pool_padding != 'same' and not self.max_pool:
@@ -449,7 +459,7 @@ class KerasNetwork(Classifier):
         last = self.model.layers[-1]
         if not (isinstance(last, keras.layers.Dense) and last.use_bias
                 and last.activation is keras.activations.linear):
-            raise ValueError(f'the Keras model {self.model.name!r} must end in a Dense layer with a bias and no '
+            raise ValueError(f'net: the Keras model {self.model.name!r} must end in a Dense layer with a bias and no '
                              f'activation (its head) for a learner that adapts or makes the head apart from the '
                              f'body; its last layer is {type(last).__name__} {last.name!r}')
         return last

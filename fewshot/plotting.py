@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use('Agg')  # Files only; no display is needed or assumed.
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 
-from fewshot import results  # noqa: E402
+from fewshot import datasets, results  # noqa: E402
 
 ASSIGNMENT_BAR = 0.80
 # A run describes how its accuracy figure differs from a meta-learner's in hyperparameters.json
@@ -26,11 +26,12 @@ ACCURACY_FIGURE_BEFORE_SELF_DESCRIPTION = {
 
 
 def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
-                  train_label='training tasks, after adaptation', xlabel='meta-iteration'):
+                  train_label='training tasks, after adaptation', xlabel='meta-iteration', assignment_bar=True):
     """Validation (with 95% CI band) and training accuracy over training.
 
     rows: metrics rows as written by training.train; path: the PNG (or PDF/SVG) to write;
-    train_column: the training accuracy to draw (absent or empty: none).
+    train_column: the training accuracy to draw (absent or empty: none);
+    assignment_bar: draw the assignment's 80% line (it is Omniglot's).
     """
     iterations = [row['iteration'] for row in rows]
     figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
@@ -45,7 +46,7 @@ def plot_accuracy(rows, path, title, train_column='train_query_post_accuracy',
     if trained:
         axes.plot([row['iteration'] for row in trained], [row[train_column] for row in trained],
                   color='tab:orange', linestyle='--', label=train_label)
-    _accuracy_axes(axes, title, xlabel, 'query accuracy')
+    _accuracy_axes(axes, title, xlabel, 'query accuracy', bar=assignment_bar)
     _save(figure, path)
 
 
@@ -63,10 +64,11 @@ def plot_run(run_dir, suffix='.png', logs=None):
     """
     hyperparameters, rows = logs or read_run(run_dir)
     algorithm, flags = hyperparameters.get('algorithm', 'run'), hyperparameters['flags']
-    title = f'{algorithm}, {flags["n_way"]}-way {flags["k_shot"]}-shot Omniglot'
+    dataset = flags.get('dataset', 'omniglot')  # Runs before --dataset were Omniglot's.
+    title = f'{algorithm}, {flags["n_way"]}-way {flags["k_shot"]}-shot {datasets.display_name(dataset)}'
     path = os.path.join(run_dir, f'val_accuracy{suffix}')
     options = hyperparameters.get('accuracy_figure', ACCURACY_FIGURE_BEFORE_SELF_DESCRIPTION.get(algorithm, {}))
-    plot_accuracy(rows, path, title, **options)
+    plot_accuracy(rows, path, title, assignment_bar=dataset == 'omniglot', **options)
     return path
 
 
@@ -248,10 +250,10 @@ def _zoomed_bottom(series):
     return max(0.0, math.floor((values.min() - 0.02) * 20) / 20) if values.size else 0.0
 
 
-def _accuracy_axes(axes, title, xlabel, ylabel, bottom=0.0):
-    """The look shared by accuracy figures: percent axis up to 100%, the assignment bar where it
-    falls within the axis, grid."""
-    if bottom < ASSIGNMENT_BAR:
+def _accuracy_axes(axes, title, xlabel, ylabel, bottom=0.0, bar=True):
+    """The look shared by accuracy figures: percent axis up to 100%, the assignment bar (with `bar`) where
+    it falls within the axis, grid."""
+    if bar and bottom < ASSIGNMENT_BAR:
         axes.axhline(ASSIGNMENT_BAR, color='tab:red', linestyle=':', linewidth=1,
                      label=f'assignment bar ({ASSIGNMENT_BAR:.0%})')
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(bottom, 1.0))

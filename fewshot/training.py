@@ -12,20 +12,23 @@ A learner is any object with
 `fewshot.learners.maml.MAML` is one; a pretrained classifier scored by transfer is another.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import math
 import os
 import resource
+import tempfile
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorboard.plugins.hparams import api as hparams
 from tqdm import tqdm
 
-from fewshot import distribution, results
+from fewshot import data, distribution, results
 from fewshot.errors import SetupError, TrainingError, named
 
 
@@ -159,7 +162,19 @@ def tensorboard_writer(run, start):
     return writer
 
 
-def train(learner, train_sampler, val_batches, run, schedule, progress=True, cluster=distribution.Cluster()):
+def write_test_summary(run, summary):
+    """The meta-test's figures of `summary` (test_post_accuracy, test_post_ci95, ...; summary.json's) as
+    TensorBoard scalars test/<name> at the run's last iteration: its HParams table then sorts runs by them."""
+    writer = tf.summary.create_file_writer(run.file('tensorboard'))
+    with writer.as_default(step=int(summary['iterations'])):
+        for name, value in summary.items():
+            if name.startswith('test_') and isinstance(value, (int, float)) and name != 'test_tasks':
+                tf.summary.scalar(f'test/{name[len("test_"):]}', value)
+    writer.close()
+
+
+def train(learner, train_sampler, val_batches, run, schedule, progress=True, cluster=distribution.Cluster(),
+          callbacks=None):
     """Meta-trains `learner`, resuming from the run's checkpoint if there is one.
 
     Meta-batch i is `train_sampler.sample(i, T)`, so a resumed run sees the same
@@ -172,11 +187,19 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
     (every meta-step and evaluation is a collective operation) and starts where the chief's run
     folder says, from the chief's weights; only the chief's `run` is the run's folder.
 
+    callbacks: a `keras.callbacks.CallbackList` (its model the learner's), told as Keras's `fit` tells
+      it, a meta-iteration being a batch and the iterations up to a validation an epoch: epoch e ends
+      with the validation of metrics row e, whose values are its logs (val_post_accuracy, ...); a
+      callback that sets the model's `stop_training` (EarlyStopping) stops training there.
+
     Returns:
       The metrics rows, one per validation.
     """
+    callbacks = callbacks or keras.callbacks.CallbackList()
     loop = _Loop(learner, val_batches, run, schedule, cluster)
     last = loop.rows[-1] if loop.rows else loop.validate(0, None)
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(len(loop.rows))
     bar = tqdm(total=schedule.num_iterations, initial=loop.start, disable=not progress,
                desc='meta-training', unit='it', dynamic_ncols=True)
     interval = []
@@ -186,16 +209,24 @@ def train(learner, train_sampler, val_batches, run, schedule, progress=True, clu
                          iteration - 1)
             break
         began = time.perf_counter()
+        callbacks.on_train_batch_begin(iteration)
         metrics = learner.meta_train_step(train_sampler.sample(iteration, schedule.meta_batch_size))
         means = loop.record_step(iteration, metrics, time.perf_counter() - began, last)
+        callbacks.on_train_batch_end(iteration, means)
         interval.append(metrics)
+        bar.update(1)
         if iteration % schedule.val_interval == 0 or iteration == schedule.num_iterations:
             last = loop.validate(iteration, {name: np.concatenate([m[name] for m in interval]) for name in metrics})
             interval = []
-        bar.update(1)
+            callbacks.on_epoch_end(len(loop.rows) - 1, dict(last))
+            if getattr(getattr(callbacks, 'model', None), 'stop_training', False):
+                logging.info('Stopped by a callback at iteration %d', iteration)
+                break
+            callbacks.on_epoch_begin(len(loop.rows))
         bar.set_postfix(loss=f'{means[learner.train_metrics[0]]:.3f}', val=f'{last[f"val_post_{loop.score}"]:.3f}',
                         **{name: f'{means[name]:.3f}' for name in learner.train_metrics[1:2]})
     bar.close()
+    callbacks.on_train_end(dict(last))
     loop.writer.flush()
     return loop.rows
 
@@ -266,6 +297,7 @@ class _Loop:
         with self.writer.as_default(step=iteration):
             for when in ('pre', 'post'):
                 tf.summary.scalar(f'validation/{when}_{score}', row[f'val_{when}_{score}'])
+                tf.summary.scalar(f'validation/{when}_ci95', row[f'val_{when}_ci95'])
             for tag, value in getattr(self.learner, 'summaries', dict)().items():
                 tf.summary.scalar(tag, value)
         self.log_progress(row)
@@ -283,3 +315,61 @@ class _Loop:
         shown = f'{100 * value:.2f}% +- {100 * ci:.2f}%' if self.score == 'accuracy' else f'{value:.4g} +- {ci:.2g}'
         logging.info('Iteration %d of %d: validation %s %s; %.3f s per iteration, %s left',
                      row['iteration'], self.schedule.num_iterations, self.score, shown, pace, left)
+
+
+def fit(learner, tasks, validation_tasks, num_iterations, meta_batch_size, val_interval, num_eval_steps, callbacks,
+        run_dir, resume, overwrite, progress):
+    """`Learner.fit` (its docstring says what each argument is): the arguments checked, the run folder
+    made or resumed as a command's (`results.RunFolder`), `train` with the callbacks and a History."""
+    num_eval_steps = learner.num_inner_steps if num_eval_steps is None else num_eval_steps
+    val_batches = _checked_fit_arguments(learner, tasks, validation_tasks, num_iterations, meta_batch_size,
+                                         val_interval, num_eval_steps, callbacks, run_dir)
+    history = keras.callbacks.History()
+    callback_list = keras.callbacks.CallbackList([*callbacks, history], model=learner.model)
+    callback_list.set_params({'epochs': math.ceil(num_iterations / val_interval), 'steps': val_interval,
+                              'verbose': 0})
+    learner.model.stop_training = False  # As Keras's fit: a callback's stop of an earlier call is over.
+    # Meta-batch 1's tasks and the validation tasks identify the task sources: a run resumes only on them.
+    recorded = {'learner': type(learner).__name__, 'meta_batch_size': meta_batch_size, 'val_interval': val_interval,
+                'num_eval_steps': num_eval_steps, 'num_iterations': num_iterations,
+                'training_tasks': data.tasks_checksum([tasks.sample(1, meta_batch_size)]),
+                'validation_tasks': data.tasks_checksum(val_batches),
+                **{f'learner.{name}': value for name, value in sorted(vars(learner).items())
+                   if isinstance(value, (bool, int, float, str)) and not name.startswith('_')}}
+    with tempfile.TemporaryDirectory() if run_dir is None else contextlib.nullcontext() as scratch:
+        folder = os.path.join(scratch, 'run') if run_dir is None else os.fspath(run_dir)
+        run = results.RunFolder(os.path.dirname(folder) or '.', os.path.basename(folder), resume=resume,
+                                overwrite=overwrite, create=False)
+        run.check_algorithm(type(learner).__name__)
+        with run.started():
+            run.write_hyperparameters(recorded, {'algorithm': type(learner).__name__, 'command': 'Learner.fit'})
+            train(learner, tasks, val_batches, run, Schedule(num_iterations, meta_batch_size, val_interval,
+                                                             num_eval_steps), progress, callbacks=callback_list)
+        learner.save_model(run.file(results.MODEL_FILE))
+    return history
+
+
+def _checked_fit_arguments(learner, tasks, validation_tasks, num_iterations, meta_batch_size, val_interval,
+                           num_eval_steps, callbacks, run_dir):
+    """The validation meta-batches [Episodes], if every argument of `fit` is as its docstring says;
+    else ValueError naming the first that is not, before anything is traced or written."""
+    for name, value, least in (('num_iterations', num_iterations, 1), ('meta_batch_size', meta_batch_size, 1),
+                               ('val_interval', val_interval, 1), ('num_eval_steps', num_eval_steps, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f'{name}: a whole number, {least} or more, expected; got {value!r}')
+    if not callable(getattr(tasks, 'sample', None)):
+        raise ValueError(f'tasks: a task source, sample(i, T) -> meta-batch i of T tasks (data.EpisodeSampler), '
+                         f'expected; got {type(tasks).__name__}')
+    val_batches = [validation_tasks] if isinstance(validation_tasks, data.Episodes) else validation_tasks
+    if not isinstance(val_batches, (list, tuple)) or not val_batches or not all(
+            isinstance(batch, data.Episodes) for batch in val_batches):
+        raise ValueError('validation_tasks: a meta-batch (data.Episodes, e.g. sampler.sample(0, 100)) or a list '
+                         f'of them expected; got {type(validation_tasks).__name__}')
+    for batch in val_batches:
+        learner.checked(batch)
+    if not isinstance(callbacks, (list, tuple)) or not all(isinstance(c, keras.callbacks.Callback) for c in callbacks):
+        raise ValueError(f'callbacks: a list of Keras callbacks (keras.callbacks.Callback) expected; got '
+                         f'{callbacks!r}')
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise ValueError(f'run_dir: a folder path expected; got {type(run_dir).__name__}')
+    return list(val_batches)

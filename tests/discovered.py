@@ -1,4 +1,4 @@
-"""The learner commands, found rather than listed: every script beside maml.py that defines its
+"""The learner commands, found rather than listed: every command (fewshot/cli/scripts/) that defines its
 `commands.Command` as COMMAND. A new learner's command is in every test that uses these, with no
 edit to a test."""
 
@@ -6,14 +6,12 @@ import glob
 import os
 import re
 
-from fewshot.cli import commands
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fewshot.cli import commands, scripts
 
 
 def learner_scripts():
     """The learner commands' file names, e.g. ['anil.py', ..., 'reptile.py']."""
-    return sorted(os.path.basename(path) for path in glob.glob(os.path.join(REPO, '*.py'))
+    return sorted(os.path.basename(path) for path in glob.glob(os.path.join(scripts.HERE, '*.py'))
                   if re.search(r'^COMMAND = ', open(path).read(), re.MULTILINE))
 
 

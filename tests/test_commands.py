@@ -1,5 +1,6 @@
-"""Every command at the top imports beside every other in one process (no two define the same flag),
-and every learner command describes itself, so compare.py and benchmark.py find it by name."""
+"""Every command imports beside every other in one process (no two define the same flag), each has its
+doorway at the top of the checkout, and every learner command describes itself, so compare.py and
+benchmark.py find it by name."""
 
 import glob
 import os
@@ -7,16 +8,20 @@ import re
 import subprocess
 import sys
 
+from fewshot.cli import scripts
 from test_training import REPO
 
-COMMANDS = sorted(os.path.basename(path)[:-3] for path in glob.glob(os.path.join(REPO, '*.py')))
+COMMANDS = list(scripts.NAMES)
 
 
 def test_every_command_imports_beside_every_other_in_one_process():
     assert {'maml', 'compare', 'report', 'anil'} <= set(COMMANDS)
+    # Each top-level script is a command's doorway, and `import maml` is the command's module itself.
+    assert sorted(os.path.basename(path)[:-3] for path in glob.glob(os.path.join(REPO, '*.py'))) == COMMANDS
     script = (f'import {", ".join(COMMANDS)}\n'
               'from fewshot.cli import commands\n'
               f'learners = [name for name in {COMMANDS!r} if hasattr(sys.modules[name], "COMMAND")]\n'
+              f'assert all(sys.modules[name].__name__ == "fewshot.cli.scripts." + name for name in {COMMANDS!r})\n'
               'print(",".join(commands.find(name, "--algorithms").name for name in learners))\n')
     result = subprocess.run([sys.executable, '-c', 'import sys\n' + script], capture_output=True, text=True,
                             cwd=REPO, timeout=300)
@@ -28,7 +33,7 @@ def test_every_command_imports_beside_every_other_in_one_process():
 
 
 def _assigns_command(name):
-    with open(os.path.join(REPO, f'{name}.py'), encoding='utf-8') as f:
+    with open(os.path.join(scripts.HERE, f'{name}.py'), encoding='utf-8') as f:
         return re.search(r'^COMMAND\s*[:=]', f.read(), re.MULTILINE) is not None
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import report
-from fewshot import errors, folders, results
+from fewshot import errors, folders, plotting, results
 import stability
 import submit
 
@@ -188,11 +188,16 @@ def test_a_meta_test_difference_within_a_runs_confidence_interval_is_not_called_
 
 
 def test_missing_runs_are_named_not_skipped(tmp_path):
-    make_run(str(tmp_path / 'results' / 'maml_fo_5way5shot_5steps_seed0'), 'FO-MAML', [0.3, 0.98], 0.97)
+    # The FO-MAML run there is has seed 3: the transfer run's command compares with it, not with seed 0's.
+    make_run(str(tmp_path / 'results' / 'maml_fo_5way5shot_5steps_seed3'), 'FO-MAML', [0.3, 0.98], 0.97)
     runs, stability_dir = report.find_runs(str(tmp_path / 'results'))
     text = report.to_markdown(report.build_report(runs, stability_dir, str(tmp_path)))
-    assert 'Missing: MAML++ 5-way 5-shot (python maml_plusplus.py); transfer 5-way 5-shot' in text
+    assert ('Missing: MAML++ 5-way 5-shot (python maml_plusplus.py); transfer 5-way 5-shot (python maml_transfer.py '
+            f'--compare_with {tmp_path / "results" / "maml_fo_5way5shot_5steps_seed3"})') in text
     assert 'Missing: the MAML vs MAML++ stability comparison (python stability.py).' in text
+    alone = report.to_markdown(report.build_report([], stability_dir, str(tmp_path)))
+    assert ('transfer 5-way 5-shot (python maml.py --num_inner_steps 5, then python maml_transfer.py --compare_with '
+            '<its run folder>)') in alone
 
 
 def test_report_without_runs_or_metrics_is_a_clear_error(tmp_path):
@@ -306,3 +311,17 @@ def test_submit_works_outside_a_git_checkout_and_names_untracked_files_it_leaves
     inside = subprocess.run(command + ['--force'], capture_output=True, text=True, cwd=copy)
     assert inside.returncode == 0, inside.stderr[-2000:]
     assert 'left out, not tracked by git and not part of the hand-in: my_notes.py' in inside.stdout
+
+
+def test_a_runs_figure_names_its_dataset_and_draws_the_assignment_bar_only_on_omniglot(tmp_path, monkeypatch):
+    drawn, draw = [], plotting.plot_accuracy
+    monkeypatch.setattr(plotting, 'plot_accuracy', lambda rows, path, title, **options: (
+        drawn.append((title, options['assignment_bar'])), draw(rows, path, title, **options)))
+    omniglot = make_run(str(tmp_path / 'omniglot'), 'FO-MAML', [0.3, 0.98], 0.97)
+    mine = make_run(str(tmp_path / 'mine'), 'FO-MAML', [0.3, 0.6], 0.55)
+    recorded = results.read_hyperparameters(mine)
+    recorded['flags']['dataset'] = 'folder:/data/my_flowers/'
+    results.write_json(os.path.join(mine, results.HYPERPARAMETERS_FILE), recorded)
+    paths = [plotting.plot_run(folder) for folder in (omniglot, mine)]
+    assert drawn == [('FO-MAML, 5-way 5-shot Omniglot', True), ('FO-MAML, 5-way 5-shot my_flowers', False)]
+    assert all(os.path.getsize(path) > 0 for path in paths)

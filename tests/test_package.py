@@ -1,5 +1,6 @@
 """The project as a distribution: the package installs and imports from anywhere; the code passes the linter."""
 
+import json
 import os
 import re
 import shutil
@@ -61,6 +62,35 @@ def _write_classes(folder, num_classes, per_class):
             image.save(folder / f'class_{index:02d}' / f'{j}.{"png" if j % 2 else "jpg"}')
 
 
+def test_the_installed_fewshot_command_runs_every_command_from_outside_the_repository(installed, tmp_path):
+    """`pip install` puts `fewshot` on the PATH: it lists the commands, and `fewshot <command>` is the
+    command: it trains into a run folder and resumes it, says what is wrong with a flag in one line, and
+    runs other commands in child processes (compare has its learner check the flags it passes on)."""
+    program = installed / 'bin' / 'fewshot'
+    listed = _outside(installed, tmp_path, str(program))
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert {'maml', 'protonet', 'compare', 'reference'} <= {line.split()[0] for line in listed.stdout.splitlines()[2:]}
+    _write_classes(tmp_path / 'images', num_classes=12, per_class=4)
+    common = [f'--dataset=folder:{tmp_path / "images"}', '--image_size=16', '--num_filters=4', '--n_way=2',
+              '--num_train_classes=6', '--num_val_classes=3', '--k_shot=1', '--num_query=1', '--meta_batch_size=2',
+              '--val_interval=2', '--num_val_tasks=2', '--num_test_tasks=2', '--progress=false',
+              f'--results_dir={tmp_path / "runs"}', '--run_name=mine']
+    trained = _outside(installed, tmp_path, str(program), 'protonet', *common, '--num_iterations=2')
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    resumed = _outside(installed, tmp_path, str(program), 'protonet', *common, '--num_iterations=4', '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with open(tmp_path / 'runs' / 'mine' / 'hyperparameters.json', encoding='utf-8') as f:
+        assert json.load(f)['command'].startswith('fewshot protonet ')
+    rows = (tmp_path / 'runs' / 'mine' / 'metrics.csv').read_text().splitlines()
+    assert [row.split(',')[0] for row in rows[1:]] == ['0', '2', '4']  # Validated at 0 and 2, then resumed to 4.
+    mistaken = _outside(installed, tmp_path, str(program), 'protonet', '--n_way=1')
+    assert mistaken.returncode == 1 and mistaken.stderr.strip().splitlines()[-1].startswith('error: flag --n_way=1: ')
+    passed_on = _outside(installed, tmp_path, str(program), 'compare', '--algorithms=protonet', '--settings=2way1shot',
+                         f'--results_dir={tmp_path / "runs"}', '--', '--no_such_flag=1')
+    assert passed_on.returncode == 1 and passed_on.stderr.strip().splitlines()[-1].startswith(
+        'error: after --, for protonet.py: --no_such_flag is not a flag of fewshot protonet'), passed_on.stderr[-2000:]
+
+
 def test_the_readme_python_example_runs_from_outside_the_repository_and_learns(installed, tmp_path):
     with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
         example = re.search(r'## Use from Python\n.*?```python\n(.*?)\n```', f.read(), re.S).group(1)
@@ -103,6 +133,20 @@ def test_every_link_of_the_readme_and_docs_names_a_file_that_exists():
     assert not broken
 
 
+def test_the_api_reference_is_what_the_code_says(tmp_path):
+    """docs/api.md is generated from the docstrings (api_reference.py): it cannot drift from the code."""
+    check = subprocess.run([sys.executable, os.path.join(REPO, 'api_reference.py'), '--check'], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-2000:]
+    drifted = tmp_path / 'api.md'
+    with open(os.path.join(REPO, 'docs', 'api.md'), encoding='utf-8') as f:
+        drifted.write_text(f.read().replace('Meta-SGD', 'Meta-SGD (an old docstring)', 1), encoding='utf-8')
+    check = subprocess.run([sys.executable, os.path.join(REPO, 'api_reference.py'), '--check', f'--output={drifted}'],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 1 and check.stderr.strip().splitlines()[-1] == \
+        f'error: {drifted} is not what the code says: run python api_reference.py'
+
+
 def test_ci_runs_the_test_command_the_readme_gives():
     with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
         blocks = re.findall(r'```bash\n(.*?)\n```', f.read(), re.S)
@@ -114,8 +158,10 @@ def test_ci_runs_the_test_command_the_readme_gives():
 
 def test_the_library_defines_and_reads_no_flag_and_imports_no_command():
     # Every module of the package but the command layer (fewshot.cli), imported in a fresh process.
+    # (fewshot/__main__.py, `python -m fewshot`, is the `fewshot` command: it runs fewshot.cli.scripts.)
     files = {os.path.join('fewshot', path): 'fewshot.' + path[:-3].replace(os.sep, '.')
-             for path in _modules(os.path.join(REPO, 'fewshot')) if not path.startswith('cli' + os.sep)}
+             for path in _modules(os.path.join(REPO, 'fewshot'))
+             if not path.startswith('cli' + os.sep) and path != '__main__.py'}
     library = sorted(name.removesuffix('.__init__') for name in files.values())
     probe = (f'import importlib, sys; from absl import flags\n'
              f'for name in {library!r}: importlib.import_module(name)\n'
@@ -135,14 +181,23 @@ def test_the_library_defines_and_reads_no_flag_and_imports_no_command():
 
 
 def test_no_command_imports_another_command():
-    """The commands stand side by side above the package: what several share (flags, learners, the
-    readers of run folders) is in fewshot/cli/, fewshot/learners/ or the library, so no top-level script,
-    nor the command layer, imports a command (`commands.find` loads one by name, as a plugin)."""
-    commands = {name[:-3] for name in os.listdir(REPO) if name.endswith('.py')}
-    layer = [os.path.join('fewshot', 'cli', name) for name in os.listdir(os.path.join(REPO, 'fewshot', 'cli'))
-             if name.endswith('.py')]
-    assert len(commands) > 20 and len(layer) > 5
-    for path in sorted([f'{command}.py' for command in commands] + layer):
+    """The commands stand side by side (fewshot/cli/scripts/): what several share (flags, learners, the
+    readers of run folders) is in fewshot/cli/, fewshot/learners/ or the library, so no command, nor the
+    command layer, imports a command (`commands.find` loads one by name, as a plugin), and a top-level
+    script imports only its own."""
+    scripts = os.path.join('fewshot', 'cli', 'scripts')
+    commands = {name[:-3] for name in os.listdir(os.path.join(REPO, scripts)) if not name.startswith('_')}
+    layer = [os.path.join(folder, name) for folder in (os.path.join('fewshot', 'cli'), scripts)
+             for name in os.listdir(os.path.join(REPO, folder)) if name.endswith('.py')]
+    assert len(commands) > 20 and len(layer) > 30
+    for path in sorted(layer):
         with open(os.path.join(REPO, path), encoding='utf-8') as f:
-            imported = set(re.findall(r'^\s*(?:import|from)\s+(\w+)', f.read(), re.MULTILINE))
+            text = f.read()
+        imported = set(re.findall(r'^\s*(?:import|from)\s+(\w+)', text, re.MULTILINE))
+        imported |= set(re.findall(r'^\s*(?:import|from)\s+fewshot\.cli\.scripts(?:\.(\w+)| import (\w+))', text,
+                                   re.MULTILINE))
+        imported = {name for names in imported for name in ([names] if isinstance(names, str) else names)}
         assert not imported & commands, f'{path} imports {sorted(imported & commands)}'
+    for command in commands:
+        with open(os.path.join(REPO, f'{command}.py'), encoding='utf-8') as f:
+            assert f.read().endswith(f'scripts.enter(__name__, {command!r})\n'), command

@@ -17,8 +17,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from conftest import REPO
-from fewshot import data, replay, results
-from fewshot.cli import experiment
+from fewshot import data, results
+from fewshot.cli import experiment, replay
 import maml  # noqa: F401 (defines MAML's flags)
 import maml_plusplus  # noqa: F401 (defines MAML++'s flags)
 import imaml  # noqa: F401 (defines iMAML's flags)

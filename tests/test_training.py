@@ -326,12 +326,14 @@ def test_checkpoints_restore_by_name_and_old_positional_ones_once_by_position(tm
 
 
 def test_tensorboard_has_every_curve_once_and_the_flags(tmp_path):
-    """Training metrics, seconds per iteration, the meta learning rate and validation accuracy, each tag
-    written once per step, and the run's flags as hparams."""
+    """Training metrics, seconds per iteration, the meta learning rate and validation accuracy with its
+    interval, each tag written once per step, the run's flags as hparams, and the meta-test's figures."""
     import tensorflow as tf
     train, val = _task_sources()
     folder = _run_folder(str(tmp_path), 'run')
     training.train(_learner(seed=0), train, val, folder, SCHEDULE, progress=False)
+    training.write_test_summary(folder, {'iterations': 7, 'test_post_accuracy': 0.75, 'test_post_ci95': 0.02,
+                                         'test_tasks': 600})
     seen, plugins = {}, set()
     for path in os.listdir(folder.file('tensorboard')):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(folder.file('tensorboard'), path)):
@@ -341,7 +343,9 @@ def test_tensorboard_has_every_curve_once_and_the_flags(tmp_path):
     for tag, steps in seen.items():
         assert len(steps) == len(set(steps)), f'{tag} written twice at one step'
     assert seen['seconds_per_iteration'] == seen['train/query_post_loss'] == list(range(1, 8))
-    assert seen['validation/post_accuracy'] == seen['meta_learning_rate'] == [0, 2, 4, 6, 7]
+    assert seen['validation/post_accuracy'] == seen['validation/post_ci95'] == seen['meta_learning_rate'] == \
+        [0, 2, 4, 6, 7]
+    assert seen['test/post_accuracy'] == seen['test/post_ci95'] == [7] and 'test/tasks' not in seen
     assert 'hparams' in plugins
 
 

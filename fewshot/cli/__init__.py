@@ -3,12 +3,15 @@ reads none: a learner, a network, a task source or the training loop is built fr
 
     config      flags every command shares (data, tasks, schedule, run folder)
     strategy    --strategy: the `distribution.Cluster` a command's meta-training runs on
-    commands    Command, what a learner script says about itself (how its flags build its learner);
-                run (a learner from the flags), find (a learner script by name, the one place the
-                package loads a command); --backbone and --meta_lr
+    commands    Command, what a learner command says about itself (how its flags build its learner);
+                run (a learner from the flags), find (a learner command by name or a script of
+                one's own by its path, loaded as a plug-in); --backbone and --meta_lr
     experiment  one run from flags: checks -> data -> learner -> training -> meta-test -> run folder
     runs        for tools that train other commands: their flags, reuse and resume in child processes
     studies     a study's folder of learner runs and its table (sine.py, navigation.py)
+    replay      a recorded run run again, its command with its flags (reference.py --evaluate)
+    scripts     the commands themselves, one module each: `fewshot <command>` installed, the
+                top-level scripts of a checkout
 
 and `run`, through which every command's main runs: a user error (`fewshot.errors`), a flag-parsing
 error or an operating-system error (disk full, no permission) is one line on stderr and exit status 1.

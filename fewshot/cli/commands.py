@@ -1,20 +1,21 @@
-"""Learner commands: scripts at the top of the repository (maml.py, anil.py, protonet.py, ...)
-that each train one learner class (a `learner.Learner`, in fewshot/learners/) from the flags.
+"""Learner commands: the commands of fewshot/cli/scripts/ (maml, anil, protonet, ...) that each train
+one learner class (a `learner.Learner`, in fewshot/learners/) from the flags.
 
-A learner script defines its flags and ends with its description,
+A learner command defines its flags and ends with its description,
 
     COMMAND = commands.Command('anil', ANIL, 'FO-ANIL', build_learner, learner_flags, ...)
 
-    if __name__ == '__main__':
+    def run():
         commands.main(COMMAND)
 
 (a learner of MAML's shape takes MAML's flags and needs no more: its command is
-`COMMAND = gradient.command('anil', ANIL, 'FO-ANIL', script=__name__)` and those two lines)
+`COMMAND = gradient.command('anil', ANIL, 'FO-ANIL', script=__name__)` and `run`)
 
 and is then trained, meta-tested and saved by `run`; compare.py finds it by its name or its path
 (`find`) and learns from its `Command` how to run it and where its runs are, so that a new learner
 touches no shared file and may live anywhere: a script of one's own (not in this repository) that
-imports `fewshot` and ends as above is a learner command like maml.py.
+imports `fewshot` and ends with `if __name__ == '__main__': commands.main(COMMAND)` is a learner
+command like maml.
 """
 
 import importlib
@@ -27,7 +28,7 @@ from typing import Callable, NamedTuple
 from absl import flags
 
 from fewshot import cli, errors, folders, network
-from fewshot.cli import config, experiment
+from fewshot.cli import config, experiment, scripts
 
 # The flags of every learner that `run` builds: its network, and its meta-optimizer's step size where
 # that is Adam's. A learner script makes them its own with `flags.adopt_module_key_flags(commands)`
@@ -72,9 +73,6 @@ def no_steps():
 
 def nothing_fixed():
     return ()
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Above fewshot/cli/.
 
 
 class Command(NamedTuple):
@@ -197,19 +195,18 @@ def main_for(command, flag_module):
 
 
 def find(name, flag):
-    """The `Command` of the learner command `name`, with its `script`: a script name.py at the top of
-    the repository (e.g. 'anil'), or the path of a learner script anywhere (e.g. 'mine/cosine.py');
-    FlagError naming `flag` if there is none.
+    """The `Command` of the learner command `name`, with its `script`: a command of the package (e.g.
+    'anil'), or the path of a learner script anywhere (e.g. 'mine/cosine.py'); FlagError naming `flag`
+    if there is none.
 
-    The script is imported as a plugin, under its file's name: the package never imports a command
-    otherwise. Only a script that assigns COMMAND is imported: importing a tool (compare.py, sine.py)
-    would run its flag definitions a second time.
+    A script of one's own is imported as a plugin, under its file's name. Only a command that assigns
+    COMMAND is imported: importing a tool (compare, sine) would run its flag definitions a second time.
     """
     not_a_learner = errors.FlagError(
-        f'{flag}: {name!r} is not a learner command (a script defining COMMAND, a commands.Command: maml, anil, '
-        'reptile, protonet, imaml, ... or the path of one of your own)')
-    script = name if name.endswith('.py') else os.path.join(REPO, f'{name}.py')
-    if not name.endswith('.py') and not (name.isidentifier() and os.path.isfile(script)):
+        f'{flag}: {name!r} is not a learner command (one defining COMMAND, a commands.Command: maml, anil, '
+        'reptile, protonet, imaml, ... or the path of a script of your own)')
+    script = name if name.endswith('.py') else os.path.join(scripts.HERE, f'{name}.py')
+    if not name.endswith('.py') and not (name in scripts.NAMES and os.path.isfile(script)):
         raise not_a_learner
     if os.path.isfile(script) and not _assigns_command(script):
         raise not_a_learner
@@ -233,9 +230,9 @@ def _assigns_command(script):
 
 
 def _import_script(name, flag):
-    """The module of the script `name` (a name beside maml.py, or a path ending in .py)."""
+    """The module of the command `name` (a command of the package, or a path ending in .py)."""
     if not name.endswith('.py'):
-        return importlib.import_module(name)
+        return importlib.import_module(f'{scripts.__name__}.{name}')
     module_name = os.path.basename(name)[:-3]
     if not os.path.isfile(name) or not module_name.isidentifier():
         raise errors.FlagError(f'{flag}: {name!r} is not a file whose name is a Python identifier')

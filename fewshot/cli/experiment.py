@@ -243,10 +243,16 @@ def run_settings(run_folder):
 
 
 def log_precision(precision):
-    """Says in the run log which precision runs, and whether this CPU computes bfloat16 natively."""
-    support = (f'has native bfloat16 ({", ".join(machine.bfloat16_flags())})' if machine.native_bfloat16()
-               else 'has no native bfloat16, so TensorFlow emulates it (slow)')
-    logging.info('Precision %s (--precision); %s %s', precision, machine.cpu_model(), support)
+    """Says in the run log which precision runs and, for bfloat16, whether this CPU computes it natively
+    (a float32 run is told nothing of bfloat16: it would read as a warning about a run that has none)."""
+    if precision != 'bfloat16':
+        logging.info('Precision %s (--precision)', precision)
+    elif machine.native_bfloat16():
+        logging.info('Precision bfloat16 (--precision); %s computes it natively (%s)', machine.cpu_model(),
+                     ', '.join(machine.bfloat16_flags()))
+    else:
+        logging.info('Precision bfloat16 (--precision); %s has no native bfloat16, so TensorFlow emulates it: '
+                     'slower than float32 here', machine.cpu_model())
 
 
 def _results_dir_and_resume(cluster, results_dir, resume):
@@ -435,6 +441,7 @@ def in_domain_test(learner, tasks, run_folder, rows, memory_after, test, num_eva
     tested, message = test(learner, tasks, run_folder, num_eval_inner_steps)
     summary.update(tested)
     results.write_json(run_folder.file(results.SUMMARY_FILE), summary)
+    training.write_test_summary(run_folder, summary)
     network.save_model(learner.model, run_folder.file(results.MODEL_FILE), batch_norm)
     return summary, message
 

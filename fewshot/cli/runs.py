@@ -1,10 +1,10 @@
 """Runs of other commands, trained in child processes by the tools that compare them
 (stability.py, compare.py): a finished run is reused, a stopped one resumed.
 
-A child is a command (a script beside maml.py, or a learner script of one's own given by its
-path), run with the same Python and the same `fewshot` package as the tool, given its flags explicitly; its run
-folder's name says what trained in it, so flags that name the folder are the tool's own
-and may not be passed on after `--`. A tool keeps its runs in a folder of its own
+A child is a command (one of the package's, as `scripts.argv` runs it, or a learner script of one's own
+given by its path), run with the same Python and the same `fewshot` package as the tool, given its flags
+explicitly; its run folder's name says what trained in it, so flags that name the folder are the tool's
+own and may not be passed on after `--`. A tool keeps its runs in a folder of its own
 (<results_dir>/<tool>/runs/), never in the folders a user's own runs go to, and reuses a
 finished run only if the child, asked with --check_reuse, confirms that it was trained by the
 same command with the same flags.
@@ -13,19 +13,16 @@ same command with the same flags.
 import os
 import re
 import subprocess
-import sys
 
 from absl import flags
 
-import fewshot
 from fewshot import errors, results
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # Above fewshot/cli/.
+from fewshot.cli import scripts
 
 # The flags of the tools that run several learners, defined once (each tool declares those it uses
 # and may set its own default in its __main__).
 flags.DEFINE_list('algorithms', ['maml', 'anil', 'boil', 'meta_sgd', 'proto_maml'],
-                  'Learner commands: scripts beside maml.py that define a commands.Command (maml, anil, boil, '
+                  'Learner commands: those that define a commands.Command (maml, anil, boil, '
                   'meta_sgd, proto_maml, ...), or the path of such a script of your own (mine/cosine.py).')
 flags.DEFINE_list('settings', ['5way5shot', '5way1shot'], 'Task settings as <N>way<K>shot.')
 flags.DEFINE_boolean('train', True, 'Train missing runs and resume stopped ones; --train=false only '
@@ -43,10 +40,11 @@ def parse_setting(setting, flag='--settings'):
     return int(match[1]), int(match[2])
 
 
-def check_passed_flags(passed, reserved, scripts, tool):
+def check_passed_flags(passed, reserved, children, tool):
     """FlagError naming the first flag of `passed` (what followed `--`) that is in `reserved` (also
-    as -flag or --no<flag>), then any flag one of `scripts` would refuse: the scripts check them
-    themselves with absl's --only_check_args, so a bad flag fails now and not after hours of training.
+    as -flag or --no<flag>), then any flag one of `children` (the commands the tool runs) would refuse:
+    they check them themselves with absl's --only_check_args, so a bad flag fails now and not after
+    hours of training.
 
     tool: the command passing the flags on, for the message.
     """
@@ -61,9 +59,9 @@ def check_passed_flags(passed, reserved, scripts, tool):
                                    f'the run folders after it (its own flags: python {tool} --help)')
     if not passed:
         return
-    for script in scripts:
-        checked = subprocess.run([sys.executable, os.path.join(REPO, script), '--only_check_args', *passed],
-                                 capture_output=True, text=True, env=_child_environment())
+    for script in children:
+        checked = subprocess.run([*scripts.argv(script), '--only_check_args', *passed],
+                                 capture_output=True, text=True, env=scripts.environment())
         if checked.returncode != 0:
             reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
             raise errors.FlagError(f'after --, for {os.path.basename(script)}: '
@@ -128,7 +126,7 @@ def reusable(script, folder, arguments, what, tool, num_iterations=None, algorit
     if not finished(folder, num_iterations, algorithm, flag_values):
         return False
     checked = subprocess.run(_command(script, folder, arguments) + ['--resume', '--check_reuse'],
-                             capture_output=True, text=True, env=_child_environment())
+                             capture_output=True, text=True, env=scripts.environment())
     if checked.returncode != 0:
         reason = [line for line in checked.stderr.splitlines() if line.startswith('error: ')]
         raise results.RunError(f'{folder} cannot be reused for {what}: '
@@ -137,15 +135,8 @@ def reusable(script, folder, arguments, what, tool, num_iterations=None, algorit
     return True
 
 
-def _child_environment():
-    """The environment with this `fewshot` first on PYTHONPATH: a learner script outside the repository
-    imports the package the tool runs, installed or not."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fewshot.__file__)))
-    return {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [package_parent, os.environ.get('PYTHONPATH')]))}
-
-
 def _command(script, folder, arguments):
-    return [sys.executable, os.path.join(REPO, script), *arguments,
+    return [*scripts.argv(script), *arguments,
             f'--results_dir={os.path.dirname(folder) or "."}', f'--run_name={os.path.basename(folder)}']
 
 
@@ -159,7 +150,7 @@ def train(script, folder, arguments, what, tool):
     if os.path.exists(folder):
         command.append('--resume')
     print(f'{tool}: training {what} -> {folder}', flush=True)
-    status = subprocess.run(command, env=_child_environment()).returncode
+    status = subprocess.run(command, env=scripts.environment()).returncode
     if status != 0:
         raise results.RunError(f'training {what} stopped (exit status {status}); its message is above, '
                                f'and python {tool} resumes it')

@@ -64,6 +64,17 @@ class Dataset:
 MODULES = {'mini_imagenet': 'imagenet', 'tiered_imagenet': 'imagenet', 'cifar_fs': 'cifar', 'fc100': 'cifar',
            'cub': 'cub', 'mnist': 'idx', 'fashion_mnist': 'idx', 'animal_mnist': 'idx'}
 NAMES = tuple(MODULES)
+# How tables and figures name a --dataset value.
+DISPLAY_NAMES = {'omniglot': 'Omniglot', 'mini_imagenet': 'mini-ImageNet', 'tiered_imagenet': 'tiered-ImageNet',
+                 'cifar_fs': 'CIFAR-FS', 'fc100': 'FC100', 'cub': 'CUB', 'mnist': 'MNIST',
+                 'fashion_mnist': 'Fashion-MNIST', 'animal_mnist': 'Animal-MNIST'}
+
+
+def display_name(dataset):
+    """How a table or a figure names the --dataset value `dataset` ('folder:PATH': the folder's name)."""
+    if dataset.startswith('folder:'):
+        return os.path.basename(os.path.normpath(dataset[len('folder:'):])) or dataset
+    return DISPLAY_NAMES.get(dataset, dataset)
 
 
 def source(name):

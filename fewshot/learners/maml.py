@@ -10,10 +10,12 @@ maml.py at the top of the repository is its command (the flags, the run folder).
 
 from typing import NamedTuple
 
+import keras
+import numpy as np
 import tensorflow as tf
 
 from fewshot import network, results
-from fewshot.learner import Learner, named_groups
+from fewshot.learner import Learner, model_for, named_groups
 from fewshot.learners import inner
 
 
@@ -110,7 +112,7 @@ class MAML(Learner):
         self.num_inner_steps = num_inner_steps
         self.first_order = first_order
         self.adapted, self.inner_rule, self.head_start = adapted, inner_rule, head_start
-        model = net.keras_model() if model is None else model
+        model = model_for(net, model)
         groups = dict(groups or {NETWORK: network.parameters(model)})
         adaptable = _part(net, groups[NETWORK], adapted)
         if head_start == 'prototypes':  # The head is made per task, not learned; rates are learned for it too.
@@ -417,7 +419,8 @@ class MAML(Learner):
         _, context, _, trajectory = self.adapt_tasks(self.params, episodes, num_steps, True, training=False)
         return self.network_weights(trajectory.params[-1], num_steps, context)
 
-    def adapt(self, support_images, support_labels, num_steps=None):
+    def adapt(self, support_images: np.ndarray, support_labels: np.ndarray,
+              num_steps: int | None = None) -> keras.Model:
         """A copy of the Keras model with the weights adapted to one task's support set: `predict`'s
         logits for any batch of query images [B, H, W, C] -> [B, N] (batch norm normalises each batch by
         its own moments, as the learner scores a query set, in Keras' inference mode too). Arguments as

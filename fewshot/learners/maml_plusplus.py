@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from fewshot import network, results
-from fewshot.learner import named_groups
+from fewshot.learner import model_for, named_groups
 from fewshot.learners import inner
 from fewshot.learners.maml import MAML, NETWORK, tensors
 
@@ -107,7 +107,7 @@ class MAMLPlusPlus(MAML):
           fixes: a `Fixes`.
         """
         self.fixes = fixes
-        model = net.keras_model() if model is None else model
+        model = model_for(net, model)
         weights = network.parameters(model)
         steps = num_inner_steps + 1
         groups = {NETWORK: weights}

@@ -71,7 +71,7 @@ class PolicyMAML(Learner):
         with tf.GradientTape() as tape:
             start = network.tile(self.params, num_tasks)
             sampled, adapted, sampling_log_probs = self.adapt_tasks(start, tasks, self.num_inner_steps, self.inner_lr,
-                                                              create_graph=True)
+                                                                    create_graph=True)
             post_return = tf.reduce_mean(sampled[-1].returns(), axis=1)
             objective = navigation.return_surrogate(self.policy, adapted, sampled[-1], self.discount)
             for trajectories, log_prob in zip(sampled, sampling_log_probs if self.estimator == 'unbiased' else []):
@@ -87,7 +87,7 @@ class PolicyMAML(Learner):
         """Mean return of each task [T] after 0..num_steps steps (return_after_<s>), adapting with
         `eval_inner_lr`; query_pre_return / query_post_return are the first and the last."""
         sampled, _, _ = self.adapt_tasks(network.tile(self.params, tasks.goals.shape[0]), tasks, num_steps,
-                                   self.eval_inner_lr, create_graph=False)
+                                         self.eval_inner_lr, create_graph=False)
         returns = [tf.reduce_mean(trajectories.returns(), axis=1) for trajectories in sampled]
         return {'query_pre_return': returns[0], 'query_post_return': returns[-1],
                 **{f'return_after_{step}': r for step, r in enumerate(returns)}}
@@ -95,8 +95,8 @@ class PolicyMAML(Learner):
     def trajectories(self, tasks, num_steps):
         """The positions [S + 1, T, N, H + 1, 2] of every phase's trajectories, from the origin."""
         sampled, _, _ = self.adapt_tasks(network.tile(self.params, tasks.goals.shape[0]),
-                                   type(tasks)(*(tf.convert_to_tensor(x) for x in tasks)), num_steps,
-                                   self.eval_inner_lr, create_graph=False)
+                                         type(tasks)(*(tf.convert_to_tensor(x) for x in tasks)), num_steps,
+                                         self.eval_inner_lr, create_graph=False)
         paths = []
         for t in sampled:
             last = navigation.move(t.observations[:, :, -1], t.actions[:, :, -1])

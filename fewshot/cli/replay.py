@@ -7,14 +7,13 @@ only what the re-scoring changes (e.g. --test_dataset): the run's own folder is 
 
 import os
 import subprocess
-import sys
 
 from fewshot import errors, results
+from fewshot.cli import scripts
 
 # Recorded flags not passed on: where things are on the machine that made the run, and how it was run.
 NOT_PASSED_ON = frozenset({'data_dir', 'cache_dir', 'dataset_dir', 'test_dataset_dir', 'results_dir', 'run_name',
                            'resume', 'overwrite', 'progress', 'check_reuse', 'peer_timeout_seconds'})
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def flag_arguments(recorded):
@@ -28,15 +27,16 @@ def flag_arguments(recorded):
             if name not in NOT_PASSED_ON and value is not None]
 
 
-def script(hyperparameters, folder):
-    """The path of the command (a script of this repository) the run in `folder` recorded; RunError if it
-    is not one."""
-    command = os.path.basename(hyperparameters.get('command', '?').partition(' ')[0])
-    path = os.path.join(REPOSITORY, command)
-    if not command.endswith('.py') or not os.path.isfile(path):
-        raise errors.RunError(f'{folder}: the command it recorded ({command}) is not a command of this project, '
-                              'so it cannot be re-run')
-    return path
+def command(hyperparameters, folder):
+    """The command line (`scripts.argv`) of the command the run in `folder` recorded: 'maml.py ...' in a
+    checkout or 'fewshot maml ...' installed; RunError if it is not one of the package's."""
+    words = hyperparameters.get('command', '?').split(' ')
+    program = os.path.basename(words[0])
+    name = words[1] if program == scripts.PROGRAM and len(words) > 1 else program.removesuffix('.py')
+    if name not in scripts.NAMES or program not in (scripts.PROGRAM, f'{name}.py'):
+        raise errors.RunError(f'{folder}: the command it recorded ({" ".join(words[:2])}) is not a command of '
+                              'this project, so it cannot be re-run')
+    return scripts.argv(name)
 
 
 def checkpoint_iteration(folder):
@@ -66,8 +66,8 @@ def resume_copy(folder, scratch, extra_arguments=(), quiet=False, with_summary=F
     copy = os.path.join(scratch, name)
     copy_files(folder, copy, (results.HYPERPARAMETERS_FILE, results.METRICS_FILE, results.CHECKPOINT_FILE)
                + ((results.SUMMARY_FILE,) if with_summary else ()))
-    command = [sys.executable, script(hyperparameters, folder), *flag_arguments(hyperparameters['flags']),
-               f'--results_dir={scratch}', f'--run_name={name}', '--resume', '--progress=false',
-               f'--num_iterations={checkpoint_iteration(copy)}', *extra_arguments]
-    done = subprocess.run(command, capture_output=quiet, text=True)
+    command_line = [*command(hyperparameters, folder), *flag_arguments(hyperparameters['flags']),
+                    f'--results_dir={scratch}', f'--run_name={name}', '--resume', '--progress=false',
+                    f'--num_iterations={checkpoint_iteration(copy)}', *extra_arguments]
+    done = subprocess.run(command_line, capture_output=quiet, text=True, env=scripts.environment())
     return copy, done.returncode, (done.stdout + done.stderr) if quiet else None
