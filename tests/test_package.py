@@ -135,14 +135,14 @@ def test_every_link_of_the_readme_and_docs_names_a_file_that_exists():
 
 def test_the_api_reference_is_what_the_code_says(tmp_path):
     """docs/api.md is generated from the docstrings (api_reference.py): it cannot drift from the code."""
-    check = subprocess.run([sys.executable, os.path.join(REPO, 'api_reference.py'), '--check'], capture_output=True,
+    check = subprocess.run([sys.executable, os.path.join(REPO, 'api_reference.py'), '--verify'], capture_output=True,
                            text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stderr[-2000:]
     drifted = tmp_path / 'api.md'
     with open(os.path.join(REPO, 'docs', 'api.md'), encoding='utf-8') as f:
         drifted.write_text(f.read().replace('Meta-SGD', 'Meta-SGD (an old docstring)', 1), encoding='utf-8')
-    check = subprocess.run([sys.executable, os.path.join(REPO, 'api_reference.py'), '--check', f'--output={drifted}'],
-                           capture_output=True, text=True, cwd=tmp_path)
+    check = subprocess.run([sys.executable, os.path.join(REPO, 'api_reference.py'), '--verify',
+                            f'--api_file={drifted}'], capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 1 and check.stderr.strip().splitlines()[-1] == \
         f'error: {drifted} is not what the code says: run python api_reference.py'
 

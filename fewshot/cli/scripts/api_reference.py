@@ -1,10 +1,10 @@
 """The API reference, docs/api.md, generated from the docstrings of the package's public surface.
 
     python api_reference.py                        # writes docs/api.md
-    python api_reference.py --check                # exit 1 if docs/api.md is not what the code says
+    python api_reference.py --verify               # exit 1 if docs/api.md is not what the code says
 
 Every class and function a module defines without a leading underscore, module by module (MODULES), with
-its signature and docstring, and each class's public methods. A test runs --check, so that the reference
+its signature and docstring, and each class's public methods. A test runs --verify, so that the reference
 cannot drift from the code.
 """
 
@@ -23,8 +23,8 @@ from fewshot.cli import scripts
 MODULES = ('fewshot', 'fewshot.learners', 'fewshot.learner', 'fewshot.learners.inner', 'fewshot.network',
            'fewshot.data', 'fewshot.training', 'fewshot.results', 'fewshot.errors', 'fewshot.devices')
 
-flags.DEFINE_string('output', os.path.join(scripts.ROOT, 'docs', 'api.md'), 'Where the reference is written.')
-flags.DEFINE_boolean('check', False, 'Write nothing: exit 1 if --output differs from what the code says.')
+flags.DEFINE_string('api_file', os.path.join(scripts.ROOT, 'docs', 'api.md'), 'Where the reference is written.')
+flags.DEFINE_boolean('verify', False, 'Write nothing: exit 1 if --api_file differs from what the code says.')
 FLAGS = flags.FLAGS
 
 
@@ -88,18 +88,18 @@ def _text(member):
 def main(argv):
     del argv
     text = reference()
-    if FLAGS.check:
+    if FLAGS.verify:
         try:
-            with open(FLAGS.output, encoding='utf-8') as f:
+            with open(FLAGS.api_file, encoding='utf-8') as f:
                 current = f.read() == text
         except OSError as error:
-            raise errors.OutputError(f'--output {FLAGS.output}: {errors.describe_os_error(error)}') from None
+            raise errors.OutputError(f'--api_file {FLAGS.api_file}: {errors.describe_os_error(error)}') from None
         if not current:
-            raise errors.OutputError(f'{FLAGS.output} is not what the code says: run python api_reference.py')
-        print(f'{FLAGS.output} is current')
+            raise errors.OutputError(f'{FLAGS.api_file} is not what the code says: run python api_reference.py')
+        print(f'{FLAGS.api_file} is current')
         return
-    results.atomic_write(FLAGS.output, lambda f: f.write(text.encode('utf-8')))
-    print(f'wrote {FLAGS.output} ({len(text.splitlines())} lines)')
+    results.atomic_write(FLAGS.api_file, lambda f: f.write(text.encode('utf-8')))
+    print(f'wrote {FLAGS.api_file} ({len(text.splitlines())} lines)')
 
 
 def run():

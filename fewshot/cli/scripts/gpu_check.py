@@ -1,7 +1,7 @@
 """The GPU self-check: does a GPU compute what the CPU computes, and how fast (fewshot/devices.py).
 
     python gpu_check.py                  # on a machine with a GPU: each learner, GPU against CPU
-    python gpu_check.py --repeats 20     # time more meta-iterations
+    python gpu_check.py --timed_iterations 20   # time more meta-iterations
 
 The tests check every learner's gradients on the CPU against float64 finite differences; this checks a
 GPU against the CPU: the same learner, weights and tasks (5-way 1-shot, 4 tasks) give each learner's
@@ -23,7 +23,7 @@ from absl import flags
 
 from fewshot import cli, devices, errors, machine
 
-flags.DEFINE_integer('repeats', 5, 'Compiled meta-iterations timed on each device (the median is shown).',
+flags.DEFINE_integer('timed_iterations', 5, 'Compiled meta-iterations timed on each device (the median is shown).',
                      lower_bound=1)
 FLAGS = flags.FLAGS
 
@@ -44,8 +44,8 @@ def main(argv):
     print(f'{"learner":<32}{"largest difference (tensor)":<44}{"GPU s/it":>10}{"CPU s/it":>10}{"speed-up":>10}')
     for name, build in devices.LEARNERS.items():
         difference, tensor = devices.agreement(build, episodes, device)
-        on_gpu = devices.seconds_per_iteration(build, episodes, device, FLAGS.repeats)
-        on_cpu = devices.seconds_per_iteration(build, episodes, '/CPU:0', FLAGS.repeats)
+        on_gpu = devices.seconds_per_iteration(build, episodes, device, FLAGS.timed_iterations)
+        on_cpu = devices.seconds_per_iteration(build, episodes, '/CPU:0', FLAGS.timed_iterations)
         verdict = 'agrees' if difference <= devices.TOLERANCE else 'DISAGREES'
         print(f'{name:<32}{f"{difference:.1e} ({tensor}) {verdict}":<44}{on_gpu:>10.4f}{on_cpu:>10.4f}'
               f'{on_cpu / on_gpu:>9.1f}x', flush=True)
