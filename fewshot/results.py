@@ -216,9 +216,11 @@ def machine():
     return f'{cpu}, {os.cpu_count()} CPU cores'
 
 
-def code_version(repo=os.path.dirname(os.path.abspath(__file__))):
-    """The git commit of the code in `repo`, '+changes' if tracked files differ from it; None
-    outside a git checkout (e.g. code unpacked from a submission zip)."""
+def code_version(repo=None):
+    """The git commit of the code in `repo` (default: this package's folder), '+changes' if tracked files
+    differ from it; None outside a git checkout (e.g. code unpacked from a submission zip)."""
+    repo = os.path.dirname(os.path.abspath(__file__)) if repo is None else repo
+
     def git(*arguments):
         return subprocess.run(['git', *arguments], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from fewshot import errors, results
+from fewshot import datasets, errors, results
 import reference
 
 REFERENCE = os.path.join(REPO, 'reference')
@@ -35,7 +35,7 @@ def test_every_row_of_papers_csv_has_its_numbers_and_a_source():
     assert len(set(keys)) == len(keys), 'a setting twice: one row would hide the other'
     for row in rows:
         assert row['source'].strip(), row  # Every number has a source.
-        assert row['dataset'] in reference.DATASET_NAMES, row  # As --dataset names it.
+        assert row['dataset'] in datasets.DISPLAY_NAMES, row  # As --dataset names it.
         assert 0 < float(row['accuracy']) <= 100 and (not row['ci95'] or 0 < float(row['ci95']) < 10), row
         assert not row['iterations'] or int(row['iterations']) > 0, row
     papers = reference.read_papers(REFERENCE)
