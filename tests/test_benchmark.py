@@ -3,18 +3,19 @@ targets are the benchmark's own output, not a test's)."""
 
 import os
 import re
-import subprocess
 import sys
+
+import launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_benchmark_times_each_algorithm_in_its_own_process():
     # Space-separated flag values, as a user types them: the measurements must get the setting.
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--repeats', '1',
-                             '--orders', 'first', '--algorithms', 'maml,maml++', '--meta_batch_size', '2',
-                             '--num_filters', '4', '--num_inner_steps', '1', '--tasks_per_chunk', '1', '--profile'],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--repeats', '1',
+                         '--orders', 'first', '--algorithms', 'maml,maml++', '--meta_batch_size', '2',
+                         '--num_filters', '4', '--num_inner_steps', '1', '--tasks_per_chunk', '1', '--profile'],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'T=2 tasks' in result.stdout and '1 inner steps, 4 filters' in result.stdout
     assert re.search(r'CPUs, native bfloat16: ', result.stdout)
@@ -35,9 +36,9 @@ def test_peer_line_gives_the_ratio_and_the_work_the_peer_leaves_out(tmp_path):
     much more convolution work this project's meta-iteration does (its two accuracy passes)."""
     script = tmp_path / 'peer.py'
     script.write_text("print('warm-up line')\nprint('peer=stand-in order=1 s_per_iter_median=4.000 peak_rss_mb=500')\n")
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--repeats', '1', '--orders', 'first',
-                             '--algorithms', 'maml', '--peer', sys.executable, '--peer_script', str(script)],
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = launch.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--repeats', '1', '--orders', 'first',
+                         '--algorithms', 'maml', '--peer', sys.executable, '--peer_script', str(script)],
+                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     ours = float(re.search(r'maml,  first order \(the whole meta-batch at once\): median (\d+\.\d+) s',
                            result.stdout).group(1))
@@ -59,9 +60,9 @@ def test_the_miniimagenet_setting_times_the_maml_papers_shape_and_asks_the_peer_
     script = tmp_path / 'peer.py'
     script.write_text("import sys\nassert sys.argv[sys.argv.index('--setting') + 1] == 'miniimagenet', sys.argv\n"
                       "print('peer=stand-in order=1 s_per_iter_median=4.000 peak_rss_mb=500')\n")
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--setting', 'miniimagenet',
-                             '--repeats', '1', '--orders', 'first', '--algorithms', 'maml', '--peer', sys.executable,
-                             '--peer_script', str(script)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = launch.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--setting', 'miniimagenet',
+                         '--repeats', '1', '--orders', 'first', '--algorithms', 'maml', '--peer', sys.executable,
+                         '--peer_script', str(script)], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'T=4 tasks, 5-way 1-shot, 15 queries, 5 inner steps, 32 filters' in result.stdout
     assert ('Setting miniimagenet: 84x84x3 images, inner rate 0.01, Conv-4 (max-pooling) with its 5x5 maps flattened '
@@ -77,9 +78,9 @@ def test_the_miniimagenet_setting_times_the_maml_papers_shape_and_asks_the_peer_
 
 
 def test_the_peer_is_refused_a_flag_that_changes_the_settings_shape():
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--setting', 'miniimagenet',
-                             '--num_filters', '64', '--peer', sys.executable], capture_output=True, text=True, cwd=REPO,
-                            timeout=300)
+    result = launch.run([sys.executable, os.path.join(REPO, 'benchmark.py'), '--setting', 'miniimagenet',
+                         '--num_filters', '64', '--peer', sys.executable], capture_output=True, text=True, cwd=REPO,
+                        timeout=300)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == ('error: --peer: the peer times MAML at the flags of --setting '
                                                       'miniimagenet only; drop --num_filters')

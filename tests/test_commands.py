@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import launch
 from fewshot.cli import scripts
 from test_training import REPO
 
@@ -47,12 +48,12 @@ def test_a_learner_command_trains_on_a_folder_of_colour_images_and_resumes(tmp_p
     _write_image_folder(tmp_path / 'images', [4] * 12, sizes=[20, 33], mode='RGB')
 
     def run(*flags):
-        return subprocess.run([sys.executable, os.path.join(REPO, 'protonet.py'), f'--dataset=folder:{tmp_path}/images',
-                               '--image_size=16', '--channels=3', '--num_train_classes=6', '--num_val_classes=3',
-                               '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2', '--num_filters=4',
-                               '--val_interval=2', '--num_val_tasks=4', '--num_test_tasks=4', '--progress=false',
-                               f'--results_dir={tmp_path}/results', '--run_name=folder', *flags],
-                              capture_output=True, text=True, cwd=REPO, timeout=600)
+        return launch.run([sys.executable, os.path.join(REPO, 'protonet.py'), f'--dataset=folder:{tmp_path}/images',
+                           '--image_size=16', '--channels=3', '--num_train_classes=6', '--num_val_classes=3',
+                           '--n_way=3', '--k_shot=1', '--num_query=2', '--meta_batch_size=2', '--num_filters=4',
+                           '--val_interval=2', '--num_val_tasks=4', '--num_test_tasks=4', '--progress=false',
+                           f'--results_dir={tmp_path}/results', '--run_name=folder', *flags],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
     first = run('--num_iterations=2')
     assert first.returncode == 0, first.stderr[-2000:]
     folder = os.path.join(tmp_path, 'results', 'folder')

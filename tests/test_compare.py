@@ -4,11 +4,11 @@ tabulates and draws; equal wall-clock budgets stop training early; the report ga
 import math
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+import launch
 from fewshot import comparison, results
 from test_training import REPO
 import report
@@ -20,10 +20,10 @@ PASSED = ['--num_filters=4', '--num_query=2', '--meta_batch_size=2', '--num_val_
 
 
 def _compare(synthetic_dir, tmp_path, *flags, passed=(), status=0):
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), '--settings=3way1shot',
-                             '--num_iterations=2', f'--results_dir={tmp_path}/results', *flags, '--',
-                             f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache', *PASSED, *passed],
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = launch.run([sys.executable, os.path.join(REPO, 'compare.py'), '--settings=3way1shot',
+                         '--num_iterations=2', f'--results_dir={tmp_path}/results', *flags, '--',
+                         f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache', *PASSED, *passed],
+                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == status, result.stderr[-2000:]
     return result.stdout if status == 0 else result.stderr
 
@@ -67,8 +67,8 @@ def test_compare_trains_each_learner_once_then_only_tabulates(synthetic_dir, tmp
     study = os.path.join(tmp_path, 'results', 'sine_k10_seed0')
     os.makedirs(study)
     open(os.path.join(study, 'sine_results.md'), 'w').write('a table\n')
-    redrawn = subprocess.run([sys.executable, os.path.join(REPO, 'figures.py'),
-                              f'--results_dir={tmp_path}/results'], capture_output=True, text=True, cwd=REPO)
+    redrawn = launch.run([sys.executable, os.path.join(REPO, 'figures.py'),
+                          f'--results_dir={tmp_path}/results'], capture_output=True, text=True, cwd=REPO)
     assert redrawn.returncode == 0, redrawn.stderr[-2000:]
     printed = set(redrawn.stdout.split())
     assert {os.path.join(output, 'val_3way1shot.png'), os.path.join(output, 'feature_change.png')} <= printed
@@ -95,9 +95,9 @@ def test_a_run_trained_with_other_flags_is_not_reused(synthetic_dir, tmp_path):
 
 
 def test_tabulating_names_the_runs_that_are_missing(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), '--train=false', '--algorithms=boil',
-                             '--settings=5way1shot', f'--results_dir={tmp_path}'],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run([sys.executable, os.path.join(REPO, 'compare.py'), '--train=false', '--algorithms=boil',
+                         '--settings=5way1shot', f'--results_dir={tmp_path}'],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith('error: unfinished or missing runs: ')
     assert 'boil_fo_5way1shot_5steps_seed0' in result.stderr
@@ -107,8 +107,8 @@ def test_tabulating_names_the_runs_that_are_missing(tmp_path):
                                           ('mine/reptile.py', "'mine/reptile.py' is not a file"),
                                           ('tests/conftest.py', "'tests/conftest.py' is not a learner command")])
 def test_an_unknown_learner_is_named(name, message, tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'compare.py'), f'--algorithms=maml,{name}',
-                             f'--results_dir={tmp_path}'], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run([sys.executable, os.path.join(REPO, 'compare.py'), f'--algorithms=maml,{name}',
+                         f'--results_dir={tmp_path}'], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f'error: --algorithms: {message}'), result.stderr[-500:]
 
@@ -150,8 +150,8 @@ def test_a_learner_of_ones_own_learns_on_real_tasks_from_its_own_folder(real_omn
                f'--results_dir={tmp_path}/results', '--n_way=5', '--k_shot=1', '--num_query=5', '--num_filters=16',
                '--meta_batch_size=8', '--num_iterations=60', '--val_interval=60', '--num_val_tasks=100',
                '--num_test_tasks=20', '--progress=false']
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                            env={**os.environ, 'PYTHONPATH': REPO})
+    result = launch.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                        env={**os.environ, 'PYTHONPATH': REPO})
     assert result.returncode == 0, result.stderr[-2000:]
     folder = os.path.join(tmp_path, 'results', 'cosine_learner_5way1shot_seed0')
     accuracy = {row['iteration']: row['val_post_accuracy']

@@ -7,12 +7,12 @@ import json
 import os
 import pickle
 import re
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import launch
 from fewshot import data, datasets
 from fewshot.datasets import cache, idx, safe_pickle
 from fewshot.errors import DataError
@@ -225,10 +225,10 @@ def world(tmp_path_factory):
 
 
 def _command(script, arguments, world, results_dir):
-    return subprocess.run([sys.executable, os.path.join(REPO, script), f'--data_dir={world["omniglot"]}',
-                           f'--cache_dir={world["cache"]}', f'--results_dir={results_dir}', *TINY, *arguments],
-                          capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, 'MNIST_DIR': world['mnist']})
+    return launch.run([sys.executable, os.path.join(REPO, script), f'--data_dir={world["omniglot"]}',
+                       f'--cache_dir={world["cache"]}', f'--results_dir={results_dir}', *TINY, *arguments],
+                      capture_output=True, text=True, cwd=REPO, timeout=300,
+                      env={**os.environ, 'MNIST_DIR': world['mnist']})
 
 
 def test_every_learner_is_meta_tested_on_the_same_cross_domain_tasks(world, tmp_path):
@@ -272,10 +272,10 @@ def test_released_omniglot_weights_recognise_mnist_digits_from_one_example(tmp_p
     """The kept ProtoNet (Omniglot 5-way 1-shot) through cross_domain.py on the real MNIST: far above chance."""
     shared_data_dir('MNIST_DIR')
     table = tmp_path / 'table.md'
-    done = subprocess.run([sys.executable, os.path.join(REPO, 'cross_domain.py'),
-                           os.path.join(REPO, 'reference', 'protonet_paper_5way1shot'), '--test_datasets=mnist',
-                           '--shapes=5x1', f'--keep_dir={tmp_path / "kept"}', f'--table={table}'],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    done = launch.run([sys.executable, os.path.join(REPO, 'cross_domain.py'),
+                       os.path.join(REPO, 'reference', 'protonet_paper_5way1shot'), '--test_datasets=mnist',
+                       '--shapes=5x1', f'--keep_dir={tmp_path / "kept"}', f'--table={table}'],
+                      capture_output=True, text=True, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     with open(tmp_path / 'kept' / 'protonet_paper_5way1shot' / 'meta_test_mnist_5way1shot.json') as f:
         result = json.load(f)
@@ -286,9 +286,9 @@ def test_released_omniglot_weights_recognise_mnist_digits_from_one_example(tmp_p
 
 def test_dataset_py_prepares_a_named_dataset_and_measures_it(tmp_path):
     write_mnist(tmp_path / 'mnist', np.arange(200) % 10)
-    done = subprocess.run([sys.executable, os.path.join(REPO, 'dataset.py'), '--dataset=mnist',
-                           f'--dataset_dir={tmp_path / "mnist"}', f'--cache_dir={tmp_path / "cache"}', '--batches=3',
-                           '--iterations=2'], capture_output=True, text=True, cwd=REPO, timeout=300)
+    done = launch.run([sys.executable, os.path.join(REPO, 'dataset.py'), '--dataset=mnist',
+                       f'--dataset_dir={tmp_path / "mnist"}', f'--cache_dir={tmp_path / "cache"}', '--batches=3',
+                       '--iterations=2'], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'mnist: classes 0 / 0 / 10 (train / val / test), 200 images of 28x28x1' in done.stdout
     assert re.search(r'FO-MAML .* s per meta-iteration over 2', done.stdout)

@@ -3,7 +3,6 @@ makes finds no difference between a device and itself and finds one where there 
 says there is no GPU and exits 0."""
 
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -13,6 +12,7 @@ import pytest
 
 from fewshot import devices  # noqa: E402
 from fewshot.learners import MAML  # noqa: E402
+import launch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ def test_a_difference_is_found_and_named():
 
 
 def test_the_command_says_there_is_no_gpu_and_exits_0():
-    done = subprocess.run([sys.executable, os.path.join(REPO, 'gpu_check.py')], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+    done = launch.run([sys.executable, os.path.join(REPO, 'gpu_check.py')], capture_output=True, text=True,
+                      cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'GPUs: none' in done.stdout and 'No GPU: TensorFlow sees none' in done.stdout

@@ -1,10 +1,10 @@
 """Every command against bad input: one line `error: ...` naming the flag or file, no traceback,
 and nothing the user had is changed, deleted or left half-made.
 
-The matrix runs each command of the project as a user would (a subprocess) in a sandbox folder
-holding the user's files, and compares the sandbox before and after. Most cases must fail in
-the command's first seconds, which is what keeps the matrix fast. Then the three bugs that lost
-data or lied, as their own regression tests.
+The matrix runs each command of the project as a user would (its command line: tests/launch.py)
+in a sandbox folder holding the user's files, and compares the sandbox before and after. Most cases
+must fail in the command's first seconds, which is what keeps the matrix fast. Then the three bugs
+that lost data or lied, as their own regression tests.
 """
 
 import gzip
@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import sys
 import zipfile
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from fewshot import data, results
+import launch
 from conftest import write_synthetic_archives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,10 +41,10 @@ def world(tmp_path_factory):
     omniglot = write_synthetic_archives(os.path.join(folder, 'omniglot'))
     cache = os.path.join(folder, 'cache')
     data.load_omniglot(omniglot, cache)
-    run = subprocess.run([sys.executable, os.path.join(REPO, 'maml.py'), f'--data_dir={omniglot}',
-                          f'--cache_dir={cache}', f'--results_dir={folder}/runs', '--run_name=fo_maml',
-                          '--num_iterations=4', '--val_interval=2', *TINY],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    run = launch.run([sys.executable, os.path.join(REPO, 'maml.py'), f'--data_dir={omniglot}',
+                      f'--cache_dir={cache}', f'--results_dir={folder}/runs', '--run_name=fo_maml',
+                      '--num_iterations=4', '--val_interval=2', *TINY],
+                     capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     mnist = os.path.join(folder, 'mnist')
     os.makedirs(mnist)
@@ -675,9 +675,9 @@ def run_command(script, arguments, world, sandbox, permissions=False, env=None):
         if not shutil.which('setpriv'):
             pytest.fail("running as root: the permission cases need setpriv (util-linux) to drop root's overrides")
         prefix = WITHOUT_ROOT_OVERRIDES
-    return subprocess.run([*prefix, sys.executable, os.path.join(REPO, script),
-                           *[argument.format(**values) for argument in arguments]],
-                          capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, **(env or {})})
+    return launch.run([*prefix, sys.executable, os.path.join(REPO, script),
+                       *[argument.format(**values) for argument in arguments]],
+                      capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize('case', list(CASES))

@@ -4,7 +4,6 @@ differences, each learner improves on real Omniglot, and every learner's command
 checkpoints, resumes exactly and reports through the shared code."""
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -14,6 +13,7 @@ import tensorflow as tf
 
 from fewshot import data, folders, network, results
 from fewshot.cli import commands, gradient
+import launch
 from test_contract import assert_second_order_matches_finite_differences
 from test_maml import _episodes, _improvement, _meta_gradient, _params
 from test_training import REPO, _without_time
@@ -172,7 +172,7 @@ def test_each_command_trains_checkpoints_resumes_exactly_and_reports(script, syn
     def run(name, *flags):
         command = [sys.executable, f'{REPO}/{script}', f'--data_dir={synthetic_dir}', f'--cache_dir={tmp_path}/cache',
                    f'--results_dir={tmp_path}', f'--run_name={name}', *TINY, *COMMANDS[script], *flags]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+        result = launch.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         return os.path.join(tmp_path, name)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import report
+import launch
 from fewshot import errors, folders, plotting, results
 import stability
 import submit
@@ -120,8 +121,8 @@ def test_figures_command_errors_are_one_line(tmp_path):
     for args, message in (([f'--results_dir={tmp_path / "empty"}'], 'no run folders under'),
                           ([str(tmp_path / 'no_metrics')], 'metrics.csv does not exist'),
                           ([str(tmp_path / 'nowhere')], 'folder does not exist')):
-        result = subprocess.run([sys.executable, os.path.join(REPO, 'figures.py'), *args],
-                                capture_output=True, text=True, cwd=REPO)
+        result = launch.run([sys.executable, os.path.join(REPO, 'figures.py'), *args],
+                            capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 1 and 'Traceback' not in result.stderr
         assert result.stderr.strip().startswith('error:') and message in result.stderr, result.stderr
 
@@ -218,8 +219,8 @@ def test_the_mnist_lab_folder_is_left_out_of_figures_and_report(results_dir):
     results.write_json(str(lab / folders.LAB_FILE), {'per_seed': []})
     runs, _ = report.find_runs(str(results_dir))
     assert 'initialization_lab' not in {run['name'] for run in runs}
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'figures.py'), f'--results_dir={results_dir}'],
-                            capture_output=True, text=True, cwd=REPO)
+    result = launch.run([sys.executable, os.path.join(REPO, 'figures.py'), f'--results_dir={results_dir}'],
+                        capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert 'initialization_lab: the MNIST lab; redraw it with python initialization_lab.py --redraw' in result.stdout
 
@@ -276,14 +277,14 @@ def test_submit_command_prints_the_listing_and_refuses_to_overwrite(results_dir,
     report_path, _ = report.write_report(runs, stability_dir, str(tmp_path / 'report.md'))
     command = [sys.executable, os.path.join(REPO, 'submit.py'), '--name=Kim', '--student_number=2020-12345',
                f'--results_dir={results_dir}', f'--report={report_path}', f'--zip_dir={tmp_path / "out"}']
-    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    first = launch.run(command, capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 0, first.stderr
     assert 'Kim_2020-12345_Assignment2/report.pdf' in first.stdout and 'every entry re-read' in first.stdout
     assert 'left out, not tracked by git' not in first.stdout or 'tests/' not in first.stdout
-    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    again = launch.run(command, capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 1 and 'already exists; pass --force' in again.stderr
-    missing = subprocess.run(command[:-2] + [f'--report={tmp_path / "none.md"}', '--force'],
-                             capture_output=True, text=True, cwd=REPO)
+    missing = launch.run(command[:-2] + [f'--report={tmp_path / "none.md"}', '--force'],
+                         capture_output=True, text=True, cwd=REPO)
     assert missing.returncode == 1 and 'run python report.py first' in missing.stderr
 
 
@@ -299,7 +300,7 @@ def test_submit_works_outside_a_git_checkout_and_names_untracked_files_it_leaves
             target.write(source.read())
     command = [sys.executable, str(copy / 'submit.py'), '--name=Kim', '--student_number=1',
                f'--results_dir={results_dir}', f'--report={report_path}', f'--zip_dir={tmp_path / "out"}']
-    outside = subprocess.run(command, capture_output=True, text=True, cwd=copy)
+    outside = launch.run(command, capture_output=True, text=True, cwd=copy)
     assert outside.returncode == 0, outside.stderr[-2000:]
     assert 'is not a git checkout' in outside.stdout
     with zipfile.ZipFile(tmp_path / 'out' / 'Kim_1_Assignment2.zip') as archive:
@@ -308,7 +309,7 @@ def test_submit_works_outside_a_git_checkout_and_names_untracked_files_it_leaves
     subprocess.run(['git', 'init', '-q'], cwd=copy, check=True)
     subprocess.run(['git', 'add', *files], cwd=copy, check=True)
     (copy / 'my_notes.py').write_text('# not part of the hand-in\n')
-    inside = subprocess.run(command + ['--force'], capture_output=True, text=True, cwd=copy)
+    inside = launch.run(command + ['--force'], capture_output=True, text=True, cwd=copy)
     assert inside.returncode == 0, inside.stderr[-2000:]
     assert 'left out, not tracked by git and not part of the hand-in: my_notes.py' in inside.stdout
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+import launch
 from fewshot import results
 from conftest import wait_for_checkpoint
 from test_errors import TINY, world  # noqa: F401  (world: the module fixture of synthetic data and a finished run)
@@ -27,7 +28,7 @@ def _command(script, *arguments):
 
 
 def _run(script, *arguments):
-    result = subprocess.run(_command(script, *arguments), capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run(_command(script, *arguments), capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -142,9 +143,9 @@ def test_compare_refuses_a_run_other_than_the_one_asked_for(world, tmp_path):  #
     """Fault 4: with a foreign run in the folder of ProtoNet 5-way 1-shot, `compare.py --train=false`
     exited 0 with a table whose only row was the foreign run."""
     folder = _foreign_run(world, tmp_path, 'protonet_5way1shot_seed0')
-    result = subprocess.run(_command('compare.py', f'--results_dir={tmp_path}/results', '--train=false',
-                                     '--algorithms=protonet', '--settings=5way1shot'),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run(_command('compare.py', f'--results_dir={tmp_path}/results', '--train=false',
+                                 '--algorithms=protonet', '--settings=5way1shot'),
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 1, result.stdout[-2000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(f'error: {folder} is not the run asked for (a run of FO-MAML, not of ProtoNet; '
@@ -160,9 +161,9 @@ def test_compare_shows_the_run_asked_for(world, tmp_path):  # noqa: F811
     recorded['flags']['num_inner_steps'] = 5  # As maml.py's default names the folder; the run is otherwise itself.
     results.write_json(path, recorded)
     os.rename(folder, folder.replace('_1steps_', '_5steps_'))
-    result = subprocess.run(_command('compare.py', f'--results_dir={tmp_path}/results', '--train=false',
-                                     '--algorithms=maml', '--settings=3way1shot', '--num_iterations=4'),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run(_command('compare.py', f'--results_dir={tmp_path}/results', '--train=false',
+                                 '--algorithms=maml', '--settings=3way1shot', '--num_iterations=4'),
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert '| 3way1shot | conv4 | FO-MAML |' in result.stdout
 
@@ -175,9 +176,9 @@ def test_stability_over_one_seed_draws_and_tabulates(world, tmp_path):  # noqa: 
     shutil.copytree(world['run'], plus)
     path = os.path.join(plus, results.HYPERPARAMETERS_FILE)
     results.write_json(path, {**results.read_json(path), 'algorithm': 'MAML++'})
-    result = subprocess.run(_command('stability.py', f'--results_dir={tmp_path}/results', '--train=false',
-                                     '--seeds=0', '--settings=3way1shot'),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run(_command('stability.py', f'--results_dir={tmp_path}/results', '--train=false',
+                                 '--seeds=0', '--settings=3way1shot'),
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     output = os.path.join(tmp_path, 'results', 'stability')
     assert os.path.getsize(os.path.join(output, 'val_overlay_3way1shot.png')) > 10_000

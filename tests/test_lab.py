@@ -4,7 +4,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import keras
@@ -13,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import initialization_lab
+import launch
 from fewshot import mnist, network
 from fewshot.data import DataError
 
@@ -110,7 +110,7 @@ def test_every_method_runs_end_to_end_on_a_tiny_budget(synthetic_mnist, tmp_path
                f'--results_dir={tmp_path}', '--num_seeds=2', '--scratch_epochs=3', '--finetune_epochs=3',
                '--maml_iterations=3', '--maml_meta_batch_size=2', '--maml_adapt_steps=3', '--large_query=20',
                '--maml_val_interval=2', '--maml_val_tasks=4']
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = launch.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = (tmp_path / 'initialization_lab' / 'summary.md').read_text()
     for method in initialization_lab.METHODS:
@@ -123,7 +123,7 @@ def test_every_method_runs_end_to_end_on_a_tiny_budget(synthetic_mnist, tmp_path
     assert 'Meta-trained 3 iterations: meta-validation accuracy' in text
     # The write-up is redrawn from per_seed.json alone, identically.
     (tmp_path / 'initialization_lab' / 'summary.md').unlink()
-    redraw = subprocess.run(command + ['--redraw'], capture_output=True, text=True, cwd=REPO, timeout=300)
+    redraw = launch.run(command + ['--redraw'], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert redraw.returncode == 0, redraw.stderr[-3000:]
     assert (tmp_path / 'initialization_lab' / 'summary.md').read_text() == text
 

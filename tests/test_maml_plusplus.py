@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import subprocess
 import sys
 
 import keras
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import launch
 from fewshot import data, network, results
 from fewshot.learner import named_groups
 import maml_plusplus
@@ -239,7 +239,7 @@ def test_command_line_run_writes_the_learned_learning_rates(synthetic_dir, tmp_p
             '--da_iterations=3', '--progress=false']
     command = [sys.executable, os.path.join(REPO, 'maml_plusplus.py'), f'--data_dir={synthetic_dir}',
                f'--cache_dir={tmp_path}/cache', f'--results_dir={tmp_path}', *tiny]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / 'maml++_3way1shot_2steps_seed0'
     rows = results.read_csv(folder / results.INNER_LR_FILE)
@@ -252,7 +252,7 @@ def test_command_line_run_writes_the_learned_learning_rates(synthetic_dir, tmp_p
     assert hyperparameters['flags']['inner_lr'] == 0.4 and hyperparameters['flags']['msl'] is True
     assert 'first_order' not in hyperparameters['flags']  # A MAML flag that MAML++ does not use.
 
-    bad = subprocess.run(command[:2] + ['--num_eval_inner_steps=3', '--num_inner_steps=2'],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    bad = launch.run(command[:2] + ['--num_eval_inner_steps=3', '--num_inner_steps=2'],
+                     capture_output=True, text=True, cwd=REPO, timeout=300)
     assert bad.returncode != 0 and 'Traceback' not in bad.stderr
     assert '--num_eval_inner_steps must not exceed --num_inner_steps' in bad.stderr

@@ -3,7 +3,6 @@ gradient of a one-step problem, the meta-gradient against finite differences of 
 post-update return, and MAML learning to adapt faster than the pretrained policy."""
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import launch
 from fewshot import navigation as nav
 from fewshot import data, network, results, training
 from fewshot.learners.policy_maml import PolicyMAML
@@ -247,8 +247,8 @@ def _navigate(folder, *flags):
     tiny = ['--hidden=8,8', '--horizon=8', '--num_trajectories=3', '--num_eval_trajectories=3', '--num_val_tasks=4',
             '--num_test_tasks=6', '--meta_batch_size=3', '--num_curve_steps=2', '--num_figure_tasks=2',
             '--baseline_lrs=0.1,0.3', '--progress=false', f'--results_dir={folder}']
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'navigation.py'), *tiny, *flags],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run([sys.executable, os.path.join(REPO, 'navigation.py'), *tiny, *flags],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return os.path.join(folder, 'navigation_seed0')
 

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+import launch
 from conftest import free_ports, wait_for_checkpoint
 from fewshot import results
 
@@ -223,8 +224,8 @@ def test_sigterm_ends_training_cleanly_and_the_run_resumes(synthetic_dir, tmp_pa
     assert leftovers == []
     with np.load(checkpoint) as saved:
         stopped_at = int(saved['iteration'])
-    resumed = subprocess.run(_maml(synthetic_dir, tmp_path, f'--num_iterations={stopped_at + 5}', '--resume'),
-                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    resumed = launch.run(_maml(synthetic_dir, tmp_path, f'--num_iterations={stopped_at + 5}', '--resume'),
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f'Resuming {folder} from iteration {stopped_at}' in resumed.stdout + resumed.stderr
     assert results.read_summary(str(folder)) is not None

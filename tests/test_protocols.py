@@ -16,6 +16,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
+import launch
 from conftest import REPO
 from fewshot import data, results
 from fewshot.cli import experiment, replay
@@ -312,8 +313,8 @@ def test_the_committed_tables_are_what_the_kept_runs_give():
 
 
 def _command(script, *argv):
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *argv], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
+    return launch.run([sys.executable, os.path.join(REPO, script), *argv], capture_output=True, text=True,
+                      cwd=REPO, timeout=600)
 
 
 TINY = ['--num_filters=4', '--num_train_classes=9', '--num_val_classes=5', '--num_iterations=3', '--val_interval=2',

@@ -9,11 +9,11 @@ import errno
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+import launch
 from conftest import REPO
 from fewshot import results
 import reference
@@ -47,9 +47,9 @@ def sandbox(tmp_path):
 
 
 def _reference(cwd, *arguments, sandbox):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'reference.py'), *arguments,
-                           f'--reference_dir={sandbox}/reference', f'--readme={sandbox}/README.md'],
-                          capture_output=True, text=True, cwd=cwd, timeout=120)
+    return launch.run([sys.executable, os.path.join(REPO, 'reference.py'), *arguments,
+                       f'--reference_dir={sandbox}/reference', f'--readme={sandbox}/README.md'],
+                      capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 @pytest.mark.parametrize('replace', [False, True])

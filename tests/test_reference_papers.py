@@ -10,11 +10,11 @@ import csv
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+import launch
 from conftest import REPO
 from fewshot import datasets, errors, results
 import reference
@@ -112,9 +112,9 @@ def sandbox(tmp_path):
 
 
 def _reference(sandbox, *arguments):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'reference.py'), *arguments,
-                           f'--reference_dir={sandbox}/reference', f'--readme={sandbox}/README.md'],
-                          capture_output=True, text=True, cwd=sandbox, timeout=120)
+    return launch.run([sys.executable, os.path.join(REPO, 'reference.py'), *arguments,
+                       f'--reference_dir={sandbox}/reference', f'--readme={sandbox}/README.md'],
+                      capture_output=True, text=True, cwd=sandbox, timeout=120)
 
 
 def test_the_committed_tables_check_from_any_folder(sandbox):

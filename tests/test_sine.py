@@ -3,11 +3,11 @@ compared in figures and a table; a study stopped and resumed equals one run stra
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+import launch
 from fewshot import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,8 +16,8 @@ TINY = ['--hidden=8,8', '--num_val_tasks=8', '--num_test_tasks=10', '--num_eval_
 
 
 def _sine(tmp_path, *flags):
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'sine.py'), f'--results_dir={tmp_path}', *TINY, *flags],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run([sys.executable, os.path.join(REPO, 'sine.py'), f'--results_dir={tmp_path}', *TINY, *flags],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 

@@ -1,12 +1,12 @@
 """The FO-MAML vs MAML++ stability comparison: its figures from known curves, and the whole command."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import launch
 from fewshot import results
 from fewshot.cli import runs
 import stability
@@ -73,8 +73,8 @@ def test_a_run_finished_with_other_iterations_is_not_reused(tmp_path):
 
 
 def test_bad_settings_get_a_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'stability.py'), '--settings=5w5s',
-                             f'--results_dir={tmp_path}'], capture_output=True, text=True, cwd=REPO)
+    result = launch.run([sys.executable, os.path.join(REPO, 'stability.py'), '--settings=5w5s',
+                         f'--results_dir={tmp_path}'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and 'Traceback' not in result.stderr
     assert "--settings: '5w5s' is not of the form <N>way<K>shot" in result.stderr
 
@@ -84,8 +84,8 @@ def test_flags_that_name_the_run_folders_cannot_be_passed_through(tmp_path):
     for flag in ('--num_inner_steps=3', '--nomsl', '--seed', '--run_name=mine'):
         with pytest.raises(ValueError, match=f'--{flag.lstrip("-").split("=")[0].removeprefix("no")} cannot follow --'):
             stability.check_script_flags(['--progress=false', flag])
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'stability.py'), f'--results_dir={tmp_path}',
-                             '--', '--num_inner_steps=3'], capture_output=True, text=True, cwd=REPO)
+    result = launch.run([sys.executable, os.path.join(REPO, 'stability.py'), f'--results_dir={tmp_path}',
+                         '--', '--num_inner_steps=3'], capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and 'Traceback' not in result.stderr
     assert 'error: --num_inner_steps cannot follow --' in result.stderr
     assert not os.listdir(tmp_path)  # Nothing trained.
@@ -98,7 +98,7 @@ def test_the_command_trains_both_methods_for_every_seed_then_compares(synthetic_
     command = [sys.executable, os.path.join(REPO, 'stability.py'), '--settings=3way1shot',
                '--seeds=0,1', '--num_iterations=4', f'--results_dir={tmp_path}',
                f'--output_dir={tmp_path}/stability', '--', *tiny]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = launch.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / 'stability' / 'runs.csv') as f:
         assert sum(1 for _ in f) == 1 + 2 * 2  # Header, two methods x two seeds.
@@ -110,6 +110,6 @@ def test_the_command_trains_both_methods_for_every_seed_then_compares(synthetic_
             assert results.read_hyperparameters(folder)['batch_norm'].startswith('transductive')
     assert not os.path.exists(tmp_path / 'maml_fo_3way1shot_5steps_seed0')  # Never a user's own run folder.
     # Run again: every run is finished with the same flags, so it is reused and the tables are rewritten.
-    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    again = launch.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and 'stability.py: training' not in again.stdout, again.stderr[-2000:]
     assert again.stdout.count('stability.py: reusing') == 4

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+import launch
 from conftest import wait_for_checkpoint
 from fewshot import data, errors, network, results, training
 import maml
@@ -229,7 +230,7 @@ def _maml_command(data_dir, results_dir, *flags):
 
 
 def _run(command, **kwargs):
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, **kwargs)
+    return launch.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, **kwargs)
 
 
 def test_kill_9_then_resume_equals_uninterrupted_run(synthetic_dir, tmp_path):

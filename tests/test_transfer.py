@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 import keras
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import launch
 from fewshot import data, network
 from fewshot.cli import experiment
 from fewshot.learners import transfer
@@ -115,8 +115,8 @@ def test_transfer_and_maml_runs_evaluate_on_the_same_tasks(synthetic_dir, tmp_pa
                          '--adapt_steps=2']}
     checksums = {}
     for name, command in runs.items():
-        result = subprocess.run([sys.executable, *command, *shared, f'--run_name={name}'],
-                                capture_output=True, text=True, cwd=REPO, timeout=300)
+        result = launch.run([sys.executable, *command, *shared, f'--run_name={name}'],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         with open(tmp_path / name / 'hyperparameters.json') as f:
             checksums[name] = json.load(f)['task_checksums']
@@ -144,7 +144,7 @@ def test_compare_with_a_missing_maml_run_is_a_clear_error(synthetic_dir, tmp_pat
                '--num_train_classes=10', '--num_val_tasks=2', '--num_test_tasks=2', '--epochs=1',
                '--batch_size=50', '--val_interval=2', '--adapt_steps=2', '--progress=false',
                f'--compare_with={tmp_path}/no_such_run']
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = launch.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'no_such_run: folder does not exist' in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / 'transfer_3way1shot_seed0')  # Refused before pretraining.
