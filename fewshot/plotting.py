@@ -287,7 +287,8 @@ def plot_distributions(values, path, title, xlabel):
     learning rates per weight tensor. values: {name: array of any shape}."""
     names = list(values)
     figure, axes = plt.subplots(figsize=(7.5, 0.9 + 0.32 * len(names)), dpi=120)
-    axes.boxplot([np.ravel(values[name]) for name in names], vert=False, whis=(5, 95), showfliers=False)
+    axes.boxplot([np.ravel(values[name]) for name in names], orientation='horizontal', whis=(5, 95),
+                 showfliers=False)
     axes.set_yticks(range(1, len(names) + 1), names, fontsize=7)
     axes.invert_yaxis()
     axes.set(xlabel=xlabel, title=title)
