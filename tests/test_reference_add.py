@@ -109,7 +109,7 @@ def test_a_failure_at_any_write_leaves_reference_and_the_readmes_as_they_were(sa
     readmes = (str(sandbox / 'reference' / 'README.md'), str(sandbox / 'README.md'))
     if replace:  # A kept run of the same name, older: fewer files, another summary.
         os.makedirs(kept)
-        for name in (results.HYPERPARAMETERS_FILE, results.SUMMARY_FILE):
+        for name in (results.HYPERPARAMETERS_FILE, results.SUMMARY_FILE, results.METRICS_FILE):
             shutil.copy(os.path.join(REPO, 'reference', 'maml_paper_5way1shot', name), kept)
         assert _reference(REPO, sandbox=sandbox).returncode == 0
     before = {'reference': _contents(sandbox / 'reference'), 'README.md': _contents(sandbox)['README.md']}
@@ -125,3 +125,13 @@ def test_a_failure_at_any_write_leaves_reference_and_the_readmes_as_they_were(sa
     reference.add(run, str(sandbox / 'reference'), readmes, replace)  # Then, with room on the disk, it is kept.
     assert _contents(kept) == _contents(run)
     assert _reference(REPO, '--check', sandbox=sandbox).returncode == 0
+
+
+def test_the_table_shows_a_recorded_command_as_a_checkout_runs_it():
+    """A tool's child records 'fewshot maml ...' (installed commands), --continue's child the script's whole
+    path; the table's command cell (after `python `) and the protocol read from it are the same for all."""
+    for recorded in ('fewshot maml --flagfile=protocols/x.flags --resume',
+                     '/home/kim/fewshot/maml.py --flagfile=protocols/x.flags --resume',
+                     'maml.py --flagfile=protocols/x.flags --resume'):
+        assert reference.recorded_command({'command': recorded}) == 'maml.py --flagfile=protocols/x.flags --resume'
+        assert reference.protocol_of({'command': recorded}) == 'x'

@@ -314,10 +314,15 @@ def check_record(run_dir, hyperparameters):
 
 
 def recorded_command(hyperparameters):
-    """The command the run recorded, its script named without its folder (--continue's child names it
-    in full)."""
-    script, _, arguments = hyperparameters.get('command', '?').partition(' ')
-    return f'{os.path.basename(script)} {arguments}'.strip()
+    """The command the run recorded as a checkout runs it, 'maml.py --flags': its script named without its
+    folder (--continue's child named it in full), and 'fewshot maml --flags' (what a tool's child records
+    since commands are installed) as the script maml.py."""
+    program, *arguments = hyperparameters.get('command', '?').split(' ')
+    program = os.path.basename(program)
+    if program == scripts.PROGRAM and arguments:
+        program, *arguments = arguments
+        program += '.py'
+    return ' '.join([program, *arguments])
 
 
 def protocol_of(hyperparameters):
